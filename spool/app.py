@@ -1,0 +1,198 @@
+"""Spool: the facade a program uses: configuration, task registration, enqueue, wait, status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar, overload
+
+from spool import producer
+from spool.config import Settings, load_settings
+from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout
+from spool.execute import error_dict
+from spool.lookup import locate, read_found
+from spool.registry import Registry, Task, TaskOptions
+from spool.status import spool_status
+
+P = ParamSpec("P")
+R = TypeVar("R")
+WAIT_POLL_SECONDS = 0.01
+
+
+class Spool:
+    """A spool directory tree and the tasks registered for it.
+
+    `Spool(root=...)` uses defaults for the rest; `Spool.from_config()` follows the config
+    rules (flags > environment > conf/spool.toml). With `eager=True`, enqueue runs the task
+    at once in this process, for tests and scripts.
+    """
+
+    def __init__(
+        self, root: str | Path | None = None, *, settings: Settings | None = None, eager: bool = False
+    ) -> None:
+        if settings is None:
+            settings = Settings(root=Path(root)) if root is not None else load_settings()
+        elif root is not None:
+            settings = Settings(**{**settings.__dict__, "root": Path(root)})
+        self.settings = settings
+        self.eager = eager
+        self.registry = Registry()
+        self.eager_results: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def from_config(
+        cls, config: str | Path | None = None, *, root: str | Path | None = None, eager: bool = False
+    ) -> Spool:
+        """A Spool configured by flags-equivalents, SPOOL_ROOT/SPOOL_CONFIG, or conf/spool.toml."""
+        settings = load_settings(
+            root_flag=None if root is None else str(root),
+            config_flag=None if config is None else str(config),
+        )
+        return cls(settings=settings, eager=eager)
+
+    @property
+    def root(self) -> Path:
+        return self.settings.root
+
+    def __repr__(self) -> str:
+        return f"<Spool root={str(self.root)!r} tasks={len(self.registry)}>"
+
+    # ---- registration ----------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        retry_backoff: float | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        retry_backoff: float | None = None,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a handler (as `@app.task` or `@app.task(...)`); its name is the function's."""
+
+        def register(func: Callable[P, R]) -> Task[P, R]:
+            options = TaskOptions(
+                name=name or func.__name__,
+                queue=queue,
+                max_retries=max_retries,
+                timeout=timeout,
+                retry_backoff=retry_backoff,
+            )
+            handle = Task(self, func, options)
+            self.registry.add(handle)
+            return handle
+
+        return register(fn) if fn is not None else register
+
+    # ---- producing -------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Enqueue task `name` durably and return its id; the name need not be registered here.
+
+        Options: delay, not_before, priority, max_retries, timeout, unique_key, id.
+        Raises: InvalidTask, InvalidQueueName.
+        """
+        task = producer.build_task(name, args, kwargs, **options)
+        if self.eager:
+            return self.run_eager(task)
+        return producer.enqueue(self.settings, task, queue)
+
+    def enqueue_many(self, tasks: Iterable[Mapping[str, Any]], queue: str | None = None) -> list[str]:
+        """Enqueue many task dicts (as in a task file) with grouped syncs; durable on return."""
+        if self.eager:
+            return [self.run_eager(dict(task)) for task in tasks]
+        return producer.enqueue_many(self.settings, tasks, queue)
+
+    def run_eager(self, task: dict[str, Any]) -> str:
+        handle = self.registry.get(task["task"])
+        if handle is None:
+            raise UnknownTask(task["task"], "not registered with this Spool (eager mode)")
+        task_id = str(task.get("id") or f"eager-{len(self.eager_results) + 1}")
+        try:
+            result = handle.fn(*task.get("args", []), **task.get("kwargs", {}))
+        except Exception as exc:
+            self.eager_results[task_id] = {"error": error_dict(type(exc).__name__, str(exc))}
+        else:
+            self.eager_results[task_id] = {"result": result}
+        return task_id
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def show(self, task_id: str) -> dict[str, Any]:
+        """The task's file with its state and outcome. Raises: TaskNotFound."""
+        found = locate(self.root, task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        return read_found(found)
+
+    def state_of(self, task_id: str) -> str | None:
+        """incoming, delayed, processing, done or failed; None for an unknown id."""
+        found = locate(self.root, task_id)
+        return found.state if found else None
+
+    def wait(self, task_id: str, timeout: float | None = None) -> Any:
+        """Block until the task finishes and return its result.
+
+        Raises: TaskFailed (it ended in failed/), WaitTimeout (a TimeoutError), TaskNotFound.
+        """
+        if self.eager:
+            return self.eager_outcome(task_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        queue = None
+        while True:
+            found = locate(self.root, task_id, [queue] if queue else None)
+            if found is None and queue is not None:
+                found = locate(self.root, task_id)
+            if found is None:
+                raise TaskNotFound(task_id)
+            queue = found.queue
+            if found.state in ("done", "failed"):
+                return outcome_of(task_id, read_found(found))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(task_id, timeout or 0.0)
+            time.sleep(WAIT_POLL_SECONDS)
+
+    def eager_outcome(self, task_id: str) -> Any:
+        outcome = self.eager_results.get(task_id)
+        if outcome is None:
+            raise TaskNotFound(task_id)
+        return outcome_of(task_id, {"state": "failed" if "error" in outcome else "done", **outcome})
+
+    def status(self) -> dict[str, Any]:
+        """Counts per queue and state, oldest waiting age, live workers (as `spool status --json`)."""
+        return spool_status(self.root)
+
+
+def outcome_of(task_id: str, info: Mapping[str, Any]) -> Any:
+    if info["state"] == "done":
+        return info.get("result")
+    error = info.get("error") or {
+        "type": "Rejected",
+        "message": (info.get("rejected") or {}).get("reason", "rejected"),
+    }
+    raise TaskFailed(task_id, error)

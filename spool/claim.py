@@ -1,0 +1,194 @@
+"""Claims: how exactly one worker comes to own a task, and how a dead worker's claims return.
+
+A worker owns a task while the task's file is in processing/ under a name ending in
+`@<worker id>`; the claim is one rename out of incoming/, so of many workers racing for a
+file exactly one succeeds and the others get ENOENT (silently: it is the normal case).
+
+A worker proves it is alive by holding the file lock `.workers/<worker id>.lock` for its whole
+life; the OS drops the lock when the process dies, however it dies. Whoever can take that lock
+knows the worker is dead, and may take its claims over by renaming each one to its own name
+(again a rename, so two recoverers never both get the same task).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from spool.layout import FILE_MODE, QueueDirs, ensure_dir, processing_name, split_processing, workers_dir
+
+log = logging.getLogger(__name__)
+STALE_WORKER_FILE_SECONDS = 60.0
+
+
+def new_worker_id() -> str:
+    """host-pid-random: unique across restarts and hosts; no '@' or '/'."""
+    host = "".join(c if c.isalnum() or c in ".-" else "-" for c in socket.gethostname())[:64]
+    return f"{host or 'host'}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Claim:
+    """A task file this worker owns in processing/."""
+
+    dirs: QueueDirs
+    name: str  # its name in incoming/
+    worker_id: str
+    claimed_at: float = field(default_factory=time.time)
+
+    @property
+    def path(self) -> Path:
+        return self.dirs.processing / processing_name(self.name, self.worker_id)
+
+
+def claim(dirs: QueueDirs, name: str, worker_id: str) -> Claim | None:
+    """Take `name` out of incoming/, or return None if another worker got it first."""
+    taken = Claim(dirs, name, worker_id)
+    try:
+        os.rename(dirs.incoming / name, taken.path)
+    except FileNotFoundError:  # RACE: another worker renamed it after our scan
+        return None
+    return taken
+
+
+def release(taken: Claim) -> None:
+    """Put a claimed task back in incoming/ unchanged (no attempt is counted)."""
+    os.rename(taken.path, taken.dirs.incoming / taken.name)
+
+
+class WorkerLock:
+    """The lock a worker holds while it lives, and the info file beside it."""
+
+    def __init__(self, root: Path, worker_id: str) -> None:
+        self.dir = workers_dir(root)
+        self.worker_id = worker_id
+        self.lock = FileLock(str(self.dir / f"{worker_id}.lock"), mode=FILE_MODE)
+        self.info_path = self.dir / f"{worker_id}.json"
+
+    def acquire(self, info: dict[str, object]) -> None:
+        ensure_dir(self.dir)
+        self.lock.acquire(timeout=10)
+        self.info_path.write_text(json.dumps(info))  # after the lock: see reap_dead_workers
+
+    def release(self) -> None:
+        self.info_path.unlink(missing_ok=True)
+        Path(self.lock.lock_file).unlink(missing_ok=True)
+        self.lock.release()
+
+
+def is_alive(root: Path, worker_id: str) -> bool:
+    """Whether the worker holds its lock (a missing lock file means it is gone)."""
+    path = workers_dir(root) / f"{worker_id}.lock"
+    if not path.exists():
+        return False
+    probe = FileLock(str(path), mode=FILE_MODE)
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:
+        return True  # cannot tell (permissions): never take a claim we are unsure of
+    probe.release()
+    return False
+
+
+def live_workers(root: Path) -> list[dict[str, object]]:
+    """Info of every worker that holds its lock."""
+    found = []
+    directory = workers_dir(root)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        worker_id = name[: -len(".json")]
+        if not is_alive(root, worker_id):
+            continue
+        try:
+            info = json.loads((directory / name).read_text())
+        except (OSError, ValueError):
+            info = {}
+        found.append({"id": worker_id, **(info if isinstance(info, dict) else {})})
+    return found
+
+
+def abandoned(
+    dirs: QueueDirs, own_id: str, alive: dict[str, bool]
+) -> Iterator[tuple[Claim, str]]:
+    """Take over the claims in processing/ whose worker is dead; yield (own claim, dead id).
+
+    `alive` caches liveness by worker id across calls of one recovery pass.
+    """
+    try:
+        entries = os.listdir(dirs.processing)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        parts = split_processing(entry)
+        if parts is None:
+            continue
+        name, owner = parts
+        if owner == own_id:
+            continue
+        if owner not in alive:
+            alive[owner] = is_alive(dirs.root, owner)
+        if alive[owner]:
+            continue
+        taken = Claim(dirs, name, own_id)
+        try:
+            os.rename(dirs.processing / entry, taken.path)
+        except FileNotFoundError:  # RACE: another recoverer took it, or its worker finished it
+            continue
+        log.debug("took over %s from dead worker %s", entry, owner)
+        yield taken, owner
+
+
+def reap_dead_workers(root: Path, busy: set[str]) -> int:
+    """Delete the lock and info files of dead workers that own no claim; return how many.
+
+    A worker writes its info file only after it holds its lock, so a lock file without info
+    that is younger than a minute may be a worker starting up and is left alone.
+    """
+    directory = workers_dir(root)
+    reaped = 0
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    now = time.time()
+    for name in names:
+        if not name.endswith(".lock"):
+            continue
+        worker_id = name[: -len(".lock")]
+        info = directory / f"{worker_id}.json"
+        if worker_id in busy:
+            continue
+        try:
+            young = now - os.stat(directory / name).st_mtime < STALE_WORKER_FILE_SECONDS
+        except FileNotFoundError:
+            continue
+        if not info.exists() and young:
+            continue
+        probe = FileLock(str(directory / name), mode=FILE_MODE)
+        try:
+            probe.acquire(timeout=0)
+        except (Timeout, OSError):
+            continue
+        try:
+            info.unlink(missing_ok=True)
+            (directory / name).unlink(missing_ok=True)
+            reaped += 1
+        finally:
+            probe.release()
+    return reaped

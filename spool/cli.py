@@ -1,0 +1,304 @@
+"""The `spool` command line: thin click commands over the app, producer, worker and status.
+
+Errors a user can cause are one line on stderr: exit 2 for usage and configuration errors,
+1 for an operation that failed (or a failed task), 3 for a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import click
+
+from spool import producer
+from spool.app import Spool
+from spool.config import Settings, load_settings
+from spool.envelope import FieldError, parse_instant
+from spool.errors import (
+    ConfigError,
+    InvalidQueueName,
+    InvalidTask,
+    SpoolError,
+    TaskFailed,
+    TaskNotFound,
+    WaitTimeout,
+)
+from spool.layout import check_queue_name
+
+BATCH = 10_000
+
+
+class TimeoutExit(click.ClickException):
+    exit_code = 3
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn spool's errors into one line on stderr with the right exit code."""
+    try:
+        yield
+    except (ConfigError, InvalidQueueName, InvalidTask) as exc:
+        raise click.UsageError(str(exc)) from exc
+    except WaitTimeout as exc:
+        raise TimeoutExit(str(exc)) from exc
+    except SpoolError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except PermissionError as exc:
+        raise click.ClickException(f"permission denied: {exc.filename}") from exc
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    obj = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        with user_errors():
+            obj["settings"] = load_settings(obj.get("root"), obj.get("config"))
+    settings: Settings = obj["settings"]
+    return settings
+
+
+def queue_option(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_queue_name(value)
+    except InvalidQueueName as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar=None, metavar="DIR", help="Spool root (default: SPOOL_ROOT, config, var/spool).")
+@click.option("--config", metavar="FILE", help="Config file (default: SPOOL_CONFIG, conf/spool.toml).")
+@click.version_option(package_name="spool-queue", prog_name="spool")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, config: str | None) -> None:
+    """spool: background tasks in a directory tree, run by resident workers."""
+    ctx.ensure_object(dict).update(root=root, config=config)
+
+
+def parse_arg(text: str) -> Any:
+    """An ARG as JSON when it parses, else the string itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@cli.command()
+@click.argument("task", required=False)
+@click.argument("args", nargs=-1)
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments as a JSON object.")
+@click.option("--queue", "-q", metavar="Q", help="Queue (default: default).")
+@click.option("--delay", type=click.FloatRange(min=0), metavar="S", help="Run no earlier than S seconds from now.")
+@click.option("--at", "at", metavar="TIME", help="Run no earlier than TIME (ISO-8601; naive = local) or epoch seconds.")
+@click.option("--priority", type=click.IntRange(0, 9), help="0-9, higher runs first (default 0).")
+@click.option("--max-retries", type=click.IntRange(min=0), help="Retries after the first attempt.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Seconds one attempt may run.")
+@click.option("--unique", "unique_key", metavar="KEY", help="Skip if a task with KEY is pending or running.")
+@click.option("--id", "task_id", metavar="ID", help="Task id (default: a new time-sortable id).")
+@click.option("--from", "from_file", type=click.File("r", encoding="utf-8"), metavar="FILE.jsonl",
+              help="Enqueue one task per line (a task object per line; - for stdin).")
+@click.pass_context
+def enqueue(ctx: click.Context, task: str | None, args: tuple[str, ...], kwargs_json: str | None,
+            queue: str | None, delay: float | None, at: str | None, priority: int | None,
+            max_retries: int | None, timeout: float | None, unique_key: str | None,
+            task_id: str | None, from_file: IO[str] | None) -> None:
+    """Enqueue TASK with ARGs (each parsed as JSON when it parses); print its id.
+
+    Put -- before ARGs that start with a dash: spool enqueue add -- -1 2
+    """
+    settings = settings_of(ctx)
+    queue = queue_option(queue)
+    if from_file is not None:
+        if task is not None:
+            raise click.UsageError("give either TASK or --from, not both")
+        enqueue_from(settings, from_file, queue)
+        return
+    if task is None:
+        raise click.UsageError("missing TASK (or --from FILE.jsonl)")
+    if delay is not None and at is not None:
+        raise click.UsageError("give either --delay or --at, not both")
+    kwargs: dict[str, Any] = {}
+    if kwargs_json is not None:
+        try:
+            kwargs = json.loads(kwargs_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
+        if not isinstance(kwargs, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
+    not_before = None
+    if at is not None:
+        try:
+            not_before = parse_instant(parse_arg(at) if at.strip().replace(".", "", 1).isdigit() else at, "at")
+        except FieldError:
+            raise click.BadParameter(f"{at!r} is not ISO-8601 or epoch seconds", param_hint="--at") from None
+    with user_errors():
+        built = producer.build_task(
+            task, [parse_arg(a) for a in args], kwargs, delay=delay, not_before=not_before,
+            priority=priority, max_retries=max_retries, timeout=timeout, unique_key=unique_key, id=task_id,
+        )
+        click.echo(producer.enqueue(settings, built, queue))
+
+
+def read_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise click.BadParameter(f"line {number}: not valid JSON: {exc}", param_hint="--from") from None
+        if not isinstance(obj, dict):
+            raise click.BadParameter(f"line {number}: must be a JSON object", param_hint="--from") from None
+        yield number, obj
+
+
+def enqueue_from(settings: Settings, stream: IO[str], queue: str | None) -> None:
+    """Enqueue a JSON-lines file in durable batches, with a progress bar on a terminal."""
+    total = 0
+    show_bar = sys.stderr.isatty()
+    with click.progressbar(length=0, label="enqueued", file=sys.stderr, hidden=not show_bar,
+                           show_pos=True) as bar:
+        batch: list[tuple[int, dict[str, Any]]] = []
+
+        def flush() -> None:
+            nonlocal total
+            try:
+                ids = producer.enqueue_many(settings, [obj for _, obj in batch], queue)
+            except InvalidTask as exc:  # "task N: reason" -> the line number
+                position, _, reason = str(exc).partition(": ")
+                line = batch[int(position.split()[-1]) - 1][0] if position.startswith("task ") else "?"
+                raise click.BadParameter(f"line {line}: {reason or exc}", param_hint="--from") from None
+            except SpoolError as exc:
+                raise click.ClickException(str(exc)) from exc
+            for task_id in ids:
+                click.echo(task_id)
+            total += len(ids)
+            bar.length = total
+            bar.update(len(ids))
+            batch.clear()
+
+        for item in read_jsonl(stream):
+            batch.append(item)
+            if len(batch) >= BATCH:
+                flush()
+        if batch:
+            flush()
+    click.echo(f"enqueued {total} tasks", err=True)
+
+
+@cli.command()
+@click.option("--queue", "-q", "queues", multiple=True, metavar="Q", help="Serve Q (repeat; default: every queue).")
+@click.option("--burst", is_flag=True, help="Run what is due, then exit.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text (default) or JSON.")
+@click.pass_context
+def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool, log_format: str | None) -> None:
+    """Run a worker: claim tasks, run their handlers, record the outcome."""
+    from spool.logs import setup_logging
+    from spool.worker import run_worker
+
+    settings = settings_of(ctx)
+    for q in queues:
+        queue_option(q)
+    setup_logging(log_format or settings.log_format, settings.log_level)
+    with user_errors():
+        code = run_worker(settings, queues, burst)
+    ctx.exit(code)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Per queue: incoming, delayed, processing, done, failed; oldest waiting age; live workers."""
+    from spool.status import spool_status
+
+    settings = settings_of(ctx)
+    with user_errors():
+        data = spool_status(settings.root)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(render_status(data))
+
+
+def render_status(data: dict[str, Any]) -> str:
+    columns = ["incoming", "delayed", "processing", "done", "failed"]
+    rows = [["queue", *columns, "oldest waiting"]]
+    for name, counts in data["queues"].items():
+        age = counts["oldest_waiting_seconds"]
+        failed = f"{counts['failed']}" + (f" ({counts['rejected']} rejected)" if counts["rejected"] else "")
+        rows.append([name, *[str(counts[c]) for c in columns[:-1]], failed, "-" if age is None else f"{age:.1f}s"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if len(rows) == 1:
+        lines.append("(no queues yet)")
+    workers = data["workers"]
+    lines.append(f"workers: {len(workers)} alive" + "".join(
+        f"\n  {w['id']} pid={w.get('pid')} queues={','.join(w.get('queues', []))}" for w in workers))
+    lines.insert(0, f"root: {data['root']}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID")
+@click.pass_context
+def show(ctx: click.Context, task_id: str) -> None:
+    """Show one task's file, state and outcome (any queue, any state)."""
+    app = Spool(settings=settings_of(ctx))
+    with user_errors():
+        click.echo(json.dumps(app.show(task_id), indent=2, ensure_ascii=False))
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="S", help="Give up after S seconds (exit 3).")
+@click.pass_context
+def wait(ctx: click.Context, task_id: str, timeout: float | None) -> None:
+    """Wait for a task to finish; print its result. Exit 0 done, 1 failed, 3 timed out."""
+    app = Spool(settings=settings_of(ctx))
+    try:
+        with user_errors():
+            result = app.wait(task_id, timeout)
+    except click.ClickException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, TaskFailed):
+            click.echo(json.dumps(cause.error, indent=2), err=False)
+        raise
+    click.echo(json.dumps(result, ensure_ascii=False))
+
+
+@cli.command()
+@click.option("--workers", type=click.IntRange(min=1), metavar="N", help="Worker processes (default: config).")
+@click.pass_context
+def up(ctx: click.Context, workers: int | None) -> None:
+    """Run supervisord in the foreground with the workers (and scheduler); Ctrl-C stops all."""
+    from spool.supervisor import run_up
+
+    settings = settings_of(ctx)
+    with user_errors():
+        code = run_up(settings, workers)
+    ctx.exit(code)
+
+
+@cli.command("supervisor-config")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N", help="Worker processes (default: config).")
+@click.option("--user", metavar="USER", help="Run the programs as USER.")
+@click.pass_context
+def supervisor_config(ctx: click.Context, workers: int | None, user: str | None) -> None:
+    """Print a Supervisor program block for a system install (/etc/supervisor/conf.d/)."""
+    from spool.supervisor import render_program_block
+
+    settings = settings_of(ctx)
+    with user_errors():
+        click.echo(render_program_block(settings, workers, user), nl=False)
+
+
+def main() -> None:
+    cli(prog_name="spool")
+
+
+__all__ = ["TaskNotFound", "cli", "main"]

@@ -1,0 +1,176 @@
+"""Settings: where the spool lives and how workers behave.
+
+Precedence, for the root: `--root` flag > SPOOL_ROOT > `root` in the config file > var/spool.
+For the file: `--config` flag > SPOOL_CONFIG > conf/spool.toml when present > none.
+Relative paths are taken from the current directory, like every other command-line path.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spool.errors import ConfigError
+
+DEFAULT_ROOT = Path("var/spool")
+DEFAULT_CONFIG = Path("conf/spool.toml")
+MIB = 1024 * 1024
+
+TOP_KEYS = {"root", "tasks", "defaults", "workers", "schedule", "log"}
+DEFAULTS_KEYS = {
+    "max_retries",
+    "timeout",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
+    "max_file_bytes",
+}
+WORKERS_KEYS = {"processes", "queues", "rescan_seconds", "recover_seconds"}
+LOG_KEYS = {"format", "level"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, resolved once from flags, environment and file."""
+
+    root: Path = DEFAULT_ROOT
+    config_path: Path | None = None
+    tasks: tuple[str, ...] = ()
+    max_retries: int = 3
+    timeout_seconds: float = 300.0
+    retry_backoff_seconds: float = 1.0
+    retry_backoff_max_seconds: float = 3600.0
+    retry_jitter: bool = True
+    max_file_bytes: int = MIB
+    processes: int = 2
+    queues: tuple[str, ...] = ()  # empty: every queue under the root
+    rescan_seconds: float = 2.0
+    recover_seconds: float = 2.0
+    log_format: str = "text"
+    log_level: str = "INFO"
+    schedule: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def project_dir(self) -> Path:
+        """The directory relative paths of the config refer to (where tasks modules live)."""
+        return Path.cwd()
+
+
+def resolve_config_path(config_flag: str | None, env: Mapping[str, str]) -> Path | None:
+    if config_flag:
+        return Path(config_flag)
+    if env.get("SPOOL_CONFIG"):
+        return Path(env["SPOOL_CONFIG"])
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def load_settings(
+    root_flag: str | None = None,
+    config_flag: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve Settings by the precedence rules. Raises: ConfigError."""
+    env = os.environ if env is None else env
+    path = resolve_config_path(config_flag, env)
+    data = read_toml(path) if path is not None else {}
+    values = settings_from_table(data, path)
+    if root_flag:
+        values["root"] = Path(root_flag)
+    elif env.get("SPOOL_ROOT"):
+        values["root"] = Path(env["SPOOL_ROOT"])
+    return Settings(config_path=path, **values)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str, Any]:
+    """Turn the parsed TOML into Settings keyword arguments, checking every key and type."""
+    where = str(path) if path else "config"
+    check_keys(data, TOP_KEYS, where)
+    values: dict[str, Any] = {}
+    if "root" in data:
+        values["root"] = Path(want(data, "root", str, where))
+    if "tasks" in data:
+        tasks = want(data, "tasks", list, where)
+        if not all(isinstance(t, str) and t for t in tasks):
+            raise ConfigError(f"{where}: tasks must be a list of module names")
+        values["tasks"] = tuple(tasks)
+    defaults = table(data, "defaults", DEFAULTS_KEYS, where)
+    workers = table(data, "workers", WORKERS_KEYS, where)
+    log = table(data, "log", LOG_KEYS, where)
+    number = (int, float)
+    for key, name, kind in [
+        ("max_retries", "max_retries", int),
+        ("timeout", "timeout_seconds", number),
+        ("retry_backoff", "retry_backoff_seconds", number),
+        ("retry_backoff_max", "retry_backoff_max_seconds", number),
+        ("retry_jitter", "retry_jitter", bool),
+        ("max_file_bytes", "max_file_bytes", int),
+    ]:
+        if key in defaults:
+            values[name] = non_negative(want(defaults, key, kind, f"{where} [defaults]"), key, where)
+    for key, name, kind in [
+        ("processes", "processes", int),
+        ("rescan_seconds", "rescan_seconds", number),
+        ("recover_seconds", "recover_seconds", number),
+    ]:
+        if key in workers:
+            values[name] = non_negative(want(workers, key, kind, f"{where} [workers]"), key, where)
+    if "queues" in workers:
+        queues = want(workers, "queues", list, f"{where} [workers]")
+        if not all(isinstance(q, str) for q in queues):
+            raise ConfigError(f"{where} [workers]: queues must be a list of queue names")
+        values["queues"] = tuple(queues)
+    if "format" in log:
+        fmt = want(log, "format", str, f"{where} [log]")
+        if fmt not in ("text", "json"):
+            raise ConfigError(f"{where} [log]: format must be 'text' or 'json', not {fmt!r}")
+        values["log_format"] = fmt
+    if "level" in log:
+        values["log_level"] = want(log, "level", str, f"{where} [log]").upper()
+    if "schedule" in data:
+        values["schedule"] = want(data, "schedule", dict, where)
+    return values
+
+
+def check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def table(data: Mapping[str, Any], name: str, allowed: set[str], where: str) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table")
+    check_keys(value, allowed, f"{where} [{name}]")
+    return value
+
+
+def want(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = data[key]
+    bad_bool = isinstance(value, bool) and kind is not bool
+    if bad_bool or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}: {key} must be {names}, not {type(value).__name__}")
+    return value
+
+
+def non_negative(value: Any, key: str, where: str) -> Any:
+    if not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"{where}: {key} must not be negative")
+    return value

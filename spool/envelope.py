@@ -1,0 +1,171 @@
+"""Task files: parse and validate them, serialise them, make new ids.
+
+A task file is a UTF-8 JSON object; only `task` is required. Validation is strict on the
+fields spool reads (a wrong type is a rejection, not a guess) and keeps any other field as
+it is, so producers may carry their own metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+import time
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from spool.errors import InvalidTask
+from spool.layout import CANONICAL_RE, ID_RE
+
+JSON: TypeAlias = Any  # a value json.loads can return
+TaskDict: TypeAlias = dict[str, JSON]
+
+TASK_NAME_MAX = 200
+UNIQUE_KEY_MAX = 1024
+
+
+class FieldError(ValueError):
+    """A task field has a wrong type or value; the message is the reason."""
+
+
+def new_id(now: float) -> str:
+    """A fresh, time-sortable task id: UTC time to the microsecond plus randomness."""
+    return f"{format_compact(now)}-{secrets.token_hex(4)}"
+
+
+def derived_id(stem: str, mtime: float) -> str:
+    """The id of a dropped file without one: its stem when that is a valid id, else made up."""
+    if is_valid_id(stem):
+        return stem
+    digest = hashlib.sha1(stem.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{format_compact(mtime)}-{digest}"
+
+
+def id_of_name(name: str, mtime: float = 0.0) -> str:
+    """The id a task file's name stands for: the canonical name's id, or the dropped file's."""
+    match = CANONICAL_RE.fullmatch(name)
+    if match:
+        return match.group(3)
+    return derived_id(name.removesuffix(".json"), mtime)
+
+
+def format_compact(instant: float) -> str:
+    whole = math.floor(instant)
+    micros = round((instant - whole) * 1_000_000) % 1_000_000
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole)) + f"{micros:06d}"
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(ID_RE.fullmatch(value)) and not value.endswith(".error") and value not in (".", "..")
+
+
+def parse_task_bytes(data: bytes) -> TaskDict:
+    """Decode and validate a task file's bytes. Raises: FieldError with the reason."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FieldError(f"not UTF-8 (byte {exc.start})") from None
+    try:
+        obj = json.loads(text, parse_constant=reject_constant)
+    except json.JSONDecodeError as exc:
+        raise FieldError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise FieldError("invalid JSON: nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise FieldError(f"a task file must hold a JSON object, not {json_kind(obj)}")
+    validate_fields(obj)
+    return obj
+
+
+def reject_constant(name: str) -> None:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
+def json_kind(value: JSON) -> str:
+    kinds = [(bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a string")]
+    kinds += [(list, "an array"), (dict, "an object")]
+    for kind, name in kinds:
+        if isinstance(value, kind):
+            return name
+    return "null"
+
+
+def validate_fields(obj: TaskDict) -> None:
+    """Check the fields spool reads. Raises: FieldError naming the field."""
+    task = obj.get("task")
+    if not isinstance(task, str) or not task:
+        raise FieldError("field 'task' is required and must be a non-empty string")
+    if len(task) > TASK_NAME_MAX:
+        raise FieldError(f"field 'task' is longer than {TASK_NAME_MAX} characters")
+    expect(obj, "args", list, "an array")
+    expect(obj, "kwargs", dict, "an object")
+    if "id" in obj and not (isinstance(obj["id"], str) and is_valid_id(obj["id"])):
+        raise FieldError("field 'id' must match [A-Za-z0-9._-]{1,128} (and not end in .error)")
+    if "priority" in obj and not (is_int(obj["priority"]) and 0 <= obj["priority"] <= 9):
+        raise FieldError("field 'priority' must be an integer from 0 to 9")
+    for key in ("delay", "enqueued_at"):
+        if key in obj and not (is_number(obj[key]) and obj[key] >= 0):
+            raise FieldError(f"field '{key}' must be a number of seconds >= 0")
+    if "timeout" in obj and obj["timeout"] is not None and not (
+        is_number(obj["timeout"]) and obj["timeout"] > 0
+    ):
+        raise FieldError("field 'timeout' must be a number of seconds > 0")
+    for key in ("max_retries", "attempts"):
+        if key in obj and not (is_int(obj[key]) and obj[key] >= 0):
+            raise FieldError(f"field '{key}' must be an integer >= 0")
+    if "not_before" in obj:
+        parse_instant(obj["not_before"], "not_before")
+    if "unique_key" in obj and not (
+        isinstance(obj["unique_key"], str) and 0 < len(obj["unique_key"]) <= UNIQUE_KEY_MAX
+    ):
+        raise FieldError(f"field 'unique_key' must be a string of 1-{UNIQUE_KEY_MAX} characters")
+    expect(obj, "history", list, "an array")
+
+
+def expect(obj: TaskDict, key: str, kind: type, name: str) -> None:
+    if key in obj and not isinstance(obj[key], kind):
+        raise FieldError(f"field '{key}' must be {name}, not {json_kind(obj[key])}")
+
+
+def is_int(value: JSON) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: JSON) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_instant(value: JSON, field: str = "time") -> float:
+    """Epoch seconds from a number or an ISO-8601 string (naive = local time). Raises: FieldError."""
+    if is_number(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip()).timestamp()
+        except ValueError:
+            pass
+    raise FieldError(f"field '{field}' must be epoch seconds or an ISO-8601 time, not {value!r}")
+
+
+def due_at(task: TaskDict) -> float:
+    """When the task may first run: not_before, else enqueued_at + delay."""
+    if "not_before" in task:
+        return parse_instant(task["not_before"], "not_before")
+    return float(task.get("enqueued_at", 0.0)) + float(task.get("delay", 0.0))
+
+
+def priority_of(task: TaskDict) -> int:
+    return int(task.get("priority", 0))
+
+
+def dump(task: TaskDict) -> bytes:
+    """Serialise a task file. Raises: InvalidTask when a value is not JSON."""
+    try:
+        return json.dumps(task, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidTask(f"task {task.get('task')!r} is not JSON-serialisable: {exc}") from exc
+
+
+def dump_pretty(task: TaskDict) -> str:
+    return json.dumps(task, ensure_ascii=False, indent=2, sort_keys=False)

@@ -1,0 +1,57 @@
+"""Errors spool raises on purpose; every one of them is a SpoolError."""
+
+from __future__ import annotations
+
+
+class SpoolError(Exception):
+    """Base for every error spool raises on purpose."""
+
+
+class ConfigError(SpoolError):
+    """The configuration (file, environment or flags) cannot be used."""
+
+
+class InvalidQueueName(SpoolError):
+    """A queue name does not match [A-Za-z0-9_-]{1,64}."""
+
+
+class InvalidTask(SpoolError):
+    """A task given to a producer is not valid (bad field type, bad id, ...)."""
+
+
+class InvalidTaskFile(SpoolError):
+    """A file in incoming/ is not a runnable task; `reason` says why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
+
+
+class UnknownTask(InvalidTaskFile):
+    """The file names a task that no configured module registered."""
+
+
+class TaskNotFound(SpoolError):
+    """No task with this id exists in any queue."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"unknown task id: {task_id}")
+        self.task_id = task_id
+
+
+class TaskFailed(SpoolError):
+    """The task ended in failed/; `error` holds its last error."""
+
+    def __init__(self, task_id: str, error: dict[str, object]) -> None:
+        kind = error.get("type", "Error")
+        message = error.get("message", "")
+        super().__init__(f"task {task_id} failed: {kind}: {message}")
+        self.task_id, self.error = task_id, error
+
+
+class WaitTimeout(SpoolError, TimeoutError):
+    """The task did not finish within the time given to wait()."""
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        super().__init__(f"task {task_id} did not finish within {timeout:g} s")
+        self.task_id, self.timeout = task_id, timeout

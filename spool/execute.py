@@ -1,0 +1,234 @@
+"""Run one attempt of a handler in a child process, under its timeout -> Outcome.
+
+Each worker keeps one child process that imports the configured task modules and runs
+handlers on request, one at a time. The worker can always take an attempt back: on timeout it
+kills the child's whole process group (a handler stuck in C code, or waiting on a subprocess,
+goes with it) and starts a new child; a child that dies (os._exit, a signal, the OOM killer)
+is an attempt that failed. The child dies with the worker (PR_SET_PDEATHSIG on Linux).
+
+Worker and child speak length-framed JSON over two pipes; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from spool.envelope import JSON
+from spool.errors import ConfigError
+
+CHILD_CODE = "from spool.execute import child_main; child_main()"
+START_TIMEOUT_SECONDS = 120.0
+POLL_SLICE_SECONDS = 0.1
+
+
+@dataclass
+class Outcome:
+    """What one attempt ended as: ok with a result, or an error dict {type, message, traceback}."""
+
+    ok: bool
+    started_at: float
+    finished_at: float
+    result: JSON = None
+    error: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False  # the worker was told to stop now: put the task back
+
+    @property
+    def duration(self) -> float:
+        return self.finished_at - self.started_at
+
+
+def error_dict(kind: str, message: str, tb: str = "") -> dict[str, str]:
+    return {"type": kind, "message": message, "traceback": tb}
+
+
+class Executor:
+    """The worker's side of the child process that runs handlers."""
+
+    def __init__(self, tasks_modules: tuple[str, ...], project_dir: str) -> None:
+        self.tasks_modules, self.project_dir = tasks_modules, project_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.send_conn: Connection | None = None
+        self.recv_conn: Connection | None = None
+        self.tasks: dict[str, dict[str, Any]] = {}
+
+    def start(self) -> dict[str, dict[str, Any]]:
+        """Start the child; return the tasks it registered. Raises: ConfigError."""
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        payload = json.dumps({"modules": list(self.tasks_modules), "project_dir": self.project_dir})
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", CHILD_CODE, str(to_child_r), str(from_child_w), payload],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                process_group=0,  # its own group: a timeout kills what it spawned too
+                cwd=self.project_dir,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self.send_conn = Connection(to_child_w, readable=False)
+        self.recv_conn = Connection(from_child_r, writable=False)
+        hello = self.receive(START_TIMEOUT_SECONDS)
+        if hello is None or "error" in hello:
+            reason = hello["error"] if hello else "it exited or did not answer"
+            self.kill()
+            raise ConfigError(f"cannot start the handler process: {reason}")
+        self.tasks = hello["tasks"]
+        return self.tasks
+
+    def receive(self, timeout: float) -> dict[str, Any] | None:
+        assert self.recv_conn is not None
+        try:
+            if not self.recv_conn.poll(timeout):
+                return None
+            message: dict[str, Any] = json.loads(self.recv_conn.recv_bytes())
+            return message
+        except (EOFError, OSError):
+            return None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def run(
+        self,
+        request: dict[str, JSON],
+        timeout: float | None,
+        interrupted: Callable[[], bool],
+    ) -> Outcome:
+        """Run one attempt; never raises for what the handler does."""
+        if not self.running:
+            self.start()
+        assert self.send_conn is not None and self.recv_conn is not None
+        started = time.time()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self.send_conn.send_bytes(json.dumps(request).encode())
+        except OSError:
+            return self.child_lost(started)
+        while True:
+            if interrupted():
+                self.kill()
+                return Outcome(False, started, time.time(), interrupted=True)
+            slice_ = POLL_SLICE_SECONDS
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.kill()
+                    message = f"attempt stopped after its timeout of {timeout:g} s"
+                    return Outcome(False, started, time.time(), error=error_dict("Timeout", message))
+                slice_ = min(slice_, left)
+            try:
+                ready = self.recv_conn.poll(slice_)
+                if not ready:
+                    continue
+                reply = json.loads(self.recv_conn.recv_bytes())
+            except (EOFError, OSError):
+                return self.child_lost(started)
+            finished = time.time()
+            if reply.get("ok"):
+                return Outcome(True, started, finished, result=reply.get("result"))
+            return Outcome(False, started, finished, error=reply["error"])
+
+    def child_lost(self, started: float) -> Outcome:
+        code = self.kill()
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
+        message = f"the handler process {how} during the attempt"
+        return Outcome(False, started, time.time(), error=error_dict("WorkerLost", message))
+
+    def kill(self) -> int | None:
+        """Kill the child and its process group; return its exit code."""
+        proc, self.proc = self.proc, None
+        for conn in (self.send_conn, self.recv_conn):
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.close()
+        self.send_conn = self.recv_conn = None
+        if proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        return proc.wait()
+
+    def stop(self) -> None:
+        """End the child between attempts."""
+        self.kill()
+
+
+# ---- the child side ----------------------------------------------------------------------
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the worker that started it dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the worker died before the prctl
+            os._exit(1)
+
+
+def child_main() -> None:
+    """Entry point of the handler process (argv: read fd, write fd, JSON settings)."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when an attempt stops
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    recv_conn = Connection(int(sys.argv[1]), writable=False)
+    send_conn = Connection(int(sys.argv[2]), readable=False)
+    settings = json.loads(sys.argv[3])
+    from spool.registry import collect_tasks, import_task_modules
+
+    try:
+        modules = import_task_modules(settings["modules"], settings["project_dir"])
+        tasks = collect_tasks(modules)
+    except Exception as exc:
+        send_conn.send_bytes(json.dumps({"error": str(exc)}).encode())
+        return
+    described = {name: task.options.describe() for name, task in tasks.items()}
+    send_conn.send_bytes(json.dumps({"tasks": described}).encode())
+    while True:
+        try:
+            request = json.loads(recv_conn.recv_bytes())
+        except EOFError:
+            return
+        reply = run_handler(tasks, request)
+        send_conn.send_bytes(encode_reply(reply))
+
+
+def run_handler(tasks: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    task = tasks[request["task"]]
+    try:
+        result = task.fn(*request.get("args", []), **request.get("kwargs", {}))
+    except Exception as exc:
+        kind = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
+        return {"ok": False, "error": error_dict(kind, str(exc), traceback.format_exc())}
+    return {"ok": True, "result": result}
+
+
+def encode_reply(reply: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(reply, allow_nan=False).encode()
+    except (TypeError, ValueError):
+        reply["result"] = repr(reply.get("result"))  # keep the outcome; the value as text
+        reply["result_is_repr"] = True
+        return json.dumps(reply).encode()

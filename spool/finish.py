@@ -1,0 +1,208 @@
+"""Outcome -> done/, delayed/ (a retry after backoff) or failed/; and rejections.
+
+Every move out of processing/ writes the task's new content to tmp/ and renames it into its
+destination; the claimed file in processing/ is unlinked afterwards, once the destination is
+durable (the worker batches that: see Committer). A crash between the two leaves both files;
+recovery sees the destination and drops the claim instead of running the task again.
+
+A rejected file (not a runnable task) is moved to failed/ as it is, with <stem>.error.json
+beside it saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from spool import envelope
+from spool.claim import Claim
+from spool.envelope import JSON, TaskDict
+from spool.execute import Outcome
+from spool.fsio import fsync_dir, list_names, sync_filesystem, write_atomic
+from spool.layout import ERROR_SUFFIX, QueueDirs, delayed_name
+from spool.producer import release_unique_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how late a failed attempt is tried again."""
+
+    max_retries: int
+    backoff_seconds: float = 1.0
+    backoff_max_seconds: float = 3600.0
+    jitter: bool = True
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        base = min(self.backoff_max_seconds, self.backoff_seconds * 2 ** min(attempt - 1, 60))
+        if self.jitter:
+            base *= (rng or random).uniform(1.0, 1.25)
+        return min(base, self.backoff_max_seconds)
+
+    def exhausted(self, attempts: int) -> bool:
+        return attempts > self.max_retries
+
+
+def history_entry(attempt: int, worker: str, outcome: Outcome) -> dict[str, JSON]:
+    return {
+        "attempt": attempt,
+        "worker": worker,
+        "started_at": outcome.started_at,
+        "finished_at": outcome.finished_at,
+        "error": outcome.error,
+    }
+
+
+def finish(taken: Claim, task: TaskDict, outcome: Outcome, policy: RetryPolicy) -> str:
+    """Move an attempted task to its next state; return it: done, retry or failed."""
+    dirs = taken.dirs
+    attempt = int(task.get("attempts", 0)) + 1
+    final: TaskDict = dict(task)
+    final.update(attempts=attempt, started_at=outcome.started_at, worker=taken.worker_id)
+    final["finished_at"] = outcome.finished_at
+    if outcome.ok:
+        final["result"] = outcome.result
+        final.pop("error", None)
+        state = "done"
+        dest = dirs.done / f"{task['id']}.json"
+    else:
+        final["history"] = [*task.get("history", []), history_entry(attempt, taken.worker_id, outcome)]
+        if policy.exhausted(attempt):
+            final["error"] = outcome.error
+            state = "failed"
+            dest = dirs.failed / f"{task['id']}.json"
+        else:
+            due = outcome.finished_at + policy.delay(attempt)
+            final["retry_at"] = due
+            for key in ("finished_at", "started_at", "worker"):
+                final.pop(key)
+            state = "retry"
+            dest = dirs.delayed / delayed_name(int(due * 1_000_000), taken.name)
+    write_atomic(envelope.dump(final), dirs.tmp, dest, durable=False)
+    if state != "retry" and "unique_key" in task:
+        release_unique_key(dirs, task["unique_key"], str(task["id"]))
+    return state
+
+
+def reject(taken: Claim, reason: str, worker_id: str) -> Path:
+    """Move a file that is not a runnable task to failed/ unchanged, with the reason beside it.
+
+    It is stored as <id>.json, the id its name stands for (so `spool show ID` finds it).
+    """
+    dirs = taken.dirs
+    try:
+        mtime = os.lstat(taken.path).st_mtime
+    except OSError:
+        mtime = time.time()
+    dest = free_name(dirs.failed, envelope.id_of_name(taken.name, mtime) + ".json")
+    os.rename(taken.path, dest)  # the file itself, even a symlink or a directory: never read
+    stem = stem_of(dest.name)
+    sidecar = {
+        "file": taken.name,
+        "stored_as": dest.name,
+        "reason": reason,
+        "rejected_at": time.time(),
+        "worker": worker_id,
+    }
+    write_atomic(json.dumps(sidecar, indent=2).encode(), dirs.tmp, dirs.failed / (stem + ERROR_SUFFIX))
+    fsync_dir(dirs.failed)
+    return dest
+
+
+def free_name(directory: Path, name: str) -> Path:
+    """`name` in `directory`, or `<stem>.<n>.json` when that (or its sidecar) is taken."""
+    stem = name.removesuffix(".json")
+    candidate, n = name, 1
+    while any(os.path.lexists(directory / c) for c in (candidate, stem_of(candidate) + ERROR_SUFFIX)):
+        n += 1
+        candidate = f"{stem}.{n}.json"
+    return directory / candidate
+
+
+def stem_of(name: str) -> str:
+    return name.removesuffix(".json")
+
+
+def already_finished(dirs: QueueDirs, name: str, task: TaskDict) -> bool:
+    """Whether a claimed task's outcome already reached done/, failed/ or delayed/.
+
+    True after a worker died between writing the outcome and dropping its claim.
+    """
+    task_id = task.get("id")
+    for path in (dirs.done / f"{task_id}.json", dirs.failed / f"{task_id}.json"):
+        try:
+            other = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue  # absent, or torn by a power loss: run the task again
+        if isinstance(other, dict) and other.get("enqueued_at") == task.get("enqueued_at"):
+            return int(other.get("attempts", 0)) > int(task.get("attempts", 0))
+    return any(entry.endswith("@" + name) for entry in list_names(dirs.delayed))
+
+
+def recover(taken: Claim, task: TaskDict | None, dead_worker: str, policy: RetryPolicy | None) -> str:
+    """Send back a task whose worker died while it ran: incoming/ (attempts + 1) or failed/.
+
+    `task` is None when the file cannot be read as a task: it goes back unchanged and the
+    next claim rejects it with the reason.
+    """
+    dirs = taken.dirs
+    if task is None or policy is None:
+        os.rename(taken.path, dirs.incoming / taken.name)
+        return "incoming"
+    if already_finished(dirs, taken.name, task):
+        taken.path.unlink(missing_ok=True)
+        return "finished"
+    now = time.time()
+    message = f"worker {dead_worker} died while the attempt ran"
+    lost = Outcome(False, now, now, error={"type": "WorkerLost", "message": message, "traceback": ""})
+    attempt = int(task.get("attempts", 0)) + 1
+    updated: TaskDict = dict(task)
+    updated["attempts"] = attempt
+    updated["history"] = [*task.get("history", []), history_entry(attempt, dead_worker, lost)]
+    if policy.exhausted(attempt):
+        updated.update(error=lost.error, finished_at=now, worker=dead_worker)
+        write_atomic(envelope.dump(updated), dirs.tmp, dirs.failed / f"{task['id']}.json")
+        if "unique_key" in task:
+            release_unique_key(dirs, task["unique_key"], str(task["id"]))
+        state = "failed"
+    else:
+        write_atomic(envelope.dump(updated), dirs.tmp, dirs.incoming / taken.name)
+        state = "incoming"
+    taken.path.unlink(missing_ok=True)
+    return state
+
+
+class Committer:
+    """Drops claims whose outcome is written, after one filesystem sync for the whole batch.
+
+    Outcomes are written without a sync each; a claim in processing/ is removed only after
+    the sync that made its outcome durable, so a power loss can never lose a task: at worst
+    it runs again.
+    """
+
+    def __init__(self, root: Path, max_batch: int = 256, max_delay_seconds: float = 0.05) -> None:
+        self.root, self.max_batch, self.max_delay_seconds = root, max_batch, max_delay_seconds
+        self.pending: list[Path] = []
+        self.oldest = 0.0
+
+    def add(self, claim_path: Path, now: float) -> None:
+        if not self.pending:
+            self.oldest = now
+        self.pending.append(claim_path)
+        if len(self.pending) >= self.max_batch or now - self.oldest >= self.max_delay_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        sync_filesystem(self.root)
+        for path in self.pending:
+            path.unlink(missing_ok=True)
+        self.pending.clear()

@@ -1,0 +1,109 @@
+"""A worker's in-memory view of one queue: what is ready (in order) and when delayed tasks fall due.
+
+Built from directory listings (names only) and kept current by event hints, so claiming the
+next task never lists the directory. Entries are hints too: a name another worker already
+took fails its claim with ENOENT and is dropped.
+
+Order: the canonical incoming name starts with 9-priority and the enqueue time in µs, fixed
+width, so sorting names sorts the queue. A dropped file with another name is read once
+(no-follow, size-limited) to learn its priority; its enqueue time is its mtime.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from dataclasses import dataclass, field
+
+from spool import envelope
+from spool.envelope import FieldError
+from spool.fsio import UnreadableFile, list_names, read_regular
+from spool.layout import CANONICAL_RE, QueueDirs, is_task_name, split_delayed
+
+
+@dataclass
+class QueueIndex:
+    """Ready and delayed tasks of one queue, as this worker last saw them."""
+
+    dirs: QueueDirs
+    max_file_bytes: int
+    ready: list[tuple[str, str]] = field(default_factory=list)  # (sort key, name)
+    ready_names: set[str] = field(default_factory=set)
+    delayed: list[tuple[int, str]] = field(default_factory=list)  # (due µs, entry)
+    delayed_names: set[str] = field(default_factory=set)
+
+    def add_ready(self, name: str) -> None:
+        if name in self.ready_names or not is_task_name(name):
+            return
+        key = self.sort_key(name)
+        if key is None:
+            return
+        self.ready_names.add(name)
+        heapq.heappush(self.ready, (key, name))
+
+    def add_delayed(self, entry: str) -> None:
+        parts = split_delayed(entry)
+        if parts is None or entry in self.delayed_names:
+            return
+        self.delayed_names.add(entry)
+        heapq.heappush(self.delayed, (parts[0], entry))
+
+    def rescan(self) -> None:
+        """Rebuild both views from the directories (names only, plus dropped files' headers)."""
+        names = [n for n in list_names(self.dirs.incoming) if is_task_name(n)]
+        keep = {name: key for key, name in self.ready}
+        self.ready = []
+        for name in names:
+            key = keep.get(name) or self.sort_key(name)
+            if key is not None:
+                self.ready.append((key, name))
+        heapq.heapify(self.ready)
+        self.ready_names = {name for _, name in self.ready}
+        self.delayed = []
+        for entry in list_names(self.dirs.delayed):
+            parts = split_delayed(entry)
+            if parts is not None:
+                self.delayed.append((parts[0], entry))
+        heapq.heapify(self.delayed)
+        self.delayed_names = {entry for _, entry in self.delayed}
+
+    def peek_ready(self) -> str | None:
+        return self.ready[0][0] if self.ready else None
+
+    def pop_ready(self) -> str | None:
+        if not self.ready:
+            return None
+        _, name = heapq.heappop(self.ready)
+        self.ready_names.discard(name)
+        return name
+
+    def pop_due(self, now_us: int) -> list[str]:
+        """Delayed entries due by `now_us`, earliest first."""
+        due = []
+        while self.delayed and self.delayed[0][0] <= now_us:
+            _, entry = heapq.heappop(self.delayed)
+            self.delayed_names.discard(entry)
+            due.append(entry)
+        return due
+
+    def next_due_us(self) -> int | None:
+        return self.delayed[0][0] if self.delayed else None
+
+    def sort_key(self, name: str) -> str | None:
+        """The name itself when canonical; else built from the file's priority and mtime."""
+        if CANONICAL_RE.fullmatch(name):
+            return name
+        path = self.dirs.incoming / name
+        priority = 0
+        try:
+            data, st = read_regular(path, self.max_file_bytes)
+            priority = envelope.priority_of(envelope.parse_task_bytes(data))
+            mtime = st.st_mtime
+        except FileNotFoundError:
+            return None
+        except (UnreadableFile, FieldError, OSError):
+            try:
+                mtime = os.lstat(path).st_mtime
+            except OSError:
+                return None
+        return f"{9 - priority}_{int(mtime * 1_000_000):016d}_~{name}"

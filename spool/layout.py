@@ -1,0 +1,156 @@
+"""The spool on disk: one directory per queue, one subdirectory per state.
+
+    <root>/<queue>/tmp/         producers write here first, then rename
+    <root>/<queue>/incoming/    ready tasks: <9-priority>_<enqueued µs>_<id>.json, or any
+                                *.json a program dropped (not starting with '.')
+    <root>/<queue>/delayed/     <due µs>@<incoming name>: not due yet
+    <root>/<queue>/processing/  <incoming name>@<worker id>: claimed by that worker
+    <root>/<queue>/done/        <id>.json: finished, with the result
+    <root>/<queue>/failed/      <id>.json: failed for good; or a rejected file under its own
+                                name with <stem>.error.json beside it
+    <root>/<queue>/.unique/     one file per held unique_key
+    <root>/.workers/            <worker id>.lock (locked while the worker lives) and .json
+
+Names carry everything the hot path needs (priority, order, due time, owner), so workers sort
+and promote without opening files. Directory names starting with '.' are never queues.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from spool.errors import InvalidQueueName
+
+DIR_MODE = 0o770
+FILE_MODE = 0o660
+STATES = ("incoming", "delayed", "processing", "done", "failed")
+QUEUE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+CANONICAL_RE = re.compile(r"([0-9])_([0-9]{16})_([A-Za-z0-9._-]{1,128})\.json")
+ERROR_SUFFIX = ".error.json"
+DEFAULT_QUEUE = "default"
+
+
+def check_queue_name(name: str) -> str:
+    """Return `name` if it is a valid queue name. Raises: InvalidQueueName."""
+    if not QUEUE_RE.fullmatch(name):
+        raise InvalidQueueName(f"invalid queue name {name!r}: use 1-64 of A-Z a-z 0-9 _ -")
+    return name
+
+
+def is_task_name(name: str) -> bool:
+    """Whether a file name in incoming/ is a task (spool never looks at the others)."""
+    return name.endswith(".json") and not name.startswith(".")
+
+
+def canonical_name(priority: int, enqueued_us: int, task_id: str) -> str:
+    """The incoming/ name of a task: sorting these names sorts the queue (fixed-width head)."""
+    return f"{9 - priority}_{enqueued_us:016d}_{task_id}.json"
+
+
+def delayed_name(due_us: int, name: str) -> str:
+    return f"{due_us:016d}@{name}"
+
+
+def split_delayed(entry: str) -> tuple[int, str] | None:
+    """(due µs, incoming name) of a delayed/ entry, or None if it is not one of ours."""
+    due, sep, name = entry.partition("@")
+    if not sep or len(due) != 16 or not due.isdigit() or not is_task_name(name):
+        return None
+    return int(due), name
+
+
+def processing_name(name: str, worker_id: str) -> str:
+    return f"{name}@{worker_id}"
+
+
+def split_processing(entry: str) -> tuple[str, str] | None:
+    """(incoming name, worker id) of a processing/ entry, or None."""
+    name, sep, worker_id = entry.rpartition("@")
+    if not sep or not worker_id or not name:
+        return None
+    return name, worker_id
+
+
+def ensure_dir(path: Path) -> None:
+    """Create `path` (and parents) with group access, whatever the umask."""
+    if path.is_dir():
+        return
+    if not path.parent.is_dir():
+        ensure_dir(path.parent)
+    try:
+        os.mkdir(path, DIR_MODE)
+        os.chmod(path, DIR_MODE)
+    except FileExistsError:  # RACE: another process made it first
+        pass
+
+
+@dataclass(frozen=True)
+class QueueDirs:
+    """A queue's state directories under the root."""
+
+    root: Path
+    name: str
+
+    @property
+    def base(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def tmp(self) -> Path:
+        return self.base / "tmp"
+
+    @property
+    def incoming(self) -> Path:
+        return self.base / "incoming"
+
+    @property
+    def delayed(self) -> Path:
+        return self.base / "delayed"
+
+    @property
+    def processing(self) -> Path:
+        return self.base / "processing"
+
+    @property
+    def done(self) -> Path:
+        return self.base / "done"
+
+    @property
+    def failed(self) -> Path:
+        return self.base / "failed"
+
+    @property
+    def unique(self) -> Path:
+        return self.base / ".unique"
+
+    def state(self, state: str) -> Path:
+        return self.base / state
+
+    def create(self) -> QueueDirs:
+        """Make every state directory (first use); return self."""
+        for sub in ("tmp", *STATES, ".unique"):
+            ensure_dir(self.base / sub)
+        return self
+
+
+def queue_dirs(root: Path, name: str) -> QueueDirs:
+    """The QueueDirs of a checked queue name. Raises: InvalidQueueName."""
+    return QueueDirs(root, check_queue_name(name))
+
+
+def existing_queues(root: Path) -> list[str]:
+    """Names of the queues present under the root, sorted."""
+    try:
+        entries = os.scandir(root)
+    except FileNotFoundError:
+        return []
+    with entries:
+        return sorted(e.name for e in entries if QUEUE_RE.fullmatch(e.name) and e.is_dir())
+
+
+def workers_dir(root: Path) -> Path:
+    return root / ".workers"

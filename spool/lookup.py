@@ -1,0 +1,88 @@
+"""Find a task by id, in any queue and any state, and read its file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spool.envelope import id_of_name
+from spool.fsio import UnreadableFile, list_names, read_regular
+from spool.layout import (
+    ERROR_SUFFIX,
+    QueueDirs,
+    existing_queues,
+    split_delayed,
+    split_processing,
+)
+
+PENDING_STATES = ("incoming", "delayed", "processing")
+READ_LIMIT = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Found:
+    """Where a task is: its queue, its state, its file, and the rejection note if any."""
+
+    queue: str
+    state: str
+    path: Path
+    note: Path | None = None
+
+
+def incoming_name(state: str, entry: str) -> str | None:
+    if state == "incoming":
+        return entry
+    if state == "delayed":
+        parts = split_delayed(entry)
+        return parts[1] if parts else None
+    parts = split_processing(entry)
+    return parts[0] if parts else None
+
+
+def finished(dirs: QueueDirs, task_id: str) -> Found | None:
+    for state in ("done", "failed"):
+        path = dirs.state(state) / f"{task_id}.json"
+        if path.exists() or path.is_symlink():
+            note = dirs.failed / f"{task_id}{ERROR_SUFFIX}"
+            return Found(dirs.name, state, path, note if state == "failed" and note.exists() else None)
+    return None
+
+
+def locate(root: Path, task_id: str, queues: list[str] | None = None) -> Found | None:
+    """Where the task with this id is now, or None."""
+    names = queues if queues is not None else existing_queues(root)
+    for queue in names:
+        dirs = QueueDirs(root, queue)
+        found = finished(dirs, task_id)
+        if found:
+            return found
+        for state in PENDING_STATES:
+            for entry in list_names(dirs.state(state)):
+                name = incoming_name(state, entry)
+                if name is not None and id_of_name(name) == task_id:
+                    return Found(queue, state, dirs.state(state) / entry)
+        found = finished(dirs, task_id)  # RACE: it may have finished while we listed
+        if found:
+            return found
+    return None
+
+
+def read_found(found: Found) -> dict[str, Any]:
+    """The task file as a dict plus `queue` and `state` (and `rejected` for a rejected file)."""
+    info: dict[str, Any] = {"queue": found.queue, "state": found.state}
+    try:
+        data = json.loads(read_regular(found.path, READ_LIMIT)[0])
+    except UnreadableFile as exc:
+        data = {"unreadable": str(exc)}
+    except (OSError, ValueError) as exc:
+        data = {"unreadable": str(exc)}
+    if not isinstance(data, dict):
+        data = {"content": data}
+    if found.note is not None:
+        try:
+            info["rejected"] = json.loads(found.note.read_bytes())
+        except (OSError, ValueError):
+            info["rejected"] = {"reason": "unknown (note unreadable)"}
+    return {**data, **info}

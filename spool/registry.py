@@ -1,0 +1,131 @@
+"""Handlers by name, and the Task handle that @app.task puts in front of a function.
+
+A worker finds tasks by importing the modules the config names and collecting every Task
+(and every task of every Spool object) they define at module level; it never imports or
+calls anything a task file names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from spool.errors import ConfigError
+
+if TYPE_CHECKING:
+    from spool.app import Spool
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Defaults a task carries; a task file's own fields win over them."""
+
+    name: str
+    queue: str = "default"
+    max_retries: int | None = None
+    timeout: float | None = None
+    retry_backoff: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "max_retries": self.max_retries,
+            "timeout": self.timeout,
+            "retry_backoff": self.retry_backoff,
+        }
+
+
+class Task(Generic[P, R]):
+    """A registered handler: call it directly, or enqueue it with .delay() / .enqueue()."""
+
+    def __init__(self, app: Spool, fn: Callable[P, R], options: TaskOptions) -> None:
+        self.app, self.fn, self.options = app, fn, options
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", options.name)
+        self.__wrapped__ = fn
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.options.queue}>"
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Enqueue a run with these arguments; return the task id once it is durable."""
+        return self.app.enqueue(self.name, args=list(args), kwargs=dict(kwargs), queue=self.options.queue)
+
+    def enqueue(
+        self,
+        args: list[Any] | tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> str:
+        """Enqueue with options (delay, not_before, priority, max_retries, timeout,
+        unique_key, id, queue); return the task id once it is durable."""
+        options.setdefault("queue", self.options.queue)
+        return self.app.enqueue(self.name, args=args, kwargs=kwargs, **options)
+
+
+class Registry:
+    """Tasks by name, for one Spool object."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, Task[Any, Any]] = {}
+
+    def add(self, task: Task[Any, Any]) -> None:
+        self.tasks[task.name] = task
+
+    def get(self, name: str) -> Task[Any, Any] | None:
+        return self.tasks.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tasks
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+
+def import_task_modules(names: Iterable[str], project_dir: str) -> list[ModuleType]:
+    """Import the operator's configured task modules. Raises: ConfigError."""
+    if project_dir not in sys.path:
+        sys.path.insert(0, project_dir)
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except Exception as exc:
+            raise ConfigError(f"cannot import tasks module {name!r}: {type(exc).__name__}: {exc}") from exc
+    return modules
+
+
+def collect_tasks(modules: Iterable[ModuleType]) -> dict[str, Task[Any, Any]]:
+    """Every task the modules define, whichever Spool object decorated it. Raises: ConfigError."""
+    from spool.app import Spool
+
+    found: dict[str, Task[Any, Any]] = {}
+
+    def add(task: Task[Any, Any], module: ModuleType) -> None:
+        other = found.get(task.name)
+        if other is not None and other.fn is not task.fn:
+            raise ConfigError(f"task name {task.name!r} is registered twice (again in {module.__name__})")
+        found[task.name] = task
+
+    for module in modules:
+        for value in list(vars(module).values()):
+            if isinstance(value, Task):
+                add(value, module)
+            elif isinstance(value, Spool):
+                for task in value.registry.tasks.values():
+                    add(task, module)
+    return found

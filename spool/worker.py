@@ -1,0 +1,355 @@
+"""The worker loop: wake or rescan, promote due tasks, claim the next one, run it, finish it.
+
+One worker process serves one or more queues (all of them by default), one attempt at a time,
+through its handler process (see execute). It holds its liveness lock (see claim) from start to
+exit. Signals: the first SIGTERM/SIGINT stops claiming and lets the running attempt finish
+(bounded by its timeout), then the worker exits 0; a second one stops the attempt and puts the
+task back in incoming/ unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from spool import envelope
+from spool.claim import Claim, WorkerLock, abandoned, claim, new_worker_id, reap_dead_workers, release
+from spool.config import Settings
+from spool.envelope import FieldError, TaskDict
+from spool.execute import Executor
+from spool.finish import Committer, RetryPolicy, finish, recover, reject
+from spool.fsio import UnreadableFile, list_names, read_regular
+from spool.index import QueueIndex
+from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs, split_processing
+from spool.watch import Watcher
+
+log = logging.getLogger(__name__)
+REAP_SECONDS = 30.0
+POLL_SECONDS = 0.25  # when filesystem events are unavailable
+
+
+@dataclass
+class Timer:
+    """Something done every `every` seconds."""
+
+    every: float
+    last: float = 0.0
+
+    def due(self, now: float) -> bool:
+        return now - self.last >= self.every
+
+    def left(self, now: float) -> float:
+        return max(0.0, self.last + self.every - now)
+
+
+class Worker:
+    """One worker process: serves `queues` (all when empty) until stopped, or until drained."""
+
+    def __init__(self, settings: Settings, queues: Sequence[str] = (), burst: bool = False) -> None:
+        self.settings, self.burst = settings, burst
+        self.fixed_queues = [queue_dirs(settings.root, q).name for q in (queues or settings.queues)]
+        self.worker_id = new_worker_id()
+        self.wakeup = threading.Event()
+        self.stopping = threading.Event()
+        self.hard_stop = False
+        self.indexes: dict[str, QueueIndex] = {}
+        self.watcher = Watcher(settings.root, self.wakeup)
+        self.executor = Executor(settings.tasks, str(settings.project_dir))
+        self.committer = Committer(settings.root)
+        self.lock = WorkerLock(settings.root, self.worker_id)
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.rescan = Timer(settings.rescan_seconds)
+        self.recovery = Timer(settings.recover_seconds)
+        self.reaping = Timer(REAP_SECONDS)
+        self.polling = False
+
+    # ---- life cycle ------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until stopped (or drained, with burst); return the exit code. Raises: SpoolError."""
+        self.install_signal_handlers()
+        os.makedirs(self.settings.root, exist_ok=True)
+        queues = self.fixed_queues or existing_queues(self.settings.root) or [DEFAULT_QUEUE]
+        self.lock.acquire(
+            {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time(), "queues": queues}
+        )
+        try:
+            self.tasks = self.executor.start()
+            for queue in queues:
+                self.add_queue(queue)
+            self.polling = self.burst or not self.watcher.start(queues, watch_root=not self.fixed_queues)
+            log.info(
+                "worker %s started: queues %s, tasks %s",
+                self.worker_id,
+                ", ".join(queues) if self.fixed_queues else "all",
+                ", ".join(sorted(self.tasks)) or "none",
+            )
+            self.recover_abandoned(time.time())
+            return self.loop()
+        finally:
+            self.committer.flush()
+            self.executor.stop()
+            self.watcher.stop()
+            self.lock.release()
+            log.info("worker %s stopped", self.worker_id)
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.on_signal)
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping.is_set():
+            self.hard_stop = True
+            log.warning("second %s: stopping now; the running task goes back to incoming/",
+                        signal.Signals(signum).name)
+        else:
+            self.stopping.set()
+            log.info("%s: no more claims; stopping after the running attempt", signal.Signals(signum).name)
+        self.wakeup.set()
+
+    def add_queue(self, queue: str) -> None:
+        if queue in self.indexes:
+            return
+        dirs = queue_dirs(self.settings.root, queue).create()
+        index = QueueIndex(dirs, self.settings.max_file_bytes)
+        index.rescan()
+        self.indexes[queue] = index
+        self.watcher.add(queue)
+
+    # ---- the loop --------------------------------------------------------------------
+
+    def loop(self) -> int:
+        self.rescan.last = time.time()
+        fresh = True  # (burst) nothing claimed since the last full rescan
+        while not self.stopping.is_set():
+            self.wakeup.clear()  # clear before looking: an event during the look is kept
+            now = time.time()
+            self.absorb_hints()
+            self.housekeeping(now)
+            self.promote_due(now)
+            taken = self.claim_next()
+            if taken is not None:
+                self.process(taken)
+                fresh = False
+                continue
+            self.committer.flush()
+            if self.burst:
+                if fresh:  # nothing due, even right after a full rescan
+                    break
+                self.rescan_all(time.time())
+                fresh = True
+                continue
+            self.wakeup.wait(self.sleep_seconds(time.time()))
+        return 0
+
+    def absorb_hints(self) -> None:
+        hints = self.watcher.hints
+        while hints.arrived:
+            queue, state, name = hints.arrived.popleft()
+            index = self.indexes.get(queue)
+            if index is None:
+                continue
+            if state == "incoming":
+                index.add_ready(name)
+            else:
+                index.add_delayed(name)
+        if hints.new_queue:
+            hints.new_queue = False
+            self.discover_queues()
+
+    def housekeeping(self, now: float) -> None:
+        if self.rescan.due(now) or (self.polling and now - self.rescan.last >= POLL_SECONDS):
+            self.rescan_all(now)
+        if self.recovery.due(now):
+            self.recover_abandoned(now)
+        if self.reaping.due(now):
+            self.reaping.last = now
+            reap_dead_workers(self.settings.root, self.busy_worker_ids())
+
+    def rescan_all(self, now: float) -> None:
+        self.rescan.last = now
+        self.discover_queues()
+        for index in self.indexes.values():
+            index.rescan()
+
+    def discover_queues(self) -> None:
+        if self.fixed_queues:
+            return
+        for queue in existing_queues(self.settings.root):
+            self.add_queue(queue)
+
+    def sleep_seconds(self, now: float) -> float:
+        waits = [self.rescan.left(now), self.recovery.left(now)]
+        if self.polling:
+            waits.append(POLL_SECONDS)
+        for index in self.indexes.values():
+            due = index.next_due_us()
+            if due is not None:
+                waits.append(max(0.0, due / 1_000_000 - now))
+        return max(0.001, min(waits))
+
+    def promote_due(self, now: float) -> None:
+        now_us = int(now * 1_000_000)
+        for index in self.indexes.values():
+            for entry in index.pop_due(now_us):
+                name = entry.partition("@")[2]
+                try:
+                    os.rename(index.dirs.delayed / entry, index.dirs.incoming / name)
+                except FileNotFoundError:  # RACE: another worker promoted or cancelled it
+                    continue
+                index.add_ready(name)
+
+    def claim_next(self) -> Claim | None:
+        """Claim the best ready task over all queues: higher priority, then first enqueued."""
+        while True:
+            best: QueueIndex | None = None
+            for index in self.indexes.values():
+                key = index.peek_ready()
+                if key is not None and (best is None or key < (best.peek_ready() or "")):
+                    best = index
+            if best is None:
+                return None
+            name = best.pop_ready()
+            if name is None:
+                continue
+            taken = claim(best.dirs, name, self.worker_id)
+            if taken is not None:
+                return taken
+
+    # ---- one task ----------------------------------------------------------------------
+
+    def process(self, taken: Claim) -> None:
+        """Validate, run and finish one claimed task; nothing here may stop the worker."""
+        task = self.read_claimed(taken)
+        if task is None:
+            return
+        if envelope.due_at(task) > time.time():
+            self.put_off(taken, task)
+            return
+        policy = self.policy_for(task)
+        attempt = int(task.get("attempts", 0)) + 1
+        fields = self.log_fields(taken, task, attempt)
+        log.info("claimed %s", fields)
+        request = {"task": task["task"], "args": task.get("args", []), "kwargs": task.get("kwargs", {})}
+        outcome = self.executor.run(request, self.timeout_for(task), lambda: self.hard_stop)
+        if outcome.interrupted:
+            release(taken)
+            log.warning("released %s (stopped during the attempt)", fields)
+            return
+        state = finish(taken, task, outcome, policy)
+        self.committer.add(taken.path, time.time())
+        if state == "done":
+            log.info("done %s duration=%.3fs", fields, outcome.duration)
+        else:
+            error = outcome.error
+            log.warning("%s %s duration=%.3fs error=%s: %s", state, fields, outcome.duration,
+                        error.get("type"), error.get("message"))
+
+    def read_claimed(self, taken: Claim) -> TaskDict | None:
+        """The claimed file as a runnable task, or None after rejecting it to failed/."""
+        try:
+            data, st = read_regular(taken.path, self.settings.max_file_bytes)
+            task = envelope.parse_task_bytes(data)
+        except (UnreadableFile, FieldError) as exc:
+            self.reject(taken, str(exc))
+            return None
+        except OSError as exc:
+            self.reject(taken, f"cannot read: {exc.strerror}")
+            return None
+        if task["task"] not in self.tasks:
+            self.reject(taken, f"unknown task {task['task']!r}: no configured tasks module registers it")
+            return None
+        task.setdefault("id", envelope.id_of_name(taken.name, st.st_mtime))
+        task.setdefault("enqueued_at", st.st_mtime)
+        task.setdefault("attempts", 0)
+        return task
+
+    def reject(self, taken: Claim, reason: str) -> None:
+        try:
+            dest = reject(taken, reason, self.worker_id)
+        except OSError as exc:
+            log.error("cannot move rejected %s to failed/: %s", taken.name, exc)
+            return
+        log.warning("rejected queue=%s file=%s stored=%s reason=%s", taken.dirs.name, taken.name,
+                    dest.name, reason)
+
+    def put_off(self, taken: Claim, task: TaskDict) -> None:
+        """A claimed task that is not due yet goes to delayed/ unchanged (no attempt)."""
+        due_us = int(envelope.due_at(task) * 1_000_000)
+        entry = delayed_name(due_us, taken.name)
+        os.rename(taken.path, taken.dirs.delayed / entry)
+        self.indexes[taken.dirs.name].add_delayed(entry)
+
+    def policy_for(self, task: TaskDict) -> RetryPolicy:
+        options = self.tasks.get(task["task"], {})
+        s = self.settings
+        max_retries = first(task.get("max_retries"), options.get("max_retries"), s.max_retries)
+        backoff = first(options.get("retry_backoff"), s.retry_backoff_seconds)
+        return RetryPolicy(int(max_retries), float(backoff), s.retry_backoff_max_seconds, s.retry_jitter)
+
+    def timeout_for(self, task: TaskDict) -> float:
+        options = self.tasks.get(task["task"], {})
+        return float(first(task.get("timeout"), options.get("timeout"), self.settings.timeout_seconds))
+
+    def log_fields(self, taken: Claim, task: TaskDict, attempt: int) -> str:
+        return f"queue={taken.dirs.name} id={task['id']} task={task['task']} attempt={attempt}"
+
+    # ---- dead workers ------------------------------------------------------------------
+
+    def recover_abandoned(self, now: float) -> None:
+        """Send the claims of dead workers back (or to failed/ when their attempts are used)."""
+        self.recovery.last = now
+        alive: dict[str, bool] = {}
+        for index in list(self.indexes.values()):
+            for taken, dead in abandoned(index.dirs, self.worker_id, alive):
+                try:
+                    self.recover_one(index, taken, dead)
+                except OSError as exc:
+                    log.error("cannot recover %s: %s", taken.name, exc)
+
+    def recover_one(self, index: QueueIndex, taken: Claim, dead: str) -> None:
+        task: TaskDict | None
+        try:
+            data, _ = read_regular(taken.path, self.settings.max_file_bytes)
+            task = envelope.parse_task_bytes(data)
+        except (UnreadableFile, FieldError, OSError):
+            task = None
+        known = task is not None and task["task"] in self.tasks
+        if task is not None:
+            mtime = os.lstat(taken.path).st_mtime
+            task.setdefault("id", envelope.id_of_name(taken.name, mtime))
+            task.setdefault("enqueued_at", mtime)
+        state = recover(taken, task if known else None, dead, self.policy_for(task) if known and task else None)
+        task_id = task.get("id") if task else taken.name
+        log.warning("recovered queue=%s id=%s from dead worker %s -> %s", index.dirs.name, task_id, dead, state)
+        if state == "incoming":
+            index.add_ready(taken.name)
+
+    def busy_worker_ids(self) -> set[str]:
+        owners = set()
+        for queue in existing_queues(self.settings.root):
+            for entry in list_names(self.settings.root / queue / "processing"):
+                parts = split_processing(entry)
+                if parts:
+                    owners.add(parts[1])
+        return owners
+
+
+def first(*values: Any) -> Any:
+    """The first value that is not None."""
+    return next(v for v in values if v is not None)
+
+
+def run_worker(settings: Settings, queues: Sequence[str] = (), burst: bool = False) -> int:
+    """Run a worker in this process until it stops. Raises: SpoolError."""
+    return Worker(settings, queues, burst).run()

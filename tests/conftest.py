@@ -1,0 +1,100 @@
+"""Shared fixtures: a spool root in tmp_path, real worker subprocesses, bounded waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from spool import Spool
+from spool.config import load_settings
+
+TESTS_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = TESTS_DIR.parent
+TEST_CONFIG = TESTS_DIR / "spool.toml"
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Poll `condition` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {condition}")
+        time.sleep(interval)
+
+
+def spool_command(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "spool", "--root", str(root), "--config", str(TEST_CONFIG), *args]
+
+
+@pytest.fixture
+def spool_root(tmp_path: Path) -> Path:
+    root = tmp_path / "spool"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def app(spool_root: Path, monkeypatch: pytest.MonkeyPatch) -> Spool:
+    """A producer-side Spool on the test root, configured like the test workers."""
+    monkeypatch.setenv("SPOOL_ROOT", str(spool_root))
+    return Spool(settings=load_settings(str(spool_root), str(TEST_CONFIG), env={}))
+
+
+@pytest.fixture
+def start_worker(spool_root: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `spool worker` subprocesses on the test root; all are killed at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, stderr: int | None = None) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "SPOOL_ROOT": str(spool_root), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            spool_command(spool_root, "worker", *args), cwd=PROJECT_DIR, env=env, stderr=stderr
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def run_burst(spool_root: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `spool worker --burst` to completion and return it (output captured)."""
+    env = {**os.environ, "SPOOL_ROOT": str(spool_root)}
+    return subprocess.run(
+        spool_command(spool_root, "worker", "--burst", *args),
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def names(directory: Path) -> list[str]:
+    """Visible entries of a state directory, sorted."""
+    if not directory.is_dir():
+        return []
+    return sorted(n for n in os.listdir(directory) if not n.startswith("."))
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves threads running behind it."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"threads leaked: {leaked}"
