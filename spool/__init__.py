@@ -5,4 +5,12 @@ from spool.errors import SpoolError, TaskFailed, TaskNotFound, WaitTimeout
 from spool.registry import Task
 
 __version__ = "0.1.0"
-__all__ = ["Spool", "SpoolError", "Task", "TaskFailed", "TaskNotFound", "WaitTimeout", "__version__"]
+__all__ = [
+    "Spool",
+    "SpoolError",
+    "Task",
+    "TaskFailed",
+    "TaskNotFound",
+    "WaitTimeout",
+    "__version__",
+]

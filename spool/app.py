@@ -29,7 +29,11 @@ class Spool:
     """
 
     def __init__(
-        self, root: str | Path | None = None, *, settings: Settings | None = None, eager: bool = False
+        self,
+        root: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        eager: bool = False,
     ) -> None:
         if settings is None:
             settings = Settings(root=Path(root)) if root is not None else load_settings()
@@ -42,7 +46,11 @@ class Spool:
 
     @classmethod
     def from_config(
-        cls, config: str | Path | None = None, *, root: str | Path | None = None, eager: bool = False
+        cls,
+        config: str | Path | None = None,
+        *,
+        root: str | Path | None = None,
+        eager: bool = False,
     ) -> Spool:
         """A Spool configured by flags-equivalents, SPOOL_ROOT/SPOOL_CONFIG, or conf/spool.toml."""
         settings = load_settings(
@@ -74,7 +82,7 @@ class Spool:
         retry_backoff: float | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(
+    def task(  # type: ignore[misc]  # (the overloads cover both decorator forms)
         self,
         fn: Callable[P, R] | None = None,
         /,
@@ -122,7 +130,9 @@ class Spool:
             return self.run_eager(task)
         return producer.enqueue(self.settings, task, queue)
 
-    def enqueue_many(self, tasks: Iterable[Mapping[str, Any]], queue: str | None = None) -> list[str]:
+    def enqueue_many(
+        self, tasks: Iterable[Mapping[str, Any]], queue: str | None = None
+    ) -> list[str]:
         """Enqueue many task dicts (as in a task file) with grouped syncs; durable on return."""
         if self.eager:
             return [self.run_eager(dict(task)) for task in tasks]
@@ -184,7 +194,7 @@ class Spool:
         return outcome_of(task_id, {"state": "failed" if "error" in outcome else "done", **outcome})
 
     def status(self) -> dict[str, Any]:
-        """Counts per queue and state, oldest waiting age, live workers (as `spool status --json`)."""
+        """Counts per queue and state, oldest waiting age, live workers (`spool status --json`)."""
         return spool_status(self.root)
 
 

@@ -24,7 +24,14 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from spool.layout import FILE_MODE, QueueDirs, ensure_dir, processing_name, split_processing, workers_dir
+from spool.layout import (
+    FILE_MODE,
+    QueueDirs,
+    ensure_dir,
+    processing_name,
+    split_processing,
+    workers_dir,
+)
 
 log = logging.getLogger(__name__)
 STALE_WORKER_FILE_SECONDS = 60.0
@@ -123,9 +130,7 @@ def live_workers(root: Path) -> list[dict[str, object]]:
     return found
 
 
-def abandoned(
-    dirs: QueueDirs, own_id: str, alive: dict[str, bool]
-) -> Iterator[tuple[Claim, str]]:
+def abandoned(dirs: QueueDirs, own_id: str, alive: dict[str, bool]) -> Iterator[tuple[Claim, str]]:
     """Take over the claims in processing/ whose worker is dead; yield (own claim, dead id).
 
     `alive` caches liveness by worker id across calls of one recovery pass.

@@ -70,8 +70,15 @@ def queue_option(value: str | None) -> str | None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", envvar=None, metavar="DIR", help="Spool root (default: SPOOL_ROOT, config, var/spool).")
-@click.option("--config", metavar="FILE", help="Config file (default: SPOOL_CONFIG, conf/spool.toml).")
+@click.option(
+    "--root",
+    envvar=None,
+    metavar="DIR",
+    help="Spool root (default: SPOOL_ROOT, config, var/spool).",
+)
+@click.option(
+    "--config", metavar="FILE", help="Config file (default: SPOOL_CONFIG, conf/spool.toml)."
+)
 @click.version_option(package_name="spool-queue", prog_name="spool")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, config: str | None) -> None:
@@ -92,20 +99,53 @@ def parse_arg(text: str) -> Any:
 @click.argument("args", nargs=-1)
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments as a JSON object.")
 @click.option("--queue", "-q", metavar="Q", help="Queue (default: default).")
-@click.option("--delay", type=click.FloatRange(min=0), metavar="S", help="Run no earlier than S seconds from now.")
-@click.option("--at", "at", metavar="TIME", help="Run no earlier than TIME (ISO-8601; naive = local) or epoch seconds.")
+@click.option(
+    "--delay",
+    type=click.FloatRange(min=0),
+    metavar="S",
+    help="Run no earlier than S seconds from now.",
+)
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="Run no earlier than TIME (ISO-8601; naive = local) or epoch seconds.",
+)
 @click.option("--priority", type=click.IntRange(0, 9), help="0-9, higher runs first (default 0).")
 @click.option("--max-retries", type=click.IntRange(min=0), help="Retries after the first attempt.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Seconds one attempt may run.")
-@click.option("--unique", "unique_key", metavar="KEY", help="Skip if a task with KEY is pending or running.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Seconds one attempt may run.",
+)
+@click.option(
+    "--unique", "unique_key", metavar="KEY", help="Skip if a task with KEY is pending or running."
+)
 @click.option("--id", "task_id", metavar="ID", help="Task id (default: a new time-sortable id).")
-@click.option("--from", "from_file", type=click.File("r", encoding="utf-8"), metavar="FILE.jsonl",
-              help="Enqueue one task per line (a task object per line; - for stdin).")
+@click.option(
+    "--from",
+    "from_file",
+    type=click.File("r", encoding="utf-8"),
+    metavar="FILE.jsonl",
+    help="Enqueue one task per line (a task object per line; - for stdin).",
+)
 @click.pass_context
-def enqueue(ctx: click.Context, task: str | None, args: tuple[str, ...], kwargs_json: str | None,
-            queue: str | None, delay: float | None, at: str | None, priority: int | None,
-            max_retries: int | None, timeout: float | None, unique_key: str | None,
-            task_id: str | None, from_file: IO[str] | None) -> None:
+def enqueue(
+    ctx: click.Context,
+    task: str | None,
+    args: tuple[str, ...],
+    kwargs_json: str | None,
+    queue: str | None,
+    delay: float | None,
+    at: str | None,
+    priority: int | None,
+    max_retries: int | None,
+    timeout: float | None,
+    unique_key: str | None,
+    task_id: str | None,
+    from_file: IO[str] | None,
+) -> None:
     """Enqueue TASK with ARGs (each parsed as JSON when it parses); print its id.
 
     Put -- before ARGs that start with a dash: spool enqueue add -- -1 2
@@ -132,13 +172,25 @@ def enqueue(ctx: click.Context, task: str | None, args: tuple[str, ...], kwargs_
     not_before = None
     if at is not None:
         try:
-            not_before = parse_instant(parse_arg(at) if at.strip().replace(".", "", 1).isdigit() else at, "at")
+            not_before = parse_instant(
+                parse_arg(at) if at.strip().replace(".", "", 1).isdigit() else at, "at"
+            )
         except FieldError:
-            raise click.BadParameter(f"{at!r} is not ISO-8601 or epoch seconds", param_hint="--at") from None
+            raise click.BadParameter(
+                f"{at!r} is not ISO-8601 or epoch seconds", param_hint="--at"
+            ) from None
     with user_errors():
         built = producer.build_task(
-            task, [parse_arg(a) for a in args], kwargs, delay=delay, not_before=not_before,
-            priority=priority, max_retries=max_retries, timeout=timeout, unique_key=unique_key, id=task_id,
+            task,
+            [parse_arg(a) for a in args],
+            kwargs,
+            delay=delay,
+            not_before=not_before,
+            priority=priority,
+            max_retries=max_retries,
+            timeout=timeout,
+            unique_key=unique_key,
+            id=task_id,
         )
         click.echo(producer.enqueue(settings, built, queue))
 
@@ -150,9 +202,13 @@ def read_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise click.BadParameter(f"line {number}: not valid JSON: {exc}", param_hint="--from") from None
+            raise click.BadParameter(
+                f"line {number}: not valid JSON: {exc}", param_hint="--from"
+            ) from None
         if not isinstance(obj, dict):
-            raise click.BadParameter(f"line {number}: must be a JSON object", param_hint="--from") from None
+            raise click.BadParameter(
+                f"line {number}: must be a JSON object", param_hint="--from"
+            ) from None
         yield number, obj
 
 
@@ -160,8 +216,9 @@ def enqueue_from(settings: Settings, stream: IO[str], queue: str | None) -> None
     """Enqueue a JSON-lines file in durable batches, with a progress bar on a terminal."""
     total = 0
     show_bar = sys.stderr.isatty()
-    with click.progressbar(length=0, label="enqueued", file=sys.stderr, hidden=not show_bar,
-                           show_pos=True) as bar:
+    with click.progressbar(
+        length=0, label="enqueued", file=sys.stderr, hidden=not show_bar, show_pos=True
+    ) as bar:
         batch: list[tuple[int, dict[str, Any]]] = []
 
         def flush() -> None:
@@ -170,8 +227,12 @@ def enqueue_from(settings: Settings, stream: IO[str], queue: str | None) -> None
                 ids = producer.enqueue_many(settings, [obj for _, obj in batch], queue)
             except InvalidTask as exc:  # "task N: reason" -> the line number
                 position, _, reason = str(exc).partition(": ")
-                line = batch[int(position.split()[-1]) - 1][0] if position.startswith("task ") else "?"
-                raise click.BadParameter(f"line {line}: {reason or exc}", param_hint="--from") from None
+                line = (
+                    batch[int(position.split()[-1]) - 1][0] if position.startswith("task ") else "?"
+                )
+                raise click.BadParameter(
+                    f"line {line}: {reason or exc}", param_hint="--from"
+                ) from None
             except SpoolError as exc:
                 raise click.ClickException(str(exc)) from exc
             for task_id in ids:
@@ -191,11 +252,22 @@ def enqueue_from(settings: Settings, stream: IO[str], queue: str | None) -> None
 
 
 @cli.command()
-@click.option("--queue", "-q", "queues", multiple=True, metavar="Q", help="Serve Q (repeat; default: every queue).")
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    metavar="Q",
+    help="Serve Q (repeat; default: every queue).",
+)
 @click.option("--burst", is_flag=True, help="Run what is due, then exit.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text (default) or JSON.")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), help="Log lines as text (default) or JSON."
+)
 @click.pass_context
-def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool, log_format: str | None) -> None:
+def worker(
+    ctx: click.Context, queues: tuple[str, ...], burst: bool, log_format: str | None
+) -> None:
     """Run a worker: claim tasks, run their handlers, record the outcome."""
     from spool.logs import setup_logging
     from spool.worker import run_worker
@@ -230,15 +302,32 @@ def render_status(data: dict[str, Any]) -> str:
     rows = [["queue", *columns, "oldest waiting"]]
     for name, counts in data["queues"].items():
         age = counts["oldest_waiting_seconds"]
-        failed = f"{counts['failed']}" + (f" ({counts['rejected']} rejected)" if counts["rejected"] else "")
-        rows.append([name, *[str(counts[c]) for c in columns[:-1]], failed, "-" if age is None else f"{age:.1f}s"])
+        failed = f"{counts['failed']}" + (
+            f" ({counts['rejected']} rejected)" if counts["rejected"] else ""
+        )
+        rows.append(
+            [
+                name,
+                *[str(counts[c]) for c in columns[:-1]],
+                failed,
+                "-" if age is None else f"{age:.1f}s",
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     if len(rows) == 1:
         lines.append("(no queues yet)")
     workers = data["workers"]
-    lines.append(f"workers: {len(workers)} alive" + "".join(
-        f"\n  {w['id']} pid={w.get('pid')} queues={','.join(w.get('queues', []))}" for w in workers))
+    lines.append(
+        f"workers: {len(workers)} alive"
+        + "".join(
+            f"\n  {w['id']} pid={w.get('pid')} queues={','.join(w.get('queues', []))}"
+            for w in workers
+        )
+    )
     lines.insert(0, f"root: {data['root']}")
     return "\n".join(lines)
 
@@ -255,7 +344,9 @@ def show(ctx: click.Context, task_id: str) -> None:
 
 @cli.command()
 @click.argument("task_id", metavar="ID")
-@click.option("--timeout", type=click.FloatRange(min=0), metavar="S", help="Give up after S seconds (exit 3).")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), metavar="S", help="Give up after S seconds (exit 3)."
+)
 @click.pass_context
 def wait(ctx: click.Context, task_id: str, timeout: float | None) -> None:
     """Wait for a task to finish; print its result. Exit 0 done, 1 failed, 3 timed out."""
@@ -272,7 +363,9 @@ def wait(ctx: click.Context, task_id: str, timeout: float | None) -> None:
 
 
 @cli.command()
-@click.option("--workers", type=click.IntRange(min=1), metavar="N", help="Worker processes (default: config).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), metavar="N", help="Worker processes (default: config)."
+)
 @click.pass_context
 def up(ctx: click.Context, workers: int | None) -> None:
     """Run supervisord in the foreground with the workers (and scheduler); Ctrl-C stops all."""
@@ -285,7 +378,9 @@ def up(ctx: click.Context, workers: int | None) -> None:
 
 
 @cli.command("supervisor-config")
-@click.option("--workers", type=click.IntRange(min=1), metavar="N", help="Worker processes (default: config).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), metavar="N", help="Worker processes (default: config)."
+)
 @click.option("--user", metavar="USER", help="Run the programs as USER.")
 @click.pass_context
 def supervisor_config(ctx: click.Context, workers: int | None, user: str | None) -> None:

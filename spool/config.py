@@ -112,22 +112,26 @@ def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str,
     defaults = table(data, "defaults", DEFAULTS_KEYS, where)
     workers = table(data, "workers", WORKERS_KEYS, where)
     log = table(data, "log", LOG_KEYS, where)
-    number = (int, float)
-    for key, name, kind in [
+    number: tuple[type, ...] = (int, float)
+    checks: list[tuple[str, str, type | tuple[type, ...]]] = [
         ("max_retries", "max_retries", int),
         ("timeout", "timeout_seconds", number),
         ("retry_backoff", "retry_backoff_seconds", number),
         ("retry_backoff_max", "retry_backoff_max_seconds", number),
         ("retry_jitter", "retry_jitter", bool),
         ("max_file_bytes", "max_file_bytes", int),
-    ]:
+    ]
+    for key, name, kind in checks:
         if key in defaults:
-            values[name] = non_negative(want(defaults, key, kind, f"{where} [defaults]"), key, where)
-    for key, name, kind in [
+            values[name] = non_negative(
+                want(defaults, key, kind, f"{where} [defaults]"), key, where
+            )
+    worker_checks: list[tuple[str, str, type | tuple[type, ...]]] = [
         ("processes", "processes", int),
         ("rescan_seconds", "rescan_seconds", number),
         ("recover_seconds", "recover_seconds", number),
-    ]:
+    ]
+    for key, name, kind in worker_checks:
         if key in workers:
             values[name] = non_negative(want(workers, key, kind, f"{where} [workers]"), key, where)
     if "queues" in workers:
@@ -150,7 +154,9 @@ def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str,
 def check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+        )
 
 
 def table(data: Mapping[str, Any], name: str, allowed: set[str], where: str) -> Mapping[str, Any]:

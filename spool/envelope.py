@@ -57,7 +57,9 @@ def format_compact(instant: float) -> str:
 
 
 def is_valid_id(value: str) -> bool:
-    return bool(ID_RE.fullmatch(value)) and not value.endswith(".error") and value not in (".", "..")
+    return (
+        bool(ID_RE.fullmatch(value)) and not value.endswith(".error") and value not in (".", "..")
+    )
 
 
 def parse_task_bytes(data: bytes) -> TaskDict:
@@ -69,7 +71,9 @@ def parse_task_bytes(data: bytes) -> TaskDict:
     try:
         obj = json.loads(text, parse_constant=reject_constant)
     except json.JSONDecodeError as exc:
-        raise FieldError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise FieldError(
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except RecursionError:
         raise FieldError("invalid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
@@ -107,8 +111,10 @@ def validate_fields(obj: TaskDict) -> None:
     for key in ("delay", "enqueued_at"):
         if key in obj and not (is_number(obj[key]) and obj[key] >= 0):
             raise FieldError(f"field '{key}' must be a number of seconds >= 0")
-    if "timeout" in obj and obj["timeout"] is not None and not (
-        is_number(obj["timeout"]) and obj["timeout"] > 0
+    if (
+        "timeout" in obj
+        and obj["timeout"] is not None
+        and not (is_number(obj["timeout"]) and obj["timeout"] > 0)
     ):
         raise FieldError("field 'timeout' must be a number of seconds > 0")
     for key in ("max_retries", "attempts"):
@@ -137,7 +143,7 @@ def is_number(value: JSON) -> bool:
 
 
 def parse_instant(value: JSON, field: str = "time") -> float:
-    """Epoch seconds from a number or an ISO-8601 string (naive = local time). Raises: FieldError."""
+    """Epoch seconds from a number or ISO-8601 text (naive = local time). Raises: FieldError."""
     if is_number(value):
         return float(value)
     if isinstance(value, str):

@@ -130,7 +130,9 @@ class Executor:
                 if left <= 0:
                     self.kill()
                     message = f"attempt stopped after its timeout of {timeout:g} s"
-                    return Outcome(False, started, time.time(), error=error_dict("Timeout", message))
+                    return Outcome(
+                        False, started, time.time(), error=error_dict("Timeout", message)
+                    )
                 slice_ = min(slice_, left)
             try:
                 ready = self.recv_conn.poll(slice_)

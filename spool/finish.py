@@ -41,9 +41,9 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        base = min(self.backoff_max_seconds, self.backoff_seconds * 2 ** min(attempt - 1, 60))
+        base = min(self.backoff_max_seconds, self.backoff_seconds * 2.0 ** min(attempt - 1, 60))
         if self.jitter:
-            base *= (rng or random).uniform(1.0, 1.25)
+            base *= float((rng or random).uniform(1.0, 1.25))
         return min(base, self.backoff_max_seconds)
 
     def exhausted(self, attempts: int) -> bool:
@@ -73,7 +73,10 @@ def finish(taken: Claim, task: TaskDict, outcome: Outcome, policy: RetryPolicy) 
         state = "done"
         dest = dirs.done / f"{task['id']}.json"
     else:
-        final["history"] = [*task.get("history", []), history_entry(attempt, taken.worker_id, outcome)]
+        final["history"] = [
+            *task.get("history", []),
+            history_entry(attempt, taken.worker_id, outcome),
+        ]
         if policy.exhausted(attempt):
             final["error"] = outcome.error
             state = "failed"
@@ -111,7 +114,9 @@ def reject(taken: Claim, reason: str, worker_id: str) -> Path:
         "rejected_at": time.time(),
         "worker": worker_id,
     }
-    write_atomic(json.dumps(sidecar, indent=2).encode(), dirs.tmp, dirs.failed / (stem + ERROR_SUFFIX))
+    write_atomic(
+        json.dumps(sidecar, indent=2).encode(), dirs.tmp, dirs.failed / (stem + ERROR_SUFFIX)
+    )
     fsync_dir(dirs.failed)
     return dest
 
@@ -120,7 +125,9 @@ def free_name(directory: Path, name: str) -> Path:
     """`name` in `directory`, or `<stem>.<n>.json` when that (or its sidecar) is taken."""
     stem = name.removesuffix(".json")
     candidate, n = name, 1
-    while any(os.path.lexists(directory / c) for c in (candidate, stem_of(candidate) + ERROR_SUFFIX)):
+    while any(
+        os.path.lexists(directory / c) for c in (candidate, stem_of(candidate) + ERROR_SUFFIX)
+    ):
         n += 1
         candidate = f"{stem}.{n}.json"
     return directory / candidate
@@ -146,7 +153,9 @@ def already_finished(dirs: QueueDirs, name: str, task: TaskDict) -> bool:
     return any(entry.endswith("@" + name) for entry in list_names(dirs.delayed))
 
 
-def recover(taken: Claim, task: TaskDict | None, dead_worker: str, policy: RetryPolicy | None) -> str:
+def recover(
+    taken: Claim, task: TaskDict | None, dead_worker: str, policy: RetryPolicy | None
+) -> str:
     """Send back a task whose worker died while it ran: incoming/ (attempts + 1) or failed/.
 
     `task` is None when the file cannot be read as a task: it goes back unchanged and the
@@ -161,7 +170,9 @@ def recover(taken: Claim, task: TaskDict | None, dead_worker: str, policy: Retry
         return "finished"
     now = time.time()
     message = f"worker {dead_worker} died while the attempt ran"
-    lost = Outcome(False, now, now, error={"type": "WorkerLost", "message": message, "traceback": ""})
+    lost = Outcome(
+        False, now, now, error={"type": "WorkerLost", "message": message, "traceback": ""}
+    )
     attempt = int(task.get("attempts", 0)) + 1
     updated: TaskDict = dict(task)
     updated["attempts"] = attempt

@@ -23,11 +23,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    converter = time.gmtime
-
     def __init__(self) -> None:
-        super().__init__("%(asctime)s.%(msecs)03dZ %(levelname)s [%(process)d] %(name)s: %(message)s",
-                         "%Y-%m-%dT%H:%M:%S")
+        super().__init__(
+            "%(asctime)s.%(msecs)03dZ %(levelname)s [%(process)d] %(name)s: %(message)s",
+            "%Y-%m-%dT%H:%M:%S",
+        )
+        self.converter = time.gmtime
 
 
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:

@@ -35,10 +35,10 @@ def incoming_name(state: str, entry: str) -> str | None:
     if state == "incoming":
         return entry
     if state == "delayed":
-        parts = split_delayed(entry)
-        return parts[1] if parts else None
-    parts = split_processing(entry)
-    return parts[0] if parts else None
+        delayed = split_delayed(entry)
+        return delayed[1] if delayed else None
+    claimed = split_processing(entry)
+    return claimed[0] if claimed else None
 
 
 def finished(dirs: QueueDirs, task_id: str) -> Found | None:
@@ -46,7 +46,9 @@ def finished(dirs: QueueDirs, task_id: str) -> Found | None:
         path = dirs.state(state) / f"{task_id}.json"
         if path.exists() or path.is_symlink():
             note = dirs.failed / f"{task_id}{ERROR_SUFFIX}"
-            return Found(dirs.name, state, path, note if state == "failed" and note.exists() else None)
+            return Found(
+                dirs.name, state, path, note if state == "failed" and note.exists() else None
+            )
     return None
 
 

@@ -63,7 +63,9 @@ class Task(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue a run with these arguments; return the task id once it is durable."""
-        return self.app.enqueue(self.name, args=list(args), kwargs=dict(kwargs), queue=self.options.queue)
+        return self.app.enqueue(
+            self.name, args=list(args), kwargs=dict(kwargs), queue=self.options.queue
+        )
 
     def enqueue(
         self,
@@ -105,7 +107,9 @@ def import_task_modules(names: Iterable[str], project_dir: str) -> list[ModuleTy
         try:
             modules.append(importlib.import_module(name))
         except Exception as exc:
-            raise ConfigError(f"cannot import tasks module {name!r}: {type(exc).__name__}: {exc}") from exc
+            raise ConfigError(
+                f"cannot import tasks module {name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
     return modules
 
 
@@ -118,7 +122,9 @@ def collect_tasks(modules: Iterable[ModuleType]) -> dict[str, Task[Any, Any]]:
     def add(task: Task[Any, Any], module: ModuleType) -> None:
         other = found.get(task.name)
         if other is not None and other.fn is not task.fn:
-            raise ConfigError(f"task name {task.name!r} is registered twice (again in {module.__name__})")
+            raise ConfigError(
+                f"task name {task.name!r} is registered twice (again in {module.__name__})"
+            )
         found[task.name] = task
 
     for module in modules:

@@ -68,9 +68,13 @@ class Watcher:
         try:
             observer = Observer()
             if watch_root:
-                observer.schedule(self.hints, os.fspath(self.root), recursive=False, event_filter=EVENTS)
+                observer.schedule(
+                    self.hints, os.fspath(self.root), recursive=False, event_filter=EVENTS
+                )
             for queue in queues:
-                observer.schedule(self.hints, os.fspath(self.root / queue), recursive=True, event_filter=EVENTS)
+                observer.schedule(
+                    self.hints, os.fspath(self.root / queue), recursive=True, event_filter=EVENTS
+                )
                 self.watched.add(queue)
             observer.daemon = True
             observer.start()
@@ -84,7 +88,9 @@ class Watcher:
         if self.observer is None or queue in self.watched:
             return
         try:
-            self.observer.schedule(self.hints, os.fspath(self.root / queue), recursive=True, event_filter=EVENTS)
+            self.observer.schedule(
+                self.hints, os.fspath(self.root / queue), recursive=True, event_filter=EVENTS
+            )
             self.watched.add(queue)
         except OSError as exc:
             log.warning("cannot watch queue %s (%s): it is served by rescans", queue, exc)

@@ -21,7 +21,15 @@ from types import FrameType
 from typing import Any
 
 from spool import envelope
-from spool.claim import Claim, WorkerLock, abandoned, claim, new_worker_id, reap_dead_workers, release
+from spool.claim import (
+    Claim,
+    WorkerLock,
+    abandoned,
+    claim,
+    new_worker_id,
+    reap_dead_workers,
+    release,
+)
 from spool.config import Settings
 from spool.envelope import FieldError, TaskDict
 from spool.execute import Executor
@@ -74,18 +82,28 @@ class Worker:
     # ---- life cycle ------------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until stopped (or drained, with burst); return the exit code. Raises: SpoolError."""
+        """Serve until stopped (or drained, with burst); return the exit code.
+
+        Raises: SpoolError (configuration, handler process start).
+        """
         self.install_signal_handlers()
         os.makedirs(self.settings.root, exist_ok=True)
         queues = self.fixed_queues or existing_queues(self.settings.root) or [DEFAULT_QUEUE]
         self.lock.acquire(
-            {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time(), "queues": queues}
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started_at": time.time(),
+                "queues": queues,
+            }
         )
         try:
             self.tasks = self.executor.start()
             for queue in queues:
                 self.add_queue(queue)
-            self.polling = self.burst or not self.watcher.start(queues, watch_root=not self.fixed_queues)
+            self.polling = self.burst or not self.watcher.start(
+                queues, watch_root=not self.fixed_queues
+            )
             log.info(
                 "worker %s started: queues %s, tasks %s",
                 self.worker_id,
@@ -110,11 +128,16 @@ class Worker:
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stopping.is_set():
             self.hard_stop = True
-            log.warning("second %s: stopping now; the running task goes back to incoming/",
-                        signal.Signals(signum).name)
+            log.warning(
+                "second %s: stopping now; the running task goes back to incoming/",
+                signal.Signals(signum).name,
+            )
         else:
             self.stopping.set()
-            log.info("%s: no more claims; stopping after the running attempt", signal.Signals(signum).name)
+            log.info(
+                "%s: no more claims; stopping after the running attempt",
+                signal.Signals(signum).name,
+            )
         self.wakeup.set()
 
     def add_queue(self, queue: str) -> None:
@@ -240,7 +263,11 @@ class Worker:
         attempt = int(task.get("attempts", 0)) + 1
         fields = self.log_fields(taken, task, attempt)
         log.info("claimed %s", fields)
-        request = {"task": task["task"], "args": task.get("args", []), "kwargs": task.get("kwargs", {})}
+        request = {
+            "task": task["task"],
+            "args": task.get("args", []),
+            "kwargs": task.get("kwargs", {}),
+        }
         outcome = self.executor.run(request, self.timeout_for(task), lambda: self.hard_stop)
         if outcome.interrupted:
             release(taken)
@@ -252,8 +279,14 @@ class Worker:
             log.info("done %s duration=%.3fs", fields, outcome.duration)
         else:
             error = outcome.error
-            log.warning("%s %s duration=%.3fs error=%s: %s", state, fields, outcome.duration,
-                        error.get("type"), error.get("message"))
+            log.warning(
+                "%s %s duration=%.3fs error=%s: %s",
+                state,
+                fields,
+                outcome.duration,
+                error.get("type"),
+                error.get("message"),
+            )
 
     def read_claimed(self, taken: Claim) -> TaskDict | None:
         """The claimed file as a runnable task, or None after rejecting it to failed/."""
@@ -267,7 +300,9 @@ class Worker:
             self.reject(taken, f"cannot read: {exc.strerror}")
             return None
         if task["task"] not in self.tasks:
-            self.reject(taken, f"unknown task {task['task']!r}: no configured tasks module registers it")
+            self.reject(
+                taken, f"unknown task {task['task']!r}: no configured tasks module registers it"
+            )
             return None
         task.setdefault("id", envelope.id_of_name(taken.name, st.st_mtime))
         task.setdefault("enqueued_at", st.st_mtime)
@@ -280,8 +315,13 @@ class Worker:
         except OSError as exc:
             log.error("cannot move rejected %s to failed/: %s", taken.name, exc)
             return
-        log.warning("rejected queue=%s file=%s stored=%s reason=%s", taken.dirs.name, taken.name,
-                    dest.name, reason)
+        log.warning(
+            "rejected queue=%s file=%s stored=%s reason=%s",
+            taken.dirs.name,
+            taken.name,
+            dest.name,
+            reason,
+        )
 
     def put_off(self, taken: Claim, task: TaskDict) -> None:
         """A claimed task that is not due yet goes to delayed/ unchanged (no attempt)."""
@@ -295,11 +335,15 @@ class Worker:
         s = self.settings
         max_retries = first(task.get("max_retries"), options.get("max_retries"), s.max_retries)
         backoff = first(options.get("retry_backoff"), s.retry_backoff_seconds)
-        return RetryPolicy(int(max_retries), float(backoff), s.retry_backoff_max_seconds, s.retry_jitter)
+        return RetryPolicy(
+            int(max_retries), float(backoff), s.retry_backoff_max_seconds, s.retry_jitter
+        )
 
     def timeout_for(self, task: TaskDict) -> float:
         options = self.tasks.get(task["task"], {})
-        return float(first(task.get("timeout"), options.get("timeout"), self.settings.timeout_seconds))
+        return float(
+            first(task.get("timeout"), options.get("timeout"), self.settings.timeout_seconds)
+        )
 
     def log_fields(self, taken: Claim, task: TaskDict, attempt: int) -> str:
         return f"queue={taken.dirs.name} id={task['id']} task={task['task']} attempt={attempt}"
@@ -329,9 +373,17 @@ class Worker:
             mtime = os.lstat(taken.path).st_mtime
             task.setdefault("id", envelope.id_of_name(taken.name, mtime))
             task.setdefault("enqueued_at", mtime)
-        state = recover(taken, task if known else None, dead, self.policy_for(task) if known and task else None)
+        state = recover(
+            taken, task if known else None, dead, self.policy_for(task) if known and task else None
+        )
         task_id = task.get("id") if task else taken.name
-        log.warning("recovered queue=%s id=%s from dead worker %s -> %s", index.dirs.name, task_id, dead, state)
+        log.warning(
+            "recovered queue=%s id=%s from dead worker %s -> %s",
+            index.dirs.name,
+            task_id,
+            dead,
+            state,
+        )
         if state == "incoming":
             index.add_ready(taken.name)
 
