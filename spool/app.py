@@ -11,13 +11,15 @@ from spool import producer
 from spool.config import Settings, load_settings
 from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout
 from spool.execute import error_dict
-from spool.lookup import locate, read_found
+from spool.layout import QueueDirs
+from spool.lookup import finished, locate, read_found
 from spool.registry import Registry, Task, TaskOptions
 from spool.status import spool_status
 
 P = ParamSpec("P")
 R = TypeVar("R")
 WAIT_POLL_SECONDS = 0.01
+WAIT_FULL_LOOK_SECONDS = 1.0
 
 
 class Spool:
@@ -173,19 +175,21 @@ class Spool:
         if self.eager:
             return self.eager_outcome(task_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        queue = None
+        found = locate(self.root, task_id)
+        next_full_look = time.monotonic() + WAIT_FULL_LOOK_SECONDS
         while True:
-            found = locate(self.root, task_id, [queue] if queue else None)
-            if found is None and queue is not None:
-                found = locate(self.root, task_id)
             if found is None:
                 raise TaskNotFound(task_id)
-            queue = found.queue
+            if found.state not in ("done", "failed"):
+                found = finished(QueueDirs(self.root, found.queue), task_id) or found
             if found.state in ("done", "failed"):
                 return outcome_of(task_id, read_found(found))
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(task_id, timeout or 0.0)
             time.sleep(WAIT_POLL_SECONDS)
+            if time.monotonic() >= next_full_look:  # still anywhere? (cancelled, moved queue)
+                next_full_look = time.monotonic() + WAIT_FULL_LOOK_SECONDS
+                found = locate(self.root, task_id)
 
     def eager_outcome(self, task_id: str) -> Any:
         outcome = self.eager_results.get(task_id)

@@ -66,7 +66,7 @@ def queue_option(value: str | None) -> str | None:
     try:
         return check_queue_name(value)
     except InvalidQueueName as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint="--queue") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

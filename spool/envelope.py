@@ -155,10 +155,12 @@ def parse_instant(value: JSON, field: str = "time") -> float:
 
 
 def due_at(task: TaskDict) -> float:
-    """When the task may first run: not_before, else enqueued_at + delay."""
+    """When the task may first run: not_before, else enqueued_at + delay, else 0 (at once)."""
     if "not_before" in task:
         return parse_instant(task["not_before"], "not_before")
-    return float(task.get("enqueued_at", 0.0)) + float(task.get("delay", 0.0))
+    if "delay" in task:
+        return float(task.get("enqueued_at", 0.0)) + float(task["delay"])
+    return 0.0
 
 
 def priority_of(task: TaskDict) -> int:

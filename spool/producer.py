@@ -94,7 +94,7 @@ def prepare(settings: Settings, task: Mapping[str, Any], queue: str | None, now:
     stamped.setdefault("attempts", 0)
     name = canonical_name(envelope.priority_of(stamped), enqueued_us, stamped["id"])
     due = envelope.due_at(stamped)
-    if due > now:
+    if due > stamped["enqueued_at"]:
         dest = dirs.delayed / delayed_name(int(due * 1_000_000), name)
     else:
         dest = dirs.incoming / name

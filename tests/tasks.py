@@ -99,3 +99,11 @@ def unreliable_no_retry() -> None:
 @app.task(timeout=0.5)
 def short_timeout() -> None:
     time.sleep(30)
+
+
+@app.task()
+def sleep_in_subprocess_pid(path: str, seconds: float) -> None:
+    """Start a sleeping subprocess, write its pid to `path`, and wait for it."""
+    proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+    Path(path).write_text(str(proc.pid))
+    proc.wait()

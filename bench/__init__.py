@@ -1,0 +1,1 @@
+"""Measurement harness for spool: `python -m bench core [--quick]` (see bench/core.py)."""

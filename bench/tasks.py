@@ -1,0 +1,20 @@
+"""Handlers of the benchmark's worker subprocesses (named by bench/spool.toml)."""
+
+from __future__ import annotations
+
+import time
+
+from spool import Spool
+
+app = Spool(root="var/spool")  # producers never use it: the worker collects the tasks below
+
+
+@app.task()
+def noop() -> None:
+    return None
+
+
+@app.task()
+def stamp() -> float:
+    """Return the wall-clock time at which the handler started (it lands in the done file)."""
+    return time.time()
