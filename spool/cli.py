@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
@@ -16,7 +17,7 @@ import click
 
 from spool import producer
 from spool.app import Spool
-from spool.config import Settings, load_settings
+from spool.config import Settings, load_settings, parse_duration
 from spool.envelope import FieldError, parse_instant
 from spool.errors import (
     ConfigError,
@@ -27,7 +28,7 @@ from spool.errors import (
     TaskNotFound,
     WaitTimeout,
 )
-from spool.layout import check_queue_name
+from spool.layout import check_queue_name, queue_dirs
 
 BATCH = 10_000
 
@@ -43,6 +44,8 @@ def user_errors() -> Iterator[None]:
         yield
     except (ConfigError, InvalidQueueName, InvalidTask) as exc:
         raise click.UsageError(str(exc)) from exc
+    except TaskNotFound as exc:
+        raise click.ClickException(str(exc)) from exc
     except WaitTimeout as exc:
         raise TimeoutExit(str(exc)) from exc
     except SpoolError as exc:
@@ -305,6 +308,8 @@ def render_status(data: dict[str, Any]) -> str:
         failed = f"{counts['failed']}" + (
             f" ({counts['rejected']} rejected)" if counts["rejected"] else ""
         )
+        if counts.get("paused"):
+            name += " (paused)"
         rows.append(
             [
                 name,
@@ -330,6 +335,179 @@ def render_status(data: dict[str, Any]) -> str:
     )
     lines.insert(0, f"root: {data['root']}")
     return "\n".join(lines)
+
+
+def duration_option(value: str | None, hint: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+
+
+@cli.command("ls")
+@click.argument("state", type=click.Choice(["incoming", "delayed", "processing", "done", "failed"]))
+@click.option("--queue", "-q", metavar="Q", help="Only this queue.")
+@click.option("--task", "task_name", metavar="NAME", help="Only tasks of this name.")
+@click.option("--since", metavar="DURATION", help="Only entries at most this old (e.g. 1h).")
+@click.option("--older-than", metavar="DURATION", help="Only entries at least this old (e.g. 7d).")
+@click.option(
+    "--limit", type=click.IntRange(min=0), default=100, show_default=True, help="0 = all."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
+@click.pass_context
+def ls_command(
+    ctx: click.Context,
+    state: str,
+    queue: str | None,
+    task_name: str | None,
+    since: str | None,
+    older_than: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List the tasks of STATE: id, task, priority, age, attempts (and the error for failed)."""
+    from spool.listing import Filters, list_tasks
+
+    settings = settings_of(ctx)
+    filters = Filters(
+        queue=queue_option(queue),
+        task=task_name,
+        since_seconds=duration_option(since, "--since"),
+        older_than_seconds=duration_option(older_than, "--older-than"),
+        limit=limit or None,
+    )
+    with user_errors():
+        rows = list_tasks(settings.root, state, filters)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for item in rows:
+        line = (
+            f"{item['id']}  {item['task']}  q={item['queue']}  p={item['priority']}  "
+            f"attempts={item['attempts']}  age={item['age_seconds']:.1f}s"
+        )
+        if state == "failed":
+            line += f"  {item.get('error_type')}: {item.get('error_message')}"
+        click.echo(line)
+    if not rows:
+        click.echo(f"no tasks in {state}", err=True)
+
+
+@cli.command()
+@click.argument("task_ids", nargs=-1, metavar="ID...")
+@click.option("--all-failed", is_flag=True, help="Retry every failed task (of --queue/--task).")
+@click.option("--queue", "-q", metavar="Q", help="With --all-failed: only this queue.")
+@click.option("--task", "task_name", metavar="NAME", help="With --all-failed: only this task.")
+@click.option("--dry-run", is_flag=True, help="Say what would be retried; change nothing.")
+@click.pass_context
+def retry(
+    ctx: click.Context,
+    task_ids: tuple[str, ...],
+    all_failed: bool,
+    queue: str | None,
+    task_name: str | None,
+    dry_run: bool,
+) -> None:
+    """Move failed tasks back to incoming/ with attempts reset (their history is kept)."""
+    from spool.manage import failed_ids
+    from spool.manage import retry as retry_task
+
+    settings = settings_of(ctx)
+    if bool(task_ids) == all_failed:
+        raise click.UsageError("give task IDs or --all-failed (not both)")
+    if all_failed:
+        targets = [
+            task_id for _, task_id in failed_ids(settings.root, queue_option(queue), task_name)
+        ]
+    else:
+        targets = list(task_ids)
+    failures = 0
+    for task_id in targets:
+        if dry_run:
+            click.echo(f"would retry {task_id}")
+            continue
+        try:
+            retry_task(settings.root, task_id)
+            click.echo(f"retried {task_id}")
+        except SpoolError as exc:
+            click.echo(f"error: {exc}", err=True)
+            failures += 1
+    click.echo(
+        f"{'would retry' if dry_run else 'retried'} {len(targets) - failures} task(s)", err=True
+    )
+    ctx.exit(1 if failures else 0)
+
+
+@cli.command()
+@click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
+@click.pass_context
+def cancel(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
+    """Cancel tasks that have not started (recorded in failed/ as Cancelled)."""
+    from spool.manage import cancel as cancel_task
+
+    settings = settings_of(ctx)
+    failures = 0
+    for task_id in task_ids:
+        try:
+            cancel_task(settings.root, task_id)
+            click.echo(f"cancelled {task_id}")
+        except SpoolError as exc:
+            click.echo(f"error: {exc}", err=True)
+            failures += 1
+    ctx.exit(1 if failures else 0)
+
+
+@cli.command()
+@click.argument("state", type=click.Choice(["done", "failed"]))
+@click.option(
+    "--older-than", metavar="DURATION", help="Only tasks finished at least this long ago."
+)
+@click.option("--queue", "-q", metavar="Q", help="Only this queue.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.pass_context
+def purge(
+    ctx: click.Context, state: str, older_than: str | None, queue: str | None, dry_run: bool
+) -> None:
+    """Delete finished tasks (done or failed), e.g. purge done --older-than 7d."""
+    from spool.manage import purge as purge_tasks
+
+    settings = settings_of(ctx)
+    age = duration_option(older_than, "--older-than")
+    hidden = not sys.stderr.isatty()
+    bar = click.progressbar(length=0, label="purging", file=sys.stderr, hidden=hidden)
+    with bar, user_errors():
+        result = purge_tasks(settings.root, state, age, queue_option(queue), dry_run, bar.update)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {result.matched if dry_run else result.deleted} {state} entr(y/ies)")
+
+
+@cli.command()
+@click.argument("queue")
+@click.option("--reason", default="", help="Shown by spool status.")
+@click.pass_context
+def pause(ctx: click.Context, queue: str, reason: str) -> None:
+    """Pause QUEUE: workers (on any host) claim nothing from it until resumed."""
+    from spool.manage import pause as pause_queue
+
+    settings = settings_of(ctx)
+    with user_errors():
+        pause_queue(queue_dirs(settings.root, queue), reason)
+    click.echo(f"paused {queue}")
+
+
+@cli.command()
+@click.argument("queue")
+@click.pass_context
+def resume(ctx: click.Context, queue: str) -> None:
+    """Resume a paused QUEUE."""
+    from spool.manage import resume as resume_queue
+
+    settings = settings_of(ctx)
+    with user_errors():
+        was = resume_queue(queue_dirs(settings.root, queue))
+    click.echo(f"resumed {queue}" if was else f"{queue} was not paused")
 
 
 @cli.command()
@@ -360,6 +538,74 @@ def wait(ctx: click.Context, task_id: str, timeout: float | None) -> None:
             click.echo(json.dumps(cause.error, indent=2), err=False)
         raise
     click.echo(json.dumps(result, ensure_ascii=False))
+
+
+@cli.command()
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON."
+)
+@click.pass_context
+def scheduler(ctx: click.Context, log_format: str | None) -> None:
+    """Enqueue the periodic tasks of the config's [schedule] table (resident)."""
+    from spool.logs import setup_logging
+    from spool.scheduler import Scheduler, load_entries
+
+    settings = settings_of(ctx)
+    obj = ctx.ensure_object(dict)
+    setup_logging(log_format or settings.log_format, settings.log_level)
+
+    def reload() -> Settings:
+        return load_settings(obj.get("root"), obj.get("config"))
+
+    with user_errors():
+        entries = load_entries(settings)
+        code = Scheduler(settings, entries, reload).run()
+    ctx.exit(code)
+
+
+@cli.group()
+def schedule() -> None:
+    """Look at the schedule, or run one of its entries now."""
+
+
+@schedule.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def schedule_ls(ctx: click.Context, as_json: bool) -> None:
+    """Each schedule entry with its next run times and last fired slot."""
+    from spool.scheduler import describe, load_entries
+
+    settings = settings_of(ctx)
+    with user_errors():
+        rows = describe(settings, load_entries(settings, check_tasks=False), time.time())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no schedule entries (add [schedule.NAME] tables to the config)")
+    for row in rows:
+        where = f"{row['task']} on {row['queue']}"
+        click.echo(f"{row['name']}: {where}, {row['when']}, misfire={row['misfire']}")
+        click.echo(f"  last fired: {row['last_fired'] or 'never'}")
+        click.echo(f"  next: {', '.join(row['next'])}")
+
+
+@schedule.command("run")
+@click.argument("name")
+@click.pass_context
+def schedule_run(ctx: click.Context, name: str) -> None:
+    """Enqueue entry NAME's task now (outside its slots); print the task id."""
+    from spool.scheduler import enqueue_now, load_entries
+
+    settings = settings_of(ctx)
+    with user_errors():
+        entries = load_entries(settings, check_tasks=False)
+        if name not in entries:
+            known = ", ".join(entries) or "none"
+            raise click.BadParameter(
+                f"no schedule entry {name!r} (entries: {known})", param_hint="NAME"
+            )
+        click.echo(enqueue_now(settings, entries[name]))
 
 
 @cli.command()

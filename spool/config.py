@@ -8,6 +8,7 @@ Relative paths are taken from the current directory, like every other command-li
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,19 @@ class Settings:
     def project_dir(self) -> Path:
         """The directory relative paths of the config refer to (where tasks modules live)."""
         return Path.cwd()
+
+
+DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from 30s, 5m, 1h, 7d, 2w, 250ms or a plain number. Raises: ValueError."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and (match := DURATION_RE.fullmatch(value)):
+        return float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"]
+    raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 7d)")
 
 
 def resolve_config_path(config_flag: str | None, env: Mapping[str, str]) -> Path | None:

@@ -9,6 +9,7 @@
     <root>/<queue>/failed/      <id>.json: failed for good; or a rejected file under its own
                                 name with <stem>.error.json beside it
     <root>/<queue>/.unique/     one file per held unique_key
+    <root>/<queue>/.paused      present while the queue is paused
     <root>/.workers/            <worker id>.lock (locked while the worker lives) and .json
 
 Names carry everything the hot path needs (priority, order, due time, owner), so workers sort
@@ -126,6 +127,14 @@ class QueueDirs:
     @property
     def unique(self) -> Path:
         return self.base / ".unique"
+
+    @property
+    def pause_marker(self) -> Path:
+        return self.base / ".paused"
+
+    def is_paused(self) -> bool:
+        """Whether `spool pause` holds this queue (workers claim nothing from it)."""
+        return os.path.exists(self.pause_marker)
 
     def state(self, state: str) -> Path:
         return self.base / state

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spool.envelope import id_of_name
+from spool.envelope import id_of_name, is_valid_id
 from spool.fsio import UnreadableFile, list_names, read_regular
 from spool.layout import (
     ERROR_SUFFIX,
@@ -53,7 +53,9 @@ def finished(dirs: QueueDirs, task_id: str) -> Found | None:
 
 
 def locate(root: Path, task_id: str, queues: list[str] | None = None) -> Found | None:
-    """Where the task with this id is now, or None."""
+    """Where the task with this id is now, or None (also for a string that is no valid id)."""
+    if not is_valid_id(task_id):
+        return None
     names = queues if queues is not None else existing_queues(root)
     for queue in names:
         dirs = QueueDirs(root, queue)

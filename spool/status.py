@@ -64,6 +64,7 @@ def queue_status(dirs: QueueDirs, now: float) -> dict[str, Any]:
     counts["rejected"] = rejected  # of the failed: files that were not runnable tasks
     oldest = oldest_enqueued_at(dirs.incoming)
     counts["oldest_waiting_seconds"] = None if oldest is None else round(max(0.0, now - oldest), 3)
+    counts["paused"] = dirs.is_paused()
     return counts
 
 

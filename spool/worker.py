@@ -100,10 +100,13 @@ class Worker:
         try:
             self.tasks = self.executor.start()
             for queue in queues:
-                self.add_queue(queue)
+                queue_dirs(self.settings.root, queue).create()
+            # watch before the first scan: a file arriving in between is not missed
             self.polling = self.burst or not self.watcher.start(
                 queues, watch_root=not self.fixed_queues
             )
+            for queue in queues:
+                self.add_queue(queue)
             log.info(
                 "worker %s started: queues %s, tasks %s",
                 self.worker_id,
@@ -238,6 +241,8 @@ class Worker:
             best: QueueIndex | None = None
             for index in self.indexes.values():
                 key = index.peek_ready()
+                if key is not None and index.dirs.is_paused():
+                    continue
                 if key is not None and (best is None or key < (best.peek_ready() or "")):
                     best = index
             if best is None:

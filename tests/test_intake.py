@@ -37,7 +37,8 @@ def drop(spool_root: Path, name: str, data: bytes, queue: str = "default") -> Pa
 
 
 def rejection_note(spool_root: Path, stem: str, queue: str = "default") -> dict[str, object]:
-    note: dict[str, object] = json.loads((spool_root / queue / "failed" / f"{stem}.error.json").read_text())
+    path = spool_root / queue / "failed" / f"{stem}.error.json"
+    note: dict[str, object] = json.loads(path.read_text())
     return note
 
 
@@ -48,7 +49,7 @@ def run_and_check_worker_still_serves(app: Spool, spool_root: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert app.show(good)["state"] == "done"
     assert app.show(good)["result"] == "still serving"
-    assert names(spool_root / "default" / "incoming") == []
+    assert [n for n in names(spool_root / "default" / "incoming") if n.endswith(".json")] == []
     assert names(spool_root / "default" / "processing") == []
 
 

@@ -1,0 +1,39 @@
+"""`python -m bench core [--quick]` and `python -m bench profile` (run from the project dir)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    core = sub.add_parser("core", help="latency, drain, enqueue and claim-rate figures")
+    core.add_argument("--quick", action="store_true", help="one repetition, small sizes (< 30 s)")
+    core.add_argument("--out", type=Path, help="markdown output (default bench/CORE.md, "
+                      "bench/CORE-quick.md with --quick)")
+    core.add_argument("--tmp", help="parent of the scratch directory (default: the system temp "
+                      "dir when it is on the project's filesystem)")
+    core.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    prof = sub.add_parser("profile", help="profile a worker parent during a drain")
+    prof.add_argument("--tasks", type=int, default=5000, help="no-op tasks to drain")
+    prof.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
+    prof.add_argument("--out", type=Path, help="markdown output (default bench/PROFILE.md)")
+    prof.add_argument("--tmp", help="parent of the scratch directory")
+    prof.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    prof.add_argument("--no-strace", action="store_true", help="skip the syscall count run")
+    args = parser.parse_args(argv)
+    if args.command == "core":
+        from bench.core import run_core
+
+        return run_core(args.quick, args.out, args.tmp, args.keep, argv)
+    from bench.profile import run_profile
+
+    return run_profile(args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

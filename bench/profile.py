@@ -1,0 +1,295 @@
+"""Where a worker parent spends its time per task while it drains no-op tasks.
+
+    python -m bench profile [--tasks N] [--rate HZ] [--no-strace]
+
+1. N no-op tasks are queued; 2 resident workers start; py-spy samples the first one (wall
+   clock, idle samples included, per thread) until the queue is drained. Per-thread CPU comes
+   from /proc/<pid>/task/<tid>/stat. The main thread's samples are put in phases (logging, the
+   handler round trip, writing the done file, syncs, claiming, event hints, ...), and shown in
+   microseconds per task (share of the main thread's wall time x drain time / its tasks).
+2. Unless --no-strace: the same drain with one worker whose parent (all its threads, not the
+   handler child) runs under `strace -c -f`: system calls per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.core import (
+    BENCH_DIR,
+    CLK_TCK,
+    Lab,
+    children,
+    count,
+    cpu_seconds,
+    done_path,
+    noop_tasks,
+    queue_dir,
+    stop,
+    wait_for,
+)
+from spool import Spool
+
+PHASES = [  # (frame substring, phase): the first that occurs anywhere in a stack wins
+    ("Logger.", "logging (format + write stderr line)"),
+    ("logging/__init__", "logging (format + write stderr line)"),
+    ("Committer.flush", "committer: syncfs + unlink claims"),
+    ("sync_filesystem", "committer: syncfs + unlink claims"),
+    ("Executor.run", "handler round trip (send, child runs, receive)"),
+    ("write_atomic", "finish: write done file (tmp, rename)"),
+    ("finish (", "finish: build + serialise outcome"),
+    ("read_claimed", "read + parse claimed file"),
+    ("claim_next", "claim: index pop + rename"),
+    ("absorb_hints", "absorb event hints"),
+    ("rescan_all", "rescans, recovery, reaping"),
+    ("housekeeping", "rescans, recovery, reaping"),
+    ("promote_due", "promote due delayed tasks"),
+    ("Event.wait", "idle: waiting for a wake-up"),
+    ("Worker.process", "process(): other"),
+    ("Worker.loop", "loop: other"),
+]
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(found).exists():
+        raise SystemExit("py-spy not found: .venv/bin/pip install py-spy")
+    return found
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (utime + stime) per thread id of a live process."""
+    out: dict[int, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def parse_raw(path: Path) -> tuple[collections.Counter[str], list[tuple[list[str], int]]]:
+    """Samples per thread label, and the main thread's (frames, count)."""
+    threads: collections.Counter[str] = collections.Counter()
+    main: list[tuple[list[str], int]] = []
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        threads[frames[0]] += int(n)
+        if "MainThread" in frames[0]:
+            main.append((frames[1:], int(n)))
+    return threads, main
+
+
+def phase_of(frames: list[str]) -> str:
+    joined = ";".join(frames)
+    for needle, phase in PHASES:
+        if needle in joined:
+            return phase
+    return "start-up / other"
+
+
+def profile_drain(lab: Lab, tasks: int, rate: int) -> list[str]:
+    root = lab.root("profile")
+    ids = Spool(root=root).enqueue_many(noop_tasks(tasks))
+    procs = [lab.worker(root) for _ in range(2)]
+    target = procs[0]
+    raw = root.parent / "pyspy.txt"
+    spy = subprocess.Popen(
+        [py_spy(), "record", "-p", str(target.pid), "-r", str(rate), "-f", "raw", "--threads",
+         "--idle", "--nolineno", "--nonblocking", "-o", str(raw)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: count(queue_dir(root, "done")) >= tasks, 600, 0.05, "the drain")
+        per_thread = thread_cpu(target.pid)
+        child_cpu = sum(cpu_seconds(c) for c in children(target.pid))
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait()
+        for proc in procs:
+            stop(proc)
+    done = [json.loads(done_path(root, i).read_bytes()) for i in ids]
+    mine = [t for t in done if f"-{target.pid}-" in t["worker"]]
+    span = max(t["finished_at"] for t in done) - min(t["started_at"] for t in done)
+    n_mine = len(mine)
+    threads, main = parse_raw(raw)
+
+    lines = [
+        f"Drain of {tasks:,} no-op tasks by 2 resident workers: {tasks / span:,.0f} tasks/s "
+        f"(first start -> last finish, {span:.2f} s); profiled worker (pid {target.pid}) ran "
+        f"{n_mine:,} of them, {span / max(n_mine, 1) * 1e6:,.0f} us of wall time per task.",
+        "",
+        "CPU per task of the profiled worker, by thread (from /proc; py-spy label by thread id):",
+        "",
+        "| thread | CPU us/task | py-spy samples |",
+        "| --- | --- | --- |",
+    ]
+    labels: dict[int, str] = {}
+    for label, _ in threads.most_common():  # a thread seen under two names: the commoner
+        tid = label.partition("(")[2].partition(")")[0]
+        if tid.isdigit():
+            labels.setdefault(int(tid), label)
+    for tid, seconds in sorted(per_thread.items(), key=lambda kv: -kv[1]):
+        label = labels.get(tid, f"thread ({tid}): (no samples)")
+        lines.append(f"| {label} | {seconds / n_mine * 1e6:,.0f} | {threads.get(label, 0):,} |")
+    lines.append(f"| handler child process | {child_cpu / n_mine * 1e6:,.0f} | - |")
+    lines.append("")
+
+    total = sum(n for _, n in main)
+    phases: collections.Counter[str] = collections.Counter()
+    for frames, n in main:
+        phases[phase_of(frames)] += n
+    wall_per_task = span / max(n_mine, 1) * 1e6
+    lines += [
+        "Main thread, wall time by phase (py-spy, idle samples included; us/task = share x "
+        "wall time per task):",
+        "",
+        "| phase | share | us/task |",
+        "| --- | --- | --- |",
+    ]
+    for phase, n in phases.most_common():
+        lines.append(f"| {phase} | {n / total:.1%} | {n / total * wall_per_task:,.0f} |")
+    lines.append("")
+
+    inclusive: collections.Counter[str] = collections.Counter()
+    leaf: collections.Counter[str] = collections.Counter()
+    for frames, n in main:
+        for frame in set(frames):
+            inclusive[frame] += n
+        if frames:
+            leaf[frames[-1]] += n
+    lines += ["Main thread, top functions by inclusive share:", "", "| function | share |",
+              "| --- | --- |"]
+    skip = ("<module>", "_run_", "click/", "main (", "run_worker", "Worker.run", "Worker.loop",
+            "cli.py")
+    shown = 0
+    for frame, n in inclusive.most_common():
+        if any(s in frame for s in skip):
+            continue
+        lines.append(f"| `{frame}` | {n / total:.1%} |")
+        shown += 1
+        if shown >= 30:
+            break
+    lines += ["", "Main thread, top leaf frames (self time):", "", "| frame | share |",
+              "| --- | --- |"]
+    for frame, n in leaf.most_common(20):
+        lines.append(f"| `{frame}` | {n / total:.1%} |")
+    lines.append("")
+    others = {k: v for k, v in threads.items() if "MainThread" not in k}
+    if others:
+        lines.append("Other threads of the profiled worker, top leaf frames:")
+        lines.append("")
+        other_leaf: collections.Counter[str] = collections.Counter()
+        for line in raw.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            frames = stack.split(";")
+            if n.isdigit() and "MainThread" not in frames[0]:
+                other_leaf[f"{frames[0]}: {frames[-1]}"] += int(n)
+        lines += ["| thread: frame | samples |", "| --- | --- |"]
+        for frame, n in other_leaf.most_common(12):
+            lines.append(f"| `{frame}` | {n:,} |")
+        lines.append("")
+    return lines
+
+
+def strace_drain(lab: Lab, tasks: int) -> list[str]:
+    strace = shutil.which("strace")
+    if strace is None:
+        return ["(strace not installed: no syscall counts)", ""]
+    root = lab.root("strace")
+    ids = Spool(root=root).enqueue_many(noop_tasks(tasks + 1))
+    proc = lab.worker(root)
+    # let it start (and spawn its handler child, which is then not traced), then attach
+    wait_for(lambda: done_path(root, ids[0]).exists(), 60, 0.005, "the first task")
+    out = root.parent / "strace.txt"
+    tracer = subprocess.Popen(
+        [strace, "-c", "-f", "-o", str(out), "-p", str(proc.pid)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    before = count(queue_dir(root, "done"))
+    try:
+        wait_for(lambda: count(queue_dir(root, "done")) >= tasks + 1, 600, 0.05, "the drain")
+        traced = count(queue_dir(root, "done")) - before
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=60)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+        stop(proc)
+    lines = [
+        f"System calls of one worker parent (all threads, strace -c -f) over about {traced:,} "
+        "no-op tasks (the tail of the drain and the idle wait after it are included; strace "
+        "slows the worker, so only the counts matter):",
+        "",
+        "| syscall | calls/task | errors/task |",
+        "| --- | --- | --- |",
+    ]
+    rows = []
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if len(parts) < 5 or not parts[0].replace(".", "").isdigit() or parts[-1] == "total":
+            continue
+        name = parts[-1]
+        calls = int(parts[3])
+        errors = int(parts[4]) if len(parts) == 6 else 0
+        rows.append((calls, errors, name))
+    rows.sort(reverse=True)
+    total_calls = sum(r[0] for r in rows)
+    for calls, errors, name in rows[:25]:
+        lines.append(f"| {name} | {calls / traced:.2f} | {errors / traced:.2f} |")
+    lines.append(f"| **total** | {total_calls / traced:.1f} | |")
+    lines.append("")
+    return lines
+
+
+def run_profile(args: argparse.Namespace, argv: list[str]) -> int:
+    lab = Lab(args.tmp, args.keep)
+    load = os.getloadavg()
+    started = time.monotonic()
+    try:
+        body = profile_drain(lab, args.tasks, args.rate)
+        if not args.no_strace:
+            body += strace_drain(lab, min(args.tasks, 2000))
+    finally:
+        lab.close()
+    end_load = os.getloadavg()
+    head = [
+        "# spool worker profile",
+        "",
+        f"Command: `/work/main/.venv/bin/python -m bench {' '.join(argv)}`; "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; took {time.monotonic() - started:.0f} s; "
+        f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, at end "
+        f"{end_load[0]:.2f} {end_load[1]:.2f} {end_load[2]:.2f}.",
+        "",
+    ]
+    text = "\n".join(head + body)
+    print(text)
+    out = args.out or BENCH_DIR / "PROFILE.md"
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0

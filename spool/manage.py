@@ -1,0 +1,253 @@
+"""Operator actions on tasks at rest: retry failed ones, cancel pending ones, purge finished
+ones, pause and resume a queue. They work on the directories, with every worker down too.
+
+Each action that takes a task out of incoming/ or delayed/ first claims it with a rename (as a
+worker does), so it never races a worker: whoever renames first owns the task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spool import envelope
+from spool.claim import Claim, claim
+from spool.envelope import TaskDict
+from spool.errors import SpoolError, TaskNotFound
+from spool.fsio import UnreadableFile, read_regular, write_atomic
+from spool.layout import ERROR_SUFFIX, QueueDirs, canonical_name, existing_queues, split_delayed
+from spool.lookup import READ_LIMIT, Found, locate
+from spool.producer import CLOCK, release_unique_key
+
+FINISHED_KEYS = (
+    "result",
+    "error",
+    "finished_at",
+    "started_at",
+    "worker",
+    "retry_at",
+    "result_is_repr",
+)
+
+
+class NotRetryable(SpoolError):
+    """The task is not in failed/."""
+
+
+class NotCancellable(SpoolError):
+    """The task has started or finished: only pending tasks can be cancelled."""
+
+
+def read_task(path: Path) -> TaskDict:
+    data, _ = read_regular(path, READ_LIMIT)
+    task = json.loads(data)
+    if not isinstance(task, dict):
+        raise ValueError("not a JSON object")
+    return task
+
+
+# ---- retry -----------------------------------------------------------------------------
+
+
+def retry(root: Path, task_id: str) -> str:
+    """Move a failed task back to incoming/ with attempts reset (history kept); return its queue.
+
+    A rejected file goes back unchanged under its original name, to be validated again.
+    Raises: TaskNotFound, NotRetryable.
+    """
+    found = locate(root, task_id)
+    if found is None:
+        raise TaskNotFound(task_id)
+    if found.state != "failed":
+        raise NotRetryable(f"task {task_id} is {found.state}, not failed")
+    dirs = QueueDirs(root, found.queue)
+    if found.note is not None:
+        retry_rejected(dirs, found)
+    else:
+        retry_failed(dirs, found)
+    return found.queue
+
+
+def retry_failed(dirs: QueueDirs, found: Found) -> None:
+    task = read_task(found.path)
+    for key in FINISHED_KEYS:
+        task.pop(key, None)
+    task["attempts"] = 0
+    task["retried_at"] = time.time()
+    enqueued_us = CLOCK.next_us(time.time())
+    task["enqueued_at"] = enqueued_us / 1_000_000
+    task.pop("delay", None)
+    task.pop("not_before", None)
+    name = canonical_name(envelope.priority_of(task), enqueued_us, str(task["id"]))
+    write_atomic(envelope.dump(task), dirs.tmp, dirs.incoming / name)
+    found.path.unlink(missing_ok=True)
+
+
+def retry_rejected(dirs: QueueDirs, found: Found) -> None:
+    assert found.note is not None
+    try:
+        original = str(json.loads(found.note.read_bytes()).get("file") or found.path.name)
+    except (OSError, ValueError):
+        original = found.path.name
+    if not original.endswith(".json") or "/" in original or original.startswith("."):
+        original = found.path.name
+    os.rename(found.path, dirs.incoming / original)
+    found.note.unlink(missing_ok=True)
+
+
+def failed_ids(root: Path, queue: str | None, task_name: str | None) -> Iterator[tuple[str, str]]:
+    """(queue, id) of every failed task, optionally of one queue or one task name."""
+    for name in [queue] if queue else existing_queues(root):
+        dirs = QueueDirs(root, name)
+        for entry in sorted(os.listdir(dirs.failed)) if dirs.failed.is_dir() else []:
+            if entry.startswith(".") or entry.endswith(ERROR_SUFFIX) or not entry.endswith(".json"):
+                continue
+            if task_name is not None:
+                try:
+                    if read_task(dirs.failed / entry).get("task") != task_name:
+                        continue
+                except (OSError, ValueError, UnreadableFile):
+                    continue
+            yield name, entry.removesuffix(".json")
+
+
+# ---- cancel ----------------------------------------------------------------------------
+
+
+def cancel(root: Path, task_id: str, reason: str = "cancelled by an operator") -> str:
+    """Take a pending task (incoming/ or delayed/) out and record it in failed/ as Cancelled.
+
+    Raises: TaskNotFound, NotCancellable (it started or finished).
+    """
+    found = locate(root, task_id)
+    if found is None:
+        raise TaskNotFound(task_id)
+    if found.state not in ("incoming", "delayed"):
+        raise NotCancellable(
+            f"task {task_id} is {found.state}: only pending tasks can be cancelled"
+        )
+    dirs = QueueDirs(root, found.queue)
+    taken = take_pending(dirs, found)
+    if taken is None:
+        raise NotCancellable(f"task {task_id} was just claimed by a worker: it is running")
+    try:
+        task = read_task(taken.path)
+    except (OSError, ValueError, UnreadableFile):
+        task = {"task": None}
+    now = time.time()
+    task.setdefault("id", task_id)
+    task["error"] = {"type": "Cancelled", "message": reason, "traceback": ""}
+    task["finished_at"] = now
+    task["cancelled_at"] = now
+    write_atomic(envelope.dump(task), dirs.tmp, dirs.failed / f"{task_id}.json")
+    taken.path.unlink(missing_ok=True)
+    if isinstance(task.get("unique_key"), str):
+        release_unique_key(dirs, task["unique_key"], task_id)
+    return found.queue
+
+
+def take_pending(dirs: QueueDirs, found: Found) -> Claim | None:
+    """Claim a pending task as a worker would (delayed ones via their incoming name)."""
+    worker_id = f"cancel-{os.getpid()}"
+    if found.state == "incoming":
+        return claim(dirs, found.path.name, worker_id)
+    parts = split_delayed(found.path.name)
+    if parts is None:
+        return None
+    taken = Claim(dirs, parts[1], worker_id)
+    try:
+        os.rename(found.path, taken.path)
+    except FileNotFoundError:  # RACE: promoted or claimed meanwhile
+        return None
+    return taken
+
+
+# ---- purge -----------------------------------------------------------------------------
+
+
+@dataclass
+class PurgeResult:
+    matched: int = 0
+    deleted: int = 0
+
+
+def purge(
+    root: Path,
+    state: str,
+    older_than_seconds: float | None,
+    queue: str | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+    now: float | None = None,
+) -> PurgeResult:
+    """Delete finished tasks (done or failed) older than the given age (by mtime)."""
+    if state not in ("done", "failed"):
+        raise SpoolError(f"purge works on done or failed, not {state!r}")
+    now = time.time() if now is None else now
+    result = PurgeResult()
+    for name in [queue] if queue else existing_queues(root):
+        directory = QueueDirs(root, name).state(state)
+        try:
+            entries = os.scandir(directory)
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if older_than_seconds is not None:
+                    try:
+                        age = now - entry.stat(follow_symlinks=False).st_mtime
+                    except FileNotFoundError:
+                        continue
+                    if age < older_than_seconds:
+                        continue
+                result.matched += 1
+                if not dry_run:
+                    try:
+                        os.unlink(entry.path)
+                        result.deleted += 1
+                    except FileNotFoundError:
+                        pass
+                    except IsADirectoryError:  # a rejected directory named *.json
+                        import shutil
+
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                        result.deleted += 1
+                if progress is not None:
+                    progress(1)
+    return result
+
+
+# ---- pause -----------------------------------------------------------------------------
+
+
+def pause(dirs: QueueDirs, reason: str = "") -> None:
+    """Mark the queue paused: every worker stops claiming from it (until resumed)."""
+    dirs.create()
+    info = json.dumps({"paused_at": time.time(), "reason": reason}).encode()
+    write_atomic(info, dirs.tmp, dirs.pause_marker)
+
+
+def resume(dirs: QueueDirs) -> bool:
+    """Remove the pause marker; return whether the queue was paused."""
+    try:
+        os.unlink(dirs.pause_marker)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def paused_info(dirs: QueueDirs) -> dict[str, Any] | None:
+    try:
+        info = json.loads(dirs.pause_marker.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
