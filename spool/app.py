@@ -15,10 +15,10 @@ from spool.layout import QueueDirs
 from spool.lookup import finished, locate, read_found
 from spool.registry import Registry, Task, TaskOptions
 from spool.status import spool_status
+from spool.watch import FinishWatch
 
 P = ParamSpec("P")
 R = TypeVar("R")
-WAIT_POLL_SECONDS = 0.01
 WAIT_FULL_LOOK_SECONDS = 1.0
 
 
@@ -176,20 +176,27 @@ class Spool:
             return self.eager_outcome(task_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         found = locate(self.root, task_id)
-        next_full_look = time.monotonic() + WAIT_FULL_LOOK_SECONDS
-        while True:
-            if found is None:
-                raise TaskNotFound(task_id)
-            if found.state not in ("done", "failed"):
-                found = finished(QueueDirs(self.root, found.queue), task_id) or found
-            if found.state in ("done", "failed"):
-                return outcome_of(task_id, read_found(found))
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(task_id, timeout or 0.0)
-            time.sleep(WAIT_POLL_SECONDS)
-            if time.monotonic() >= next_full_look:  # still anywhere? (cancelled, moved queue)
-                next_full_look = time.monotonic() + WAIT_FULL_LOOK_SECONDS
-                found = locate(self.root, task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        with FinishWatch(QueueDirs(self.root, found.queue)) as changed:
+            next_full_look = time.monotonic() + WAIT_FULL_LOOK_SECONDS
+            while True:
+                if found is None:
+                    raise TaskNotFound(task_id)
+                if found.state not in ("done", "failed"):
+                    found = finished(QueueDirs(self.root, found.queue), task_id) or found
+                if found.state in ("done", "failed"):
+                    return outcome_of(task_id, read_found(found))
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise WaitTimeout(task_id, timeout or 0.0)
+                changed.wait(
+                    WAIT_FULL_LOOK_SECONDS if left is None else min(left, WAIT_FULL_LOOK_SECONDS)
+                )
+                changed.clear()
+                if time.monotonic() >= next_full_look:  # still anywhere? (cancelled, moved)
+                    next_full_look = time.monotonic() + WAIT_FULL_LOOK_SECONDS
+                    found = locate(self.root, task_id)
 
     def eager_outcome(self, task_id: str) -> Any:
         outcome = self.eager_results.get(task_id)

@@ -59,8 +59,7 @@ class Entry:
     def next_slot(self, after: float) -> float:
         """The first slot strictly after `after` (epoch seconds)."""
         if self.every_seconds is not None:
-            step = self.every_seconds
-            return (int(after // step) + 1) * step
+            return (self.every_index(after) + 1) * self.every_seconds
         assert self.cron is not None
         start = datetime.fromtimestamp(after, ZoneInfo(self.timezone))
         it = croniter(self.cron, start, second_at_beginning=True)
@@ -78,13 +77,39 @@ class Entry:
     def last_slot(self, at: float) -> float | None:
         """The latest slot s <= at (None if there is none within a year)."""
         if self.every_seconds is not None:
-            return int(at // self.every_seconds) * self.every_seconds
+            return self.every_index(at) * self.every_seconds
         assert self.cron is not None
         end = datetime.fromtimestamp(at, ZoneInfo(self.timezone))
         it = croniter(self.cron, end, second_at_beginning=True, is_prev=True)
         prev = float(it.get_prev(float))
         nxt = self.next_slot(prev)
         return nxt if nxt <= at else prev
+
+    def every_index(self, at: float) -> int:
+        """The largest k with k * every <= at. Exact despite float rounding: `at // every` alone
+        can land one below for a slot like 17 * 0.1, and next_slot would then not advance."""
+        step = self.every_seconds
+        assert step is not None
+        k = int(at // step)
+        while k * step > at:
+            k -= 1
+        while (k + 1) * step <= at:
+            k += 1
+        return k
+
+    def latest_slots(self, after: float, end: float, count: int) -> list[float]:
+        """The latest `count` slots s with after < s <= end, earliest first."""
+        if self.every_seconds is not None:
+            start = max(after, (self.every_index(end) - count) * self.every_seconds)
+        else:
+            assert self.cron is not None
+            it = croniter(self.cron, datetime.fromtimestamp(end, ZoneInfo(self.timezone)),
+                          second_at_beginning=True, is_prev=True)  # fmt: skip
+            earliest = end
+            for _ in range(count):
+                earliest = float(it.get_prev(float))
+            start = max(after, earliest - 1)  # cron slots are whole seconds
+        return self.slots_between(start, end, limit=2 * count + 2)[-count:]
 
     def grace(self, slot: float) -> float:
         """How late a slot may fire and still count as on time: the entry's, else half the
@@ -111,6 +136,8 @@ def due_slots(entry: Entry, last_fired: float | None, now: float) -> tuple[list[
             return [latest], 0
         return [], 0
     slots = entry.slots_between(last_fired, now)
+    if len(slots) > MAX_CATCH_UP:  # a long outage: the latest slots, not the oldest, matter
+        slots = entry.latest_slots(last_fired, now, MAX_CATCH_UP + 1)
     on_time = [s for s in slots if now - s <= entry.grace(s)]
     missed = [s for s in slots if now - s > entry.grace(s)]
     if entry.misfire == "skip" or not missed:

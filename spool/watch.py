@@ -16,6 +16,7 @@ import os
 import threading
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -26,6 +27,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+
+from spool.layout import QueueDirs, ensure_dir
 
 log = logging.getLogger(__name__)
 EVENTS = [FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
@@ -100,3 +103,42 @@ class Watcher:
             self.observer.stop()
             self.observer.join(timeout=5)
             self.observer = None
+
+
+class FinishWatch:
+    """A context that sets an Event whenever a file arrives in a queue's done/ or failed/.
+
+    Used by wait(): the waiter checks the task's file on each event (and on a slow timer, in
+    case events are unavailable), instead of polling.
+    """
+
+    def __init__(self, dirs: QueueDirs) -> None:
+        self.dirs = dirs
+        self.changed = threading.Event()
+        self.observer: Any = None
+
+    def __enter__(self) -> threading.Event:
+        changed = self.changed
+
+        class Arrived(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                changed.set()
+
+        try:
+            observer = Observer()
+            for directory in (self.dirs.done, self.dirs.failed):
+                ensure_dir(directory)
+                observer.schedule(
+                    Arrived(), os.fspath(directory), recursive=False, event_filter=EVENTS
+                )
+            observer.daemon = True
+            observer.start()
+            self.observer = observer
+        except OSError as exc:
+            log.debug("no events for wait (%s): checking every second", exc)
+        return changed
+
+    def __exit__(self, *exc: object) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)

@@ -1,0 +1,175 @@
+"""Operator commands on tasks at rest: ls, retry, cancel, purge, pause/resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from spool import Spool
+from spool.cli import cli
+from tests.conftest import TEST_CONFIG, names, run_burst
+
+
+@pytest.fixture
+def spool(spool_root: Path):  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+
+    def run(*args: str) -> Result:
+        argv = ["--root", str(spool_root), "--config", str(TEST_CONFIG), *args]
+        return runner.invoke(cli, argv, catch_exceptions=False)
+
+    return run
+
+
+def test_ls_lists_waiting_tasks_in_run_order_with_their_fields(spool, app: Spool) -> None:
+    low = app.enqueue("echo", args=[1])
+    high = app.enqueue("add", args=[1, 2], priority=5)
+    result = spool("ls", "incoming", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["id"] for r in rows] == [high, low]
+    assert rows[0]["task"] == "add" and rows[0]["priority"] == 5 and rows[0]["attempts"] == 0
+    assert set(rows[0]) >= {"queue", "state", "id", "task", "priority", "attempts", "age_seconds"}
+
+
+def test_ls_failed_shows_the_error_and_filters_by_task(spool, app: Spool, spool_root: Path) -> None:
+    app.enqueue("fail", args=["bad thing"], max_retries=0)
+    app.enqueue("unreliable_no_retry")
+    assert run_burst(spool_root).returncode == 0
+    rows = json.loads(spool("ls", "failed", "--json", "--task", "fail").stdout)
+    assert len(rows) == 1
+    assert rows[0]["error_type"] == "RuntimeError" and rows[0]["error_message"] == "bad thing"
+    text = spool("ls", "failed").stdout
+    assert "RuntimeError: bad thing" in text and "ValueError" in text
+
+
+def test_ls_filters_by_age(spool, app: Spool, spool_root: Path) -> None:
+    app.enqueue("echo")
+    assert run_burst(spool_root).returncode == 0
+    [done] = names(spool_root / "default" / "done")
+    os.utime(spool_root / "default" / "done" / done, (time.time() - 3600, time.time() - 3600))
+    app.enqueue("echo")
+    assert run_burst(spool_root).returncode == 0
+    assert len(json.loads(spool("ls", "done", "--json", "--older-than", "30m").stdout)) == 1
+    assert len(json.loads(spool("ls", "done", "--json", "--since", "30m").stdout)) == 1
+    assert len(json.loads(spool("ls", "done", "--json").stdout)) == 2
+    assert spool("ls", "done", "--since", "soon").exit_code == 2
+
+
+def test_retry_moves_a_failed_task_back_with_attempts_reset_and_history_kept(
+    spool, app: Spool, spool_root: Path
+) -> None:
+    task_id = app.enqueue("fail", max_retries=1)
+    assert run_burst(spool_root).returncode == 0
+    deadline = time.monotonic() + 10
+    while app.state_of(task_id) != "failed" and time.monotonic() < deadline:
+        run_burst(spool_root)
+    assert app.state_of(task_id) == "failed"
+    result = spool("retry", task_id)
+    assert result.exit_code == 0, result.output
+    shown = app.show(task_id)
+    assert shown["state"] == "incoming" and shown["attempts"] == 0
+    assert len(shown["history"]) == 2 and "error" not in shown
+
+
+def test_retry_dry_run_changes_nothing(spool, app: Spool, spool_root: Path) -> None:
+    task_id = app.enqueue("fail", max_retries=0)
+    assert run_burst(spool_root).returncode == 0
+    before = names(spool_root / "default" / "failed")
+    result = spool("retry", "--all-failed", "--dry-run")
+    assert result.exit_code == 0 and f"would retry {task_id}" in result.stdout
+    assert names(spool_root / "default" / "failed") == before
+
+
+def test_retry_of_a_task_that_is_not_failed_is_refused(spool, app: Spool) -> None:
+    task_id = app.enqueue("echo")
+    result = spool("retry", task_id)
+    assert result.exit_code == 1 and "not failed" in result.stderr
+
+
+def test_retried_rejected_file_goes_back_under_its_name_without_its_note(
+    spool, spool_root: Path, app: Spool
+) -> None:
+    incoming = spool_root / "default" / "incoming"
+    incoming.parent.mkdir(parents=True, exist_ok=True)
+    incoming.mkdir(exist_ok=True)
+    (incoming / "job-7.json").write_text('{"task": "not_deployed_yet"}')
+    assert run_burst(spool_root).returncode == 0
+    assert app.state_of("job-7") == "failed"
+    assert spool("retry", "job-7").exit_code == 0
+    assert names(incoming) == ["job-7.json"]
+    assert "job-7.error.json" not in names(spool_root / "default" / "failed")
+
+
+def test_cancel_records_a_pending_task_in_failed_as_cancelled(spool, app: Spool) -> None:
+    now_id = app.enqueue("echo")
+    later_id = app.enqueue("echo", delay=600)
+    result = spool("cancel", now_id, later_id)
+    assert result.exit_code == 0, result.output
+    for task_id in (now_id, later_id):
+        shown = app.show(task_id)
+        assert shown["state"] == "failed" and shown["error"]["type"] == "Cancelled"
+
+
+def test_cancel_of_a_running_task_is_refused_clearly(spool, app: Spool, start_worker) -> None:
+    task_id = app.enqueue("sleep_then_return", args=[3])
+    start_worker()
+    deadline = time.monotonic() + 10
+    while app.state_of(task_id) != "processing":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    result = spool("cancel", task_id)
+    assert result.exit_code == 1
+    assert "only pending tasks can be cancelled" in result.stderr
+
+
+def test_cancelled_task_never_runs_when_a_worker_starts(
+    spool, app: Spool, spool_root: Path
+) -> None:
+    task_id = app.enqueue("echo", args=["never"])
+    assert spool("cancel", task_id).exit_code == 0
+    assert run_burst(spool_root).returncode == 0
+    assert names(spool_root / "default" / "done") == []
+
+
+def test_purge_deletes_only_old_finished_tasks_and_dry_run_nothing(
+    spool, app: Spool, spool_root: Path
+) -> None:
+    for i in range(3):
+        app.enqueue("echo", args=[i])
+    assert run_burst(spool_root).returncode == 0
+    done = spool_root / "default" / "done"
+    old = names(done)[:2]
+    for name in old:
+        os.utime(done / name, (time.time() - 8 * 86400, time.time() - 8 * 86400))
+    dry = spool("purge", "done", "--older-than", "7d", "--dry-run")
+    assert dry.exit_code == 0 and "would delete 2" in dry.stdout
+    assert len(names(done)) == 3
+    real = spool("purge", "done", "--older-than", "7d")
+    assert real.exit_code == 0 and "deleted 2" in real.stdout
+    assert len(names(done)) == 1
+
+
+def test_pause_holds_work_across_a_worker_restart_until_resume(
+    spool, app: Spool, spool_root: Path
+) -> None:
+    assert spool("pause", "default").exit_code == 0
+    task_id = app.enqueue("echo", args=["held"])
+    assert run_burst(spool_root).returncode == 0
+    assert run_burst(spool_root).returncode == 0  # a new worker honours the marker too
+    assert app.state_of(task_id) == "incoming"
+    status = json.loads(spool("status", "--json").stdout)
+    assert status["queues"]["default"]["paused"] is True
+    assert spool("resume", "default").exit_code == 0
+    assert run_burst(spool_root).returncode == 0
+    assert app.state_of(task_id) == "done"
+
+
+def test_pause_of_an_invalid_queue_name_is_a_usage_error(spool) -> None:
+    result = spool("pause", "../x")
+    assert result.exit_code == 2
