@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -84,7 +85,17 @@ class WorkerLock:
     def acquire(self, info: dict[str, object]) -> None:
         ensure_dir(self.dir)
         self.lock.acquire(timeout=10)
-        self.info_path.write_text(json.dumps(info))  # after the lock: see reap_dead_workers
+        self.info = dict(info)
+        self.write_info()  # after the lock: see reap_dead_workers
+
+    def update(self, **changes: object) -> None:
+        self.info.update(changes)
+        self.write_info()
+
+    def write_info(self) -> None:
+        tmp = self.dir / f".{self.worker_id}.json.tmp"
+        tmp.write_text(json.dumps(self.info))
+        os.replace(tmp, self.info_path)
 
     def release(self) -> None:
         self.info_path.unlink(missing_ok=True)
@@ -159,6 +170,26 @@ def abandoned(dirs: QueueDirs, own_id: str, alive: dict[str, bool]) -> Iterator[
         yield taken, owner
 
 
+def kill_orphans(root: Path, worker_id: str) -> None:
+    """Kill what a dead worker's handler process left running (its process group).
+
+    The handler process dies with its worker, but processes it started live on in its group;
+    the worker's info file names that group. Only on the host the worker ran on.
+    """
+    try:
+        info = json.loads((workers_dir(root) / f"{worker_id}.json").read_text())
+        group = int(info["handler_pid"])
+        same_host = info.get("host") == socket.gethostname()
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if same_host and group > 1:
+        try:
+            os.killpg(group, signal.SIGKILL)
+            log.warning("killed the processes left by dead worker %s (group %d)", worker_id, group)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def reap_dead_workers(root: Path, busy: set[str]) -> int:
     """Delete the lock and info files of dead workers that own no claim; return how many.
 
@@ -191,6 +222,7 @@ def reap_dead_workers(root: Path, busy: set[str]) -> int:
         except (Timeout, OSError):
             continue
         try:
+            kill_orphans(root, worker_id)
             info.unlink(missing_ok=True)
             (directory / name).unlink(missing_ok=True)
             reaped += 1

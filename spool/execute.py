@@ -57,8 +57,14 @@ def error_dict(kind: str, message: str, tb: str = "") -> dict[str, str]:
 class Executor:
     """The worker's side of the child process that runs handlers."""
 
-    def __init__(self, tasks_modules: tuple[str, ...], project_dir: str) -> None:
+    def __init__(
+        self,
+        tasks_modules: tuple[str, ...],
+        project_dir: str,
+        on_spawn: Callable[[int], None] | None = None,
+    ) -> None:
         self.tasks_modules, self.project_dir = tasks_modules, project_dir
+        self.on_spawn = on_spawn
         self.proc: subprocess.Popen[bytes] | None = None
         self.send_conn: Connection | None = None
         self.recv_conn: Connection | None = None
@@ -80,6 +86,8 @@ class Executor:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
+        if self.on_spawn is not None:
+            self.on_spawn(self.proc.pid)  # its process group, for cleanup if the worker dies
         self.send_conn = Connection(to_child_w, readable=False)
         self.recv_conn = Connection(from_child_r, writable=False)
         hello = self.receive(START_TIMEOUT_SECONDS)

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from spool.config import parse_duration
 from spool.envelope import format_compact
@@ -30,6 +30,7 @@ KEYS = {
 }  # fmt: skip
 MAX_CATCH_UP = 1000  # misfire = "all" never enqueues more than this many missed slots at once
 GRACE_CAP_SECONDS = 60.0
+CRON_CHECK_START = datetime(2000, 1, 1, tzinfo=ZoneInfo("UTC"))
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ def due_slots(entry: Entry, last_fired: float | None, now: float) -> tuple[list[
 
     On time (within grace): fired. Missed: per `misfire`: skip none, once the latest, all of
     them (at most MAX_CATCH_UP). A schedule never fired before starts at its latest slot if
-    that is within grace, else at the next one.
+    that is within grace, else at the next one. After an outage of more than MAX_CATCH_UP
+    slots only the latest MAX_CATCH_UP + 1 are considered (and counted as skipped).
     """
     if last_fired is None:
         latest = entry.last_slot(now)
@@ -188,6 +190,10 @@ def parse_entry(name: str, table: Mapping[str, Any], known_tasks: set[str] | Non
             raise ConfigError(
                 f"{where}: cron {cron!r} is not a valid 5-field (or 6 with seconds) expression"
             )
+        try:  # a valid expression may match no date at all (0 0 30 2 *): say so now, not later
+            croniter(cron, CRON_CHECK_START, second_at_beginning=True).get_next(float)
+        except CroniterError:
+            raise ConfigError(f"{where}: cron {cron!r} never fires") from None
         values["cron"] = cron
     else:
         values["every_seconds"] = parse_every(table["every"], where)

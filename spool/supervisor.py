@@ -86,11 +86,11 @@ SYSTEM_HEADER = """\
 
 DAEMON_SECTIONS = """\
 [unix_http_server]
-file={var}/supervisor.sock
+file={var}/{socket}
 chmod=0700
 
 [supervisorctl]
-serverurl=unix://{var}/supervisor.sock
+serverurl=unix://{var}/{socket}
 
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
@@ -196,7 +196,7 @@ class WorkerProgram:
 
 def render_conf(header: str, var: str, program: WorkerProgram) -> str:
     """A whole supervisord.conf: control socket, daemon, the workers, the scheduler note."""
-    sections = [header, DAEMON_SECTIONS.format(var=var), program.render()]
+    sections = [header, DAEMON_SECTIONS.format(var=var, socket=SOCKET_NAME), program.render()]
     sections.append(SCHEDULER_NOTE.format(directory=program.directory))
     return "\n".join(sections)
 
@@ -296,9 +296,10 @@ def longest_timeout(settings: Settings) -> tuple[float, str | None]:
 
 @dataclass(frozen=True)
 class Plan:
-    """What `spool up` runs: which config, and where its socket and logs are."""
+    """What `spool up` runs: which config (its text, if rendered), where socket and logs are."""
 
     conf: Path
+    rendered: str | None
     why_rendered: str | None
     socket: Path | None
     log_dir: Path
@@ -315,6 +316,9 @@ def run_up(settings: Settings, workers: int | None) -> int:
     plan = make_plan(Path.cwd(), processes, longest)
     if plan.socket is not None:
         check_socket(plan.socket, plan)
+    os.makedirs(plan.log_dir, exist_ok=True)  # supervisord does not create its log directory
+    if plan.rendered is not None:
+        plan.conf.write_text(plan.rendered)
     env = supervisord_env(settings, plan.scripts)
     announce(settings, plan)
     return supervise(plan, env)
@@ -322,16 +326,16 @@ def run_up(settings: Settings, workers: int | None) -> int:
 
 def make_plan(project: Path, processes: int, longest: float) -> Plan:
     var = project / "var"
-    log_dir = var / "log"
-    os.makedirs(log_dir, exist_ok=True)  # supervisord does not create its log directory
     scripts = scripts_dir()
     shipped = project / SHIPPED_CONF
     why = why_render(shipped, processes, stop_wait_seconds(longest), scripts)
-    conf = shipped
-    if why is not None:
-        conf = project / RENDERED_CONF
-        conf.write_text(render_local_conf(project, var, processes, longest, why))
-    return Plan(conf, why, socket_of(conf), log_dir, scripts, processes, longest)
+    if why is None:
+        return Plan(
+            shipped, None, None, socket_of(shipped), var / "log", scripts, processes, longest
+        )
+    text = render_local_conf(project, var, processes, longest, why)
+    conf = project / RENDERED_CONF
+    return Plan(conf, text, why, var / SOCKET_NAME, var / "log", scripts, processes, longest)
 
 
 def why_render(shipped: Path, processes: int, stop_wait: int, scripts: Path | None) -> str | None:

@@ -26,6 +26,7 @@ from spool.claim import (
     WorkerLock,
     abandoned,
     claim,
+    kill_orphans,
     new_worker_id,
     reap_dead_workers,
     release,
@@ -70,7 +71,11 @@ class Worker:
         self.hard_stop = False
         self.indexes: dict[str, QueueIndex] = {}
         self.watcher = Watcher(settings.root, self.wakeup)
-        self.executor = Executor(settings.tasks, str(settings.project_dir))
+        self.executor = Executor(
+            settings.tasks,
+            str(settings.project_dir),
+            on_spawn=lambda pid: self.lock.update(handler_pid=pid),
+        )
         self.committer = Committer(settings.root)
         self.lock = WorkerLock(settings.root, self.worker_id)
         self.tasks: dict[str, dict[str, Any]] = {}
@@ -78,6 +83,7 @@ class Worker:
         self.recovery = Timer(settings.recover_seconds)
         self.reaping = Timer(REAP_SECONDS)
         self.polling = False
+        self.orphans_killed: set[str] = set()
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -365,6 +371,10 @@ class Worker:
                     self.recover_one(index, taken, dead)
                 except OSError as exc:
                     log.error("cannot recover %s: %s", taken.name, exc)
+        for worker_id, is_alive in alive.items():
+            if not is_alive and worker_id not in self.orphans_killed:
+                self.orphans_killed.add(worker_id)
+                kill_orphans(self.settings.root, worker_id)
 
     def recover_one(self, index: QueueIndex, taken: Claim, dead: str) -> None:
         task: TaskDict | None

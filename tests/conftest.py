@@ -21,7 +21,9 @@ PROJECT_DIR = TESTS_DIR.parent
 TEST_CONFIG = TESTS_DIR / "spool.toml"
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> None:
+def wait_until(
+    condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
+) -> None:
     """Poll `condition` until it is true; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -64,18 +66,31 @@ def start_worker(spool_root: Path) -> Iterator[Callable[..., subprocess.Popen[by
         return proc
 
     yield start
-    for proc in procs:
+    for proc in procs:  # two TERMs: stop now, killing what a running handler started
         if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.05)  # two deliveries, not one coalesced signal
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
-def run_burst(spool_root: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_burst(
+    spool_root: Path, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run `spool worker --burst` to completion and return it (output captured)."""
     env = {**os.environ, "SPOOL_ROOT": str(spool_root)}
     return subprocess.run(
         spool_command(spool_root, "worker", "--burst", *args),
-        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -217,6 +217,20 @@ def test_a_dropped_file_with_an_id_is_stored_under_that_id(app: Spool, spool_roo
     assert app.show("my-id")["result"] == 3
 
 
+def test_a_rejected_file_whose_name_is_no_valid_id_is_stored_under_a_derived_id(
+    app: Spool, spool_root: Path
+) -> None:
+    drop(spool_root, "bad name!.json", b"{")
+    run_and_check_worker_still_serves(app, spool_root)
+    failed = names(spool_root / "default" / "failed")
+    [stored] = [name for name in failed if not name.endswith(".error.json")]
+    stem = stored.removesuffix(".json")
+    assert failed == sorted([stored, f"{stem}.error.json"])
+    assert (spool_root / "default" / "failed" / stored).read_bytes() == b"{"
+    assert rejection_note(spool_root, stem)["file"] == "bad name!.json"
+    assert app.show(stem)["state"] == "failed"
+
+
 def test_status_counts_rejected_files_among_the_failed(app: Spool, spool_root: Path) -> None:
     drop(spool_root, "bad-json.json", b"{")
     drop(spool_root, "bad-kind.json", b"[]")

@@ -128,3 +128,18 @@ def test_status_lists_only_live_workers_after_one_was_killed_mid_task(
     wait_until(has_state(app, task_id, "done"), timeout=10)
     wait_until(lambda: names(spool_root / "default" / "processing") == [], timeout=5)
     assert live_worker_pids(spool_root) == [survivor.pid]
+
+
+def test_processes_started_by_the_handler_of_a_killed_worker_are_killed_on_recovery(
+    app: Spool, start_worker: Starter, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    task_id = app.enqueue("sleep_in_subprocess_pid", args=[str(pid_file), 60])
+    worker = start_worker()
+    wait_until(lambda: read_pid(pid_file) is not None, timeout=30)
+    grandchild = read_pid(pid_file)
+    assert grandchild is not None and is_running(grandchild)
+    kill_hard(worker)
+    start_worker()  # its recovery pass finds the dead worker and kills what it left
+    wait_until(lambda: not is_running(grandchild), timeout=15)
+    wait_until(has_state(app, task_id, "processing"), timeout=15)  # and the task runs again

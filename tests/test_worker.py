@@ -93,6 +93,19 @@ def test_tasks_run_by_priority_then_first_enqueued_first(
     assert recorded(log) == ["d", "g", "b", "e", "a", "c", "f"]
 
 
+def test_a_dropped_file_takes_its_place_by_the_priority_it_names(
+    app: Spool, spool_root: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "order.log"
+    app.enqueue("record", args=[str(log), "enqueued-first"], priority=5)
+    task = {"task": "record", "args": [str(log), "dropped-urgent"], "priority": 9}
+    drop(spool_root, "urgent.json", json.dumps(task).encode())
+    app.enqueue("record", args=[str(log), "enqueued-last"], priority=9)
+    result = run_burst(spool_root)
+    assert result.returncode == 0, result.stderr
+    assert recorded(log) == ["dropped-urgent", "enqueued-last", "enqueued-first"]
+
+
 def test_a_delayed_task_waits_in_delayed_then_runs_after_its_time(
     app: Spool, start_worker: Starter
 ) -> None:
