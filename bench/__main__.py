@@ -13,10 +13,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     core = sub.add_parser("core", help="latency, drain, enqueue and claim-rate figures")
     core.add_argument("--quick", action="store_true", help="one repetition, small sizes (< 30 s)")
-    core.add_argument("--out", type=Path, help="markdown output (default bench/CORE.md, "
-                      "bench/CORE-quick.md with --quick)")
-    core.add_argument("--tmp", help="parent of the scratch directory (default: the system temp "
-                      "dir when it is on the project's filesystem)")
+    core.add_argument(
+        "--out",
+        type=Path,
+        help="markdown output (default bench/CORE.md, bench/CORE-quick.md with --quick)",
+    )
+    core.add_argument(
+        "--tmp",
+        help="parent of the scratch directory (default: the system temp "
+        "dir when it is on the project's filesystem)",
+    )
     core.add_argument("--keep", action="store_true", help="keep the scratch directory")
     prof = sub.add_parser("profile", help="profile a worker parent during a drain")
     prof.add_argument("--tasks", type=int, default=5000, help="no-op tasks to drain")

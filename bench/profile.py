@@ -29,6 +29,7 @@ from bench.core import (
     CLK_TCK,
     Lab,
     children,
+    code_version,
     count,
     cpu_seconds,
     done_path,
@@ -113,8 +114,22 @@ def profile_drain(lab: Lab, tasks: int, rate: int) -> list[str]:
     target = procs[0]
     raw = root.parent / "pyspy.txt"
     spy = subprocess.Popen(
-        [py_spy(), "record", "-p", str(target.pid), "-r", str(rate), "-f", "raw", "--threads",
-         "--idle", "--nolineno", "--nonblocking", "-o", str(raw)],
+        [
+            py_spy(),
+            "record",
+            "-p",
+            str(target.pid),
+            "-r",
+            str(rate),
+            "-f",
+            "raw",
+            "--threads",
+            "--idle",
+            "--nolineno",
+            "--nonblocking",
+            "-o",
+            str(raw),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -180,10 +195,22 @@ def profile_drain(lab: Lab, tasks: int, rate: int) -> list[str]:
             inclusive[frame] += n
         if frames:
             leaf[frames[-1]] += n
-    lines += ["Main thread, top functions by inclusive share:", "", "| function | share |",
-              "| --- | --- |"]
-    skip = ("<module>", "_run_", "click/", "main (", "run_worker", "Worker.run", "Worker.loop",
-            "cli.py")
+    lines += [
+        "Main thread, top functions by inclusive share:",
+        "",
+        "| function | share |",
+        "| --- | --- |",
+    ]
+    skip = (
+        "<module>",
+        "_run_",
+        "click/",
+        "main (",
+        "run_worker",
+        "Worker.run",
+        "Worker.loop",
+        "cli.py",
+    )
     shown = 0
     for frame, n in inclusive.most_common():
         if any(s in frame for s in skip):
@@ -192,8 +219,13 @@ def profile_drain(lab: Lab, tasks: int, rate: int) -> list[str]:
         shown += 1
         if shown >= 30:
             break
-    lines += ["", "Main thread, top leaf frames (self time):", "", "| frame | share |",
-              "| --- | --- |"]
+    lines += [
+        "",
+        "Main thread, top leaf frames (self time):",
+        "",
+        "| frame | share |",
+        "| --- | --- |",
+    ]
     for frame, n in leaf.most_common(20):
         lines.append(f"| `{frame}` | {n / total:.1%} |")
     lines.append("")
@@ -269,8 +301,9 @@ def strace_drain(lab: Lab, tasks: int) -> list[str]:
 
 def run_profile(args: argparse.Namespace, argv: list[str]) -> int:
     lab = Lab(args.tmp, args.keep)
-    load = os.getloadavg()
     started = time.monotonic()
+    probe, waited = lab.create_probe(20.0)
+    load = os.getloadavg()
     try:
         body = profile_drain(lab, args.tasks, args.rate)
         if not args.no_strace:
@@ -284,7 +317,8 @@ def run_profile(args: argparse.Namespace, argv: list[str]) -> int:
         f"Command: `/work/main/.venv/bin/python -m bench {' '.join(argv)}`; "
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; took {time.monotonic() - started:.0f} s; "
         f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, at end "
-        f"{end_load[0]:.2f} {end_load[1]:.2f} {end_load[2]:.2f}.",
+        f"{end_load[0]:.2f} {end_load[1]:.2f} {end_load[2]:.2f}; file create p50 before the "
+        f"drain {probe:.0f} us (waited {waited:.0f} s); code {code_version()}.",
         "",
     ]
     text = "\n".join(head + body)

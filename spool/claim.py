@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -52,10 +53,19 @@ class Claim:
     name: str  # its name in incoming/
     worker_id: str
     claimed_at: float = field(default_factory=time.time)
+    committed: bool = False  # its outcome is written; the claim waits for the sync (hidden)
 
-    @property
+    @cached_property
     def path(self) -> Path:
-        return self.dirs.processing / processing_name(self.name, self.worker_id)
+        entry = processing_name(self.name, self.worker_id)
+        return self.dirs.processing / (f".{entry}" if self.committed else entry)
+
+    def hide(self) -> Claim:
+        """Mark the claim committed: its outcome is written (not yet synced); it no longer
+        counts as processing, and recovery drops it once it sees that outcome."""
+        hidden = Claim(self.dirs, self.name, self.worker_id, self.claimed_at, committed=True)
+        os.rename(self.path, hidden.path)
+        return hidden
 
 
 def claim(dirs: QueueDirs, name: str, worker_id: str) -> Claim | None:
@@ -151,7 +161,8 @@ def abandoned(dirs: QueueDirs, own_id: str, alive: dict[str, bool]) -> Iterator[
     except FileNotFoundError:
         return
     for entry in entries:
-        parts = split_processing(entry)
+        committed = entry.startswith(".")
+        parts = split_processing(entry[1:] if committed else entry)
         if parts is None:
             continue
         name, owner = parts
@@ -161,7 +172,7 @@ def abandoned(dirs: QueueDirs, own_id: str, alive: dict[str, bool]) -> Iterator[
             alive[owner] = is_alive(dirs.root, owner)
         if alive[owner]:
             continue
-        taken = Claim(dirs, name, own_id)
+        taken = Claim(dirs, name, own_id, committed=committed)
         try:
             os.rename(dirs.processing / entry, taken.path)
         except FileNotFoundError:  # RACE: another recoverer took it, or its worker finished it

@@ -37,13 +37,24 @@ class TimeoutExit(click.ClickException):
     exit_code = 3
 
 
+class UsageProblem(click.ClickException):
+    """A usage or configuration error: one line on stderr, exit 2."""
+
+    exit_code = 2
+
+
+def bad(hint: str, message: str) -> UsageProblem:
+    """The error for a bad value of option or argument `hint`."""
+    return UsageProblem(f"{hint}: {message}")
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn spool's errors into one line on stderr with the right exit code."""
     try:
         yield
     except (ConfigError, InvalidQueueName, InvalidTask) as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise UsageProblem(str(exc)) from exc
     except TaskNotFound as exc:
         raise click.ClickException(str(exc)) from exc
     except WaitTimeout as exc:
@@ -69,7 +80,7 @@ def queue_option(value: str | None) -> str | None:
     try:
         return check_queue_name(value)
     except InvalidQueueName as exc:
-        raise click.BadParameter(str(exc), param_hint="--queue") from None
+        raise bad("--queue", str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -157,21 +168,21 @@ def enqueue(
     queue = queue_option(queue)
     if from_file is not None:
         if task is not None:
-            raise click.UsageError("give either TASK or --from, not both")
+            raise UsageProblem("give either TASK or --from, not both")
         enqueue_from(settings, from_file, queue)
         return
     if task is None:
-        raise click.UsageError("missing TASK (or --from FILE.jsonl)")
+        raise UsageProblem("missing TASK (or --from FILE.jsonl)")
     if delay is not None and at is not None:
-        raise click.UsageError("give either --delay or --at, not both")
+        raise UsageProblem("give either --delay or --at, not both")
     kwargs: dict[str, Any] = {}
     if kwargs_json is not None:
         try:
             kwargs = json.loads(kwargs_json)
         except ValueError as exc:
-            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
+            raise bad("--kwargs", f"not valid JSON: {exc}") from None
         if not isinstance(kwargs, dict):
-            raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
+            raise bad("--kwargs", "must be a JSON object")
     not_before = None
     if at is not None:
         try:
@@ -179,9 +190,7 @@ def enqueue(
                 parse_arg(at) if at.strip().replace(".", "", 1).isdigit() else at, "at"
             )
         except FieldError:
-            raise click.BadParameter(
-                f"{at!r} is not ISO-8601 or epoch seconds", param_hint="--at"
-            ) from None
+            raise bad("--at", f"{at!r} is not ISO-8601 or epoch seconds") from None
     with user_errors():
         built = producer.build_task(
             task,
@@ -205,13 +214,9 @@ def read_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise click.BadParameter(
-                f"line {number}: not valid JSON: {exc}", param_hint="--from"
-            ) from None
+            raise bad("--from", f"line {number}: not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
-            raise click.BadParameter(
-                f"line {number}: must be a JSON object", param_hint="--from"
-            ) from None
+            raise bad("--from", f"line {number}: must be a JSON object") from None
         yield number, obj
 
 
@@ -233,9 +238,7 @@ def enqueue_from(settings: Settings, stream: IO[str], queue: str | None) -> None
                 line = (
                     batch[int(position.split()[-1]) - 1][0] if position.startswith("task ") else "?"
                 )
-                raise click.BadParameter(
-                    f"line {line}: {reason or exc}", param_hint="--from"
-                ) from None
+                raise bad("--from", f"line {line}: {reason or exc}") from None
             except SpoolError as exc:
                 raise click.ClickException(str(exc)) from exc
             for task_id in ids:
@@ -343,7 +346,7 @@ def duration_option(value: str | None, hint: str) -> float | None:
     try:
         return parse_duration(value)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=hint) from None
+        raise bad(hint, str(exc)) from None
 
 
 @cli.command("ls")
@@ -416,7 +419,7 @@ def retry(
 
     settings = settings_of(ctx)
     if bool(task_ids) == all_failed:
-        raise click.UsageError("give task IDs or --all-failed (not both)")
+        raise UsageProblem("give task IDs or --all-failed (not both)")
     if all_failed:
         targets = [
             task_id for _, task_id in failed_ids(settings.root, queue_option(queue), task_name)
@@ -602,9 +605,7 @@ def schedule_run(ctx: click.Context, name: str) -> None:
         entries = load_entries(settings, check_tasks=False)
         if name not in entries:
             known = ", ".join(entries) or "none"
-            raise click.BadParameter(
-                f"no schedule entry {name!r} (entries: {known})", param_hint="NAME"
-            )
+            raise bad("NAME", f"no schedule entry {name!r} (entries: {known})")
         click.echo(enqueue_now(settings, entries[name]))
 
 
@@ -615,7 +616,7 @@ def schedule_run(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def up(ctx: click.Context, workers: int | None) -> None:
     """Run supervisord in the foreground with the workers (and scheduler); Ctrl-C stops all."""
-    from spool.supervisor import run_up
+    from spool.up import run_up
 
     settings = settings_of(ctx)
     with user_errors():

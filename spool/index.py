@@ -31,6 +31,7 @@ class QueueIndex:
     ready_names: set[str] = field(default_factory=set)
     delayed: list[tuple[int, str]] = field(default_factory=list)  # (due µs, entry)
     delayed_names: set[str] = field(default_factory=set)
+    paused: bool = False  # as of the last rescan (or pause event)
 
     def add_ready(self, name: str) -> None:
         if name in self.ready_names or not is_task_name(name):
@@ -50,6 +51,7 @@ class QueueIndex:
 
     def rescan(self) -> None:
         """Rebuild both views from the directories (names only, plus dropped files' headers)."""
+        self.paused = self.dirs.is_paused()
         names = [n for n in list_names(self.dirs.incoming) if is_task_name(n)]
         keep = {name: key for key, name in self.ready}
         self.ready = []

@@ -4,7 +4,8 @@
     <root>/<queue>/incoming/    ready tasks: <9-priority>_<enqueued µs>_<id>.json, or any
                                 *.json a program dropped (not starting with '.')
     <root>/<queue>/delayed/     <due µs>@<incoming name>: not due yet
-    <root>/<queue>/processing/  <incoming name>@<worker id>: claimed by that worker
+    <root>/<queue>/processing/  <incoming name>@<worker id>: claimed by that worker (a dot in
+                                front: finished, waiting for the sync that makes it durable)
     <root>/<queue>/done/        <id>.json: finished, with the result
     <root>/<queue>/failed/      <id>.json: failed for good; or a rejected file under its own
                                 name with <stem>.error.json beside it
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from spool.errors import InvalidQueueName
@@ -96,39 +98,40 @@ class QueueDirs:
     root: Path
     name: str
 
-    @property
+    # The paths are computed once per QueueDirs (the worker's hot path joins them per task).
+    @cached_property
     def base(self) -> Path:
         return self.root / self.name
 
-    @property
+    @cached_property
     def tmp(self) -> Path:
         return self.base / "tmp"
 
-    @property
+    @cached_property
     def incoming(self) -> Path:
         return self.base / "incoming"
 
-    @property
+    @cached_property
     def delayed(self) -> Path:
         return self.base / "delayed"
 
-    @property
+    @cached_property
     def processing(self) -> Path:
         return self.base / "processing"
 
-    @property
+    @cached_property
     def done(self) -> Path:
         return self.base / "done"
 
-    @property
+    @cached_property
     def failed(self) -> Path:
         return self.base / "failed"
 
-    @property
+    @cached_property
     def unique(self) -> Path:
         return self.base / ".unique"
 
-    @property
+    @cached_property
     def pause_marker(self) -> Path:
         return self.base / ".paused"
 

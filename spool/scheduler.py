@@ -43,6 +43,8 @@ RECOVER_AFTER_SECONDS = 10.0
 KEEP_MARKERS_SECONDS = 600.0
 HOUSEKEEPING_SECONDS = 30.0
 MAX_SLEEP_SECONDS = 60.0
+SETTLE_SECONDS = 0.1  # a config file must stay unchanged this long before it is reloaded
+SETTLE_MAX_SECONDS = 2.0
 
 
 def schedule_dir(root: Path, name: str) -> Path:
@@ -299,6 +301,7 @@ class Scheduler:
         return observer
 
     def apply_reload(self) -> None:
+        self.wait_until_config_settles()
         self.reload_requested = False
         try:
             settings = self.reload()
@@ -308,6 +311,25 @@ class Scheduler:
             return
         self.settings, self.entries = settings, entries
         log.info("schedule reloaded: %s", ", ".join(entries) or "no entries")
+
+    def wait_until_config_settles(self) -> None:
+        """Let a writer finish: an editor's in-place save is seen first as an empty file, which
+        would load as a valid config with no schedule at all."""
+        path = self.settings.config_path
+        if path is None:
+            return
+        deadline = time.monotonic() + SETTLE_MAX_SECONDS
+        previous: tuple[int, int] | None = None
+        while not self.stopping and time.monotonic() < deadline:
+            try:
+                info = os.stat(path)
+                current: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
+            except OSError:
+                current = None
+            if current is not None and current == previous:
+                return
+            previous = current
+            time.sleep(SETTLE_SECONDS)
 
 
 def describe(

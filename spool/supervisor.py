@@ -1,4 +1,4 @@
-"""Supervisor: the config that keeps the workers resident, and `spool up` that runs it.
+"""Supervisor configs that keep the workers (and the scheduler) resident; `spool up` is in up.py.
 
 One template renders every config, so the three ways to run the workers behave alike:
 
@@ -22,26 +22,15 @@ recovery (attempts + 1).
 from __future__ import annotations
 
 import configparser
-import contextlib
-import ctypes
-import ctypes.util
 import math
-import os
 import shlex
-import signal
-import socket
-import subprocess
 import sys
-import sysconfig
-import xmlrpc.client
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any, cast
 
 from spool.config import Settings
-from spool.errors import ConfigError, SpoolError
+from spool.errors import ConfigError
 from spool.registry import collect_tasks, import_task_modules
 
 PROGRAM = "spool-worker"
@@ -51,9 +40,6 @@ SHIPPED_TIMEOUT_SECONDS = 300.0  # the config's default timeout
 SHIPPED_CONF = Path("conf/supervisord.conf")
 RENDERED_CONF = Path("var/supervisord.conf")
 SOCKET_NAME = "supervisor.sock"
-MAX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes with the NUL
-RPC_TIMEOUT_SECONDS = 5.0
-WAIT_SLICE_SECONDS = 0.2
 
 SHIPPED_HEADER = """\
 ; spool: the workers, kept resident by Supervisor. Shipped with the project; `spool up` runs it.
@@ -128,18 +114,22 @@ redirect_stderr=true
 stdout_logfile_backups=5
 """
 
-SCHEDULER_NOTE = """\
-; [program:spool-scheduler] comes with `spool scheduler` (a separate issue): one process that
-; enqueues the config's [schedule] tasks. It will look like this:
-;[program:spool-scheduler]
-;command=spool scheduler
-;directory={directory}
-;numprocs=1
-;autostart=true
-;autorestart=true
-;stopsignal=TERM
-;stopwaitsecs=10
-;environment=PYTHONUNBUFFERED="1"
+SCHEDULER_PROGRAM = """\
+[program:spool-scheduler]
+; one process enqueues the config's [schedule] tasks (more may run: each slot fires once)
+command={command}
+directory={directory}
+{user_line}numprocs=1
+autostart=true
+autorestart=true
+startsecs=2
+startretries=3
+stopsignal=TERM
+stopwaitsecs=10
+environment={environment}
+redirect_stderr=true
+{logfile_line}stdout_logfile_maxbytes=10MB
+stdout_logfile_backups=5
 """
 
 
@@ -179,6 +169,8 @@ class WorkerProgram:
     environment: Mapping[str, str]
     logfile: str | None = None  # None: supervisor's AUTO log in its childlogdir
     user: str | None = None
+    scheduler_command: str | None = None
+    scheduler_logfile: str | None = None
 
     def render(self) -> str:
         return WORKER_PROGRAM.format(
@@ -193,11 +185,28 @@ class WorkerProgram:
             logfile_line=f"stdout_logfile={self.logfile}\n" if self.logfile else "",
         )
 
+    def render_scheduler(self) -> str:
+        return SCHEDULER_PROGRAM.format(
+            command=self.scheduler_command,
+            directory=self.directory,
+            user_line=f"user={value(self.user)}\n" if self.user else "",
+            environment=environment_value(self.environment),
+            logfile_line=(
+                f"stdout_logfile={self.scheduler_logfile}\n" if self.scheduler_logfile else ""
+            ),
+        )
+
+    def render_all(self) -> str:
+        """The worker program, and the scheduler program when it has a command."""
+        blocks = [self.render()]
+        if self.scheduler_command:
+            blocks.append(self.render_scheduler())
+        return "\n".join(blocks)
+
 
 def render_conf(header: str, var: str, program: WorkerProgram) -> str:
-    """A whole supervisord.conf: control socket, daemon, the workers, the scheduler note."""
-    sections = [header, DAEMON_SECTIONS.format(var=var, socket=SOCKET_NAME), program.render()]
-    sections.append(SCHEDULER_NOTE.format(directory=program.directory))
+    """A whole supervisord.conf: control socket, daemon, the workers and the scheduler."""
+    sections = [header, DAEMON_SECTIONS.format(var=var, socket=SOCKET_NAME), program.render_all()]
     return "\n".join(sections)
 
 
@@ -210,6 +219,8 @@ def render_shipped_conf() -> str:
         longest_timeout=SHIPPED_TIMEOUT_SECONDS,
         environment={"PYTHONUNBUFFERED": "1"},
         logfile="%(here)s/../var/log/%(program_name)s-%(process_num)02d.log",
+        scheduler_command="spool scheduler",
+        scheduler_logfile="%(here)s/../var/log/%(program_name)s.log",
     )
     return render_conf(SHIPPED_HEADER, "%(here)s/../var", program)
 
@@ -226,6 +237,8 @@ def render_local_conf(
         longest_timeout=longest_timeout,
         environment={"PYTHONUNBUFFERED": "1"},
         logfile=f"{var}/log/%(program_name)s-%(process_num)02d.log",
+        scheduler_command=command_value(sys.executable, "-m", "spool", "scheduler"),
+        scheduler_logfile=f"{var}/log/%(program_name)s.log",
     )
     header = RENDERED_HEADER.format(project=project_dir, why=why, conf=var_dir / "supervisord.conf")
     return render_conf(header, var, program)
@@ -247,6 +260,7 @@ def render_program_block(settings: Settings, workers: int | None, user: str | No
         longest_timeout=longest,
         environment=env,
         user=user,
+        scheduler_command=command_value(sys.executable, "-m", "spool", "scheduler"),
     )
     lines = [SYSTEM_HEADER.format(project=project)]
     if user:
@@ -255,7 +269,7 @@ def render_program_block(settings: Settings, workers: int | None, user: str | No
         )
     if note:
         lines.append(f"; {note}\n")
-    return "".join(lines) + program.render()
+    return "".join(lines) + program.render_all()
 
 
 # ---- what the config asks for --------------------------------------------------------------
@@ -291,72 +305,6 @@ def longest_timeout(settings: Settings) -> tuple[float, str | None]:
     return max([settings.timeout_seconds, *timeouts]), None
 
 
-# ---- spool up ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What `spool up` runs: which config (its text, if rendered), where socket and logs are."""
-
-    conf: Path
-    rendered: str | None
-    why_rendered: str | None
-    socket: Path | None
-    log_dir: Path
-    scripts: Path | None
-    processes: int
-    longest_timeout: float
-
-
-def run_up(settings: Settings, workers: int | None) -> int:
-    """Run supervisord in the foreground with the workers until stopped. Raises: SpoolError."""
-    processes = worker_count(settings, workers)
-    require_tasks(settings)
-    longest, _ = longest_timeout(settings)
-    plan = make_plan(Path.cwd(), processes, longest)
-    if plan.socket is not None:
-        check_socket(plan.socket, plan)
-    os.makedirs(plan.log_dir, exist_ok=True)  # supervisord does not create its log directory
-    if plan.rendered is not None:
-        plan.conf.write_text(plan.rendered)
-    env = supervisord_env(settings, plan.scripts)
-    announce(settings, plan)
-    return supervise(plan, env)
-
-
-def make_plan(project: Path, processes: int, longest: float) -> Plan:
-    var = project / "var"
-    scripts = scripts_dir()
-    shipped = project / SHIPPED_CONF
-    why = why_render(shipped, processes, stop_wait_seconds(longest), scripts)
-    if why is None:
-        return Plan(
-            shipped, None, None, socket_of(shipped), var / "log", scripts, processes, longest
-        )
-    text = render_local_conf(project, var, processes, longest, why)
-    conf = project / RENDERED_CONF
-    return Plan(conf, text, why, var / SOCKET_NAME, var / "log", scripts, processes, longest)
-
-
-def why_render(shipped: Path, processes: int, stop_wait: int, scripts: Path | None) -> str | None:
-    """Why the shipped config cannot serve as it is, or None when it can."""
-    if not shipped.is_file():
-        return f"no {SHIPPED_CONF}"
-    if scripts is None:
-        return f"no `spool` script beside {sys.executable}"
-    parser = read_conf(shipped)
-    if not parser.has_section(f"program:{PROGRAM}"):
-        return None  # an operator's own layout: run it as it is
-    program = parser[f"program:{PROGRAM}"]
-    numprocs = program.get("numprocs", "1")
-    if numprocs.isdigit() and int(numprocs) != processes:
-        return f"{processes} workers instead of the {numprocs} of {SHIPPED_CONF}"
-    waits = program.get("stopwaitsecs", "10")
-    if waits.isdigit() and int(waits) < stop_wait:
-        return f"tasks may run {stop_wait - STOP_MARGIN_SECONDS} s, {SHIPPED_CONF} waits {waits} s"
-    return None
-
-
 def read_conf(path: Path) -> configparser.RawConfigParser:
     """Parse a supervisord.conf as supervisord does. Raises: ConfigError."""
     parser = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
@@ -366,202 +314,3 @@ def read_conf(path: Path) -> configparser.RawConfigParser:
     except (OSError, UnicodeDecodeError, configparser.Error) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     return parser
-
-
-def socket_of(conf: Path) -> Path | None:
-    """The unix socket a supervisord.conf listens on (None: it has none)."""
-    try:
-        raw = read_conf(conf).get("unix_http_server", "file")
-    except configparser.Error:
-        return None
-    here = str(conf.parent.absolute())
-    return Path(os.path.normpath(raw.strip().replace("%(here)s", here).replace("%%", "%")))
-
-
-def check_socket(path: Path, plan: Plan) -> None:
-    """Raises: SpoolError when the socket path is unusable or a supervisord already listens."""
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
-        raise SpoolError(
-            f"socket path {path} is longer than the {MAX_SOCKET_PATH_BYTES} bytes a unix socket "
-            "allows: run spool up from a shorter directory"
-        )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return  # nobody listens (supervisord removes a stale socket itself)
-    finally:
-        probe.close()
-    ctl = control_command(plan)
-    raise SpoolError(
-        f"a supervisord already runs for this project (socket {path}): "
-        f"see it with `{ctl} status`, stop it with `{ctl} shutdown`"
-    )
-
-
-def scripts_dir() -> Path | None:
-    """The directory holding this install's `spool` script (a venv's bin/), if any."""
-    candidates = [Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))]
-    with contextlib.suppress(KeyError):
-        scheme = sysconfig.get_preferred_scheme("user")
-        candidates.append(Path(sysconfig.get_path("scripts", scheme)))
-    for directory in candidates:
-        script = directory / "spool"
-        if script.is_file() and os.access(script, os.X_OK) and is_python_script(script):
-            return directory
-    return None
-
-
-def is_python_script(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError:
-        return False
-    return head.startswith(b"#!") and b"python" in head
-
-
-def supervisord_env(settings: Settings, scripts: Path | None) -> dict[str, str]:
-    """supervisord's environment (its programs inherit it): this root, this config, this install."""
-    env = dict(os.environ)
-    env["SPOOL_ROOT"] = str(settings.root.absolute())
-    if settings.config_path is not None:
-        env["SPOOL_CONFIG"] = str(settings.config_path.absolute())
-    if scripts is not None:
-        env["PATH"] = os.pathsep.join([str(scripts), env.get("PATH") or os.defpath])
-    return env
-
-
-def control_command(plan: Plan) -> str:
-    conf = shown_path(plan.conf)
-    ctl = plan.scripts / "supervisorctl" if plan.scripts is not None else None
-    if ctl is not None and ctl.is_file():
-        return f"{shlex.quote(str(ctl))} -c {shlex.quote(conf)}"
-    return f"{shlex.quote(sys.executable)} -m supervisor.supervisorctl -c {shlex.quote(conf)}"
-
-
-def shown_path(path: Path) -> str:
-    """`path` relative to the current directory when it is under it."""
-    try:
-        return str(path.absolute().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def announce(settings: Settings, plan: Plan) -> None:
-    conf = shown_path(plan.conf)
-    where = f"{conf}, rendered: {plan.why_rendered}" if plan.why_rendered else conf
-    config = settings.config_path.absolute() if settings.config_path else "none"
-    lines = [
-        f"spool up: supervisord with {plan.processes} workers ({where})",
-        f"  root     {settings.root.absolute()}",
-        f"  config   {config} (tasks: {', '.join(settings.tasks)})",
-        f"  socket   {plan.socket or 'see ' + conf}",
-        f"  logs     {plan.log_dir}/ (supervisord.log, {PROGRAM}-NN.log)",
-        f"  control  {control_command(plan)} status",
-        f"Ctrl-C stops the workers after their running tasks (up to "
-        f"{stop_wait_seconds(plan.longest_timeout)} s); press it again to stop them now.",
-    ]
-    print("\n".join(lines), flush=True)
-
-
-def supervise(plan: Plan, env: dict[str, str]) -> int:
-    """Run supervisord until it exits; turn our signals into its orderly shutdown."""
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-
-    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {signum: signal.signal(signum, on_signal) for signum in stop_signals}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(plan.conf)],
-        env=env,
-        process_group=0,  # our terminal's Ctrl-C reaches us only; we tell supervisord once
-        preexec_fn=die_with_parent,
-    )
-    try:
-        code = wait_forwarding(proc, received, plan)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if proc.poll() is None:  # we are leaving by an exception: shut down in order
-            proc.terminate()
-            proc.wait()
-    if code != 0:
-        print(
-            f"spool up: supervisord exited with {describe_exit(code)}; "
-            f"see {plan.log_dir}/supervisord.log",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 1
-    print("spool up: stopped", flush=True)
-    return 0
-
-
-def wait_forwarding(proc: subprocess.Popen[bytes], received: list[int], plan: Plan) -> int:
-    """Wait for supervisord; 1st signal: shut down in order, 2nd: workers stop now, 3rd: KILL."""
-    handled = 0
-    pids: list[int] = []
-    while True:
-        try:
-            return proc.wait(timeout=WAIT_SLICE_SECONDS)
-        except subprocess.TimeoutExpired:
-            pass
-        while handled < len(received):
-            handled += 1
-            if handled == 1:
-                pids = program_pids(plan.socket) if plan.socket else []
-                print(
-                    "spool up: stopping; the workers finish their running tasks "
-                    "(Ctrl-C again: put them back and stop now)",
-                    flush=True,
-                )
-                proc.send_signal(signal.SIGTERM)
-            elif handled == 2:
-                print("spool up: stopping now; running tasks go back to their queues", flush=True)
-                signal_all(pids, signal.SIGTERM)  # a worker's second TERM
-            else:
-                print("spool up: killing supervisord and the workers", flush=True)
-                signal_all(pids, signal.SIGKILL)
-                proc.kill()
-
-
-def program_pids(socket_path: Path) -> list[int]:
-    """Pids of supervisord's running programs, asked over its socket ([] if it does not answer)."""
-    from supervisor.xmlrpc import SupervisorTransport
-
-    transport = SupervisorTransport(None, None, f"unix://{socket_path}")
-    proxy = xmlrpc.client.ServerProxy("http://localhost", transport=transport)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(RPC_TIMEOUT_SECONDS)
-    try:
-        infos = cast(list[dict[str, Any]], proxy.supervisor.getAllProcessInfo())
-    except (OSError, xmlrpc.client.Error):
-        return []
-    finally:
-        socket.setdefaulttimeout(previous)
-        transport.close()
-    return [int(info["pid"]) for info in infos if info.get("pid")]
-
-
-def signal_all(pids: list[int], signum: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        return f"signal {signal.Signals(-code).name}"
-    return f"status {code}"
-
-
-def die_with_parent() -> None:
-    """(In supervisord, before exec) Linux: shut down in order when `spool up` dies."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

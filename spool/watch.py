@@ -33,6 +33,7 @@ from spool.layout import QueueDirs, ensure_dir
 log = logging.getLogger(__name__)
 EVENTS = [FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
 WATCHED_STATES = frozenset({"incoming", "delayed"})
+PAUSE_MARKER = ".paused"
 
 
 class Hints(FileSystemEventHandler):
@@ -51,6 +52,9 @@ class Hints(FileSystemEventHandler):
         queue_dir, state = os.path.split(parent)
         if state in WATCHED_STATES and not event.is_directory:
             self.arrived.append((os.path.basename(queue_dir), state, name))
+            self.wakeup.set()
+        elif name == PAUSE_MARKER:
+            self.arrived.append((state, PAUSE_MARKER, name))  # here `state` is the queue
             self.wakeup.set()
         elif event.is_directory and parent == self.root:
             self.new_queue = True

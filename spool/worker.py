@@ -105,6 +105,7 @@ class Worker:
         )
         try:
             self.tasks = self.executor.start()
+            self.committer.start()
             for queue in queues:
                 queue_dirs(self.settings.root, queue).create()
             # watch before the first scan: a file arriving in between is not missed
@@ -122,7 +123,7 @@ class Worker:
             self.recover_abandoned(time.time())
             return self.loop()
         finally:
-            self.committer.flush()
+            self.committer.close()
             self.executor.stop()
             self.watcher.stop()
             self.lock.release()
@@ -174,7 +175,6 @@ class Worker:
                 self.process(taken)
                 fresh = False
                 continue
-            self.committer.flush()
             if self.burst:
                 if fresh:  # nothing due, even right after a full rescan
                     break
@@ -193,8 +193,10 @@ class Worker:
                 continue
             if state == "incoming":
                 index.add_ready(name)
-            else:
+            elif state == "delayed":
                 index.add_delayed(name)
+            else:
+                index.paused = index.dirs.is_paused()
         if hints.new_queue:
             hints.new_queue = False
             self.discover_queues()
@@ -247,7 +249,7 @@ class Worker:
             best: QueueIndex | None = None
             for index in self.indexes.values():
                 key = index.peek_ready()
-                if key is not None and index.dirs.is_paused():
+                if key is not None and index.paused:
                     continue
                 if key is not None and (best is None or key < (best.peek_ready() or "")):
                     best = index
@@ -285,7 +287,7 @@ class Worker:
             log.warning("released %s (stopped during the attempt)", fields)
             return
         state = finish(taken, task, outcome, policy)
-        self.committer.add(taken.path, time.time())
+        self.committer.add(taken.hide().path)
         if state == "done":
             log.info("done %s duration=%.3fs", fields, outcome.duration)
         else:
@@ -388,9 +390,8 @@ class Worker:
             mtime = os.lstat(taken.path).st_mtime
             task.setdefault("id", envelope.id_of_name(taken.name, mtime))
             task.setdefault("enqueued_at", mtime)
-        state = recover(
-            taken, task if known else None, dead, self.policy_for(task) if known and task else None
-        )
+        policy = self.policy_for(task) if task is not None and known else None
+        state = recover(taken, task, dead, policy)
         task_id = task.get("id") if task else taken.name
         log.warning(
             "recovered queue=%s id=%s from dead worker %s -> %s",

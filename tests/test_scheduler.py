@@ -220,7 +220,7 @@ def test_a_scheduler_killed_before_recording_its_slot_does_not_enqueue_it_again_
     kill(first)
     slot = slots(spool_root)[-1]
     last = spool_root / ".schedule" / "tick" / "last"
-    last.unlink()
+    last.unlink(missing_ok=True)  # under load the kill can come before it was written
     second = start_scheduler(config)
     wait_until(last.exists, timeout=10)
     wait_until(lambda: slots(spool_root)[-1] >= slot + 2, timeout=15)
@@ -347,14 +347,15 @@ def test_sighup_reloads_the_config(
     assert stop(proc) == 0
 
 
-def test_a_broken_config_file_on_reload_keeps_the_current_schedule(
+def test_a_config_file_rewritten_in_place_with_a_bad_entry_keeps_the_current_schedule(
     spool_root: Path, config_path: Path, start_scheduler: Start
 ) -> None:
+    # Broke once: the watcher reloaded the file as soon as it was truncated, and an empty
+    # config is a valid one with no schedule, which the bad version then did not replace.
     config = write_config(config_path, {"tick": tick()})
     proc = start_scheduler(config)
     wait_until(lambda: slots(spool_root), timeout=15)
     write_config(config, {"tick": tick(), "bad": {"task": "echo", "cron": "nope"}})
-    proc.send_signal(signal.SIGHUP)
     newest = slots(spool_root)[-1]
     wait_until(lambda: slots(spool_root)[-1] >= newest + 2, timeout=10)
     assert proc.poll() is None

@@ -1,0 +1,320 @@
+"""`spool up`: supervisord in the foreground with the workers and the scheduler of this install.
+
+It runs the shipped conf/supervisord.conf when that fits what was asked (workers, stop wait),
+else a config rendered into var/ (see spool.supervisor); pins the root and the config in
+supervisord's environment and puts this install's scripts first on its PATH. Signals: the
+first Ctrl-C/SIGTERM shuts supervisord down in order (each worker finishes its running task),
+a second one makes the workers stop now (running tasks go back), a third kills everything.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import xmlrpc.client
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+from spool.config import Settings
+from spool.errors import SpoolError
+from spool.supervisor import (
+    PROGRAM,
+    RENDERED_CONF,
+    SHIPPED_CONF,
+    SOCKET_NAME,
+    STOP_MARGIN_SECONDS,
+    longest_timeout,
+    read_conf,
+    render_local_conf,
+    require_tasks,
+    stop_wait_seconds,
+    worker_count,
+)
+
+MAX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes with the NUL
+RPC_TIMEOUT_SECONDS = 5.0
+WAIT_SLICE_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `spool up` runs: which config (its text, if rendered), where socket and logs are."""
+
+    conf: Path
+    rendered: str | None
+    why_rendered: str | None
+    socket: Path | None
+    log_dir: Path
+    scripts: Path | None
+    processes: int
+    longest_timeout: float
+
+
+def run_up(settings: Settings, workers: int | None) -> int:
+    """Run supervisord in the foreground with the workers until stopped. Raises: SpoolError."""
+    processes = worker_count(settings, workers)
+    require_tasks(settings)
+    longest, _ = longest_timeout(settings)
+    plan = make_plan(Path.cwd(), processes, longest)
+    if plan.socket is not None:
+        check_socket(plan.socket, plan)
+    os.makedirs(plan.log_dir, exist_ok=True)  # supervisord does not create its log directory
+    if plan.rendered is not None:
+        plan.conf.write_text(plan.rendered)
+    env = supervisord_env(settings, plan.scripts)
+    announce(settings, plan)
+    return supervise(plan, env)
+
+
+def make_plan(project: Path, processes: int, longest: float) -> Plan:
+    var = project / "var"
+    scripts = scripts_dir()
+    shipped = project / SHIPPED_CONF
+    why = why_render(shipped, processes, stop_wait_seconds(longest), scripts)
+    if why is None:
+        return Plan(
+            shipped, None, None, socket_of(shipped), var / "log", scripts, processes, longest
+        )
+    text = render_local_conf(project, var, processes, longest, why)
+    conf = project / RENDERED_CONF
+    return Plan(conf, text, why, var / SOCKET_NAME, var / "log", scripts, processes, longest)
+
+
+def why_render(shipped: Path, processes: int, stop_wait: int, scripts: Path | None) -> str | None:
+    """Why the shipped config cannot serve as it is, or None when it can."""
+    if not shipped.is_file():
+        return f"no {SHIPPED_CONF}"
+    if scripts is None:
+        return f"no `spool` script beside {sys.executable}"
+    parser = read_conf(shipped)
+    if not parser.has_section(f"program:{PROGRAM}"):
+        return None  # an operator's own layout: run it as it is
+    program = parser[f"program:{PROGRAM}"]
+    numprocs = program.get("numprocs", "1")
+    if numprocs.isdigit() and int(numprocs) != processes:
+        return f"{processes} workers instead of the {numprocs} of {SHIPPED_CONF}"
+    waits = program.get("stopwaitsecs", "10")
+    if waits.isdigit() and int(waits) < stop_wait:
+        return f"tasks may run {stop_wait - STOP_MARGIN_SECONDS} s, {SHIPPED_CONF} waits {waits} s"
+    return None
+
+
+def socket_of(conf: Path) -> Path | None:
+    """The unix socket a supervisord.conf listens on (None: it has none)."""
+    try:
+        raw = read_conf(conf).get("unix_http_server", "file")
+    except configparser.Error:
+        return None
+    here = str(conf.parent.absolute())
+    return Path(os.path.normpath(raw.strip().replace("%(here)s", here).replace("%%", "%")))
+
+
+def check_socket(path: Path, plan: Plan) -> None:
+    """Raises: SpoolError when the socket path is unusable or a supervisord already listens."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+        raise SpoolError(
+            f"socket path {path} is longer than the {MAX_SOCKET_PATH_BYTES} bytes a unix socket "
+            "allows: run spool up from a shorter directory"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return  # nobody listens (supervisord removes a stale socket itself)
+    finally:
+        probe.close()
+    ctl = control_command(plan)
+    raise SpoolError(
+        f"a supervisord already runs for this project (socket {path}): "
+        f"see it with `{ctl} status`, stop it with `{ctl} shutdown`"
+    )
+
+
+def scripts_dir() -> Path | None:
+    """The directory holding this install's `spool` script (a venv's bin/), if any."""
+    candidates = [Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))]
+    with contextlib.suppress(KeyError):
+        scheme = sysconfig.get_preferred_scheme("user")
+        candidates.append(Path(sysconfig.get_path("scripts", scheme)))
+    for directory in candidates:
+        script = directory / "spool"
+        if script.is_file() and os.access(script, os.X_OK) and is_python_script(script):
+            return directory
+    return None
+
+
+def is_python_script(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"python" in head
+
+
+def supervisord_env(settings: Settings, scripts: Path | None) -> dict[str, str]:
+    """supervisord's environment (its programs inherit it): this root, this config, this install."""
+    env = dict(os.environ)
+    env["SPOOL_ROOT"] = str(settings.root.absolute())
+    if settings.config_path is not None:
+        env["SPOOL_CONFIG"] = str(settings.config_path.absolute())
+    if scripts is not None:
+        env["PATH"] = os.pathsep.join([str(scripts), env.get("PATH") or os.defpath])
+    return env
+
+
+def control_command(plan: Plan) -> str:
+    conf = shown_path(plan.conf)
+    ctl = plan.scripts / "supervisorctl" if plan.scripts is not None else None
+    if ctl is not None and ctl.is_file():
+        return f"{shlex.quote(str(ctl))} -c {shlex.quote(conf)}"
+    return f"{shlex.quote(sys.executable)} -m supervisor.supervisorctl -c {shlex.quote(conf)}"
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the current directory when it is under it."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def announce(settings: Settings, plan: Plan) -> None:
+    conf = shown_path(plan.conf)
+    where = f"{conf}, rendered: {plan.why_rendered}" if plan.why_rendered else conf
+    config = settings.config_path.absolute() if settings.config_path else "none"
+    lines = [
+        f"spool up: supervisord with {plan.processes} workers ({where})",
+        f"  root     {settings.root.absolute()}",
+        f"  config   {config} (tasks: {', '.join(settings.tasks)})",
+        f"  socket   {plan.socket or 'see ' + conf}",
+        f"  logs     {plan.log_dir}/ (supervisord.log, {PROGRAM}-NN.log)",
+        f"  control  {control_command(plan)} status",
+        f"Ctrl-C stops the workers after their running tasks (up to "
+        f"{stop_wait_seconds(plan.longest_timeout)} s); press it again to stop them now.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def supervise(plan: Plan, env: dict[str, str]) -> int:
+    """Run supervisord until it exits; turn our signals into its orderly shutdown."""
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, on_signal) for signum in stop_signals}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(plan.conf)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        process_group=0,  # our terminal's Ctrl-C reaches us only; we tell supervisord once
+        preexec_fn=term_when_parent_dies(),
+    )
+    try:
+        code = wait_forwarding(proc, received, plan)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if proc.poll() is None:  # we are leaving by an exception: shut down in order
+            proc.terminate()
+            proc.wait()
+    if code != 0:
+        print(
+            f"spool up: supervisord exited with {describe_exit(code)}; "
+            f"see {plan.log_dir}/supervisord.log",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    print("spool up: stopped", flush=True)
+    return 0
+
+
+def wait_forwarding(proc: subprocess.Popen[bytes], received: list[int], plan: Plan) -> int:
+    """Wait for supervisord; 1st signal: shut down in order, 2nd: workers stop now, 3rd: KILL."""
+    handled = 0
+    pids: list[int] = []
+    while True:
+        try:
+            return proc.wait(timeout=WAIT_SLICE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+        while handled < len(received):
+            handled += 1
+            if handled == 1:
+                pids = program_pids(plan.socket) if plan.socket else []
+                print(
+                    "spool up: stopping; the workers finish their running tasks "
+                    "(Ctrl-C again: put them back and stop now)",
+                    flush=True,
+                )
+                proc.send_signal(signal.SIGTERM)
+            elif handled == 2:
+                print("spool up: stopping now; running tasks go back to their queues", flush=True)
+                signal_all(pids, signal.SIGTERM)  # a worker's second TERM
+            else:
+                print("spool up: killing supervisord and the workers", flush=True)
+                signal_all(pids, signal.SIGKILL)
+                proc.kill()
+
+
+def program_pids(socket_path: Path) -> list[int]:
+    """Pids of supervisord's running programs, asked over its socket ([] if it does not answer)."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, f"unix://{socket_path}")
+    proxy = xmlrpc.client.ServerProxy("http://localhost", transport=transport)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(RPC_TIMEOUT_SECONDS)
+    try:
+        infos = cast(list[dict[str, Any]], proxy.supervisor.getAllProcessInfo())
+    except (OSError, xmlrpc.client.Error):
+        return []
+    finally:
+        socket.setdefaulttimeout(previous)
+        transport.close()
+    return [int(info["pid"]) for info in infos if info.get("pid")]
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"status {code}"
+
+
+def term_when_parent_dies() -> Callable[[], None] | None:
+    """A preexec_fn (Linux): supervisord gets SIGTERM, and shuts down in order, if we die."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # `spool up` died before the prctl
+            os._exit(1)
+
+    return preexec
