@@ -200,6 +200,9 @@ class Worker:
         if hints.new_queue:
             hints.new_queue = False
             self.discover_queues()
+        if hints.rescan:  # events were lost: look at the directories now
+            hints.rescan = False
+            self.rescan_all(time.time())
 
     def housekeeping(self, now: float) -> None:
         if self.rescan.due(now) or (self.polling and now - self.rescan.last >= POLL_SECONDS):
