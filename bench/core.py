@@ -103,9 +103,9 @@ QUICK = Sizes(
     one_by_one=100,
     bulk=1000,
     cli_lines=1000,
-    big_backlog=20_000,
+    big_backlog=10_000,
     skip=100,
-    window=1000,
+    window=800,
     round_size=100,
     window_seconds=5.0,
 )

@@ -67,9 +67,9 @@ def py_spy() -> str:
     return found
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (utime + stime) per thread id of a live process."""
-    out: dict[int, float] = {}
+def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
+    """CPU seconds (user, system) per thread id of a live process."""
+    out: dict[int, tuple[float, float]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -80,7 +80,7 @@ def thread_cpu(pid: int) -> dict[int, float]:
                 fields = f.read().rpartition(")")[2].split()
         except OSError:
             continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        out[int(tid)] = (int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK)
     return out
 
 
@@ -107,8 +107,9 @@ def phase_of(frames: list[str]) -> str:
     return "start-up / other"
 
 
-def profile_drain(lab: Lab, tasks: int, rate: int) -> list[str]:
-    root = lab.root("profile")
+def profile_drain(lab: Lab, tasks: int, rate: int, idle: bool) -> list[str]:
+    """Profile worker 1 of 2 during a drain: wall clock (idle samples kept) or on-CPU only."""
+    root = lab.root("profile-wall" if idle else "profile-cpu")
     ids = Spool(root=root).enqueue_many(noop_tasks(tasks))
     procs = [lab.worker(root) for _ in range(2)]
     target = procs[0]
@@ -124,7 +125,7 @@ def profile_drain(lab: Lab, tasks: int, rate: int) -> list[str]:
             "-f",
             "raw",
             "--threads",
-            "--idle",
+            *(["--idle"] if idle else []),
             "--nolineno",
             "--nonblocking",
             "-o",
@@ -137,6 +138,7 @@ def profile_drain(lab: Lab, tasks: int, rate: int) -> list[str]:
         wait_for(lambda: count(queue_dir(root, "done")) >= tasks, 600, 0.05, "the drain")
         per_thread = thread_cpu(target.pid)
         child_cpu = sum(cpu_seconds(c) for c in children(target.pid))
+        child_split = [thread_cpu(c).get(c, (0.0, 0.0)) for c in children(target.pid)]
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
     finally:
@@ -151,41 +153,55 @@ def profile_drain(lab: Lab, tasks: int, rate: int) -> list[str]:
     n_mine = len(mine)
     threads, main = parse_raw(raw)
 
+    main_cpu = sum(per_thread.get(target.pid, (0.0, 0.0))) / max(n_mine, 1) * 1e6
     lines = [
+        f"## {'Wall clock' if idle else 'On-CPU'} profile (py-spy "
+        f"{'with' if idle else 'without'} --idle)",
+        "",
         f"Drain of {tasks:,} no-op tasks by 2 resident workers: {tasks / span:,.0f} tasks/s "
         f"(first start -> last finish, {span:.2f} s); profiled worker (pid {target.pid}) ran "
         f"{n_mine:,} of them, {span / max(n_mine, 1) * 1e6:,.0f} us of wall time per task.",
         "",
         "CPU per task of the profiled worker, by thread (from /proc; py-spy label by thread id):",
         "",
-        "| thread | CPU us/task | py-spy samples |",
-        "| --- | --- | --- |",
+        "| thread | CPU us/task | of which kernel | py-spy samples |",
+        "| --- | --- | --- | --- |",
     ]
     labels: dict[int, str] = {}
     for label, _ in threads.most_common():  # a thread seen under two names: the commoner
         tid = label.partition("(")[2].partition(")")[0]
         if tid.isdigit():
             labels.setdefault(int(tid), label)
-    for tid, seconds in sorted(per_thread.items(), key=lambda kv: -kv[1]):
+    for tid, (user, system) in sorted(per_thread.items(), key=lambda kv: -sum(kv[1])):
         label = labels.get(tid, f"thread ({tid}): (no samples)")
-        lines.append(f"| {label} | {seconds / n_mine * 1e6:,.0f} | {threads.get(label, 0):,} |")
-    lines.append(f"| handler child process | {child_cpu / n_mine * 1e6:,.0f} | - |")
+        lines.append(
+            f"| {label} | {(user + system) / n_mine * 1e6:,.0f} | "
+            f"{system / n_mine * 1e6:,.0f} | {threads.get(label, 0):,} |"
+        )
+    child_sys = sum(s for _, s in child_split)
+    lines.append(
+        f"| handler child process | {child_cpu / n_mine * 1e6:,.0f} | "
+        f"{child_sys / n_mine * 1e6:,.0f} | - |"
+    )
     lines.append("")
 
     total = sum(n for _, n in main)
     phases: collections.Counter[str] = collections.Counter()
     for frames, n in main:
         phases[phase_of(frames)] += n
-    wall_per_task = span / max(n_mine, 1) * 1e6
+    per_task = span / max(n_mine, 1) * 1e6 if idle else main_cpu
     lines += [
         "Main thread, wall time by phase (py-spy, idle samples included; us/task = share x "
-        "wall time per task):",
+        "wall time per task):"
+        if idle
+        else "Main thread, CPU time by phase (py-spy on-CPU samples; us/task = share x the "
+        "main thread's CPU per task):",
         "",
         "| phase | share | us/task |",
         "| --- | --- | --- |",
     ]
     for phase, n in phases.most_common():
-        lines.append(f"| {phase} | {n / total:.1%} | {n / total * wall_per_task:,.0f} |")
+        lines.append(f"| {phase} | {n / total:.1%} | {n / total * per_task:,.0f} |")
     lines.append("")
 
     inclusive: collections.Counter[str] = collections.Counter()
@@ -305,7 +321,8 @@ def run_profile(args: argparse.Namespace, argv: list[str]) -> int:
     probe, waited = lab.create_probe(20.0)
     load = os.getloadavg()
     try:
-        body = profile_drain(lab, args.tasks, args.rate)
+        body = profile_drain(lab, args.tasks, args.rate, idle=True)
+        body += profile_drain(lab, args.tasks, args.rate, idle=False)
         if not args.no_strace:
             body += strace_drain(lab, min(args.tasks, 2000))
     finally:

@@ -9,13 +9,11 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from spool import producer
 from spool.config import Settings, load_settings
-from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout
-from spool.execute import error_dict
+from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
 from spool.layout import QueueDirs
 from spool.lookup import finished, locate, read_found
 from spool.registry import Registry, Task, TaskOptions
 from spool.status import spool_status
-from spool.watch import FinishWatch
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -178,6 +176,8 @@ class Spool:
         found = locate(self.root, task_id)
         if found is None:
             raise TaskNotFound(task_id)
+        from spool.watch import FinishWatch
+
         with FinishWatch(QueueDirs(self.root, found.queue)) as changed:
             next_full_look = time.monotonic() + WAIT_FULL_LOOK_SECONDS
             while True:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
 import click
 
-from spool import producer
+from spool import __version__, producer
 from spool.app import Spool
 from spool.config import Settings, load_settings, parse_duration
 from spool.envelope import FieldError, parse_instant
@@ -93,7 +93,7 @@ def queue_option(value: str | None) -> str | None:
 @click.option(
     "--config", metavar="FILE", help="Config file (default: SPOOL_CONFIG, conf/spool.toml)."
 )
-@click.version_option(package_name="spool-queue", prog_name="spool")
+@click.version_option(__version__, prog_name="spool")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, config: str | None) -> None:
     """spool: background tasks in a directory tree, run by resident workers."""
@@ -426,21 +426,27 @@ def retry(
         ]
     else:
         targets = list(task_ids)
-    failures = 0
-    for task_id in targets:
-        if dry_run:
+    if dry_run:
+        for task_id in targets:
             click.echo(f"would retry {task_id}")
-            continue
+        click.echo(f"would retry {len(targets)} task(s)", err=True)
+        return
+    failures = apply_each(targets, lambda task_id: retry_task(settings.root, task_id), "retried")
+    click.echo(f"retried {len(targets) - failures} task(s)", err=True)
+    ctx.exit(1 if failures else 0)
+
+
+def apply_each(task_ids: Iterable[str], action: Callable[[str], object], done: str) -> int:
+    """Apply `action` to each id, one line per id; return how many failed."""
+    failures = 0
+    for task_id in task_ids:
         try:
-            retry_task(settings.root, task_id)
-            click.echo(f"retried {task_id}")
+            action(task_id)
+            click.echo(f"{done} {task_id}")
         except SpoolError as exc:
             click.echo(f"error: {exc}", err=True)
             failures += 1
-    click.echo(
-        f"{'would retry' if dry_run else 'retried'} {len(targets) - failures} task(s)", err=True
-    )
-    ctx.exit(1 if failures else 0)
+    return failures
 
 
 @cli.command()
@@ -451,14 +457,9 @@ def cancel(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
     from spool.manage import cancel as cancel_task
 
     settings = settings_of(ctx)
-    failures = 0
-    for task_id in task_ids:
-        try:
-            cancel_task(settings.root, task_id)
-            click.echo(f"cancelled {task_id}")
-        except SpoolError as exc:
-            click.echo(f"error: {exc}", err=True)
-            failures += 1
+    failures = apply_each(
+        task_ids, lambda task_id: cancel_task(settings.root, task_id), "cancelled"
+    )
     ctx.exit(1 if failures else 0)
 
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def error_dict(kind: str, message: str, tb: str = "") -> dict[str, str]:
+    """How a task's error is recorded: {type, message, traceback}."""
+    return {"type": kind, "message": message, "traceback": tb}
+
+
 class SpoolError(Exception):
     """Base for every error spool raises on purpose."""
 

@@ -16,22 +16,24 @@ import ctypes
 import ctypes.util
 import json
 import os
+import select
 import signal
+import struct
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any
 
 from spool.envelope import JSON
-from spool.errors import ConfigError
+from spool.errors import ConfigError, error_dict
 
 CHILD_CODE = "from spool.execute import child_main; child_main()"
 START_TIMEOUT_SECONDS = 120.0
 POLL_SLICE_SECONDS = 0.1
+HEADER = struct.Struct("!I")
 
 
 @dataclass
@@ -50,8 +52,42 @@ class Outcome:
         return self.finished_at - self.started_at
 
 
-def error_dict(kind: str, message: str, tb: str = "") -> dict[str, str]:
-    return {"type": kind, "message": message, "traceback": tb}
+class Channel:
+    """Length-framed messages over a pair of pipe ends (JSON inside; nothing is pickled)."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd, self.write_fd = read_fd, write_fd
+        self.poller = select.poll()
+        self.poller.register(read_fd, select.POLLIN)
+
+    def send(self, message: bytes) -> None:
+        """Raises: OSError (BrokenPipeError when the other side is gone)."""
+        view = memoryview(HEADER.pack(len(message)) + message)
+        while view:
+            view = view[os.write(self.write_fd, view) :]
+
+    def readable(self, timeout: float | None) -> bool:
+        return bool(self.poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+
+    def receive(self) -> bytes:
+        """Raises: EOFError when the other side is gone."""
+        (size,) = HEADER.unpack(self.read_exactly(HEADER.size))
+        return self.read_exactly(size)
+
+    def read_exactly(self, size: int) -> bytes:
+        chunks, left = [], size
+        while left:
+            chunk = os.read(self.read_fd, left)
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Executor:
@@ -66,8 +102,7 @@ class Executor:
         self.tasks_modules, self.project_dir = tasks_modules, project_dir
         self.on_spawn = on_spawn
         self.proc: subprocess.Popen[bytes] | None = None
-        self.send_conn: Connection | None = None
-        self.recv_conn: Connection | None = None
+        self.channel: Channel | None = None
         self.tasks: dict[str, dict[str, Any]] = {}
 
     def start(self) -> dict[str, dict[str, Any]]:
@@ -88,8 +123,7 @@ class Executor:
             os.close(from_child_w)
         if self.on_spawn is not None:
             self.on_spawn(self.proc.pid)  # its process group, for cleanup if the worker dies
-        self.send_conn = Connection(to_child_w, readable=False)
-        self.recv_conn = Connection(from_child_r, writable=False)
+        self.channel = Channel(from_child_r, to_child_w)
         hello = self.receive(START_TIMEOUT_SECONDS)
         if hello is None or "error" in hello:
             reason = hello["error"] if hello else "it exited or did not answer"
@@ -99,18 +133,14 @@ class Executor:
         return self.tasks
 
     def receive(self, timeout: float) -> dict[str, Any] | None:
-        assert self.recv_conn is not None
+        assert self.channel is not None
         try:
-            if not self.recv_conn.poll(timeout):
+            if not self.channel.readable(timeout):
                 return None
-            message: dict[str, Any] = json.loads(self.recv_conn.recv_bytes())
+            message: dict[str, Any] = json.loads(self.channel.receive())
             return message
         except (EOFError, OSError):
             return None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def run(
         self,
@@ -119,14 +149,14 @@ class Executor:
         interrupted: Callable[[], bool],
     ) -> Outcome:
         """Run one attempt; never raises for what the handler does."""
-        if not self.running:
+        if self.channel is None:  # not started yet, or killed after the last attempt
             self.start()
-        assert self.send_conn is not None and self.recv_conn is not None
+        assert self.channel is not None
         started = time.time()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self.send_conn.send_bytes(json.dumps(request).encode())
-        except OSError:
+            self.channel.send(json.dumps(request).encode())
+        except OSError:  # it died between attempts
             return self.child_lost(started)
         while True:
             if interrupted():
@@ -143,10 +173,9 @@ class Executor:
                     )
                 slice_ = min(slice_, left)
             try:
-                ready = self.recv_conn.poll(slice_)
-                if not ready:
+                if not self.channel.readable(slice_):
                     continue
-                reply = json.loads(self.recv_conn.recv_bytes())
+                reply = json.loads(self.channel.receive())
             except (EOFError, OSError):
                 return self.child_lost(started)
             finished = time.time()
@@ -166,11 +195,9 @@ class Executor:
     def kill(self) -> int | None:
         """Kill the child and its process group; return its exit code."""
         proc, self.proc = self.proc, None
-        for conn in (self.send_conn, self.recv_conn):
-            if conn is not None:
-                with contextlib.suppress(OSError):
-                    conn.close()
-        self.send_conn = self.recv_conn = None
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = None
         if proc is None:
             return None
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -203,8 +230,7 @@ def child_main() -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when an attempt stops
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    recv_conn = Connection(int(sys.argv[1]), writable=False)
-    send_conn = Connection(int(sys.argv[2]), readable=False)
+    channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
     settings = json.loads(sys.argv[3])
     from spool.registry import collect_tasks, import_task_modules
 
@@ -212,17 +238,17 @@ def child_main() -> None:
         modules = import_task_modules(settings["modules"], settings["project_dir"])
         tasks = collect_tasks(modules)
     except Exception as exc:
-        send_conn.send_bytes(json.dumps({"error": str(exc)}).encode())
+        channel.send(json.dumps({"error": str(exc)}).encode())
         return
     described = {name: task.options.describe() for name, task in tasks.items()}
-    send_conn.send_bytes(json.dumps({"tasks": described}).encode())
+    channel.send(json.dumps({"tasks": described}).encode())
     while True:
         try:
-            request = json.loads(recv_conn.recv_bytes())
+            request = json.loads(channel.receive())
         except EOFError:
             return
         reply = run_handler(tasks, request)
-        send_conn.send_bytes(encode_reply(reply))
+        channel.send(encode_reply(reply))
 
 
 def run_handler(tasks: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:

@@ -6,18 +6,18 @@ A file spool writes appears complete or not at all: it is written under a dot-na
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
+import itertools
 import os
 import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from spool.layout import FILE_MODE
 
-_libc: ctypes.CDLL | None = None
+_libc: Any = None
 
 
 def fsync_dir(path: Path) -> None:
@@ -33,6 +33,9 @@ def sync_filesystem(path: Path) -> None:
     """Flush every dirty file of the filesystem holding `path` (syncfs; sync where missing)."""
     global _libc
     if _libc is None:
+        import ctypes
+        import ctypes.util
+
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     syncfs = getattr(_libc, "syncfs", None)
     if syncfs is None:
@@ -46,8 +49,26 @@ def sync_filesystem(path: Path) -> None:
         os.close(fd)
 
 
+class _TmpNames:
+    """Unique temporary names: this process's pid and a random tag, then a counter."""
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.prefix = ""
+        self.counter = itertools.count()
+
+    def next(self, name: str) -> str:
+        if self.pid != os.getpid():  # first use, or a forked child
+            self.pid = os.getpid()
+            self.prefix = f"{self.pid}.{secrets.token_hex(3)}"
+        return f".{name}.{self.prefix}.{next(self.counter)}"
+
+
+_names = _TmpNames()
+
+
 def tmp_path(tmp_dir: Path, name: str) -> Path:
-    return tmp_dir / f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
+    return tmp_dir / _names.next(name)
 
 
 def write_file(path: Path, data: bytes, *, durable: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import os
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from spool import envelope
 from spool.envelope import FieldError
@@ -50,24 +51,22 @@ class QueueIndex:
         heapq.heappush(self.delayed, (parts[0], entry))
 
     def rescan(self) -> None:
-        """Rebuild both views from the directories (names only, plus dropped files' headers)."""
+        """Bring both views up to date with the directories (names only).
+
+        Names not seen before are added; names that are gone stay until they are popped (a
+        failed claim drops them), unless they outnumber the live ones: then the view is rebuilt.
+        """
         self.paused = self.dirs.is_paused()
-        names = [n for n in list_names(self.dirs.incoming) if is_task_name(n)]
-        keep = {name: key for key, name in self.ready}
-        self.ready = []
-        for name in names:
-            key = keep.get(name) or self.sort_key(name)
-            if key is not None:
-                self.ready.append((key, name))
-        heapq.heapify(self.ready)
-        self.ready_names = {name for _, name in self.ready}
-        self.delayed = []
-        for entry in list_names(self.dirs.delayed):
-            parts = split_delayed(entry)
-            if parts is not None:
-                self.delayed.append((parts[0], entry))
-        heapq.heapify(self.delayed)
-        self.delayed_names = {entry for _, entry in self.delayed}
+        present = {n for n in list_names(self.dirs.incoming) if is_task_name(n)}
+        if len(self.ready_names - present) > len(present):
+            self.ready, self.ready_names = only_present(self.ready, present)
+        for name in present - self.ready_names:
+            self.add_ready(name)
+        entries = set(list_names(self.dirs.delayed))
+        if len(self.delayed_names - entries) > len(entries):
+            self.delayed, self.delayed_names = only_present(self.delayed, entries)
+        for entry in entries - self.delayed_names:
+            self.add_delayed(entry)
 
     def peek_ready(self) -> str | None:
         return self.ready[0][0] if self.ready else None
@@ -109,3 +108,15 @@ class QueueIndex:
             except OSError:
                 return None
         return f"{9 - priority}_{int(mtime * 1_000_000):016d}_~{name}"
+
+
+K = TypeVar("K")
+
+
+def only_present(
+    heap: list[tuple[K, str]], present: set[str]
+) -> tuple[list[tuple[K, str]], set[str]]:
+    """A heap and its name set without the names that are gone."""
+    kept = [(key, name) for key, name in heap if name in present]
+    heapq.heapify(kept)
+    return kept, {name for _, name in kept}

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from spool import envelope
 from spool.config import Settings
 from spool.envelope import FieldError, TaskDict
@@ -162,6 +160,8 @@ def take_unique_key(dirs: QueueDirs, key: str, prepared: Prepared) -> str | None
         return None
     except FileExistsError:
         pass
+    from filelock import FileLock  # (here: the CLI's start-up need not pay for it)
+
     with FileLock(str(path) + ".lock", timeout=10):
         holder = read_key(path)
         if holder is not None and not is_stale_key(dirs, path, holder):

@@ -43,6 +43,7 @@ from spool.watch import Watcher
 log = logging.getLogger(__name__)
 REAP_SECONDS = 30.0
 POLL_SECONDS = 0.25  # when filesystem events are unavailable
+RESCAN_COST_FACTOR = 20.0
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Worker:
         self.recovery = Timer(settings.recover_seconds)
         self.reaping = Timer(REAP_SECONDS)
         self.polling = False
+        self.poll_gap = POLL_SECONDS
         self.orphans_killed: set[str] = set()
 
     # ---- life cycle ------------------------------------------------------------------
@@ -205,7 +207,9 @@ class Worker:
             self.rescan_all(time.time())
 
     def housekeeping(self, now: float) -> None:
-        if self.rescan.due(now) or (self.polling and now - self.rescan.last >= POLL_SECONDS):
+        # (a burst worker rescans when it runs dry, in the loop; never in the middle of work)
+        polled = self.polling and now - self.rescan.last >= self.poll_gap
+        if not self.burst and (self.rescan.due(now) or polled):
             self.rescan_all(now)
         if self.recovery.due(now):
             self.recover_abandoned(now)
@@ -214,10 +218,14 @@ class Worker:
             reap_dead_workers(self.settings.root, self.busy_worker_ids())
 
     def rescan_all(self, now: float) -> None:
-        self.rescan.last = now
         self.discover_queues()
         for index in self.indexes.values():
             index.rescan()
+        # a rescan of a huge backlog is not free: keep it under 5% of the time
+        took = time.time() - now
+        self.rescan.every = max(self.settings.rescan_seconds, RESCAN_COST_FACTOR * took)
+        self.poll_gap = max(POLL_SECONDS, RESCAN_COST_FACTOR * took)
+        self.rescan.last = time.time()
 
     def discover_queues(self) -> None:
         if self.fixed_queues:
@@ -228,7 +236,7 @@ class Worker:
     def sleep_seconds(self, now: float) -> float:
         waits = [self.rescan.left(now), self.recovery.left(now)]
         if self.polling:
-            waits.append(POLL_SECONDS)
+            waits.append(self.poll_gap)
         for index in self.indexes.values():
             due = index.next_due_us()
             if due is not None:
