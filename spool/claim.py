@@ -26,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from spool.fsio import write_atomic
 from spool.layout import (
     FILE_MODE,
     QueueDirs,
@@ -103,9 +104,7 @@ class WorkerLock:
         self.write_info()
 
     def write_info(self) -> None:
-        tmp = self.dir / f".{self.worker_id}.json.tmp"
-        tmp.write_text(json.dumps(self.info))
-        os.replace(tmp, self.info_path)
+        write_atomic(json.dumps(self.info).encode(), self.dir, self.info_path, durable=False)
 
     def release(self) -> None:
         self.info_path.unlink(missing_ok=True)

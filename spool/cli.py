@@ -6,11 +6,13 @@ Errors a user can cause are one line on stderr: exit 2 for usage and configurati
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any
 
 import click
@@ -512,6 +514,55 @@ def resume(ctx: click.Context, queue: str) -> None:
     with user_errors():
         was = resume_queue(queue_dirs(settings.root, queue))
     click.echo(f"resumed {queue}" if was else f"{queue} was not paused")
+
+
+@cli.command()
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and logs).")
+@click.pass_context
+def top(ctx: click.Context, interval: float, once: bool) -> None:
+    """A live view: depth per queue and state, throughput per minute, recent failures."""
+    from spool.top import run
+
+    settings = settings_of(ctx)
+    in_place = sys.stdout.isatty() and not once
+
+    def show(frame: str) -> None:
+        if in_place:
+            click.clear()
+        click.echo(frame)
+
+    with user_errors(), contextlib.suppress(KeyboardInterrupt):
+        run(settings.root, interval, show, frames=1 if once else None)
+
+
+@cli.command()
+@click.option(
+    "--textfile",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="Write to PATH atomically (node_exporter textfile collector) instead of printing.",
+)
+@click.pass_context
+def metrics(ctx: click.Context, textfile: str | None) -> None:
+    """Queue depths, oldest waiting age, done/failed counters, durations: Prometheus text."""
+    from spool.metrics import render, write_textfile
+
+    settings = settings_of(ctx)
+    with user_errors():
+        if textfile is None:
+            click.echo(render(settings.root), nl=False)
+        else:
+            try:
+                write_textfile(settings.root, Path(textfile))
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {textfile}: {exc.strerror}") from exc
 
 
 @cli.command()

@@ -21,7 +21,7 @@ DEFAULT_ROOT = Path("var/spool")
 DEFAULT_CONFIG = Path("conf/spool.toml")
 MIB = 1024 * 1024
 
-TOP_KEYS = {"root", "tasks", "defaults", "workers", "schedule", "log"}
+TOP_KEYS = {"root", "tasks", "defaults", "workers", "schedule", "log", "retention"}
 DEFAULTS_KEYS = {
     "max_retries",
     "timeout",
@@ -32,6 +32,7 @@ DEFAULTS_KEYS = {
 }
 WORKERS_KEYS = {"processes", "queues", "rescan_seconds", "recover_seconds"}
 LOG_KEYS = {"format", "level"}
+RETENTION_KEYS = {"done", "failed"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     schedule: Mapping[str, Any] = field(default_factory=dict)
+    retention: Mapping[str, float] = field(default_factory=dict)  # state -> seconds
 
     @property
     def project_dir(self) -> Path:
@@ -160,6 +162,14 @@ def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str,
         values["log_format"] = fmt
     if "level" in log:
         values["log_level"] = want(log, "level", str, f"{where} [log]").upper()
+    retention = table(data, "retention", RETENTION_KEYS, where)
+    ages = {}
+    for state, text in retention.items():
+        try:
+            ages[state] = parse_duration(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where} [retention]: {state}: {exc}") from None
+    values["retention"] = ages
     if "schedule" in data:
         values["schedule"] = want(data, "schedule", dict, where)
     return values

@@ -128,7 +128,10 @@ def enqueue_slot(settings: Settings, entry: Entry, slot: float) -> str:
 
 def mark_sent(marker: Path) -> None:
     fd = os.open(f"{marker}.sent", os.O_WRONLY | os.O_CREAT, FILE_MODE)
-    os.close(fd)
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask must not narrow group access
+    finally:
+        os.close(fd)
 
 
 def recover_unsent(settings: Settings, entry: Entry, now: float) -> int:

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from spool import envelope
+from spool import envelope, stats
 from spool.claim import (
     Claim,
     WorkerLock,
     abandoned,
     claim,
+    is_alive,
     kill_orphans,
     new_worker_id,
     reap_dead_workers,
@@ -38,11 +39,15 @@ from spool.finish import Committer, RetryPolicy, finish, recover, reject
 from spool.fsio import UnreadableFile, list_names, read_regular
 from spool.index import QueueIndex
 from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs, split_processing
+from spool.retention import Retention
+from spool.stats import WorkerStats
 from spool.watch import Watcher
 
 log = logging.getLogger(__name__)
 REAP_SECONDS = 30.0
-POLL_SECONDS = 0.25  # when filesystem events are unavailable
+OUTCOME_COUNTER = {"done": "done", "retry": "retried", "failed": "failed"}
+POLL_SECONDS = 0.25
+RETENTION_SECONDS = 1.0  # when filesystem events are unavailable
 RESCAN_COST_FACTOR = 20.0
 
 
@@ -79,6 +84,11 @@ class Worker:
         )
         self.committer = Committer(settings.root)
         self.lock = WorkerLock(settings.root, self.worker_id)
+        self.stats = WorkerStats(settings.root, self.worker_id)
+        self.retention = (
+            Retention(settings.root, settings.retention) if settings.retention else None
+        )
+        self.retention_timer = Timer(RETENTION_SECONDS)
         self.tasks: dict[str, dict[str, Any]] = {}
         self.rescan = Timer(settings.rescan_seconds)
         self.recovery = Timer(settings.recover_seconds)
@@ -126,6 +136,7 @@ class Worker:
             return self.loop()
         finally:
             self.committer.close()
+            self.stats.flush(time.time(), force=True)
             self.executor.stop()
             self.watcher.stop()
             self.lock.release()
@@ -169,6 +180,7 @@ class Worker:
         while not self.stopping.is_set():
             self.wakeup.clear()  # clear before looking: an event during the look is kept
             now = time.time()
+            self.stats.flush(now)
             self.absorb_hints()
             self.housekeeping(now)
             self.promote_due(now)
@@ -213,9 +225,17 @@ class Worker:
             self.rescan_all(now)
         if self.recovery.due(now):
             self.recover_abandoned(now)
+        if self.retention is not None and self.retention_timer.due(now):
+            self.retention_timer.last = now
+            deleted = self.retention.step(list(self.indexes))
+            if deleted:
+                log.info("retention: deleted %d finished task file(s)", deleted)
         if self.reaping.due(now):
             self.reaping.last = now
             reap_dead_workers(self.settings.root, self.busy_worker_ids())
+            stale = stats.stale_files(self.settings.root, now)
+            dead = {w for w in stale if not is_alive(self.settings.root, w)}
+            stats.fold_dead(self.settings.root, dead)
 
     def rescan_all(self, now: float) -> None:
         self.discover_queues()
@@ -299,6 +319,7 @@ class Worker:
             return
         state = finish(taken, task, outcome, policy)
         self.committer.add(taken.hide().path)
+        self.stats.record(taken.dirs.name, OUTCOME_COUNTER[state], outcome.duration)
         if state == "done":
             log.info("done %s duration=%.3fs", fields, outcome.duration)
         else:
@@ -339,6 +360,7 @@ class Worker:
         except OSError as exc:
             log.error("cannot move rejected %s to failed/: %s", taken.name, exc)
             return
+        self.stats.record(taken.dirs.name, "rejected")
         log.warning(
             "rejected queue=%s file=%s stored=%s reason=%s",
             taken.dirs.name,
@@ -384,8 +406,8 @@ class Worker:
                     self.recover_one(index, taken, dead)
                 except OSError as exc:
                     log.error("cannot recover %s: %s", taken.name, exc)
-        for worker_id, is_alive in alive.items():
-            if not is_alive and worker_id not in self.orphans_killed:
+        for worker_id, lives in alive.items():
+            if not lives and worker_id not in self.orphans_killed:
                 self.orphans_killed.add(worker_id)
                 kill_orphans(self.settings.root, worker_id)
 
@@ -403,6 +425,8 @@ class Worker:
             task.setdefault("enqueued_at", mtime)
         policy = self.policy_for(task) if task is not None and known else None
         state = recover(taken, task, dead, policy)
+        if state != "finished":
+            self.stats.record(index.dirs.name, "recovered")
         task_id = task.get("id") if task else taken.name
         log.warning(
             "recovered queue=%s id=%s from dead worker %s -> %s",

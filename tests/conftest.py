@@ -34,8 +34,8 @@ def wait_until(
         time.sleep(interval)
 
 
-def spool_command(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "spool", "--root", str(root), "--config", str(TEST_CONFIG), *args]
+def spool_command(root: Path, *args: str, config: str | Path = TEST_CONFIG) -> list[str]:
+    return [sys.executable, "-m", "spool", "--root", str(root), "--config", str(config), *args]
 
 
 @pytest.fixture
@@ -57,11 +57,12 @@ def start_worker(spool_root: Path) -> Iterator[Callable[..., subprocess.Popen[by
     """Start `spool worker` subprocesses on the test root; all are killed at the end."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str, stderr: int | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        *args: str, stderr: int | None = None, config: str | Path = TEST_CONFIG
+    ) -> subprocess.Popen[bytes]:
         env = {**os.environ, "SPOOL_ROOT": str(spool_root), "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(
-            spool_command(spool_root, "worker", *args), cwd=PROJECT_DIR, env=env, stderr=stderr
-        )
+        command = spool_command(spool_root, "worker", *args, config=config)
+        proc = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stderr=stderr)
         procs.append(proc)
         return proc
 

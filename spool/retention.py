@@ -1,0 +1,87 @@
+"""Retention: finished tasks older than the config's [retention] ages are deleted by the workers,
+a few thousand directory entries per second, so that no one ever waits on a long purge.
+
+One worker at a time does it (a lock it does not wait for); each pass walks done/ and failed/ of
+every served queue with scandir, resuming where the previous step stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from spool.layout import FILE_MODE, QueueDirs
+
+STEP_ENTRIES = 5000  # entries looked at per step (a stat each)
+PASS_GAP_SECONDS = 60.0  # a finished pass starts again after this long
+
+
+class Retention:
+    """Deletes done/failed entries older than their state's age, in bounded steps."""
+
+    def __init__(self, root: Path, ages: Mapping[str, float]) -> None:
+        self.root, self.ages = root, dict(ages)
+        self.walks: dict[tuple[str, str], Iterator[os.DirEntry[str]]] = {}
+        self.next_pass: dict[tuple[str, str], float] = {}
+
+    def step(self, queues: list[str], now: float | None = None) -> int:
+        """Look at up to STEP_ENTRIES entries; return how many were deleted."""
+        from filelock import FileLock, Timeout
+
+        now = time.time() if now is None else now
+        try:
+            lock = FileLock(str(self.root / ".retention.lock"), mode=FILE_MODE, timeout=0)
+            lock.acquire()
+        except Timeout:
+            return 0  # another worker is at it
+        try:
+            return self.walk(queues, now)
+        finally:
+            lock.release()
+
+    def walk(self, queues: list[str], now: float) -> int:
+        budget, deleted = STEP_ENTRIES, 0
+        for queue in queues:
+            for state, age in self.ages.items():
+                key = (queue, state)
+                if budget <= 0 or self.next_pass.get(key, 0.0) > now:
+                    continue
+                entries = self.walks.get(key) or self.start(
+                    QueueDirs(self.root, queue).state(state)
+                )
+                self.walks[key] = entries
+                for entry in entries:
+                    budget -= 1
+                    deleted += delete_if_older(entry, now - age)
+                    if budget <= 0:
+                        break
+                else:  # the pass over this directory is complete
+                    del self.walks[key]
+                    self.next_pass[key] = now + PASS_GAP_SECONDS
+        return deleted
+
+    @staticmethod
+    def start(directory: Path) -> Iterator[os.DirEntry[str]]:
+        try:
+            with os.scandir(directory) as entries:
+                yield from entries
+        except FileNotFoundError:
+            return
+
+
+def delete_if_older(entry: os.DirEntry[str], cutoff: float) -> int:
+    if entry.name.startswith("."):
+        return 0
+    with contextlib.suppress(FileNotFoundError):
+        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+            if entry.is_dir(follow_symlinks=False):  # a rejected directory named *.json
+                import shutil
+
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            return 1
+    return 0

@@ -1,0 +1,171 @@
+"""What workers did, counted: tasks done, failed, retried, rejected, recovered, and how long
+attempts took. Counters only grow, so they suit Prometheus; status and metrics read them without
+listing done/.
+
+Each worker keeps its counts in memory and writes them to <root>/.stats/<worker id>.json at most
+once a second (atomically) and when it stops. The files of dead workers are folded into
+<root>/.stats/archive.json (under a lock) so their counts are kept while the files do not pile up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spool.fsio import list_names, write_atomic
+from spool.layout import FILE_MODE, ensure_dir
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+COUNTERS = ("done", "failed", "retried", "rejected", "recovered")
+ARCHIVE = "archive.json"
+FLUSH_SECONDS = 1.0
+
+
+def stats_dir(root: Path) -> Path:
+    return root / ".stats"
+
+
+@dataclass
+class QueueStats:
+    """Counts of one queue; `buckets[i]` counts attempts up to DURATION_BUCKETS[i] (the last
+    one counts the rest), as in a Prometheus histogram before summing."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    duration_sum: float = 0.0
+
+    def add(self, other: QueueStats) -> None:
+        for key in COUNTERS:
+            self.counts[key] += other.counts.get(key, 0)
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        self.duration_sum += other.duration_sum
+
+    def to_json(self) -> dict[str, Any]:
+        return {"counts": self.counts, "buckets": self.buckets, "duration_sum": self.duration_sum}
+
+    @classmethod
+    def from_json(cls, data: Any) -> QueueStats:
+        stats = cls()
+        if not isinstance(data, dict):
+            return stats
+        counts = data.get("counts", {})
+        for key in COUNTERS:
+            value = counts.get(key, 0) if isinstance(counts, dict) else 0
+            stats.counts[key] = value if isinstance(value, int) else 0
+        buckets = data.get("buckets")
+        if isinstance(buckets, list) and len(buckets) == len(stats.buckets):
+            stats.buckets = [b if isinstance(b, int) else 0 for b in buckets]
+        total = data.get("duration_sum", 0.0)
+        stats.duration_sum = float(total) if isinstance(total, int | float) else 0.0
+        return stats
+
+
+def bucket_of(seconds: float) -> int:
+    for i, bound in enumerate(DURATION_BUCKETS):
+        if seconds <= bound:
+            return i
+    return len(DURATION_BUCKETS)
+
+
+class WorkerStats:
+    """One worker's counts, written to its file now and then."""
+
+    def __init__(self, root: Path, worker_id: str) -> None:
+        self.root = root
+        self.path = stats_dir(root) / f"{worker_id}.json"
+        self.queues: dict[str, QueueStats] = {}
+        self.dirty = False
+        self.written_at = 0.0
+
+    def record(self, queue: str, what: str, duration: float | None = None) -> None:
+        stats = self.queues.setdefault(queue, QueueStats())
+        stats.counts[what] += 1
+        if duration is not None:
+            stats.buckets[bucket_of(duration)] += 1
+            stats.duration_sum += duration
+        self.dirty = True
+
+    def flush(self, now: float, force: bool = False) -> None:
+        if not self.dirty or (not force and now - self.written_at < FLUSH_SECONDS):
+            return
+        ensure_dir(self.path.parent)
+        data = {queue: stats.to_json() for queue, stats in self.queues.items()}
+        write_atomic(json.dumps(data).encode(), self.path.parent, self.path, durable=False)
+        self.dirty, self.written_at = False, now
+
+
+def read_file(path: Path) -> dict[str, QueueStats]:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(queue): QueueStats.from_json(value) for queue, value in data.items()}
+
+
+def merge(into: dict[str, QueueStats], more: dict[str, QueueStats]) -> None:
+    for queue, stats in more.items():
+        into.setdefault(queue, QueueStats()).add(stats)
+
+
+def load_all(root: Path) -> dict[str, QueueStats]:
+    """The counts of every worker that ever ran on this root, per queue."""
+    total: dict[str, QueueStats] = {}
+    directory = stats_dir(root)
+    for name in list_names(directory):
+        if name.endswith(".json") and not name.startswith("."):
+            merge(total, read_file(directory / name))
+    return total
+
+
+def fold_dead(root: Path, dead_worker_ids: set[str]) -> None:
+    """Fold the files of dead workers into the archive, then delete them (under a lock)."""
+    directory = stats_dir(root)
+    files = [directory / f"{w}.json" for w in dead_worker_ids if (directory / f"{w}.json").exists()]
+    if not files:
+        return
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(str(directory / ".archive.lock"), mode=FILE_MODE, timeout=0):
+            archive = read_file(directory / ARCHIVE)
+            for path in files:
+                merge(archive, read_file(path))
+            data = {queue: stats.to_json() for queue, stats in archive.items()}
+            # CRASH: the archive holds them before the files go; a crash in between counts a
+            # dead worker twice until the next fold, never loses its counts
+            write_atomic(json.dumps(data).encode(), directory, directory / ARCHIVE)
+            for path in files:
+                path.unlink(missing_ok=True)
+    except Timeout:
+        return  # another process is folding
+
+
+def histogram(stats: QueueStats) -> list[tuple[str, int]]:
+    """Cumulative (le, count) pairs, the last one +Inf."""
+    pairs, running = [], 0
+    for bound, count in zip([*DURATION_BUCKETS, math.inf], stats.buckets, strict=True):
+        running += count
+        pairs.append(("+Inf" if math.isinf(bound) else f"{bound:g}", running))
+    return pairs
+
+
+def stale_files(root: Path, now: float, min_age: float = 60.0) -> set[str]:
+    """Worker ids whose stats file was not written for `min_age` seconds (idle, or dead)."""
+    directory = stats_dir(root)
+    found = set()
+    for name in list_names(directory):
+        if not name.endswith(".json") or name == ARCHIVE or name.startswith("."):
+            continue
+        worker_id = name.removesuffix(".json")
+        try:
+            if now - os.stat(directory / name).st_mtime >= min_age:
+                found.add(worker_id)
+        except FileNotFoundError:
+            continue
+    return found

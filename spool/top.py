@@ -1,0 +1,74 @@
+"""`spool top`: a live view of the spool, refreshed in place: depth per queue and state,
+throughput per minute (from the workers' counters) and the most recent failures."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from spool import stats
+from spool.listing import Filters, list_tasks
+from spool.status import spool_status
+
+COLUMNS = ("incoming", "delayed", "processing", "done", "failed")
+
+
+def snapshot(root: Path) -> dict[str, Any]:
+    """What one frame shows, and the counters to compute rates from."""
+    totals = stats.load_all(root)
+    return {
+        "at": time.monotonic(),
+        "status": spool_status(root),
+        "finished": {q: s.counts["done"] + s.counts["failed"] for q, s in totals.items()},
+        "failures": list_tasks(root, "failed", Filters(limit=5)),
+    }
+
+
+def render(now: dict[str, Any], before: dict[str, Any] | None) -> str:
+    """One frame as text."""
+    status = now["status"]
+    workers = len(status["workers"])
+    lines = [f"spool top — {status['root']} — {time.strftime('%H:%M:%S')} — {workers} workers"]
+    header = ["queue", *COLUMNS, "oldest", "per min"]
+    rows = [header]
+    for queue, counts in status["queues"].items():
+        rate = "-"
+        if before is not None and now["at"] > before["at"]:
+            delta = now["finished"].get(queue, 0) - before["finished"].get(queue, 0)
+            rate = f"{delta * 60 / (now['at'] - before['at']):.0f}"
+        age = counts["oldest_waiting_seconds"]
+        name = queue + (" (paused)" if counts["paused"] else "")
+        rows.append(
+            [name, *(str(counts[c]) for c in COLUMNS), "-" if age is None else f"{age:.0f}s", rate]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines += [
+        "  ".join(
+            cell.rjust(w) if i else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.append("")
+    lines.append("recent failures:" if now["failures"] else "recent failures: none")
+    for item in now["failures"]:
+        error = f"{item.get('error_type')}: {item.get('error_message')}"
+        lines.append(f"  {item['id']}  {item['task']}  {error}"[:160])
+    return "\n".join(lines)
+
+
+def run(
+    root: Path, interval: float, show: Callable[[str], None], frames: int | None = None
+) -> None:
+    """Show a frame every `interval` seconds (`frames` of them, or until interrupted)."""
+    before: dict[str, Any] | None = None
+    shown = 0
+    while frames is None or shown < frames:
+        now = snapshot(root)
+        show(render(now, before))
+        shown += 1
+        before = now
+        if frames is None or shown < frames:
+            time.sleep(interval)
