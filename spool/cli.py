@@ -567,12 +567,14 @@ def metrics(ctx: click.Context, textfile: str | None) -> None:
 
 @cli.command()
 @click.argument("task_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="One line of JSON (default: indented).")
 @click.pass_context
-def show(ctx: click.Context, task_id: str) -> None:
-    """Show one task's file, state and outcome (any queue, any state)."""
+def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Show one task's file with its queue, state and outcome (any queue, any state), as JSON."""
     app = Spool(settings=settings_of(ctx))
     with user_errors():
-        click.echo(json.dumps(app.show(task_id), indent=2, ensure_ascii=False))
+        shown = app.show(task_id)
+    click.echo(json.dumps(shown, ensure_ascii=False, indent=None if as_json else 2))
 
 
 @cli.command()

@@ -173,3 +173,27 @@ def test_pause_holds_work_across_a_worker_restart_until_resume(
 def test_pause_of_an_invalid_queue_name_is_a_usage_error(spool) -> None:
     result = spool("pause", "../x")
     assert result.exit_code == 2
+
+
+def test_show_json_is_one_line_with_queue_and_state(spool, app: Spool) -> None:
+    task_id = app.enqueue("echo", args=[7])
+    result = spool("show", task_id, "--json")
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 1
+    shown = json.loads(result.stdout)
+    assert (shown["id"], shown["queue"], shown["state"], shown["args"]) == (
+        task_id,
+        "default",
+        "incoming",
+        [7],
+    )
+
+
+def test_wait_returns_within_100_ms_of_completion(app: Spool, start_worker) -> None:
+    start_worker()
+    lags = []
+    for _ in range(3):
+        task_id = app.enqueue("sleep_then_return", args=[0.3, "ok"])
+        assert app.wait(task_id, timeout=30) == "ok"
+        lags.append(time.time() - app.show(task_id)["finished_at"])
+    assert min(lags) <= 0.1, lags  # events, not polling: the best of three shows it
+    assert max(lags) <= 1.0, lags
