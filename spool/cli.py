@@ -578,23 +578,42 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("task_id", metavar="ID")
+@click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
 @click.option(
     "--timeout", type=click.FloatRange(min=0), metavar="S", help="Give up after S seconds (exit 3)."
 )
 @click.pass_context
-def wait(ctx: click.Context, task_id: str, timeout: float | None) -> None:
-    """Wait for a task to finish; print its result. Exit 0 done, 1 failed, 3 timed out."""
+def wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None) -> None:
+    """Wait for tasks to finish; print each result as JSON. Exit 0 all done, 1 one failed (or is
+    unknown), 3 timed out. With one ID the result alone is printed; with several, one line each:
+    {"id", "state", "result" or "error"}."""
     app = Spool(settings=settings_of(ctx))
-    try:
-        with user_errors():
-            result = app.wait(task_id, timeout)
-    except click.ClickException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, TaskFailed):
-            click.echo(json.dumps(cause.error, indent=2), err=False)
-        raise
-    click.echo(json.dumps(result, ensure_ascii=False))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    code = 0
+    for task_id in task_ids:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            result = app.wait(task_id, left)
+            line: dict[str, Any] = {"id": task_id, "state": "done", "result": result}
+        except TaskFailed as exc:
+            line = {"id": task_id, "state": "failed", "error": exc.error}
+            click.echo(f"Error: {exc}", err=True)
+            code = max(code, 1)
+        except WaitTimeout:
+            line = {"id": task_id, "state": "waiting"}
+            click.echo(f"Error: task {task_id} did not finish in time", err=True)
+            code = 3
+        except SpoolError as exc:
+            line = {"id": task_id, "state": "unknown"}
+            click.echo(f"Error: {exc}", err=True)
+            code = max(code, 1)
+        if len(task_ids) > 1:
+            click.echo(json.dumps(line, ensure_ascii=False))
+        elif "result" in line:
+            click.echo(json.dumps(line["result"], ensure_ascii=False))
+        elif "error" in line:
+            click.echo(json.dumps(line["error"], indent=2, ensure_ascii=False))
+    ctx.exit(code)
 
 
 @cli.command()

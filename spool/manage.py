@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spool import envelope
+from spool import envelope, stats
 from spool.claim import Claim, claim
 from spool.envelope import TaskDict
 from spool.errors import SpoolError, TaskNotFound
@@ -70,6 +70,7 @@ def retry(root: Path, task_id: str) -> str:
         retry_rejected(dirs, found)
     else:
         retry_failed(dirs, found)
+    stats.record_removed(root, {(found.queue, "failed"): 1})
     return found.queue
 
 
@@ -146,6 +147,7 @@ def cancel(root: Path, task_id: str, reason: str = "cancelled by an operator") -
     task["cancelled_at"] = now
     write_atomic(envelope.dump(task), dirs.tmp, dirs.failed / f"{task_id}.json")
     taken.path.unlink(missing_ok=True)
+    stats.record_added(root, found.queue, "cancelled")
     if isinstance(task.get("unique_key"), str):
         release_unique_key(dirs, task["unique_key"], task_id)
     return found.queue
@@ -190,6 +192,7 @@ def purge(
         raise SpoolError(f"purge works on done or failed, not {state!r}")
     now = time.time() if now is None else now
     result = PurgeResult()
+    removed: dict[tuple[str, str], int] = {}
     for name in [queue] if queue else existing_queues(root):
         directory = QueueDirs(root, name).state(state)
         try:
@@ -212,6 +215,8 @@ def purge(
                     try:
                         os.unlink(entry.path)
                         result.deleted += 1
+                        if not entry.name.endswith(ERROR_SUFFIX):
+                            removed[(name, state)] = removed.get((name, state), 0) + 1
                     except FileNotFoundError:
                         pass
                     except IsADirectoryError:  # a rejected directory named *.json
@@ -221,6 +226,8 @@ def purge(
                         result.deleted += 1
                 if progress is not None:
                     progress(1)
+    if removed:
+        stats.record_removed(root, removed)
     return result
 
 

@@ -24,6 +24,7 @@ COUNTER_HELP = {
     "retried": "Failed attempts that were scheduled for a retry.",
     "rejected": "Files moved to failed/ as not runnable (invalid, unknown task, ...).",
     "recovered": "Tasks taken back from a worker that died.",
+    "cancelled": "Pending tasks cancelled by an operator (recorded in failed/).",
 }
 
 
@@ -57,6 +58,15 @@ class SpoolCollector(Collector):
             for queue, queue_stats in sorted(totals.items()):
                 counter.add_metric([queue], queue_stats.counts[what])
             yield counter
+        removed = CounterMetricFamily(
+            "spool_tasks_removed",
+            "Finished task files deleted (purge, retention) or moved back (retry).",
+            labels=["queue", "state"],
+        )
+        for queue, queue_stats in sorted(totals.items()):
+            for state in ("done", "failed"):
+                removed.add_metric([queue, state], queue_stats.counts[f"{state}_removed"])
+        yield removed
         durations = HistogramMetricFamily(
             "spool_task_duration_seconds", "Duration of finished attempts.", labels=["queue"]
         )

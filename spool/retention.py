@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from spool.layout import FILE_MODE, QueueDirs
+from spool.layout import ERROR_SUFFIX, FILE_MODE, QueueDirs
 
 STEP_ENTRIES = 5000  # entries looked at per step (a stat each)
 PASS_GAP_SECONDS = 60.0  # a finished pass starts again after this long
@@ -27,8 +27,8 @@ class Retention:
         self.walks: dict[tuple[str, str], Iterator[os.DirEntry[str]]] = {}
         self.next_pass: dict[tuple[str, str], float] = {}
 
-    def step(self, queues: list[str], now: float | None = None) -> int:
-        """Look at up to STEP_ENTRIES entries; return how many were deleted."""
+    def step(self, queues: list[str], now: float | None = None) -> dict[tuple[str, str], int]:
+        """Look at up to STEP_ENTRIES entries; return the tasks deleted per (queue, state)."""
         from filelock import FileLock, Timeout
 
         now = time.time() if now is None else now
@@ -36,14 +36,15 @@ class Retention:
             lock = FileLock(str(self.root / ".retention.lock"), mode=FILE_MODE, timeout=0)
             lock.acquire()
         except Timeout:
-            return 0  # another worker is at it
+            return {}  # another worker is at it
         try:
             return self.walk(queues, now)
         finally:
             lock.release()
 
-    def walk(self, queues: list[str], now: float) -> int:
-        budget, deleted = STEP_ENTRIES, 0
+    def walk(self, queues: list[str], now: float) -> dict[tuple[str, str], int]:
+        budget: int = STEP_ENTRIES
+        deleted: dict[tuple[str, str], int] = {}
         for queue in queues:
             for state, age in self.ages.items():
                 key = (queue, state)
@@ -55,7 +56,8 @@ class Retention:
                 self.walks[key] = entries
                 for entry in entries:
                     budget -= 1
-                    deleted += delete_if_older(entry, now - age)
+                    if delete_if_older(entry, now - age) and not entry.name.endswith(ERROR_SUFFIX):
+                        deleted[key] = deleted.get(key, 0) + 1
                     if budget <= 0:
                         break
                 else:  # the pass over this directory is complete

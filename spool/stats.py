@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ from spool.fsio import list_names, write_atomic
 from spool.layout import FILE_MODE, ensure_dir
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-COUNTERS = ("done", "failed", "retried", "rejected", "recovered")
+COUNTERS = (
+    "done", "failed", "retried", "rejected", "recovered", "cancelled", "done_removed",
+    "failed_removed",
+)  # fmt: skip
 ARCHIVE = "archive.json"
 FLUSH_SECONDS = 1.0
 
@@ -72,7 +76,7 @@ def bucket_of(seconds: float) -> int:
 
 
 class WorkerStats:
-    """One worker's counts, written to its file now and then."""
+    """One process's counts (a worker's, or a command's), written to its file now and then."""
 
     def __init__(self, root: Path, worker_id: str) -> None:
         self.root = root
@@ -169,3 +173,26 @@ def stale_files(root: Path, now: float, min_age: float = 60.0) -> set[str]:
         except FileNotFoundError:
             continue
     return found
+
+
+def record_removed(root: Path, removed: Mapping[tuple[str, str], int]) -> None:
+    """Count, from a short-lived command, task files it took out of done/ or failed/."""
+    counts = command_stats(root)
+    for (queue, state), n in removed.items():
+        for _ in range(n):
+            counts.record(queue, f"{state}_removed")
+    counts.flush(0.0, force=True)
+
+
+def record_added(root: Path, queue: str, what: str) -> None:
+    """Count, from a short-lived command, one task it put in failed/ (e.g. "cancelled")."""
+    counts = command_stats(root)
+    counts.record(queue, what)
+    counts.flush(0.0, force=True)
+
+
+def command_stats(root: Path) -> WorkerStats:
+    """Counts of a command: its own file, folded into the archive like a dead worker's."""
+    import secrets
+
+    return WorkerStats(root, f"cmd-{os.getpid()}-{secrets.token_hex(4)}")

@@ -4,13 +4,16 @@ and which workers are alive. It reads the directories only, so it works with eve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from spool.claim import live_workers
-from spool.layout import CANONICAL_RE, ERROR_SUFFIX, QueueDirs, existing_queues, is_task_name
+from spool.counts import finished_count
+from spool.layout import CANONICAL_RE, ERROR_SUFFIX, QueueDirs, existing_queues
+from spool.stats import QueueStats, load_all
 
 
 def count_entries(directory: Path) -> tuple[int, int]:
@@ -32,37 +35,39 @@ def count_entries(directory: Path) -> tuple[int, int]:
     return tasks, notes
 
 
-def oldest_enqueued_at(incoming: Path) -> float | None:
-    """Enqueue time of the oldest task in incoming/ (from names; mtime for dropped files)."""
-    oldest: float | None = None
+def waiting(incoming: Path) -> tuple[int, float | None]:
+    """How many tasks incoming/ holds, and the enqueue time of the oldest.
+
+    One listing; the time comes from the canonical names (fixed-width µs, so the smallest
+    string is the oldest) and, for dropped files with other names, from their mtime.
+    """
     try:
-        entries = os.scandir(incoming)
+        names = os.listdir(incoming)
     except FileNotFoundError:
-        return None
-    with entries:
-        for entry in entries:
-            if not is_task_name(entry.name):
-                continue
-            match = CANONICAL_RE.fullmatch(entry.name)
-            if match:
-                at = int(match.group(2)) / 1_000_000
-            else:
-                try:
-                    at = entry.stat(follow_symlinks=False).st_mtime
-                except FileNotFoundError:
-                    continue
-            oldest = at if oldest is None else min(oldest, at)
-    return oldest
+        return 0, None
+    tasks = [name for name in names if name.endswith(".json") and not name.startswith(".")]
+    shaped = [name for name in tasks if name[1:2] == "_" and name[18:19] == "_"]  # cheap test
+    candidates = []
+    stamps = [name[2:18] for name in shaped]
+    if stamps and (oldest := min(stamps)).isdigit():
+        candidates.append(int(oldest) / 1_000_000)
+    if len(shaped) < len(tasks) or not candidates:  # dropped files: their mtime
+        for name in tasks:
+            if not CANONICAL_RE.fullmatch(name):
+                with contextlib.suppress(FileNotFoundError):
+                    candidates.append(os.lstat(incoming / name).st_mtime)
+    return len(tasks), min(candidates) if candidates else None
 
 
-def queue_status(dirs: QueueDirs, now: float) -> dict[str, Any]:
+def queue_status(dirs: QueueDirs, now: float, stats: QueueStats | None = None) -> dict[str, Any]:
     counts: dict[str, Any] = {}
-    for state in ("incoming", "delayed", "processing", "done"):
+    counts["incoming"], oldest = waiting(dirs.incoming)
+    for state in ("delayed", "processing"):
         counts[state] = count_entries(dirs.state(state))[0]
-    failed, rejected = count_entries(dirs.failed)
+    counts["done"] = finished_count(dirs, "done", stats)[0]
+    failed, rejected = finished_count(dirs, "failed", stats)
     counts["failed"] = failed
     counts["rejected"] = rejected  # of the failed: files that were not runnable tasks
-    oldest = oldest_enqueued_at(dirs.incoming)
     counts["oldest_waiting_seconds"] = None if oldest is None else round(max(0.0, now - oldest), 3)
     counts["paused"] = dirs.is_paused()
     return counts
@@ -71,5 +76,9 @@ def queue_status(dirs: QueueDirs, now: float) -> dict[str, Any]:
 def spool_status(root: Path, now: float | None = None) -> dict[str, Any]:
     """The data of `spool status --json`."""
     now = time.time() if now is None else now
-    queues = {name: queue_status(QueueDirs(root, name), now) for name in existing_queues(root)}
+    totals = load_all(root)
+    queues = {
+        name: queue_status(QueueDirs(root, name), now, totals.get(name))
+        for name in existing_queues(root)
+    }
     return {"root": str(root), "queues": queues, "workers": live_workers(root)}

@@ -33,6 +33,7 @@ from spool.claim import (
     release,
 )
 from spool.config import Settings
+from spool.counts import Recounter
 from spool.envelope import FieldError, TaskDict
 from spool.execute import Executor
 from spool.finish import Committer, RetryPolicy, finish, recover, reject
@@ -89,6 +90,7 @@ class Worker:
             Retention(settings.root, settings.retention) if settings.retention else None
         )
         self.retention_timer = Timer(RETENTION_SECONDS)
+        self.recounter = Recounter(settings.root)
         self.tasks: dict[str, dict[str, Any]] = {}
         self.rescan = Timer(settings.rescan_seconds)
         self.recovery = Timer(settings.recover_seconds)
@@ -135,6 +137,7 @@ class Worker:
             self.recover_abandoned(time.time())
             return self.loop()
         finally:
+            self.recounter.join()
             self.committer.close()
             self.stats.flush(time.time(), force=True)
             self.executor.stop()
@@ -228,11 +231,14 @@ class Worker:
         if self.retention is not None and self.retention_timer.due(now):
             self.retention_timer.last = now
             deleted = self.retention.step(list(self.indexes))
-            if deleted:
-                log.info("retention: deleted %d finished task file(s)", deleted)
+            for (queue, state), n in deleted.items():
+                for _ in range(n):
+                    self.stats.record(queue, f"{state}_removed")
+                log.info("retention: deleted %d task(s) from %s/%s", n, queue, state)
         if self.reaping.due(now):
             self.reaping.last = now
             reap_dead_workers(self.settings.root, self.busy_worker_ids())
+            self.recounter.maybe_start(list(self.indexes), now)
             stale = stats.stale_files(self.settings.root, now)
             dead = {w for w in stale if not is_alive(self.settings.root, w)}
             stats.fold_dead(self.settings.root, dead)
@@ -427,6 +433,8 @@ class Worker:
         state = recover(taken, task, dead, policy)
         if state != "finished":
             self.stats.record(index.dirs.name, "recovered")
+        if state == "failed":
+            self.stats.record(index.dirs.name, "failed")
         task_id = task.get("id") if task else taken.name
         log.warning(
             "recovered queue=%s id=%s from dead worker %s -> %s",

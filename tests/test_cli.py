@@ -192,3 +192,15 @@ def test_every_command_has_help(invoke) -> None:
     for command in ("enqueue", "worker", "status", "show", "wait", "up", "supervisor-config"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Usage" in result.stdout
+
+
+def test_wait_for_several_tasks_prints_one_json_line_each(invoke, app: Spool, spool_root) -> None:  # type: ignore[no-untyped-def]
+    good = app.enqueue("add", args=[1, 1])
+    bad = app.enqueue("fail", args=["nope"], max_retries=0)
+    assert run_burst(spool_root).returncode == 0
+    result = invoke("wait", good, bad, "--timeout", "5")
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[0] == {"id": good, "state": "done", "result": 2}
+    assert lines[1]["id"] == bad and lines[1]["state"] == "failed"
+    assert lines[1]["error"]["message"] == "nope"

@@ -29,7 +29,7 @@ def test_a_step_deletes_only_what_is_older_than_its_states_age(spool_root: Path)
         spool_root, "failed", {"old.json": 8 * 86400, "x.error.json": 8 * 86400}
     )
     deleted = Retention(spool_root, {"done": 7 * 86400}).step(["default"])
-    assert deleted == 1
+    assert deleted == {("default", "done"): 1}
     assert names(done) == ["new.json"]
     assert names(failed) == ["old.json", "x.error.json"]  # no age for failed: kept
 
@@ -38,7 +38,8 @@ def test_a_big_directory_is_walked_in_bounded_steps(spool_root: Path, monkeypatc
     monkeypatch.setattr("spool.retention.STEP_ENTRIES", 10)
     done = finished_files(spool_root, "done", {f"t{n}.json": 3600 for n in range(25)})
     retention = Retention(spool_root, {"done": 60})
-    assert [retention.step(["default"]) for _ in range(4)] == [10, 10, 5, 0]
+    steps = [retention.step(["default"]).get(("default", "done"), 0) for _ in range(4)]
+    assert steps == [10, 10, 5, 0]
     assert names(done) == []
 
 

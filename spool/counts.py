@@ -1,0 +1,154 @@
+"""How many tasks done/ and failed/ hold, answered fast even at a million files.
+
+A small directory is counted (names only). A big one (BIG_ENTRIES or more at its last count)
+is counted now and then, and in between its count is carried forward with the counters every
+process keeps of what it put in or took out (see stats):
+
+    count now = count at the last count + (in - out now) - (in - out at the last count)
+
+The last count is kept in <queue>/.counts.json with the directory's mtime at that moment: while
+the mtime is unchanged, the count is exact. Workers count big directories again every
+RECOUNT_SECONDS, in a background thread, one worker at a time, which also corrects what no
+counter saw (files deleted by hand).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from spool.fsio import write_atomic
+from spool.layout import ERROR_SUFFIX, FILE_MODE, QueueDirs
+from spool.stats import QueueStats
+
+BIG_ENTRIES = 50_000
+RECOUNT_SECONDS = 600.0
+BIG_DIRECTORY_BYTES = 1 << 20  # an ext4 directory this size holds some 30,000 names or more
+CACHE = ".counts.json"
+FINISHED = ("done", "failed")
+
+
+def net_added(state: str, stats: QueueStats | None) -> int:
+    """Entries the counters say were added to `state` minus those removed, ever."""
+    if stats is None:
+        return 0
+    c = stats.counts
+    if state == "done":
+        return c["done"] - c["done_removed"]
+    return c["failed"] + c["rejected"] + c["cancelled"] - c["failed_removed"]
+
+
+def count_exact(directory: Path) -> tuple[int, int]:
+    """(tasks, rejection notes) in a state directory; names only, no stat."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0, 0
+    notes = (
+        sum(1 for name in names if name.endswith(ERROR_SUFFIX)) if "failed" in directory.name else 0
+    )
+    hidden = sum(1 for name in names if name.startswith("."))
+    return len(names) - notes - hidden, notes
+
+
+def read_cache(dirs: QueueDirs) -> dict[str, Any]:
+    try:
+        data = json.loads((dirs.base / CACHE).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_cache(dirs: QueueDirs, state: str, entry: Mapping[str, Any]) -> None:
+    data = read_cache(dirs)
+    data[state] = dict(entry)
+    write_atomic(json.dumps(data).encode(), dirs.tmp, dirs.base / CACHE, durable=False)
+
+
+def finished_count(dirs: QueueDirs, state: str, stats: QueueStats | None) -> tuple[int, int]:
+    """(tasks, rejection notes) in done/ or failed/, counted or carried forward."""
+    directory = dirs.state(state)
+    try:
+        mtime_ns = os.stat(directory).st_mtime_ns
+    except FileNotFoundError:
+        return 0, 0
+    cached = read_cache(dirs).get(state)
+    if isinstance(cached, dict) and cached.get("count", 0) >= BIG_ENTRIES:
+        if cached.get("mtime_ns") == mtime_ns:
+            return int(cached["count"]), int(cached.get("notes", 0))
+        carried = int(cached["count"]) + net_added(state, stats) - int(cached.get("net_added", 0))
+        return max(0, carried), int(cached.get("notes", 0))
+    return count_and_remember(dirs, state, stats, mtime_ns)
+
+
+def count_and_remember(
+    dirs: QueueDirs, state: str, stats: QueueStats | None, mtime_ns: int
+) -> tuple[int, int]:
+    """Count exactly; remember the count when the directory is big."""
+    tasks, notes = count_exact(dirs.state(state))
+    if tasks >= BIG_ENTRIES:
+        entry = {"count": tasks, "notes": notes, "mtime_ns": mtime_ns, "counted_at": time.time(),
+                 "net_added": net_added(state, stats)}  # fmt: skip
+        with contextlib.suppress(OSError):  # a read-only status: the next one counts again
+            write_cache(dirs, state, entry)
+    return tasks, notes
+
+
+class Recounter:
+    """A worker's background recount of big, stale done/ and failed/ directories."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.thread: threading.Thread | None = None
+
+    def maybe_start(self, queues: list[str], now: float) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            return
+        stale = [
+            (q, s)
+            for q in queues
+            for s in FINISHED
+            if self.is_stale(QueueDirs(self.root, q), s, now)
+        ]
+        if stale:
+            self.thread = threading.Thread(
+                target=self.recount, args=(stale,), name="spool-recount", daemon=True
+            )
+            self.thread.start()
+
+    def is_stale(self, dirs: QueueDirs, state: str, now: float) -> bool:
+        cached = read_cache(dirs).get(state)
+        if not isinstance(cached, dict):  # never counted: worth it when the directory is big
+            try:
+                return os.stat(dirs.state(state)).st_size >= BIG_DIRECTORY_BYTES
+            except FileNotFoundError:
+                return False
+        if cached.get("count", 0) < BIG_ENTRIES:
+            return False
+        return now - float(cached.get("counted_at", 0.0)) >= RECOUNT_SECONDS
+
+    def recount(self, stale: list[tuple[str, str]]) -> None:
+        from filelock import FileLock, Timeout
+
+        from spool.stats import load_all
+
+        try:
+            with FileLock(str(self.root / ".counts.lock"), mode=FILE_MODE, timeout=0):
+                for queue, state in stale:
+                    dirs = QueueDirs(self.root, queue)
+                    if not self.is_stale(dirs, state, time.time()):
+                        continue  # another worker just did it
+                    mtime_ns = os.stat(dirs.state(state)).st_mtime_ns
+                    count_and_remember(dirs, state, load_all(self.root).get(queue), mtime_ns)
+        except (Timeout, OSError):
+            return
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout=30)
