@@ -9,6 +9,7 @@ task back in incoming/ unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 REAP_SECONDS = 30.0
 OUTCOME_COUNTER = {"done": "done", "retry": "retried", "failed": "failed"}
 POLL_SECONDS = 0.25
-RETENTION_SECONDS = 1.0  # when filesystem events are unavailable
+RETENTION_SECONDS = 1.0
+ERROR_PAUSE_SECONDS = 1.0  # when filesystem events are unavailable
 RESCAN_COST_FACTOR = 20.0
 
 
@@ -183,10 +185,17 @@ class Worker:
         while not self.stopping.is_set():
             self.wakeup.clear()  # clear before looking: an event during the look is kept
             now = time.time()
-            self.stats.flush(now)
-            self.absorb_hints()
-            self.housekeeping(now)
-            self.promote_due(now)
+            try:
+                self.stats.flush(now)
+                self.absorb_hints()
+                self.housekeeping(now)
+                self.promote_due(now)
+            except OSError as exc:  # e.g. a directory made unreadable: log, wait, go on
+                if self.burst:
+                    raise
+                log.error("cannot look at the spool: %s", exc)
+                self.stopping.wait(ERROR_PAUSE_SECONDS)
+                continue
             taken = self.claim_next()
             if taken is not None:
                 self.process(taken)
@@ -323,8 +332,12 @@ class Worker:
             release(taken)
             log.warning("released %s (stopped during the attempt)", fields)
             return
-        state = finish(taken, task, outcome, policy)
-        self.committer.add(taken.hide().path)
+        try:
+            state = finish(taken, task, outcome, policy)
+            self.committer.add(taken.hide().path)
+        except OSError as exc:  # a full or failing disk: the task runs again later
+            self.give_back(taken, f"cannot record the outcome of {fields}: {exc}")
+            return
         self.stats.record(taken.dirs.name, OUTCOME_COUNTER[state], outcome.duration)
         if state == "done":
             log.info("done %s duration=%.3fs", fields, outcome.duration)
@@ -338,6 +351,13 @@ class Worker:
                 error.get("type"),
                 error.get("message"),
             )
+
+    def give_back(self, taken: Claim, why: str) -> None:
+        """Put a claimed task back after an I/O error, and pause a moment before going on."""
+        log.error("%s; the task goes back to incoming/", why)
+        with contextlib.suppress(OSError):
+            release(taken)
+        self.stopping.wait(ERROR_PAUSE_SECONDS)
 
     def read_claimed(self, taken: Claim) -> TaskDict | None:
         """The claimed file as a runnable task, or None after rejecting it to failed/."""

@@ -400,3 +400,24 @@ def test_competing_workers_run_every_task_exactly_once(
     assert max(runs.values()) == 1
     worker_pids = {line.split()[1] for line in log.read_text().splitlines()}
     assert len(worker_pids) >= 2  # they did compete
+
+
+def test_a_worker_that_cannot_record_an_outcome_gives_the_task_back_and_lives(
+    app: Spool,
+    spool_root: Path,
+    tmp_path: Path,
+    start_worker: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    done = spool_root / "default" / "done"
+    task_id = app.enqueue("echo", args=["later"])
+    done.rmdir()
+    done.write_text("not a directory")  # every outcome write fails (ENOTDIR), even as root
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as stderr:
+        worker = start_worker(stderr=stderr.fileno())
+    wait_until(lambda: b"cannot record the outcome" in log.read_bytes(), timeout=15)
+    assert worker.poll() is None
+    done.unlink()
+    done.mkdir()
+    wait_until(lambda: app.state_of(task_id) == "done", timeout=15)
+    assert app.show(task_id)["result"] == "later"
