@@ -21,26 +21,23 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from spool import envelope, stats
+from spool import envelope
 from spool.claim import (
     Claim,
     WorkerLock,
-    abandoned,
     claim,
-    is_alive,
-    kill_orphans,
     new_worker_id,
-    reap_dead_workers,
     release,
 )
 from spool.config import Settings
 from spool.counts import Recounter
 from spool.envelope import FieldError, TaskDict
 from spool.execute import Executor
-from spool.finish import Committer, RetryPolicy, finish, recover, reject
-from spool.fsio import UnreadableFile, list_names, read_regular
+from spool.finish import Committer, RetryPolicy, finish, reject
+from spool.fsio import UnreadableFile, read_regular
 from spool.index import QueueIndex
-from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs, split_processing
+from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
+from spool.recovery import Recovery
 from spool.retention import Retention
 from spool.stats import WorkerStats
 from spool.watch import Watcher
@@ -93,13 +90,15 @@ class Worker:
         )
         self.retention_timer = Timer(RETENTION_SECONDS)
         self.recounter = Recounter(settings.root)
+        self.recoverer = Recovery(
+            settings.root, self.worker_id, settings.max_file_bytes, self.known_policy, self.stats
+        )
         self.tasks: dict[str, dict[str, Any]] = {}
         self.rescan = Timer(settings.rescan_seconds)
         self.recovery = Timer(settings.recover_seconds)
         self.reaping = Timer(REAP_SECONDS)
         self.polling = False
         self.poll_gap = POLL_SECONDS
-        self.orphans_killed: set[str] = set()
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -136,7 +135,8 @@ class Worker:
                 ", ".join(queues) if self.fixed_queues else "all",
                 ", ".join(sorted(self.tasks)) or "none",
             )
-            self.recover_abandoned(time.time())
+            self.recovery.last = time.time()
+            self.recoverer.run(self.indexes.values())
             return self.loop()
         finally:
             self.recounter.join()
@@ -236,7 +236,8 @@ class Worker:
         if not self.burst and (self.rescan.due(now) or polled):
             self.rescan_all(now)
         if self.recovery.due(now):
-            self.recover_abandoned(now)
+            self.recovery.last = now
+            self.recoverer.run(self.indexes.values())
         if self.retention is not None and self.retention_timer.due(now):
             self.retention_timer.last = now
             deleted = self.retention.step(list(self.indexes))
@@ -246,11 +247,8 @@ class Worker:
                 log.info("retention: deleted %d task(s) from %s/%s", n, queue, state)
         if self.reaping.due(now):
             self.reaping.last = now
-            reap_dead_workers(self.settings.root, self.busy_worker_ids())
+            self.recoverer.reap(now)
             self.recounter.maybe_start(list(self.indexes), now)
-            stale = stats.stale_files(self.settings.root, now)
-            dead = {w for w in stale if not is_alive(self.settings.root, w)}
-            stats.fold_dead(self.settings.root, dead)
 
     def rescan_all(self, now: float) -> None:
         self.discover_queues()
@@ -411,6 +409,10 @@ class Worker:
             int(max_retries), float(backoff), s.retry_backoff_max_seconds, s.retry_jitter
         )
 
+    def known_policy(self, task: TaskDict) -> RetryPolicy | None:
+        """The retry policy of a task this worker can run; None for an unknown task."""
+        return self.policy_for(task) if task["task"] in self.tasks else None
+
     def timeout_for(self, task: TaskDict) -> float:
         options = self.tasks.get(task["task"], {})
         return float(
@@ -421,59 +423,6 @@ class Worker:
         return f"queue={taken.dirs.name} id={task['id']} task={task['task']} attempt={attempt}"
 
     # ---- dead workers ------------------------------------------------------------------
-
-    def recover_abandoned(self, now: float) -> None:
-        """Send the claims of dead workers back (or to failed/ when their attempts are used)."""
-        self.recovery.last = now
-        alive: dict[str, bool] = {}
-        for index in list(self.indexes.values()):
-            for taken, dead in abandoned(index.dirs, self.worker_id, alive):
-                try:
-                    self.recover_one(index, taken, dead)
-                except OSError as exc:
-                    log.error("cannot recover %s: %s", taken.name, exc)
-        for worker_id, lives in alive.items():
-            if not lives and worker_id not in self.orphans_killed:
-                self.orphans_killed.add(worker_id)
-                kill_orphans(self.settings.root, worker_id)
-
-    def recover_one(self, index: QueueIndex, taken: Claim, dead: str) -> None:
-        task: TaskDict | None
-        try:
-            data, _ = read_regular(taken.path, self.settings.max_file_bytes)
-            task = envelope.parse_task_bytes(data)
-        except (UnreadableFile, FieldError, OSError):
-            task = None
-        known = task is not None and task["task"] in self.tasks
-        if task is not None:
-            mtime = os.lstat(taken.path).st_mtime
-            task.setdefault("id", envelope.id_of_name(taken.name, mtime))
-            task.setdefault("enqueued_at", mtime)
-        policy = self.policy_for(task) if task is not None and known else None
-        state = recover(taken, task, dead, policy)
-        if state != "finished":
-            self.stats.record(index.dirs.name, "recovered")
-        if state == "failed":
-            self.stats.record(index.dirs.name, "failed")
-        task_id = task.get("id") if task else taken.name
-        log.warning(
-            "recovered queue=%s id=%s from dead worker %s -> %s",
-            index.dirs.name,
-            task_id,
-            dead,
-            state,
-        )
-        if state == "incoming":
-            index.add_ready(taken.name)
-
-    def busy_worker_ids(self) -> set[str]:
-        owners = set()
-        for queue in existing_queues(self.settings.root):
-            for entry in list_names(self.settings.root / queue / "processing"):
-                parts = split_processing(entry)
-                if parts:
-                    owners.add(parts[1])
-        return owners
 
 
 def first(*values: Any) -> Any:

@@ -1,0 +1,97 @@
+"""Recovery: what a worker does about other workers that died.
+
+Every `recover_seconds` it takes over the claims of dead workers (see claim.abandoned) and sends
+each task back to incoming/ with attempts + 1, or to failed/ when its attempts are used up, or
+drops the claim when the task's outcome was already written; it kills what a dead worker's
+handler left running. Every half minute it deletes the lock and info files of dead workers that
+own no claim, and folds their counts into the archive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from spool import envelope, stats
+from spool.claim import Claim, abandoned, is_alive, kill_orphans, reap_dead_workers
+from spool.envelope import FieldError, TaskDict
+from spool.finish import RetryPolicy, recover
+from spool.fsio import UnreadableFile, list_names, read_regular
+from spool.index import QueueIndex
+from spool.layout import existing_queues, split_processing
+from spool.stats import WorkerStats
+
+log = logging.getLogger(__name__)
+
+
+class Recovery:
+    """One worker's recovery of the others' claims."""
+
+    def __init__(
+        self,
+        root: Path,
+        worker_id: str,
+        max_file_bytes: int,
+        policy_for: Callable[[TaskDict], RetryPolicy | None],
+        counts: WorkerStats,
+    ) -> None:
+        self.root, self.worker_id, self.max_file_bytes = root, worker_id, max_file_bytes
+        self.policy_for, self.counts = policy_for, counts
+        self.orphans_killed: set[str] = set()
+
+    def run(self, indexes: Iterable[QueueIndex]) -> None:
+        """Send the claims of dead workers back (or to failed/ when their attempts are used)."""
+        alive: dict[str, bool] = {}
+        for index in list(indexes):
+            for taken, dead in abandoned(index.dirs, self.worker_id, alive):
+                try:
+                    self.recover_one(index, taken, dead)
+                except OSError as exc:
+                    log.error("cannot recover %s: %s", taken.name, exc)
+        for worker_id, lives in alive.items():
+            if not lives and worker_id not in self.orphans_killed:
+                self.orphans_killed.add(worker_id)
+                kill_orphans(self.root, worker_id)
+
+    def recover_one(self, index: QueueIndex, taken: Claim, dead: str) -> None:
+        task: TaskDict | None
+        try:
+            data, _ = read_regular(taken.path, self.max_file_bytes)
+            task = envelope.parse_task_bytes(data)
+        except (UnreadableFile, FieldError, OSError):
+            task = None
+        if task is not None:
+            mtime = os.lstat(taken.path).st_mtime
+            task.setdefault("id", envelope.id_of_name(taken.name, mtime))
+            task.setdefault("enqueued_at", mtime)
+        state = recover(taken, task, dead, self.policy_for(task) if task is not None else None)
+        queue = index.dirs.name
+        if state != "finished":
+            self.counts.record(queue, "recovered")
+        if state == "failed":
+            self.counts.record(queue, "failed")
+        task_id = task.get("id") if task else taken.name
+        log.warning(
+            "recovered queue=%s id=%s from dead worker %s -> %s", queue, task_id, dead, state
+        )
+        if state == "incoming":
+            index.add_ready(taken.name)
+
+    def reap(self, now: float) -> None:
+        """Delete dead workers' files once they own no claim; fold their counts."""
+        reap_dead_workers(self.root, busy_worker_ids(self.root))
+        stale = stats.stale_files(self.root, now)
+        stats.fold_dead(self.root, {w for w in stale if not is_alive(self.root, w)})
+
+
+def busy_worker_ids(root: Path) -> set[str]:
+    """Workers that own a claim (or a committed claim) in any queue."""
+    owners = set()
+    for queue in existing_queues(root):
+        for entry in list_names(root / queue / "processing"):
+            parts = split_processing(entry.removeprefix("."))
+            if parts:
+                owners.add(parts[1])
+    return owners
