@@ -65,9 +65,13 @@ def read_cache(dirs: QueueDirs) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def write_cache(dirs: QueueDirs, state: str, entry: Mapping[str, Any]) -> None:
+def write_cache(dirs: QueueDirs, state: str, entry: Mapping[str, Any] | None) -> None:
+    """Remember (or, with None, forget) the count of one state directory."""
     data = read_cache(dirs)
-    data[state] = dict(entry)
+    if entry is None:
+        data.pop(state, None)
+    else:
+        data[state] = dict(entry)
     write_atomic(json.dumps(data).encode(), dirs.tmp, dirs.base / CACHE, durable=False)
 
 
@@ -97,6 +101,9 @@ def count_and_remember(
                  "net_added": net_added(state, stats)}  # fmt: skip
         with contextlib.suppress(OSError):  # a read-only status: the next one counts again
             write_cache(dirs, state, entry)
+    elif state in read_cache(dirs):  # it became small: count it every time again
+        with contextlib.suppress(OSError):
+            write_cache(dirs, state, None)
     return tasks, notes
 
 

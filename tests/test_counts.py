@@ -86,3 +86,19 @@ def test_a_worker_counts_a_big_directory_it_never_counted(
     recounter.maybe_start(["default"], now=0.0)
     recounter.join()
     assert counts.read_cache(QueueDirs(spool_root, "default"))["done"]["count"] == 12
+
+
+def test_a_directory_that_became_small_is_counted_every_time_again(
+    spool_root: Path, big: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finish_tasks(spool_root, stats.WorkerStats(spool_root, "w1"), 0, 12)
+    assert done_count(spool_root) == 12
+    done = spool_root / "default" / "done"
+    for name in sorted(os.listdir(done))[:8]:
+        os.unlink(done / name)
+    monkeypatch.setattr(counts, "RECOUNT_SECONDS", 0.0)
+    recounter = counts.Recounter(spool_root)
+    recounter.maybe_start(["default"], now=1e10)
+    recounter.join()
+    assert "done" not in counts.read_cache(QueueDirs(spool_root, "default"))
+    assert done_count(spool_root) == 4
