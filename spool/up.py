@@ -200,7 +200,7 @@ def announce(settings: Settings, plan: Plan) -> None:
         f"  root     {settings.root.absolute()}",
         f"  config   {config} (tasks: {', '.join(settings.tasks)})",
         f"  socket   {plan.socket or 'see ' + conf}",
-        f"  logs     {plan.log_dir}/ (supervisord.log, {PROGRAM}-NN.log)",
+        f"  logs     {plan.log_dir}/ (supervisord.log, {PROGRAM}-NN.log, spool-scheduler.log)",
         f"  control  {control_command(plan)} status",
         f"Ctrl-C stops the workers after their running tasks (up to "
         f"{stop_wait_seconds(plan.longest_timeout)} s); press it again to stop them now.",
