@@ -1,4 +1,4 @@
-"""`python -m bench core [--quick]` and `python -m bench profile` (run from the project dir)."""
+"""`python -m bench core|compare [--quick]` and `python -m bench profile` (from the project dir)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--tmp", help="parent of the scratch directory")
     prof.add_argument("--keep", action="store_true", help="keep the scratch directory")
     prof.add_argument("--no-strace", action="store_true", help="skip the syscall count run")
+    comp = sub.add_parser("compare", help="spool side by side with Celery, huey, RQ, raw files")
+    comp.add_argument("--quick", action="store_true", help="one repetition, small sizes")
+    comp.add_argument("--reps", type=int, help="repetitions (default 3, 1 with --quick)")
+    comp.add_argument("--only", help="comma-separated systems (default all)")
+    comp.add_argument(
+        "--out", type=Path, help="markdown output (default bench/RESULTS.md, -quick.md)"
+    )
+    comp.add_argument("--tmp", help="parent of the scratch directory")
+    comp.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        from bench.peers import run_compare
+
+        return run_compare(args, argv)
     if args.command == "core":
         from bench.core import run_core
 
