@@ -733,13 +733,8 @@ def write_markdown(
     seconds: float,
     version: str,
 ) -> None:
-    command = "/work/main/.venv/bin/python -m bench " + " ".join(argv)
     body = [
-        "# spool core figures",
-        "",
-        f"Command (from the project directory): `{command}`",
-        "",
-        f"- when: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; took {seconds:.0f} s",
+        *report_header("spool core figures", argv, seconds),
         f"- machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; spool roots under "
         f"{tmp.parent} ({fs_type(str(tmp))})",
         f"- code: {version}",
@@ -812,3 +807,15 @@ def run_core(
     write_markdown(out, results, sizes, quick, argv, lab.base, seconds, version)
     print(f"wrote {out}")
     return 0
+
+
+def report_header(title: str, argv: list[str], seconds: float) -> list[str]:
+    """The first lines of a results file: title, the command, when and how long."""
+    command = ".venv/bin/python -m bench " + " ".join(argv)
+    return [
+        f"# {title}",
+        "",
+        f"Command (from the project directory): `{command}`",
+        "",
+        f"- when: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; took {seconds:.0f} s",
+    ]

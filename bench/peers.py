@@ -678,13 +678,10 @@ def run_compare(args: Any, argv: list[str]) -> int:
 def write_markdown(
     path: Path, rows: list[list[str]], sizes: Sizes, argv: list[str], seconds: float, loads: list
 ) -> None:
-    command = "/work/main/.venv/bin/python -m bench " + " ".join(argv)
     body = [
-        "# spool side by side with Celery, huey, RQ and the raw limit",
-        "",
-        f"Command (from the project directory): `{command}`",
-        "",
-        f"- when: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; took {seconds:.0f} s",
+        *core.report_header(
+            "spool side by side with Celery, huey, RQ and the raw limit", argv, seconds
+        ),
         f"- code: {core.code_version()}",
         *[f"- {v}" for v in versions()],
         f"- sizes: {sizes}",
