@@ -50,9 +50,7 @@ def count_exact(directory: Path) -> tuple[int, int]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return 0, 0
-    notes = (
-        sum(1 for name in names if name.endswith(ERROR_SUFFIX)) if "failed" in directory.name else 0
-    )
+    notes = sum(1 for name in names if name.endswith(ERROR_SUFFIX))  # (only failed/ has them)
     hidden = sum(1 for name in names if name.startswith("."))
     return len(names) - notes - hidden, notes
 

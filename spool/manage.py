@@ -8,6 +8,7 @@ worker does), so it never races a worker: whoever renames first owns the task.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from spool.fsio import UnreadableFile, read_regular, write_atomic
 from spool.layout import ERROR_SUFFIX, QueueDirs, canonical_name, existing_queues, split_delayed
 from spool.lookup import READ_LIMIT, Found, locate
 from spool.producer import CLOCK, release_unique_key
+from spool.retention import is_older, remove
 
 FINISHED_KEYS = (
     "result",
@@ -193,6 +195,7 @@ def purge(
     now = time.time() if now is None else now
     result = PurgeResult()
     removed: dict[tuple[str, str], int] = {}
+    cutoff = math.inf if older_than_seconds is None else now - older_than_seconds
     for name in [queue] if queue else existing_queues(root):
         directory = QueueDirs(root, name).state(state)
         try:
@@ -201,29 +204,13 @@ def purge(
             continue
         with entries:
             for entry in entries:
-                if entry.name.startswith("."):
+                if not is_older(entry, cutoff):
                     continue
-                if older_than_seconds is not None:
-                    try:
-                        age = now - entry.stat(follow_symlinks=False).st_mtime
-                    except FileNotFoundError:
-                        continue
-                    if age < older_than_seconds:
-                        continue
                 result.matched += 1
-                if not dry_run:
-                    try:
-                        os.unlink(entry.path)
-                        result.deleted += 1
-                        if not entry.name.endswith(ERROR_SUFFIX):
-                            removed[(name, state)] = removed.get((name, state), 0) + 1
-                    except FileNotFoundError:
-                        pass
-                    except IsADirectoryError:  # a rejected directory named *.json
-                        import shutil
-
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                        result.deleted += 1
+                if not dry_run and remove(entry):
+                    result.deleted += 1
+                    if not entry.name.endswith(ERROR_SUFFIX):
+                        removed[(name, state)] = removed.get((name, state), 0) + 1
                 if progress is not None:
                     progress(1)
     if removed:

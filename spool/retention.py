@@ -7,8 +7,8 @@ every served queue with scandir, resuming where the previous step stopped.
 
 from __future__ import annotations
 
-import contextlib
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -56,7 +56,8 @@ class Retention:
                 self.walks[key] = entries
                 for entry in entries:
                     budget -= 1
-                    if delete_if_older(entry, now - age) and not entry.name.endswith(ERROR_SUFFIX):
+                    removed = is_older(entry, now - age) and remove(entry)
+                    if removed and not entry.name.endswith(ERROR_SUFFIX):
                         deleted[key] = deleted.get(key, 0) + 1
                     if budget <= 0:
                         break
@@ -74,16 +75,23 @@ class Retention:
             return
 
 
-def delete_if_older(entry: os.DirEntry[str], cutoff: float) -> int:
+def is_older(entry: os.DirEntry[str], cutoff: float) -> bool:
+    """Whether a visible entry last changed before `cutoff` (False if it is gone)."""
     if entry.name.startswith("."):
-        return 0
-    with contextlib.suppress(FileNotFoundError):
-        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-            if entry.is_dir(follow_symlinks=False):  # a rejected directory named *.json
-                import shutil
+        return False
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime < cutoff
+    except FileNotFoundError:
+        return False
 
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                os.unlink(entry.path)
-            return 1
-    return 0
+
+def remove(entry: os.DirEntry[str]) -> bool:
+    """Delete a finished entry: a file, or a rejected directory named *.json."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            os.unlink(entry.path)
+    except FileNotFoundError:
+        return False
+    return True

@@ -11,28 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from spool.claim import live_workers
-from spool.counts import finished_count
-from spool.layout import CANONICAL_RE, ERROR_SUFFIX, QueueDirs, existing_queues
+from spool.counts import count_exact, finished_count
+from spool.layout import CANONICAL_RE, QueueDirs, existing_queues
 from spool.stats import QueueStats, load_all
-
-
-def count_entries(directory: Path) -> tuple[int, int]:
-    """(tasks, rejection notes) in a state directory; names only, no stat."""
-    tasks = notes = 0
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return 0, 0
-    with entries:
-        for entry in entries:
-            name = entry.name
-            if name.startswith("."):
-                continue
-            if name.endswith(ERROR_SUFFIX):
-                notes += 1
-            else:
-                tasks += 1
-    return tasks, notes
 
 
 def waiting(incoming: Path) -> tuple[int, float | None]:
@@ -63,7 +44,7 @@ def queue_status(dirs: QueueDirs, now: float, stats: QueueStats | None = None) -
     counts: dict[str, Any] = {}
     counts["incoming"], oldest = waiting(dirs.incoming)
     for state in ("delayed", "processing"):
-        counts[state] = count_entries(dirs.state(state))[0]
+        counts[state] = count_exact(dirs.state(state))[0]
     counts["done"] = finished_count(dirs, "done", stats)[0]
     failed, rejected = finished_count(dirs, "failed", stats)
     counts["failed"] = failed
