@@ -7,6 +7,7 @@ it is, so producers may carry their own metadata.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import math
@@ -54,6 +55,17 @@ def format_compact(instant: float) -> str:
     whole = math.floor(instant)
     micros = round((instant - whole) * 1_000_000) % 1_000_000
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole)) + f"{micros:06d}"
+
+
+def parse_compact(text: str) -> float | None:
+    """The instant format_compact wrote (its first 21 characters), or None."""
+    if len(text) < 21 or not text[15:21].isdigit():
+        return None
+    try:
+        whole = time.strptime(text[:15], "%Y%m%dT%H%M%S")
+    except ValueError:
+        return None
+    return calendar.timegm(whole) + int(text[15:21]) / 1_000_000
 
 
 def is_valid_id(value: str) -> bool:

@@ -31,7 +31,7 @@ from filelock import FileLock
 
 from spool import producer
 from spool.config import Settings
-from spool.envelope import format_compact
+from spool.envelope import format_compact, parse_compact
 from spool.errors import ConfigError, SpoolError
 from spool.fsio import fsync_dir, list_names, write_atomic, write_file
 from spool.layout import FILE_MODE, ensure_dir
@@ -155,7 +155,7 @@ def recover_unsent(settings: Settings, entry: Entry, now: float) -> int:
             marker = directory / name
             if Path(f"{marker}.sent").exists():
                 continue
-            slot = slot_of_marker(name)
+            slot = parse_compact(name)
             if slot is None:
                 continue
             if locate(settings.root, entry.task_id(slot), [entry.queue]) is None:
@@ -165,24 +165,13 @@ def recover_unsent(settings: Settings, entry: Entry, now: float) -> int:
     return recovered
 
 
-def slot_of_marker(name: str) -> float | None:
-    try:
-        whole = time.strptime(name[:15], "%Y%m%dT%H%M%S")
-        micros = int(name[15:21])
-    except ValueError:
-        return None
-    import calendar
-
-    return calendar.timegm(whole) + micros / 1_000_000
-
-
 def prune_markers(root: Path, entry: Entry, now: float) -> None:
     """Delete markers of slots long past (the `last` file keeps the latest fired slot)."""
     directory = schedule_dir(root, entry.name)
     horizon = now - KEEP_MARKERS_SECONDS
     for name in list_names(directory):
         base = name.removesuffix(".sent")
-        slot = slot_of_marker(base) if not base.startswith(".") and base != "last" else None
+        slot = parse_compact(base) if not base.startswith(".") and base != "last" else None
         if slot is not None and slot < horizon and (directory / f"{base}.sent").exists():
             (directory / name).unlink(missing_ok=True)
 
