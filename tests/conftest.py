@@ -15,6 +15,7 @@ import pytest
 
 from spool import Spool
 from spool.config import load_settings
+from tests.mosquitto import Broker, mosquitto_binary
 
 TESTS_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = TESTS_DIR.parent
@@ -114,3 +115,17 @@ def no_leaked_threads() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not leaked, f"threads leaked: {leaked}"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    """A real Mosquitto broker on a free 127.0.0.1 port (skipped if Mosquitto is not installed)."""
+    binary = mosquitto_binary()
+    if binary is None:
+        pytest.skip("mosquitto is not installed (.ci/run installs it)")
+    broker = Broker(tmp_path / "mosquitto", binary)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
