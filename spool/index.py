@@ -4,6 +4,10 @@ Built from directory listings (names only) and kept current by event hints, so c
 next task never lists the directory. Entries are hints too: a name another worker already
 took fails its claim with ENOENT and is dropped.
 
+Delayed tasks: only the DELAYED_WINDOW earliest are held (a bounded heap built by streaming
+the directory listing), so a worker's memory does not grow with 100,000 tasks scheduled for
+next week; when the held ones are used up the window is built again from the directory.
+
 Order: the canonical incoming name starts with 9-priority and the enqueue time in µs, fixed
 width, so sorting names sorts the queue. A dropped file with another name is read once
 (no-follow, size-limited) to learn its priority; its enqueue time is its mtime.
@@ -21,6 +25,8 @@ from spool.envelope import FieldError
 from spool.fsio import UnreadableFile, list_names, read_regular
 from spool.layout import CANONICAL_RE, QueueDirs, is_task_name, split_delayed
 
+DELAYED_WINDOW = 1000
+
 
 @dataclass
 class QueueIndex:
@@ -32,6 +38,8 @@ class QueueIndex:
     ready_names: set[str] = field(default_factory=set)
     delayed: list[tuple[int, str]] = field(default_factory=list)  # (due µs, entry)
     delayed_names: set[str] = field(default_factory=set)
+    # None: every delayed entry is held; else entries due after this (µs) may be on disk only
+    delayed_limit: int | None = None
     paused: bool = False  # as of the last rescan (or pause event)
 
     def add_ready(self, name: str) -> None:
@@ -47,8 +55,39 @@ class QueueIndex:
         parts = split_delayed(entry)
         if parts is None or entry in self.delayed_names:
             return
+        due = parts[0]
+        if self.delayed_limit is not None and due > self.delayed_limit:
+            return  # beyond the held window: the next window build finds it
+        if len(self.delayed) >= 2 * DELAYED_WINDOW:
+            self.delayed_limit = due if self.delayed_limit is None else min(due, self.delayed_limit)
+            return
         self.delayed_names.add(entry)
-        heapq.heappush(self.delayed, (parts[0], entry))
+        heapq.heappush(self.delayed, (due, entry))
+
+    def rescan_delayed(self) -> None:
+        """Hold the DELAYED_WINDOW earliest entries of delayed/ (one streamed listing)."""
+        window: list[tuple[int, str]] = []  # (-due, entry): a max-heap of the earliest ones
+        total = 0
+        try:
+            listing = os.scandir(self.dirs.delayed)
+        except FileNotFoundError:
+            listing = None
+        if listing is not None:
+            with listing:
+                for item in listing:
+                    parts = split_delayed(item.name)
+                    if parts is None:
+                        continue
+                    total += 1
+                    candidate = (-parts[0], item.name)
+                    if len(window) < DELAYED_WINDOW:
+                        heapq.heappush(window, candidate)
+                    elif candidate > window[0]:
+                        heapq.heapreplace(window, candidate)
+        self.delayed = [(-due, entry) for due, entry in window]
+        heapq.heapify(self.delayed)
+        self.delayed_names = {entry for _, entry in window}
+        self.delayed_limit = -window[0][0] if total > len(window) else None
 
     def rescan(self) -> None:
         """Bring both views up to date with the directories (names only).
@@ -62,11 +101,7 @@ class QueueIndex:
             self.ready, self.ready_names = only_present(self.ready, present)
         for name in present - self.ready_names:
             self.add_ready(name)
-        entries = set(list_names(self.dirs.delayed))
-        if len(self.delayed_names - entries) > len(entries):
-            self.delayed, self.delayed_names = only_present(self.delayed, entries)
-        for entry in entries - self.delayed_names:
-            self.add_delayed(entry)
+        self.rescan_delayed()
 
     def peek_ready(self) -> str | None:
         return self.ready[0][0] if self.ready else None
@@ -79,7 +114,9 @@ class QueueIndex:
         return name
 
     def pop_due(self, now_us: int) -> list[str]:
-        """Delayed entries due by `now_us`, earliest first."""
+        """Delayed entries due by `now_us`, earliest first (at most one window's worth)."""
+        if self.delayed_limit is not None and now_us >= self.delayed_limit:
+            self.rescan_delayed()  # the held window is used up: take the next one
         due = []
         while self.delayed and self.delayed[0][0] <= now_us:
             _, entry = heapq.heappop(self.delayed)
@@ -88,7 +125,11 @@ class QueueIndex:
         return due
 
     def next_due_us(self) -> int | None:
-        return self.delayed[0][0] if self.delayed else None
+        """When the earliest held entry falls due, or the window must be built again."""
+        due = self.delayed[0][0] if self.delayed else None
+        if self.delayed_limit is not None and (due is None or self.delayed_limit < due):
+            return self.delayed_limit
+        return due
 
     def sort_key(self, name: str) -> str | None:
         """The name itself when canonical; else built from the file's priority and mtime."""

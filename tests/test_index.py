@@ -1,0 +1,79 @@
+"""A worker's view of delayed tasks holds a bounded window, yet every task runs, earliest first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spool import Spool
+from spool.index import DELAYED_WINDOW, QueueIndex
+from spool.layout import canonical_name, delayed_name, queue_dirs
+from tests.conftest import names, wait_until
+from tests.test_worker import Starter
+
+BASE_US = 1_800_000_000_000_000
+
+
+def put_delayed(index: QueueIndex, due_us: int, n: int) -> str:
+    entry = delayed_name(due_us, canonical_name(0, due_us, f"t{n:06d}"))
+    (index.dirs.delayed / entry).write_bytes(b"{}")
+    return entry
+
+
+def make_index(spool_root: Path) -> QueueIndex:
+    return QueueIndex(queue_dirs(spool_root, "default").create(), max_file_bytes=1 << 20)
+
+
+def drain_due(index: QueueIndex, now_us: int) -> list[str]:
+    """Pop what is due the way a worker does, moving each entry out of delayed/."""
+    popped: list[str] = []
+    while batch := index.pop_due(now_us):
+        for entry in batch:
+            (index.dirs.delayed / entry).unlink()
+        popped += batch
+    return popped
+
+
+def test_the_window_is_bounded_and_hands_out_every_entry_in_due_order(spool_root: Path) -> None:
+    index = make_index(spool_root)
+    total = 2 * DELAYED_WINDOW + 500
+    entries = [put_delayed(index, BASE_US + i * 1000, i) for i in reversed(range(total))]
+    index.rescan()
+    assert len(index.delayed) == DELAYED_WINDOW
+    assert index.next_due_us() == BASE_US
+
+    popped = drain_due(index, BASE_US + (total - 1) * 1000)
+
+    assert popped == sorted(entries)
+    assert index.next_due_us() is None
+    assert len(index.delayed) == 0
+
+
+def test_a_new_entry_beyond_the_window_waits_on_disk_and_is_found_later(
+    spool_root: Path,
+) -> None:
+    index = make_index(spool_root)
+    for i in range(DELAYED_WINDOW + 10):
+        put_delayed(index, BASE_US + i * 1000, i)
+    index.rescan()
+    late = put_delayed(index, BASE_US + 10**9, 999_999)
+    early = put_delayed(index, BASE_US - 1000, 999_998)
+    index.add_delayed(late)
+    index.add_delayed(early)
+    assert late not in index.delayed_names  # beyond the window: not held
+    assert index.next_due_us() == BASE_US - 1000
+
+    popped = drain_due(index, BASE_US + 10**9)
+
+    assert popped[0] == early
+    assert popped[-1] == late
+    assert len(popped) == DELAYED_WINDOW + 12
+
+
+def test_more_delayed_tasks_than_the_window_all_run(app: Spool, start_worker: Starter) -> None:
+    total = DELAYED_WINDOW + 200
+    ids = app.enqueue_many([{"task": "noop", "delay": 1.0} for _ in range(total)])
+    assert len(names(app.settings.root / "default" / "delayed")) == total
+    start_worker()
+    done = app.settings.root / "default" / "done"
+    wait_until(lambda: len(names(done)) == total, timeout=60, interval=0.1)
+    assert sorted(n.removesuffix(".json") for n in names(done)) == sorted(ids)
