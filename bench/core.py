@@ -548,6 +548,58 @@ def measure_claims(lab: Lab, sizes: Sizes, big: BigBacklog) -> dict[str, float]:
     return out
 
 
+# ---- 5. memory with many delayed tasks ------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def idle_worker(lab: Lab, delayed: int, idle_seconds: float) -> tuple[float, float]:
+    """(RSS MiB, CPU % of one core over `idle_seconds`) of a resident worker's parent process,
+    idle over a queue holding `delayed` tasks due in an hour, once its RSS has settled."""
+    root = lab.root(f"delayed-{delayed}")
+    app = Spool(root=root)
+    left = delayed
+    while left > 0:
+        take = min(10_000, left)
+        app.enqueue_many([{"task": "noop", "delay": 3600 + i} for i in range(take)])
+        left -= take
+    proc = lab.worker(root)
+    try:
+        warm = app.enqueue("noop")
+        wait_for(lambda: done_path(root, warm).exists(), 60, 0.01, "the worker to start")
+        last, steady = 0, 0
+        deadline = time.monotonic() + 60
+        while steady < 10 and time.monotonic() < deadline:  # settled: same RSS for 1 s
+            time.sleep(0.1)
+            now = rss_kib(proc.pid)
+            steady = steady + 1 if now == last else 0
+            last = now
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(idle_seconds)
+        cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
+        return rss_kib(proc.pid) / 1024, cpu * 100
+    finally:
+        stop(proc)
+
+
+def measure_delayed_memory(lab: Lab, big: int, idle_seconds: float = 5.0) -> dict[str, float]:
+    small_rss, small_cpu = idle_worker(lab, 100, idle_seconds)
+    big_rss, big_cpu = idle_worker(lab, big, idle_seconds)
+    return {
+        "rss_small": small_rss,
+        "rss_big": big_rss,
+        "rss_ratio": big_rss / small_rss,
+        "idle_cpu_small": small_cpu,
+        "idle_cpu_big": big_cpu,
+    }
+
+
 # ---- running and reporting ----------------------------------------------------------------
 
 

@@ -27,7 +27,13 @@ Workloads (the same for all; repeated, median and min-max; smaller with --quick)
    latency = handler start (time.time() taken in the handler) minus the moment the producer's
    enqueue call returned. spool's `stamp` handler returns it (it lands in the done file); the
    peers' handlers append `tag time pid` to a per-process file (bench/peer_tasks).
+4. 2,000 tasks that each sleep 5 ms, queued first, 2 workers: from the first handler start to
+   the last finish, and that over the ideal (2,000 x 5 ms / 2 = 5.0 s).
+5. scale (spool against itself): claim rate of one resident worker with <= 100 tasks waiting
+   (rounds of 100) and with 100,000 waiting (bench/core.py's claim measurements); RSS and CPU
+   of an idle resident worker over a queue of 100 and of 100,000 tasks delayed by an hour.
 A peer's task that never ran (no mark within a stall timeout) is counted as lost.
+Repetitions alternate the order of the systems, so none always runs first on a fresh disk.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from typing import Any
 
 from bench import core, peer_tasks, raw
 from bench.core import Lab, pct
+from spool import Spool
 
 BENCH_DIR = core.BENCH_DIR
 PROJECT_DIR = core.PROJECT_DIR
@@ -66,10 +73,13 @@ class Sizes:
     gap: float
     stall: float  # seconds without progress before the rest counts as lost
     disk_wait: float
+    sleepy: int  # tasks of 5 ms each
+    big: int  # waiting / delayed tasks of the scale workload
 
 
-FULL = Sizes(3, 5000, 5000, 5000, 1000, 200, 0.020, 20.0, 20.0)
-QUICK = Sizes(1, 300, 1000, 500, 150, 40, 0.020, 8.0, 0.0)
+FULL = Sizes(3, 5000, 5000, 5000, 1000, 200, 0.020, 20.0, 20.0, 2000, 100_000)
+QUICK = Sizes(1, 300, 1000, 500, 150, 40, 0.020, 8.0, 0.0, 200, 5_000)
+SLEEP = 0.005  # seconds each sleep5 task waits
 
 SYSTEMS = ["spool", "raw", "celery-fs", "huey-file", "huey-sqlite", "rq-simple", "rq-fork"]
 METRICS = [
@@ -80,8 +90,19 @@ METRICS = [
     ("drain_steady", "drain, 2 workers, first -> last start", "tasks/s", True),
     ("lat_p50", "idle pick-up p50 (enqueue returned -> handler start)", "ms", False),
     ("lat_p99", "idle pick-up p99", "ms", False),
-    ("lost", "tasks lost (drain + latency)", "tasks", False),
+    ("sleepy_s", "5 ms tasks, 2 workers, first start -> last finish", "s", False),
+    ("sleepy_x", "  same, / ideal (n x 5 ms / 2)", "x", False),
+    ("claim_small", "claim rate, 1 worker, <= 100 waiting", "tasks/s", True),
+    ("claim_big", "claim rate, 1 worker, 100,000 waiting", "tasks/s", True),
+    ("claim_ratio", "  ratio 100,000 / 100 waiting", "x", True),
+    ("rss_small", "worker RSS, 100 delayed tasks", "MiB", False),
+    ("rss_big", "worker RSS, 100,000 delayed tasks", "MiB", False),
+    ("rss_ratio", "  ratio 100,000 / 100 delayed", "x", False),
+    ("idle_cpu_small", "idle worker CPU, 100 delayed", "%", False),
+    ("idle_cpu_big", "idle worker CPU, 100,000 delayed", "%", False),
+    ("lost", "tasks lost (drain + latency + 5 ms tasks)", "tasks", False),
 ]
+WORKLOADS = ("enqueue", "drain", "latency", "sleepy", "scale")
 NOTES: list[str] = []
 
 
@@ -207,6 +228,8 @@ class System:
     name = ""
     has_bulk = False
     has_latency = True
+    has_sleepy = True
+    has_scale = False  # workload 5 is spool's own scaling (ratios of spool to itself)
 
     def __init__(self, lab: Lab, sizes: Sizes) -> None:
         self.lab = lab
@@ -272,6 +295,30 @@ class System:
             "lost": max(0, n - got),
         }
 
+    def sleepy_size(self) -> int:
+        return min(self.sizes.sleepy, self.drain_size())
+
+    def sleepy(self) -> dict[str, float]:
+        n = self.sleepy_size()
+        where, marks = self.dirs("sleepy")
+        one, _ = self.producer(where)
+        for _ in range(n):
+            one("sleep5", "-")
+        procs = Procs(self.lab, f"{self.name}-sleepy")
+        try:
+            self.start_workers(procs, where, marks)
+            got = wait_marks(marks, n, self.sizes.stall)
+        finally:
+            procs.stop()
+        times = [t for _, t in peer_tasks.read_marks(str(marks))]
+        if not times:
+            return {"lost": n}
+        seconds = max(times) + SLEEP - min(times)
+        return {"sleepy_s": seconds, "sleepy_x": seconds / (n * SLEEP / 2), "lost": n - got}
+
+    def scale(self) -> dict[str, float]:
+        raise NotImplementedError
+
     def latency(self) -> dict[str, float]:
         where, marks = self.dirs("latency")
         one, _ = self.producer(where)
@@ -305,6 +352,9 @@ class System:
 class SpoolSystem(System):
     name = "spool"
     has_bulk = True
+    has_scale = True
+
+    backlog: core.BigBacklog | None = None
 
     def core_sizes(self) -> core.Sizes:
         return dataclasses.replace(
@@ -339,10 +389,42 @@ class SpoolSystem(System):
         got = core.measure_latency(self.lab, self.core_sizes())
         return {"lat_p50": got["lat_ret_p50"], "lat_p99": got["lat_ret_p99"], "lost": 0}
 
+    def sleepy(self) -> dict[str, float]:
+        n = self.sizes.sleepy
+        root = self.lab.root("spool-sleepy")
+        ids = Spool(root=root).enqueue_many([{"task": "sleep5"} for _ in range(n)])
+        procs = [self.lab.worker(root) for _ in range(2)]
+        try:
+            core.wait_for(
+                lambda: core.count(core.queue_dir(root, "done")) >= n, 600, 0.02, "5 ms tasks"
+            )
+        finally:
+            for proc in procs:
+                core.stop(proc)
+        tasks = core.read_done(root, ids)
+        seconds = max(t["finished_at"] for t in tasks) - min(t["started_at"] for t in tasks)
+        return {"sleepy_s": seconds, "sleepy_x": seconds / (n * SLEEP / 2), "lost": 0}
+
+    def scale(self) -> dict[str, float]:
+        sizes = dataclasses.replace(
+            core.FULL if self.sizes is FULL else core.QUICK, big_backlog=self.sizes.big
+        )
+        if self.backlog is None:
+            self.backlog = core.BigBacklog(self.lab, sizes.big_backlog)
+        small = core.rounds_rate(self.lab, sizes)
+        order = self.backlog.top_up()
+        big, _ = core.window_rate(
+            self.lab, self.backlog.root, order, sizes, burst=False, label="big backlog"
+        )
+        out = {"claim_small": small, "claim_big": big, "claim_ratio": big / small}
+        out.update(core.measure_delayed_memory(self.lab, self.sizes.big))
+        return out
+
 
 class RawSystem(System):
     name = "raw"
     has_latency = False
+    has_sleepy = False
 
     def enqueue(self) -> dict[str, float]:
         n = self.sizes.enqueue
@@ -390,8 +472,7 @@ class CelerySystem(System):
     def producer(self, where: Path) -> tuple[Callable[[str, str], None], Any]:
         from bench.peer_tasks.celery_app import make_app
 
-        _, noop, stamp = make_app(str(where / "broker"))
-        tasks = {"noop": noop, "stamp": stamp}
+        _, tasks = make_app(str(where / "broker"))
 
         def one(task: str, tag: str) -> None:
             tasks[task].delay(tag)
@@ -430,8 +511,7 @@ class HueySystem(System):
     def producer(self, where: Path) -> tuple[Callable[[str, str], None], Any]:
         from bench.peer_tasks.huey_app import make_huey
 
-        _, noop, stamp = make_huey(self.kind, str(where / "store"))
-        tasks = {"noop": noop, "stamp": stamp}
+        _, tasks = make_huey(self.kind, str(where / "store"))
 
         def one(task: str, tag: str) -> None:
             tasks[task](tag)
@@ -460,7 +540,7 @@ class RQSystem(System):
         from rq import Queue
 
         queue = Queue(where.name, connection=self.redis.client)
-        funcs = {"noop": peer_tasks.noop, "stamp": peer_tasks.stamp}
+        funcs = {"noop": peer_tasks.noop, "stamp": peer_tasks.stamp, "sleep5": peer_tasks.sleep5}
 
         def one(task: str, tag: str) -> None:
             queue.enqueue(funcs[task], tag)
@@ -524,6 +604,8 @@ def fmt(value: float, unit: str) -> str:
         return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
     if unit == "tasks":
         return f"{value:.0f}"
+    if unit in ("x", "s", "MiB", "%"):
+        return f"{value:.2f}"
     return f"{value:,.0f}"
 
 
@@ -555,13 +637,45 @@ def tables(samples: dict[tuple[str, str], list[float]], systems: list[str]) -> l
     for key, label, _, higher in METRICS:
         if key == "lost" or not samples.get(("spool", key)):
             continue
+        if not any(samples.get((peer, key)) for peer in peers):
+            continue  # spool's own scaling figures: no peer to compare with
         mine = median(samples[("spool", key)])
         line = [label, "> 1" if higher else "< 1"]
         for peer in peers:
             theirs = samples.get((peer, key))
             line.append(ratio(mine, median(theirs)) if theirs else "-")
         ratio_rows.append(line)
-    return [*rows, [], *ratio_rows]
+    return [*rows, [], *ratio_rows, [], *target_rows(samples)]
+
+
+TARGETS = [
+    # label, spool key, other system (None: a bound on spool's own figure), op, bound
+    ("durable enqueue one by one / raw loop", "enq_one", ("raw", "enq_one"), ">=", 0.8),
+    ("bulk enqueue / one by one", "enq_bulk", ("spool", "enq_one"), ">=", 5.0),
+    ("drain (steady) / huey-sqlite", "drain_steady", ("huey-sqlite", "drain_steady"), ">=", 3.0),
+    ("drain (steady) / Celery-fs", "drain_steady", ("celery-fs", "drain_steady"), ">=", 20.0),
+    ("drain (steady) / raw consumers", "drain_steady", ("raw", "drain_steady"), ">=", 0.25),
+    ("idle pick-up p50 / RQ SimpleWorker", "lat_p50", ("rq-simple", "lat_p50"), "<=", 0.5),
+    ("idle pick-up p99, ms", "lat_p99", None, "<=", 10.0),
+    ("5 ms tasks / ideal", "sleepy_x", None, "<=", 1.15),
+    ("claim rate 100,000 / 100 waiting", "claim_ratio", None, ">=", 0.8),
+    ("worker RSS 100,000 / 100 delayed", "rss_ratio", None, "<=", 1.10),
+    ("idle worker CPU, 100,000 delayed, %", "idle_cpu_big", None, "<=", 1.0),
+]
+
+
+def target_rows(samples: dict[tuple[str, str], list[float]]) -> list[list[str]]:
+    rows = [["target (issue 6)", "bound", "measured", "met"]]
+    for label, key, other, op, bound in TARGETS:
+        mine = samples.get(("spool", key))
+        theirs = samples.get(other) if other else [1.0]
+        if not mine or not theirs:
+            rows.append([label, f"{op} {bound:g}", "-", "-"])
+            continue
+        value = median(mine) / median(theirs)
+        met = value >= bound if op == ">=" else value <= bound
+        rows.append([label, f"{op} {bound:g}", f"{value:.2f}", "yes" if met else "NO"])
+    return rows
 
 
 def ratio(mine: float, theirs: float) -> str:
@@ -625,12 +739,14 @@ def run_compare(args: Any, argv: list[str]) -> int:
                     assert server is not None
                     impl[name] = RQSystem(lab, sizes, server, fork=name == "rq-fork")
             for rep in range(sizes.reps):
-                for workload in ("enqueue", "drain", "latency"):
-                    for name in systems:
+                # every other repetition in reverse order, so no system always goes first
+                order = systems if rep % 2 == 0 else systems[::-1]
+                for workload in WORKLOADS:
+                    for name in order:
                         system = impl[name]
                         if workload == "enqueue" and name == "rq-fork":
                             continue  # the same producer as rq-simple
-                        if workload == "latency" and not system.has_latency:
+                        if not getattr(system, f"has_{workload}", True):
                             continue
                         probe, waited = lab.create_probe(sizes.disk_wait)
                         a, b, c = os.getloadavg()

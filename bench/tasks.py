@@ -18,3 +18,9 @@ def noop() -> None:
 def stamp() -> float:
     """Return the wall-clock time at which the handler started (it lands in the done file)."""
     return time.time()
+
+
+@app.task()
+def sleep5() -> None:
+    """Workload 4 of `python -m bench compare`: a task that waits 5 ms."""
+    time.sleep(0.005)

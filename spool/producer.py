@@ -99,17 +99,32 @@ def prepare(settings: Settings, task: Mapping[str, Any], queue: str | None, now:
     return Prepared(dirs, stamped, dest)
 
 
+_MADE: set[Path] = set()  # queue directories this process created or found complete
+
+
+def made(dirs: QueueDirs) -> QueueDirs:
+    """`dirs.create()` once per process and queue (enqueue retries it if they vanish)."""
+    if dirs.base not in _MADE:
+        dirs.create()
+        _MADE.add(dirs.base)
+    return dirs
+
+
 def enqueue(settings: Settings, task: Mapping[str, Any], queue: str | None = None) -> str:
     """Write one task durably; return its id (or the holder's id for a held unique_key)."""
     prepared = prepare(settings, task, queue, time.time())
-    dirs = prepared.dirs.create()
+    dirs = made(prepared.dirs)
     data = envelope.dump(prepared.task)
     key = prepared.task.get("unique_key")
     if key is not None:
         holder = take_unique_key(dirs, key, prepared)
         if holder is not None:
             return holder
-    write_atomic(data, dirs.tmp, prepared.dest)
+    try:
+        write_atomic(data, dirs.tmp, prepared.dest)
+    except FileNotFoundError:  # the queue's directories were removed since: make them again
+        _MADE.discard(dirs.base)
+        write_atomic(data, made(dirs).tmp, prepared.dest)
     return str(prepared.task["id"])
 
 

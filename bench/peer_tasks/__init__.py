@@ -1,9 +1,10 @@
 """Handlers of the peers' worker processes in `python -m bench compare` (see bench/peers.py).
 
-Every peer runs the same two handlers: `noop(tag)` and `stamp(tag)`. Each appends one line
-`TAG WALLTIME PID` to `$BENCH_MARK_DIR/marks-PID` (one `os.write` on a file opened once per
-process with O_APPEND, no fsync): `noop` so the harness can count finished tasks without a
-result backend, `stamp` so it has the handler's start time. The line costs a few us.
+Every peer runs the same handlers: `noop(tag)`, `stamp(tag)` and `sleep5(tag)` (5 ms).
+Each appends one line `TAG WALLTIME PID` to `$BENCH_MARK_DIR/marks-PID` (one `os.write` on a
+file opened once per process with O_APPEND, no fsync): `noop` and `sleep5` so the harness can
+count finished tasks without a result backend, `stamp` so it has the handler's start time.
+The line costs a few us.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def noop(tag: str = "-") -> None:
 
 def stamp(tag: str) -> None:
     mark(tag)
+
+
+def sleep5(tag: str = "-") -> None:
+    mark(tag)
+    time.sleep(0.005)
 
 
 def read_marks(directory: str) -> list[tuple[str, float]]:

@@ -15,7 +15,7 @@ from celery import Celery
 from bench import peer_tasks
 
 
-def make_app(folder: str) -> tuple[Any, Any, Any]:
+def make_app(folder: str) -> tuple[Any, dict[str, Any]]:
     processed = os.path.join(folder, "processed")
     os.makedirs(processed, exist_ok=True)
     app = Celery("benchpeer", broker="filesystem://", backend=None)
@@ -32,9 +32,8 @@ def make_app(folder: str) -> tuple[Any, Any, Any]:
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
     )
-    noop = app.task(name="bench.noop")(peer_tasks.noop)
-    stamp = app.task(name="bench.stamp")(peer_tasks.stamp)
-    return app, noop, stamp
+    handlers = (peer_tasks.noop, peer_tasks.stamp, peer_tasks.sleep5)
+    return app, {f.__name__: app.task(name=f"bench.{f.__name__}")(f) for f in handlers}
 
 
-app, noop, stamp = make_app(os.environ.get("BENCH_PEER_DIR", "var/celery-fs"))
+app, tasks = make_app(os.environ.get("BENCH_PEER_DIR", "var/celery-fs"))

@@ -15,15 +15,16 @@ from huey import FileHuey, SqliteHuey
 from bench import peer_tasks
 
 
-def make_huey(kind: str, folder: str) -> tuple[Any, Any, Any]:
+def make_huey(kind: str, folder: str) -> tuple[Any, dict[str, Any]]:
     os.makedirs(folder, exist_ok=True)
     if kind == "file":
         huey: Any = FileHuey("bench", path=os.path.join(folder, "huey-files"), results=False)
     else:
         huey = SqliteHuey("bench", filename=os.path.join(folder, "huey.db"), results=False)
-    return huey, huey.task()(peer_tasks.noop), huey.task()(peer_tasks.stamp)
+    handlers = (peer_tasks.noop, peer_tasks.stamp, peer_tasks.sleep5)
+    return huey, {f.__name__: huey.task()(f) for f in handlers}
 
 
-huey, noop, stamp = make_huey(
+huey, tasks = make_huey(
     os.environ.get("BENCH_HUEY_KIND", "file"), os.environ.get("BENCH_PEER_DIR", "var/huey")
 )
