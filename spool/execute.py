@@ -147,8 +147,12 @@ class Executor:
         request: dict[str, JSON],
         timeout: float | None,
         interrupted: Callable[[], bool],
+        meanwhile: Callable[[], None] | None = None,
     ) -> Outcome:
-        """Run one attempt; never raises for what the handler does."""
+        """Run one attempt; never raises for what the handler does.
+
+        `meanwhile` is called once the request is on its way, while the handler runs.
+        """
         if self.channel is None:  # not started yet, or killed after the last attempt
             self.start()
         assert self.channel is not None
@@ -158,6 +162,8 @@ class Executor:
             self.channel.send(json.dumps(request).encode())
         except OSError:  # it died between attempts
             return self.child_lost(started)
+        if meanwhile is not None:
+            meanwhile()
         while True:
             if interrupted():
                 self.kill()

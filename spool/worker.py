@@ -32,7 +32,8 @@ from spool.claim import (
 from spool.config import Settings
 from spool.counts import Recounter
 from spool.envelope import FieldError, TaskDict
-from spool.execute import Executor
+from spool.events import Outbox
+from spool.execute import Executor, Outcome
 from spool.finish import Committer, RetryPolicy, finish, reject
 from spool.fsio import UnreadableFile, read_regular
 from spool.index import QueueIndex
@@ -49,6 +50,20 @@ POLL_SECONDS = 0.25
 RETENTION_SECONDS = 1.0
 ERROR_PAUSE_SECONDS = 1.0  # when filesystem events are unavailable
 RESCAN_COST_FACTOR = 20.0
+
+
+@dataclass
+class Pending:
+    """An attempt that ended, waiting to be recorded (see Worker.record_pending)."""
+
+    taken: Claim
+    task: TaskDict
+    outcome: Outcome
+    policy: RetryPolicy
+    fields: str
+
+    def unpack(self) -> tuple[Claim, TaskDict, Outcome, RetryPolicy, str]:
+        return self.taken, self.task, self.outcome, self.policy, self.fields
 
 
 @dataclass
@@ -90,8 +105,15 @@ class Worker:
         )
         self.retention_timer = Timer(RETENTION_SECONDS)
         self.recounter = Recounter(settings.root)
+        notify = settings.notify
+        self.outbox = Outbox(settings.root, notify.on_retry) if notify.enabled else None
         self.recoverer = Recovery(
-            settings.root, self.worker_id, settings.max_file_bytes, self.known_policy, self.stats
+            settings.root,
+            self.worker_id,
+            settings.max_file_bytes,
+            self.known_policy,
+            self.stats,
+            self.outbox,
         )
         self.tasks: dict[str, dict[str, Any]] = {}
         self.rescan = Timer(settings.rescan_seconds)
@@ -99,6 +121,7 @@ class Worker:
         self.reaping = Timer(REAP_SECONDS)
         self.polling = False
         self.poll_gap = POLL_SECONDS
+        self.pending: Pending | None = None  # an attempt whose outcome is not recorded yet
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -139,6 +162,7 @@ class Worker:
             self.recoverer.run(self.indexes.values())
             return self.loop()
         finally:
+            self.record_pending()
             self.recounter.join()
             self.committer.close()
             self.stats.flush(time.time(), force=True)
@@ -201,6 +225,7 @@ class Worker:
                 self.process(taken)
                 fresh = False
                 continue
+            self.record_pending()  # nothing to run next: record the last outcome now
             if self.burst:
                 if fresh:  # nothing due, even right after a full rescan
                     break
@@ -208,6 +233,7 @@ class Worker:
                 fresh = True
                 continue
             self.wakeup.wait(self.sleep_seconds(time.time()))
+        self.record_pending()
         return 0
 
     def absorb_hints(self) -> None:
@@ -325,13 +351,26 @@ class Worker:
             "args": task.get("args", []),
             "kwargs": task.get("kwargs", {}),
         }
-        outcome = self.executor.run(request, self.timeout_for(task), lambda: self.hard_stop)
+        outcome = self.executor.run(
+            request, self.timeout_for(task), lambda: self.hard_stop, self.record_pending
+        )
         if outcome.interrupted:
             release(taken)
             log.warning("released %s (stopped during the attempt)", fields)
             return
+        # Recorded while the next attempt runs (or before the worker waits or stops): the
+        # outcome's write, sync batch, stats and log line overlap with the next handler.
+        self.record_pending()  # (already done, unless the handler process was found dead)
+        self.pending = Pending(taken, task, outcome, policy, fields)
+
+    def record_pending(self) -> None:
+        """Record the last attempt's outcome, if not yet done."""
+        if self.pending is None:
+            return
+        taken, task, outcome, policy, fields = self.pending.unpack()
+        self.pending = None
         try:
-            state = finish(taken, task, outcome, policy)
+            state = finish(taken, task, outcome, policy, self.outbox)
             self.committer.add(taken.hide().path)
         except OSError as exc:  # a full or failing disk: the task runs again later
             self.give_back(taken, f"cannot record the outcome of {fields}: {exc}")
