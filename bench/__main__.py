@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--no-strace", action="store_true", help="skip the syscall count run")
     comp = sub.add_parser("compare", help="spool side by side with Celery, huey, RQ, raw files")
     comp.add_argument("--quick", action="store_true", help="one repetition, small sizes")
+    comp.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, spool and raw only (~10 s; run by CI)"
+    )
     comp.add_argument("--reps", type=int, help="repetitions (default 3, 1 with --quick)")
     comp.add_argument("--only", help="comma-separated systems (default all)")
     comp.add_argument(

@@ -79,6 +79,7 @@ class Sizes:
 
 FULL = Sizes(3, 5000, 5000, 5000, 1000, 200, 0.020, 20.0, 20.0, 2000, 100_000)
 QUICK = Sizes(1, 300, 1000, 500, 150, 40, 0.020, 8.0, 0.0, 200, 5_000)
+SMOKE = Sizes(1, 30, 100, 100, 50, 10, 0.020, 8.0, 0.0, 20, 1_500)  # CI: spool and raw, ~10 s
 SLEEP = 0.005  # seconds each sleep5 task waits
 
 SYSTEMS = ["spool", "raw", "celery-fs", "huey-file", "huey-sqlite", "rq-simple", "rq-fork"]
@@ -406,9 +407,10 @@ class SpoolSystem(System):
         return {"sleepy_s": seconds, "sleepy_x": seconds / (n * SLEEP / 2), "lost": 0}
 
     def scale(self) -> dict[str, float]:
-        sizes = dataclasses.replace(
-            core.FULL if self.sizes is FULL else core.QUICK, big_backlog=self.sizes.big
-        )
+        sizes = core.FULL if self.sizes is FULL else core.QUICK
+        if self.sizes is SMOKE:
+            sizes = dataclasses.replace(sizes, skip=50, window=400, round_size=50)
+        sizes = dataclasses.replace(sizes, big_backlog=self.sizes.big)
         if self.backlog is None:
             self.backlog = core.BigBacklog(self.lab, sizes.big_backlog)
         small = core.rounds_rate(self.lab, sizes)
@@ -708,17 +710,18 @@ def render(rows: list[list[str]], markdown: bool) -> str:
 
 
 def run_compare(args: Any, argv: list[str]) -> int:
-    sizes = QUICK if args.quick else FULL
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
     if args.reps:
         sizes = dataclasses.replace(sizes, reps=args.reps)
-    wanted = args.only.split(",") if args.only else SYSTEMS
+    wanted = args.only.split(",") if args.only else ["spool", "raw"] if args.smoke else SYSTEMS
     systems = [s for s in SYSTEMS if s in wanted]
     lab = Lab(args.tmp, args.keep)
     samples: dict[tuple[str, str], list[float]] = {}
     loads: list[str] = []
     started = time.monotonic()
     print(
-        f"spool bench compare ({'quick' if args.quick else 'full'}): scratch {lab.base}",
+        f"spool bench compare ({'smoke' if args.smoke else 'quick' if args.quick else 'full'})"
+        f": scratch {lab.base}",
         file=sys.stderr,
     )
     try:
@@ -785,7 +788,9 @@ def run_compare(args: Any, argv: list[str]) -> int:
     for note in NOTES:
         print(f"note: {note}")
     print(f"total {seconds:.0f} s")
-    out = args.out or BENCH_DIR / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
+    out = args.out or BENCH_DIR / (
+        "RESULTS-smoke.md" if args.smoke else "RESULTS-quick.md" if args.quick else "RESULTS.md"
+    )
     write_markdown(out, rows, sizes, argv, seconds, loads)
     print(f"wrote {out}")
     return 0
