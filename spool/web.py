@@ -1,0 +1,231 @@
+"""`spool web`: the dashboard and the HTTP intake, one Starlette app served by uvicorn.
+
+Pages (server-rendered with Jinja2, refreshed in place by static/app.js, which fetches the
+same page with ?partial=1 every two seconds): the overview, a queue's tasks per state, one
+task. Actions on them go through the JSON API (webapi.py) with the bearer token the operator
+typed into the page (kept in sessionStorage); the app sets no cookies.
+
+Safety: it binds 127.0.0.1 unless told otherwise and refuses a non-loopback address without a
+token; on loopback it answers only to loopback Host names (no DNS rebinding); every error is a
+JSON {"error": ...} with its code, never a traceback; responses forbid framing and sniffing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from spool.config import Settings
+from spool.errors import SpoolError
+from spool.layout import STATES, QueueDirs, check_queue_name
+from spool.lookup import locate, read_found
+from spool.paging import task_page
+from spool.webapi import WebState, api_routes, overview, page_query, web_state
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    ),
+]
+log = logging.getLogger("spool.web")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Guard:
+    """ASGI wrapper: refuse foreign Host names on loopback; add the security headers."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: set[str] | None) -> None:
+        self.app = app
+        self.allowed_hosts = allowed_hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.allowed_hosts is not None:
+            headers = dict(scope["headers"])
+            host = headers.get(b"host", b"").decode("latin-1").lower()
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name not in self.allowed_hosts:
+                refused = JSONResponse({"error": "unexpected Host header"}, status_code=400)
+                await refused(scope, receive, send)
+                return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# ---- errors ------------------------------------------------------------------------------
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    if isinstance(exc, SpoolError):
+        return JSONResponse({"error": str(exc)}, status_code=500)
+    return JSONResponse({"error": "internal error (see the server log)"}, status_code=500)
+
+
+# ---- pages -------------------------------------------------------------------------------
+
+
+def templates() -> Jinja2Templates:
+    found = Jinja2Templates(directory=str(PACKAGE_DIR / "templates"))
+    found.env.globals["states"] = STATES
+    found.env.filters["age"] = format_age
+    found.env.filters["when"] = format_instant
+    return found
+
+
+def format_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+def format_instant(value: Any) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    """The page, or with ?partial=1 only its live part (what app.js swaps in)."""
+    partial = request.query_params.get("partial") == "1"
+    view: Jinja2Templates = request.app.state.templates
+    page = f"_{name}" if partial else name
+    return view.TemplateResponse(request, page, context, status_code=status)
+
+
+async def overview_page(request: Request) -> Response:
+    data = await run_in_threadpool(overview, web_state(request))
+    return render(request, "overview.html", {"data": data, "token_set": token_set(request)})
+
+
+async def queue_page(request: Request) -> Response:
+    state = web_state(request)
+    try:
+        name = check_queue_name(str(request.path_params["queue"]))
+    except SpoolError:
+        raise HTTPException(404, "unknown queue") from None
+    dirs = QueueDirs(state.settings.root, name)
+    if not dirs.base.is_dir():
+        raise HTTPException(404, f"unknown queue: {name}")
+    context: dict[str, Any] = {"queue": name, "params": dict(request.query_params)}
+    wanted = request.query_params.get("state") or "incoming"
+    context["state"] = wanted
+    try:
+        query = page_query(request, wanted)
+    except HTTPException as exc:
+        context.update(error=exc.detail, page=None)
+        return render(request, "queue.html", context, 400)
+    status = await run_in_threadpool(overview, state)
+    context["counts"] = status["queues"].get(name, {})
+    context["page"] = await run_in_threadpool(task_page, state.lister, dirs, query)
+    context["query"] = query
+    return render(request, "queue.html", context)
+
+
+async def task_detail_page(request: Request) -> Response:
+    task_id = str(request.path_params["task_id"])
+    found = await run_in_threadpool(locate, web_state(request).settings.root, task_id)
+    if found is None:
+        return render(request, "task.html", {"task_id": task_id, "task": None}, 404)
+    task = await run_in_threadpool(read_found, found)
+    return render(request, "task.html", {"task_id": task_id, "task": task})
+
+
+async def favicon(request: Request) -> Response:
+    return RedirectResponse("/static/favicon.svg", status_code=301)
+
+
+def token_set(request: Request) -> bool:
+    return bool(web_state(request).settings.web_token)
+
+
+# ---- the app -----------------------------------------------------------------------------
+
+
+def create_app(settings: Settings, allowed_hosts: set[str] | None = None) -> ASGIApp:
+    """The ASGI app. `allowed_hosts`: Host names accepted (None: any, for non-loopback)."""
+    routes = [
+        Route("/", overview_page, methods=["GET"]),
+        Route("/queues/{queue}", queue_page, methods=["GET"]),
+        Route("/tasks/{task_id}", task_detail_page, methods=["GET"]),
+        Route("/favicon.ico", favicon, methods=["GET"]),
+        *api_routes(),
+        Mount("/static", StaticFiles(directory=str(PACKAGE_DIR / "static")), name="static"),
+    ]
+    app = Starlette(
+        debug=False,
+        routes=routes,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+    app.state.web = WebState(settings)
+    app.state.templates = templates()
+    return Guard(app, allowed_hosts)
+
+
+def loopback_hosts(host: str) -> set[str] | None:
+    """The Host names to accept when bound to `host` (None when not bound to loopback)."""
+    if not is_loopback(host):
+        return None
+    return LOOPBACK_NAMES | {host.lower(), f"[{host.strip('[]').lower()}]"}
+
+
+def serve(settings: Settings, host: str, port: int) -> int:
+    """Run the server until SIGINT/SIGTERM; return the exit code."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        create_app(settings, loopback_hosts(host)),
+        host=host,
+        port=port,
+        log_level="info",
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,336 @@
+"""The JSON API of `spool web`: enqueue over HTTP, look at tasks and queues, act on them.
+
+Rules every endpoint keeps:
+- A request that changes anything carries `Authorization: Bearer <token>` (SPOOL_WEB_TOKEN or
+  [web] token), compared in constant time. With no token configured such requests are refused
+  (403): reading works, changing needs a token. No cookies are set or read.
+- Bodies are JSON, at most [web] max_body bytes (413 beyond). Errors are {"error": "..."} with
+  a 4xx code; ids and queue names are checked before they touch a path.
+- POST /api/tasks validates like a dropped file or `app.enqueue` (the producer's code) and
+  answers 202 only once the task files are durable (lists go through the bulk durable path).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from spool import manage, producer
+from spool.config import Settings, parse_duration
+from spool.envelope import is_valid_id, reject_constant
+from spool.errors import InvalidQueueName, InvalidTask, SpoolError, TaskNotFound
+from spool.layout import STATES, QueueDirs, check_queue_name, existing_queues, split_processing
+from spool.lookup import locate, read_found
+from spool.paging import Lister, PageQuery, task_page
+from spool.status import spool_status
+from spool.throughput import Throughput
+
+TOKEN_HELP = (
+    "no token is configured, so changes are refused: set SPOOL_WEB_TOKEN or [web] token in "
+    "the config and restart spool web"
+)
+PAGE_SIZE_MAX = 500
+
+
+@dataclass
+class WebState:
+    """What the web app's handlers share: the settings, the page lister, the throughput."""
+
+    settings: Settings
+    lister: Lister = field(default_factory=Lister)
+    throughput: Throughput | None = None
+
+    def __post_init__(self) -> None:
+        if self.throughput is None:
+            self.throughput = Throughput(self.settings.root)
+
+    @property
+    def rates(self) -> Throughput:
+        assert self.throughput is not None
+        return self.throughput
+
+
+def web_state(request: Request) -> WebState:
+    return cast(WebState, request.app.state.web)
+
+
+def fail(status: int, message: str, headers: dict[str, str] | None = None) -> HTTPException:
+    return HTTPException(status, message, headers)
+
+
+# ---- request checks ---------------------------------------------------------------------
+
+
+def require_token(request: Request) -> None:
+    """Refuse the request unless it carries the configured bearer token."""
+    expected = web_state(request).settings.web_token
+    if not expected:
+        raise fail(403, TOKEN_HELP)
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if scheme.lower() != "bearer" or not given.strip():
+        raise fail(401, "missing token: send Authorization: Bearer <token>", challenge)
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise fail(401, "wrong token", challenge)
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused (413) beyond [web] max_body, also without Content-Length."""
+    limit = web_state(request).settings.web_max_body
+    too_big = fail(413, f"request body is larger than {limit} bytes ([web] max_body)")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise fail(400, "invalid Content-Length")
+        if int(declared) > limit:
+            raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes, empty: Any = ...) -> Any:
+    """The body as JSON (UTF-8, no NaN or Infinity); `empty` stands for an empty body."""
+    if not body.strip() and empty is not ...:
+        return empty
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=reject_constant)
+    except UnicodeDecodeError as exc:
+        raise fail(400, f"body is not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise fail(400, f"body is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise fail(400, "body is not valid JSON: nested too deeply") from None
+
+
+def task_id_of(request: Request) -> str:
+    task_id = str(request.path_params["task_id"])
+    if not is_valid_id(task_id):
+        raise fail(404, "unknown task id")
+    return task_id
+
+
+def queue_of(request: Request, must_exist: bool = True) -> QueueDirs:
+    try:
+        name = check_queue_name(str(request.path_params["queue"]))
+    except InvalidQueueName:
+        raise fail(404, "unknown queue") from None
+    dirs = QueueDirs(web_state(request).settings.root, name)
+    if must_exist and not dirs.base.is_dir():
+        raise fail(404, f"unknown queue: {name}")
+    return dirs
+
+
+def duration_param(request: Request, name: str) -> float | None:
+    text = request.query_params.get(name) or None
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise fail(400, f"{name}: {exc}") from None
+
+
+def page_query(request: Request, state: str) -> PageQuery:
+    """The page a request asks for (state, task, since, older_than, after, limit)."""
+    if state not in STATES:
+        raise fail(400, f"state must be one of {', '.join(STATES)}")
+    params = request.query_params
+    limit_text = params.get("limit") or "50"
+    if not limit_text.isdigit() or not 0 < int(limit_text) <= PAGE_SIZE_MAX:
+        raise fail(400, f"limit must be a number from 1 to {PAGE_SIZE_MAX}")
+    return PageQuery(
+        state=state,
+        task=params.get("task") or None,
+        since_seconds=duration_param(request, "since"),
+        older_than_seconds=duration_param(request, "older_than"),
+        after=params.get("after") or None,
+        size=int(limit_text),
+    )
+
+
+# ---- what the pages and the API show ----------------------------------------------------
+
+
+def running_by_worker(state: WebState) -> dict[str, list[dict[str, Any]]]:
+    """Each worker's claims in processing/: {worker id: [{queue, id, task, file}]}."""
+    root = state.settings.root
+    running: dict[str, list[dict[str, Any]]] = {}
+    for queue in existing_queues(root):
+        dirs = QueueDirs(root, queue)
+        page = task_page(state.lister, dirs, PageQuery("processing", size=PAGE_SIZE_MAX))
+        for item in page.rows:
+            parts = split_processing(item["file"])
+            if parts is None:
+                continue
+            worker = parts[1]
+            running.setdefault(worker, []).append(
+                {"queue": queue, "id": item["id"], "task": item["task"], "file": parts[0]}
+            )
+    return running
+
+
+def overview(state: WebState) -> dict[str, Any]:
+    """GET /api/queues: spool status, plus throughput per queue and what each worker runs."""
+    state.rates.sample()
+    data = spool_status(state.settings.root)
+    for queue, counts in data["queues"].items():
+        counts["finished_per_minute"] = state.rates.series(queue)
+        counts["paused_info"] = manage.paused_info(QueueDirs(state.settings.root, queue))
+    running = running_by_worker(state)
+    for worker in data["workers"]:
+        worker["running"] = running.get(str(worker["id"]), [])
+    return data
+
+
+# ---- endpoints ---------------------------------------------------------------------------
+
+
+async def post_tasks(request: Request) -> Response:
+    require_token(request)
+    data = parse_json(await read_body(request))
+    settings = web_state(request).settings
+    queue = request.query_params.get("queue") or None
+    try:
+        if isinstance(data, dict):
+            task_id = await run_in_threadpool(producer.enqueue, settings, data, queue)
+            return JSONResponse({"id": task_id, "ids": [task_id]}, status_code=202)
+        if not isinstance(data, list) or not data:
+            raise fail(400, "body must be a task object or a non-empty list of task objects")
+        for position, item in enumerate(data, 1):
+            if not isinstance(item, dict):
+                raise fail(400, f"task {position}: must be a JSON object")
+        ids = await run_in_threadpool(producer.enqueue_many, settings, data, queue)
+        return JSONResponse({"ids": ids}, status_code=202)
+    except (InvalidTask, InvalidQueueName) as exc:
+        raise fail(400, str(exc)) from None
+    except OSError as exc:
+        raise fail(503, f"cannot write to the spool: {exc.strerror or exc}") from None
+
+
+async def get_task(request: Request) -> Response:
+    task_id = task_id_of(request)
+    root = web_state(request).settings.root
+    found = await run_in_threadpool(locate, root, task_id)
+    if found is None:
+        raise fail(404, f"unknown task id: {task_id}")
+    return JSONResponse(await run_in_threadpool(read_found, found))
+
+
+async def retry_task(request: Request) -> Response:
+    require_token(request)
+    task_id = task_id_of(request)
+    queue = await act(manage.retry, web_state(request), task_id)
+    return JSONResponse({"id": task_id, "queue": queue, "state": "incoming"})
+
+
+async def cancel_task(request: Request) -> Response:
+    require_token(request)
+    task_id = task_id_of(request)
+    queue = await act(manage.cancel, web_state(request), task_id)
+    return JSONResponse({"id": task_id, "queue": queue, "state": "failed", "cancelled": True})
+
+
+async def act(action: Any, state: WebState, task_id: str) -> str:
+    """Run a manage action on a task; its errors become 404 or 409."""
+    try:
+        return str(await run_in_threadpool(action, state.settings.root, task_id))
+    except TaskNotFound as exc:
+        raise fail(404, str(exc)) from None
+    except SpoolError as exc:  # not retryable / not cancellable: the task's state forbids it
+        raise fail(409, str(exc)) from None
+
+
+async def get_queues(request: Request) -> Response:
+    return JSONResponse(await run_in_threadpool(overview, web_state(request)))
+
+
+async def get_queue_tasks(request: Request) -> Response:
+    dirs = queue_of(request)
+    query = page_query(request, request.query_params.get("state") or "incoming")
+    page = await run_in_threadpool(task_page, web_state(request).lister, dirs, query)
+    return JSONResponse(
+        {"tasks": page.rows, "next_after": page.next_after, "scan_cut": page.scan_cut}
+    )
+
+
+async def pause_queue(request: Request) -> Response:
+    require_token(request)
+    dirs = queue_of(request)
+    body = parse_json(await read_body(request), empty={})
+    reason = body.get("reason", "") if isinstance(body, dict) else None
+    if not isinstance(reason, str):
+        raise fail(400, 'body must be {} or {"reason": "..."}')
+    await run_in_threadpool(manage.pause, dirs, reason)
+    return JSONResponse({"queue": dirs.name, "paused": True})
+
+
+async def resume_queue(request: Request) -> Response:
+    require_token(request)
+    dirs = queue_of(request)
+    was = await run_in_threadpool(manage.resume, dirs)
+    return JSONResponse({"queue": dirs.name, "paused": False, "was_paused": was})
+
+
+async def purge_queue(request: Request) -> Response:
+    require_token(request)
+    dirs = queue_of(request)
+    body = parse_json(await read_body(request))
+    if not isinstance(body, dict) or body.get("state") not in ("done", "failed"):
+        raise fail(400, 'body must be {"state": "done" | "failed", "older_than": "7d"}')
+    older_than = body.get("older_than")
+    seconds = None
+    if older_than is not None:
+        try:
+            seconds = parse_duration(older_than)
+        except ValueError as exc:
+            raise fail(400, f"older_than: {exc}") from None
+    root = web_state(request).settings.root
+    result = await run_in_threadpool(manage.purge, root, body["state"], seconds, dirs.name)
+    return JSONResponse({"queue": dirs.name, "state": body["state"], "deleted": result.deleted})
+
+
+async def get_metrics(request: Request) -> Response:
+    from spool.metrics import render
+
+    text = await run_in_threadpool(render, web_state(request).settings.root)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+async def get_openapi(request: Request) -> Response:
+    from spool.openapi import document
+
+    return JSONResponse(document())
+
+
+def api_routes() -> list[Route]:
+    return [
+        Route("/api/tasks", post_tasks, methods=["POST"]),
+        Route("/api/tasks/{task_id}", get_task, methods=["GET"]),
+        Route("/api/tasks/{task_id}", cancel_task, methods=["DELETE"]),
+        Route("/api/tasks/{task_id}/retry", retry_task, methods=["POST"]),
+        Route("/api/queues", get_queues, methods=["GET"]),
+        Route("/api/queues/{queue}/tasks", get_queue_tasks, methods=["GET"]),
+        Route("/api/queues/{queue}/pause", pause_queue, methods=["POST"]),
+        Route("/api/queues/{queue}/resume", resume_queue, methods=["POST"]),
+        Route("/api/queues/{queue}/purge", purge_queue, methods=["POST"]),
+        Route("/metrics", get_metrics, methods=["GET"]),
+        Route("/openapi.json", get_openapi, methods=["GET"]),
+    ]
+
+
+__all__ = ["WebState", "api_routes", "overview"]
