@@ -639,6 +639,50 @@ def scheduler(ctx: click.Context, log_format: str | None) -> None:
     ctx.exit(code)
 
 
+@cli.command()
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON."
+)
+@click.pass_context
+def notify(ctx: click.Context, log_format: str | None) -> None:
+    """Deliver completion events to the sinks of the config's [notify] (resident)."""
+    from spool.logs import setup_logging
+    from spool.notify import run_notifier
+
+    settings = settings_of(ctx)
+    obj = ctx.ensure_object(dict)
+    setup_logging(log_format or settings.log_format, settings.log_level)
+
+    def reload() -> Settings:
+        return load_settings(obj.get("root"), obj.get("config"))
+
+    with user_errors():
+        code = run_notifier(settings, reload)
+    ctx.exit(code)
+
+
+@cli.command("mqtt-intake")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON."
+)
+@click.pass_context
+def mqtt_intake(ctx: click.Context, log_format: str | None) -> None:
+    """Enqueue the tasks published to the MQTT topic of the config's [mqtt_intake] (resident)."""
+    from spool.logs import setup_logging
+    from spool.mqtt_intake import run_intake
+
+    settings = settings_of(ctx)
+    obj = ctx.ensure_object(dict)
+    setup_logging(log_format or settings.log_format, settings.log_level)
+
+    def reload() -> Settings:
+        return load_settings(obj.get("root"), obj.get("config"))
+
+    with user_errors():
+        code = run_intake(settings, reload)
+    ctx.exit(code)
+
+
 @cli.group()
 def schedule() -> None:
     """Look at the schedule, or run one of its entries now."""
@@ -680,6 +724,40 @@ def schedule_run(ctx: click.Context, name: str) -> None:
             known = ", ".join(entries) or "none"
             raise bad("NAME", f"no schedule entry {name!r} (entries: {known})")
         click.echo(enqueue_now(settings, entries[name]))
+
+
+@cli.command()
+@click.option("--host", metavar="ADDR", help="Address to bind (default: [web] host, 127.0.0.1).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Port (default: [web] port, 8750).",
+)
+@click.pass_context
+def web(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the dashboard and the HTTP API (enqueue, retry, cancel, metrics)."""
+    from spool.web import is_loopback, serve
+
+    settings = settings_of(ctx)
+    host = host or settings.web_host
+    port = port or settings.web_port
+    if not is_loopback(host) and not settings.web_token:
+        raise UsageProblem(
+            f"--host {host}: refusing a non-loopback address without a token "
+            "(set SPOOL_WEB_TOKEN or [web] token)"
+        )
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"spool web: http://{shown}:{port}/ (root {settings.root})", err=True)
+    if not settings.web_token:
+        click.echo(
+            "spool web: no token configured: actions and POST /api/tasks are refused "
+            "(set SPOOL_WEB_TOKEN or [web] token)",
+            err=True,
+        )
+    with user_errors():
+        code = serve(settings, host, port)
+    ctx.exit(code)
 
 
 @cli.command()

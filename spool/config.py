@@ -16,12 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from spool.errors import ConfigError
+from spool.notify_config import (
+    IntakeSettings,
+    NotifySettings,
+    parse_mqtt_intake,
+    parse_notify,
+)
 
 DEFAULT_ROOT = Path("var/spool")
 DEFAULT_CONFIG = Path("conf/spool.toml")
 MIB = 1024 * 1024
 
-TOP_KEYS = {"root", "tasks", "defaults", "workers", "schedule", "log", "retention"}
+TOP_KEYS = {"root", "tasks", "defaults", "workers", "schedule", "log", "retention", "web"}
+TOP_KEYS |= {"notify", "mqtt_intake"}  # parsed in notify_config.py
 DEFAULTS_KEYS = {
     "max_retries",
     "timeout",
@@ -33,6 +40,7 @@ DEFAULTS_KEYS = {
 WORKERS_KEYS = {"processes", "queues", "rescan_seconds", "recover_seconds"}
 LOG_KEYS = {"format", "level"}
 RETENTION_KEYS = {"done", "failed"}
+WEB_KEYS = {"host", "port", "token", "max_body"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,12 @@ class Settings:
     log_level: str = "INFO"
     schedule: Mapping[str, Any] = field(default_factory=dict)
     retention: Mapping[str, float] = field(default_factory=dict)  # state -> seconds
+    web_host: str = "127.0.0.1"
+    web_port: int = 8750
+    web_token: str | None = field(default=None, repr=False)  # SPOOL_WEB_TOKEN > [web] token
+    web_max_body: int = MIB
+    notify: NotifySettings = field(default_factory=NotifySettings)  # completion events
+    mqtt_intake: IntakeSettings | None = None  # `spool mqtt-intake`
 
     @property
     def project_dir(self) -> Path:
@@ -98,6 +112,8 @@ def load_settings(
         values["root"] = Path(root_flag)
     elif env.get("SPOOL_ROOT"):
         values["root"] = Path(env["SPOOL_ROOT"])
+    if env.get("SPOOL_WEB_TOKEN"):
+        values["web_token"] = env["SPOOL_WEB_TOKEN"]
     return Settings(config_path=path, **values)
 
 
@@ -170,8 +186,32 @@ def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str,
         except ValueError as exc:
             raise ConfigError(f"{where} [retention]: {state}: {exc}") from None
     values["retention"] = ages
+    values.update(web_values(table(data, "web", WEB_KEYS, where), f"{where} [web]"))
     if "schedule" in data:
         values["schedule"] = want(data, "schedule", dict, where)
+    values["notify"] = parse_notify(data.get("notify"), where)
+    values["mqtt_intake"] = parse_mqtt_intake(data.get("mqtt_intake"), where)
+    return values
+
+
+def web_values(web: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The [web] table (spool web): host, port, token, max_body."""
+    values: dict[str, Any] = {}
+    if "host" in web:
+        values["web_host"] = want(web, "host", str, where)
+    if "port" in web:
+        port = want(web, "port", int, where)
+        if not 0 < port < 65536:
+            raise ConfigError(f"{where}: port must be from 1 to 65535, not {port}")
+        values["web_port"] = port
+    if "token" in web:
+        token = want(web, "token", str, where)
+        values["web_token"] = token or None
+    if "max_body" in web:
+        max_body = want(web, "max_body", int, where)
+        if max_body < 1:
+            raise ConfigError(f"{where}: max_body must be a positive number of bytes")
+        values["web_max_body"] = max_body
     return values
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from spool import envelope
 from spool.claim import Claim
 from spool.envelope import JSON, TaskDict
+from spool.events import Outbox
 from spool.execute import Outcome
 from spool.fsio import fsync_dir, list_names, sync_filesystem, write_atomic
 from spool.layout import ERROR_SUFFIX, QueueDirs, delayed_name
@@ -62,8 +63,18 @@ def history_entry(attempt: int, worker: str, outcome: Outcome) -> dict[str, JSON
     }
 
 
-def finish(taken: Claim, task: TaskDict, outcome: Outcome, policy: RetryPolicy) -> str:
-    """Move an attempted task to its next state; return it: done, retry or failed."""
+def finish(
+    taken: Claim,
+    task: TaskDict,
+    outcome: Outcome,
+    policy: RetryPolicy,
+    outbox: Outbox | None = None,
+) -> str:
+    """Move an attempted task to its next state; return it: done, retry or failed.
+
+    With an outbox, the outcome's event is written after the outcome (both unsynced: the
+    Committer syncs them before the claim goes).
+    """
     dirs = taken.dirs
     attempt = int(task.get("attempts", 0)) + 1
     final: TaskDict = dict(task)
@@ -91,6 +102,8 @@ def finish(taken: Claim, task: TaskDict, outcome: Outcome, policy: RetryPolicy) 
             state = "retry"
             dest = dirs.delayed / delayed_name(int(due * 1_000_000), taken.name)
     write_atomic(envelope.dump(final), dirs.tmp, dest, durable=False)
+    if outbox is not None:  # CRASH: outcome without event: recovery writes it (see events)
+        outbox.emit(dirs.name, final, state, outcome.started_at, outcome.finished_at)
     if state != "retry" and "unique_key" in task:
         release_unique_key(dirs, task["unique_key"], str(task["id"]))
     return state
@@ -156,7 +169,11 @@ def already_finished(dirs: QueueDirs, name: str, task: TaskDict) -> bool:
 
 
 def recover(
-    taken: Claim, task: TaskDict | None, dead_worker: str, policy: RetryPolicy | None
+    taken: Claim,
+    task: TaskDict | None,
+    dead_worker: str,
+    policy: RetryPolicy | None,
+    outbox: Outbox | None = None,
 ) -> str:
     """Send back a task whose worker died while it ran: incoming/ (attempts + 1) or failed/.
 
@@ -165,6 +182,8 @@ def recover(
     """
     dirs = taken.dirs
     if task is not None and already_finished(dirs, taken.name, task):
+        if outbox is not None:  # the worker may have died before writing the event
+            outbox.reemit(dirs, taken.name, task)
         taken.path.unlink(missing_ok=True)
         return "finished"
     if task is None or policy is None:
@@ -182,11 +201,16 @@ def recover(
     if policy.exhausted(attempt):
         updated.update(error=lost.error, finished_at=now, worker=dead_worker)
         write_atomic(envelope.dump(updated), dirs.tmp, dirs.failed / f"{task['id']}.json")
+        if outbox is not None:
+            outbox.emit(dirs.name, updated, "failed", now, now, durable=True, check=True)
         if "unique_key" in task:
             release_unique_key(dirs, task["unique_key"], str(task["id"]))
         state = "failed"
     else:
         write_atomic(envelope.dump(updated), dirs.tmp, dirs.incoming / taken.name)
+        if outbox is not None:  # the lost attempt counts as a failed one that is retried
+            updated.update(error=lost.error, worker=dead_worker)
+            outbox.emit(dirs.name, updated, "retry", now, now, durable=True)
         state = "incoming"
     taken.path.unlink(missing_ok=True)
     return state

@@ -17,6 +17,7 @@ from pathlib import Path
 from spool import envelope, stats
 from spool.claim import Claim, abandoned, is_alive, kill_orphans, reap_dead_workers
 from spool.envelope import FieldError, TaskDict
+from spool.events import Outbox
 from spool.finish import RetryPolicy, recover
 from spool.fsio import UnreadableFile, list_names, read_regular
 from spool.index import QueueIndex
@@ -36,9 +37,10 @@ class Recovery:
         max_file_bytes: int,
         policy_for: Callable[[TaskDict], RetryPolicy | None],
         counts: WorkerStats,
+        outbox: Outbox | None = None,
     ) -> None:
         self.root, self.worker_id, self.max_file_bytes = root, worker_id, max_file_bytes
-        self.policy_for, self.counts = policy_for, counts
+        self.policy_for, self.counts, self.outbox = policy_for, counts, outbox
         self.orphans_killed: set[str] = set()
 
     def run(self, indexes: Iterable[QueueIndex]) -> None:
@@ -66,7 +68,8 @@ class Recovery:
             mtime = os.lstat(taken.path).st_mtime
             task.setdefault("id", envelope.id_of_name(taken.name, mtime))
             task.setdefault("enqueued_at", mtime)
-        state = recover(taken, task, dead, self.policy_for(task) if task is not None else None)
+        policy = self.policy_for(task) if task is not None else None
+        state = recover(taken, task, dead, policy, self.outbox)
         queue = index.dirs.name
         if state != "finished":
             self.counts.record(queue, "recovered")

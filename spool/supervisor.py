@@ -132,6 +132,44 @@ redirect_stderr=true
 stdout_logfile_backups=5
 """
 
+RESIDENT_PROGRAM = """\
+[program:{name}]
+; {comment}
+command={command}
+directory={directory}
+{user_line}numprocs=1
+autostart=true
+autorestart=true
+startsecs=2
+startretries=3
+stopsignal=TERM
+stopwaitsecs=15
+environment={environment}
+redirect_stderr=true
+{logfile_line}stdout_logfile_maxbytes=10MB
+stdout_logfile_backups=5
+"""
+NOTIFY_COMMENT = "delivers completion events to the sinks of [notify] (idle without them)"
+INTAKE_COMMENT = "enqueues the tasks published to [mqtt_intake]'s topic (idle without it)"
+
+WEB_PROGRAM = """\
+[program:spool-web]
+; the dashboard and HTTP API (spool web: [web] host and port, 127.0.0.1:8750 by default)
+command={command}
+directory={directory}
+{user_line}numprocs=1
+autostart=true
+autorestart=true
+startsecs=2
+startretries=3
+stopsignal=TERM
+stopwaitsecs=10
+environment={environment}
+redirect_stderr=true
+{logfile_line}stdout_logfile_maxbytes=10MB
+stdout_logfile_backups=5
+"""
+
 
 # ---- rendering -----------------------------------------------------------------------------
 
@@ -171,6 +209,10 @@ class WorkerProgram:
     user: str | None = None
     scheduler_command: str | None = None
     scheduler_logfile: str | None = None
+    web_command: str | None = None
+    web_logfile: str | None = None
+    # other resident programs (spool notify, spool mqtt-intake): (name, comment, command, log)
+    residents: tuple[tuple[str, str, str, str | None], ...] = ()
 
     def render(self) -> str:
         return WORKER_PROGRAM.format(
@@ -196,12 +238,49 @@ class WorkerProgram:
             ),
         )
 
+    def render_web(self) -> str:
+        return WEB_PROGRAM.format(
+            command=self.web_command,
+            directory=self.directory,
+            user_line=f"user={value(self.user)}\n" if self.user else "",
+            environment=environment_value(self.environment),
+            logfile_line=f"stdout_logfile={self.web_logfile}\n" if self.web_logfile else "",
+        )
+
     def render_all(self) -> str:
-        """The worker program, and the scheduler program when it has a command."""
+        """The worker program, and the scheduler and web programs when they have a command."""
         blocks = [self.render()]
         if self.scheduler_command:
             blocks.append(self.render_scheduler())
+        if self.web_command:
+            blocks.append(self.render_web())
+        for name, comment, command, logfile in self.residents:
+            blocks.append(
+                RESIDENT_PROGRAM.format(
+                    name=name,
+                    comment=comment,
+                    command=command,
+                    directory=self.directory,
+                    user_line=f"user={value(self.user)}\n" if self.user else "",
+                    environment=environment_value(self.environment),
+                    logfile_line=f"stdout_logfile={logfile}\n" if logfile else "",
+                )
+            )
         return "\n".join(blocks)
+
+
+def residents(
+    command: tuple[str, ...], logfile: str | None
+) -> tuple[tuple[str, str, str, str | None], ...]:
+    """The notifier and the MQTT intake, run by `command` + their subcommand."""
+
+    def line(sub: str) -> str:
+        return command_value(*command, sub) if len(command) > 1 else f"{command[0]} {sub}"
+
+    return (
+        ("spool-notify", NOTIFY_COMMENT, line("notify"), logfile),
+        ("spool-mqtt-intake", INTAKE_COMMENT, line("mqtt-intake"), logfile),
+    )
 
 
 def render_conf(header: str, var: str, program: WorkerProgram) -> str:
@@ -221,6 +300,9 @@ def render_shipped_conf() -> str:
         logfile="%(here)s/../var/log/%(program_name)s-%(process_num)02d.log",
         scheduler_command="spool scheduler",
         scheduler_logfile="%(here)s/../var/log/%(program_name)s.log",
+        web_command="spool web",
+        web_logfile="%(here)s/../var/log/%(program_name)s.log",
+        residents=residents(("spool",), "%(here)s/../var/log/%(program_name)s.log"),
     )
     return render_conf(SHIPPED_HEADER, "%(here)s/../var", program)
 
@@ -239,6 +321,9 @@ def render_local_conf(
         logfile=f"{var}/log/%(program_name)s-%(process_num)02d.log",
         scheduler_command=command_value(sys.executable, "-m", "spool", "scheduler"),
         scheduler_logfile=f"{var}/log/%(program_name)s.log",
+        web_command=command_value(sys.executable, "-m", "spool", "web"),
+        web_logfile=f"{var}/log/%(program_name)s.log",
+        residents=residents((sys.executable, "-m", "spool"), f"{var}/log/%(program_name)s.log"),
     )
     header = RENDERED_HEADER.format(project=project_dir, why=why, conf=var_dir / "supervisord.conf")
     return render_conf(header, var, program)
@@ -261,6 +346,7 @@ def render_program_block(settings: Settings, workers: int | None, user: str | No
         environment=env,
         user=user,
         scheduler_command=command_value(sys.executable, "-m", "spool", "scheduler"),
+        residents=residents((sys.executable, "-m", "spool"), None),
     )
     lines = [SYSTEM_HEADER.format(project=project)]
     if user:

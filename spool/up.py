@@ -202,10 +202,23 @@ def announce(settings: Settings, plan: Plan) -> None:
         f"  socket   {plan.socket or 'see ' + conf}",
         f"  logs     {plan.log_dir}/ (supervisord.log, {PROGRAM}-NN.log, spool-scheduler.log)",
         f"  control  {control_command(plan)} status",
+        *dashboard_line(settings, plan),
         f"Ctrl-C stops the workers after their running tasks (up to "
         f"{stop_wait_seconds(plan.longest_timeout)} s); press it again to stop them now.",
     ]
     print("\n".join(lines), flush=True)
+
+
+def dashboard_line(settings: Settings, plan: Plan) -> list[str]:
+    """Where spool-web serves, when the config runs it."""
+    try:
+        text = plan.rendered if plan.rendered is not None else plan.conf.read_text()
+    except OSError:
+        return []
+    if "[program:spool-web]" not in text:
+        return []
+    host = settings.web_host if ":" not in settings.web_host else f"[{settings.web_host}]"
+    return [f"  web      http://{host}:{settings.web_port}/ (spool-web: dashboard and HTTP API)"]
 
 
 def supervise(plan: Plan, env: dict[str, str]) -> int:

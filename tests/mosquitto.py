@@ -6,6 +6,7 @@ persistence file in its own directory, so QoS 1 sessions survive a restart.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -45,6 +46,8 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # as root, Mosquitto would switch to user mosquitto, who cannot write here
+            f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {directory}/\n"
             "autosave_interval 1\n"

@@ -1,0 +1,300 @@
+"""`spool mqtt-intake`: tasks published to an MQTT topic become task files.
+
+The intake subscribes with QoS 1 in a persistent session (a fixed client id, clean_session
+off), so the broker keeps what arrives while it is down, and acknowledges each message itself
+(paho's manual acks) only once its task file is durable: a message the broker handed over and
+the intake did not acknowledge is handed over again after a crash. Messages are written in
+small batches (what arrived together: one filesystem sync for all, as `enqueue_many` does) and
+then acknowledged in order.
+
+Each message is a task exactly as a task file is (the same validation); its queue is the topic
+level in place of {queue} (`spool/enqueue/{queue}` subscribes to `spool/enqueue/+`). A message
+that is not a valid task (not UTF-8, bad JSON, not an object, a wrong field, an invalid queue
+name, too big) is kept in the queue's failed/ (or `invalid_queue`'s, when the queue name is the
+problem) as it came, with `<name>.error.json` beside it giving the reason and the topic, as a
+rejected file is; it is acknowledged too and never stops the intake.
+
+Redelivery: a message redelivered after its task was written (a crash between the write and
+the acknowledgement) is written again, unless it carries an `id` and a task with that id is
+already in its queue; give messages ids to make the intake exactly-once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from spool import envelope, producer
+from spool.config import Settings
+from spool.envelope import FieldError
+from spool.errors import ConfigError, InvalidQueueName, InvalidTask
+from spool.finish import free_name, stem_of
+from spool.fsio import fsync_dir, write_atomic, write_many_atomic
+from spool.layout import ERROR_SUFFIX, QueueDirs, queue_dirs
+from spool.lookup import locate
+from spool.notify import config_stamp
+from spool.notify_config import IntakeSettings
+from spool.sinks import close_client
+
+log = logging.getLogger(__name__)
+IDLE_SECONDS = 2.0
+BACKOFF_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 10.0
+KEEPALIVE_SECONDS = 30
+CONNECT_TIMEOUT_SECONDS = 10.0
+MAX_BATCH = 1000
+
+
+@dataclass
+class Received:
+    """One message, held until its task file is durable."""
+
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    dup: bool
+
+
+@dataclass
+class Verdict:
+    """What to do with a message: write `prepared`, reject with `reason`, or skip (a copy)."""
+
+    message: Received
+    prepared: producer.Prepared | None = None
+    reason: str = ""
+    queue: str = ""
+
+
+def judge(settings: Settings, intake: IntakeSettings, message: Received, now: float) -> Verdict:
+    """Validate a message as a task for the queue its topic names."""
+    queue = intake.queue_of(message.topic)
+    try:
+        dirs = queue_dirs(settings.root, queue)
+    except InvalidQueueName as exc:
+        return Verdict(message, reason=str(exc), queue=intake.invalid_queue)
+    if len(message.payload) > settings.max_file_bytes:
+        reason = f"is {len(message.payload)} bytes, over the limit of {settings.max_file_bytes}"
+        return Verdict(message, reason=reason, queue=dirs.name)
+    try:
+        task = envelope.parse_task_bytes(message.payload)
+        prepared = producer.prepare(settings, task, dirs.name, now)
+    except (FieldError, InvalidTask) as exc:
+        return Verdict(message, reason=str(exc), queue=dirs.name)
+    if message.dup and "id" in task and locate(settings.root, task["id"], [dirs.name]):
+        return Verdict(message, queue=dirs.name)  # redelivered after it was written: a copy
+    return Verdict(message, prepared=prepared, queue=dirs.name)
+
+
+def write_batch(settings: Settings, verdicts: list[Verdict]) -> None:
+    """Make every task and rejection of the batch durable. Raises: OSError."""
+    items: list[tuple[bytes, Path]] = []
+    created: set[QueueDirs] = set()
+    tmp_dir: Path | None = None
+    for verdict in verdicts:
+        prepared = verdict.prepared
+        if prepared is None:
+            if verdict.reason:
+                store_rejected(settings, verdict)
+            continue
+        if prepared.dirs not in created:
+            created.add(prepared.dirs.create())
+        key = prepared.task.get("unique_key")
+        if key is not None and producer.take_unique_key(prepared.dirs, key, prepared):
+            continue  # held by a pending task: not enqueued, as with enqueue
+        items.append((envelope.dump(prepared.task), prepared.dest))
+        tmp_dir = tmp_dir or prepared.dirs.tmp
+    if items and tmp_dir is not None:
+        write_many_atomic(items, tmp_dir)
+
+
+def store_rejected(settings: Settings, verdict: Verdict) -> Path:
+    """Keep a message that is not a task in failed/, as it came, with the reason beside it."""
+    dirs = queue_dirs(settings.root, verdict.queue).create()
+    now = time.time()
+    name = f"mqtt-{envelope.format_compact(now)}-{secrets.token_hex(4)}.json"
+    dest = free_name(dirs.failed, name)
+    write_atomic(verdict.message.payload, dirs.tmp, dest)
+    sidecar = {
+        "file": name,
+        "stored_as": dest.name,
+        "reason": verdict.reason,
+        "topic": verdict.message.topic,
+        "rejected_at": now,
+        "worker": "mqtt-intake",
+    }
+    note = dirs.failed / (stem_of(dest.name) + ERROR_SUFFIX)
+    write_atomic(json.dumps(sidecar, indent=2).encode(), dirs.tmp, note)
+    fsync_dir(dirs.failed)
+    log.warning("rejected message topic=%s stored=%s/failed/%s reason=%s",
+                verdict.message.topic, dirs.name, dest.name, verdict.reason)  # fmt: skip
+    return dest
+
+
+class Intake:
+    """The resident subscriber; idle while the config has no [mqtt_intake]."""
+
+    def __init__(self, settings: Settings, reload: Callable[[], Settings]) -> None:
+        self.settings, self.reload = settings, reload
+        self.stopped = threading.Event()
+        self.reload_requested = False
+        self.pending: list[Received] = []
+        self.failures = 0
+        self.written = 0
+
+    def run(self) -> int:
+        self.install_signal_handlers()
+        stamp = config_stamp(self.settings)
+        if self.settings.mqtt_intake is None:
+            log.info("mqtt intake: no [mqtt_intake] in the config; idle until it has one")
+        while not self.stopped.is_set():
+            intake = self.settings.mqtt_intake
+            if intake is None:
+                self.stopped.wait(IDLE_SECONDS)
+            else:
+                self.session(intake)
+            now_stamp = config_stamp(self.settings)
+            if self.reload_requested or now_stamp != stamp:
+                stamp = now_stamp
+                self.apply_reload()
+        log.info("mqtt intake stopped")
+        return 0
+
+    def session(self, intake: IntakeSettings) -> None:
+        """Connect, subscribe and write what arrives, until stopped, reloaded or cut off."""
+        try:
+            client = self.connect(intake)
+        except (OSError, ConnectionError, ValueError) as exc:
+            self.failures += 1
+            delay = min(BACKOFF_MAX_SECONDS, BACKOFF_SECONDS * 2.0 ** min(self.failures - 1, 30))
+            log.warning("mqtt intake: cannot connect to %s:%d (%s); again in %.1f s",
+                        intake.broker.host, intake.broker.port, exc, delay)  # fmt: skip
+            self.stopped.wait(delay)
+            return
+        stamp = config_stamp(self.settings)
+        next_check = time.monotonic() + IDLE_SECONDS
+        try:
+            while not self.stopped.is_set() and not self.reload_requested:
+                if client.loop(0.05) != 0:
+                    log.warning("mqtt intake: connection lost; reconnecting")
+                    return
+                self.drain(client)
+                if self.pending:
+                    self.flush(client, intake)
+                    self.failures = 0
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + IDLE_SECONDS
+                    if config_stamp(self.settings) != stamp:
+                        return
+        finally:
+            self.pending.clear()  # not acknowledged: the broker hands them over again
+            close_client(client)
+
+    def drain(self, client: Any) -> None:
+        """Read what has already arrived, so a batch takes it all (up to MAX_BATCH)."""
+        while len(self.pending) < MAX_BATCH:
+            before = len(self.pending)
+            if client.loop(0) != 0 or len(self.pending) == before:
+                return
+
+    def flush(self, client: Any, intake: IntakeSettings) -> None:
+        batch, self.pending = self.pending, []
+        now = time.time()
+        verdicts = [judge(self.settings, intake, message, now) for message in batch]
+        while not self.stopped.is_set():
+            try:
+                write_batch(self.settings, verdicts)
+                break
+            except OSError as exc:  # a full disk: keep the messages unacknowledged, retry
+                log.error("mqtt intake: cannot write %d task(s): %s", len(verdicts), exc)
+                self.stopped.wait(1.0)
+        else:
+            return
+        # CRASH: the tasks are durable; a message not acknowledged yet is handed over again
+        for message in batch:
+            client.ack(message.mid, message.qos)
+        self.written += len(batch)
+        log.info("mqtt intake: %d message(s) enqueued (%d so far)", len(batch), self.written)
+
+    def connect(self, intake: IntakeSettings) -> Any:
+        """A client subscribed in its persistent session. Raises: OSError, ConnectionError."""
+        from paho.mqtt.client import Client, MQTTv311
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        broker = intake.broker
+        client = Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=intake.client_id,
+            clean_session=False,
+            protocol=MQTTv311,
+            reconnect_on_failure=False,
+            manual_ack=True,
+        )
+        if broker.username:
+            client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            client.tls_set(ca_certs=broker.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        answer: dict[str, Any] = {}
+        client.on_connect = lambda _c, _u, _flags, code, _props: answer.update(code=code)
+        client.on_subscribe = lambda _c, _u, _mid, codes, _props: answer.update(granted=codes)
+        client.on_message = lambda _c, _u, msg: self.pending.append(
+            Received(msg.mid, msg.qos, msg.topic, bytes(msg.payload), bool(msg.dup))
+        )
+        client.connect(broker.host, broker.port, keepalive=KEEPALIVE_SECONDS)
+        try:
+            self.await_answer(client, answer, "code")
+            if answer["code"].is_failure:
+                raise ConnectionError(f"refused: {answer['code']}")
+            client.subscribe(intake.subscription, qos=1)
+            self.await_answer(client, answer, "granted")
+            if any(code.is_failure for code in answer["granted"]):
+                raise ConnectionError(f"subscription to {intake.subscription} refused")
+        except BaseException:
+            close_client(client)
+            raise
+        log.info("mqtt intake: subscribed to %s on %s:%d as %s", intake.subscription,
+                 broker.host, broker.port, intake.client_id)  # fmt: skip
+        return client
+
+    def await_answer(self, client: Any, answer: dict[str, Any], key: str) -> None:
+        deadline = time.monotonic() + CONNECT_TIMEOUT_SECONDS
+        while key not in answer:
+            if client.loop(0.05) != 0 or time.monotonic() > deadline or self.stopped.is_set():
+                raise ConnectionError(f"no answer from the broker ({key})")
+
+    def apply_reload(self) -> None:
+        self.reload_requested = False
+        try:
+            self.settings = self.reload()
+        except ConfigError as exc:
+            log.error("config not reloaded, keeping the current one: %s", exc)
+            return
+        log.info("config reloaded")
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self.on_stop)
+        signal.signal(signal.SIGINT, self.on_stop)
+        signal.signal(signal.SIGHUP, self.on_hup)
+
+    def on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopped.set()
+
+    def on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested = True
+
+
+def run_intake(settings: Settings, reload: Callable[[], Settings]) -> int:
+    """Enqueue published tasks until stopped; return the exit code."""
+    return Intake(settings, reload).run()
