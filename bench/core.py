@@ -561,7 +561,8 @@ def rss_kib(pid: int) -> int:
 
 def idle_worker(lab: Lab, delayed: int, idle_seconds: float) -> tuple[float, float]:
     """(RSS MiB, CPU % of one core over `idle_seconds`) of a resident worker's parent process,
-    idle over a queue holding `delayed` tasks due in an hour, once its RSS has settled."""
+    idle over a queue holding `delayed` tasks due in an hour, once its RSS has settled (and
+    3 s more: its first rescans list a just-written delayed/ in full)."""
     root = lab.root(f"delayed-{delayed}")
     app = Spool(root=root)
     left = delayed
@@ -580,6 +581,7 @@ def idle_worker(lab: Lab, delayed: int, idle_seconds: float) -> tuple[float, flo
             now = rss_kib(proc.pid)
             steady = steady + 1 if now == last else 0
             last = now
+        time.sleep(3.0)  # past start-up: the first rescans list the fresh delayed/ in full
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(idle_seconds)
         cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)

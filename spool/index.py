@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -26,6 +27,8 @@ from spool.fsio import UnreadableFile, list_names, read_regular
 from spool.layout import CANONICAL_RE, QueueDirs, is_task_name, split_delayed
 
 DELAYED_WINDOW = 1000
+FULL_SCAN_SECONDS = 60.0  # delayed/ is listed again at least this often, changed or not
+SETTLED_NS = 1_000_000_000  # a directory mtime this old can be trusted to mean "unchanged"
 
 
 @dataclass
@@ -40,6 +43,8 @@ class QueueIndex:
     delayed_names: set[str] = field(default_factory=set)
     # None: every delayed entry is held; else entries due after this (µs) may be on disk only
     delayed_limit: int | None = None
+    delayed_mtime: int | None = None  # delayed/'s mtime (ns) when last listed, if settled then
+    delayed_listed: float = 0.0  # time.monotonic() of that listing
     paused: bool = False  # as of the last rescan (or pause event)
 
     def add_ready(self, name: str) -> None:
@@ -64,8 +69,28 @@ class QueueIndex:
         self.delayed_names.add(entry)
         heapq.heappush(self.delayed, (due, entry))
 
-    def rescan_delayed(self) -> None:
-        """Hold the DELAYED_WINDOW earliest entries of delayed/ (one streamed listing)."""
+    def rescan_delayed(self, force: bool = False) -> None:
+        """Hold the DELAYED_WINDOW earliest entries of delayed/ (one streamed listing).
+
+        Skipped while the directory's mtime shows no entry came or went since the last
+        listing (an idle worker over 100,000 tasks scheduled for later lists nothing), unless
+        forced or FULL_SCAN_SECONDS have passed.
+        """
+        try:
+            mtime: int | None = os.stat(self.dirs.delayed).st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        now = time.monotonic()
+        if (
+            not force
+            and mtime is not None
+            and mtime == self.delayed_mtime
+            and now - self.delayed_listed < FULL_SCAN_SECONDS
+        ):
+            return
+        settled = mtime is not None and time.time_ns() - mtime >= SETTLED_NS
+        self.delayed_mtime = mtime if settled else None
+        self.delayed_listed = now
         window: list[tuple[int, str]] = []  # (-due, entry): a max-heap of the earliest ones
         total = 0
         try:
@@ -116,7 +141,7 @@ class QueueIndex:
     def pop_due(self, now_us: int) -> list[str]:
         """Delayed entries due by `now_us`, earliest first (at most one window's worth)."""
         if self.delayed_limit is not None and now_us >= self.delayed_limit:
-            self.rescan_delayed()  # the held window is used up: take the next one
+            self.rescan_delayed(force=True)  # the held window is used up: take the next one
         due = []
         while self.delayed and self.delayed[0][0] <= now_us:
             _, entry = heapq.heappop(self.delayed)

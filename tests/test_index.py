@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from spool import Spool
@@ -77,3 +79,22 @@ def test_more_delayed_tasks_than_the_window_all_run(app: Spool, start_worker: St
     done = app.settings.root / "default" / "done"
     wait_until(lambda: len(names(done)) == total, timeout=60, interval=0.1)
     assert sorted(n.removesuffix(".json") for n in names(done)) == sorted(ids)
+
+
+def test_an_unchanged_delayed_directory_is_not_listed_again(spool_root: Path) -> None:
+    index = make_index(spool_root)
+    first = put_delayed(index, BASE_US, 1)
+    past = time.time_ns() - 100 * 10**9
+    os.utime(index.dirs.delayed, ns=(past, past))  # settled: last changed long ago
+    index.rescan()
+    assert index.delayed_names == {first}
+
+    hidden = put_delayed(index, BASE_US + 1000, 2)
+    os.utime(index.dirs.delayed, ns=(past, past))  # a change the mtime does not show
+    index.rescan()
+    assert hidden not in index.delayed_names  # not listed: the directory looked unchanged
+
+    put_delayed(index, BASE_US + 2000, 3)  # an ordinary change moves the mtime
+    index.rescan()
+    assert hidden in index.delayed_names
+    assert len(index.delayed_names) == 3
