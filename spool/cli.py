@@ -646,19 +646,9 @@ def scheduler(ctx: click.Context, log_format: str | None) -> None:
 @click.pass_context
 def notify(ctx: click.Context, log_format: str | None) -> None:
     """Deliver completion events to the sinks of the config's [notify] (resident)."""
-    from spool.logs import setup_logging
     from spool.notify import run_notifier
 
-    settings = settings_of(ctx)
-    obj = ctx.ensure_object(dict)
-    setup_logging(log_format or settings.log_format, settings.log_level)
-
-    def reload() -> Settings:
-        return load_settings(obj.get("root"), obj.get("config"))
-
-    with user_errors():
-        code = run_notifier(settings, reload)
-    ctx.exit(code)
+    run_resident(ctx, log_format, run_notifier)
 
 
 @cli.command("mqtt-intake")
@@ -668,8 +658,18 @@ def notify(ctx: click.Context, log_format: str | None) -> None:
 @click.pass_context
 def mqtt_intake(ctx: click.Context, log_format: str | None) -> None:
     """Enqueue the tasks published to the MQTT topic of the config's [mqtt_intake] (resident)."""
-    from spool.logs import setup_logging
     from spool.mqtt_intake import run_intake
+
+    run_resident(ctx, log_format, run_intake)
+
+
+def run_resident(
+    ctx: click.Context,
+    log_format: str | None,
+    runner: Callable[[Settings, Callable[[], Settings]], int],
+) -> None:
+    """Run a resident process that reloads its settings on request; exit with its code."""
+    from spool.logs import setup_logging
 
     settings = settings_of(ctx)
     obj = ctx.ensure_object(dict)
@@ -679,7 +679,7 @@ def mqtt_intake(ctx: click.Context, log_format: str | None) -> None:
         return load_settings(obj.get("root"), obj.get("config"))
 
     with user_errors():
-        code = run_intake(settings, reload)
+        code = runner(settings, reload)
     ctx.exit(code)
 
 

@@ -114,24 +114,6 @@ redirect_stderr=true
 stdout_logfile_backups=5
 """
 
-SCHEDULER_PROGRAM = """\
-[program:spool-scheduler]
-; one process enqueues the config's [schedule] tasks (more may run: each slot fires once)
-command={command}
-directory={directory}
-{user_line}numprocs=1
-autostart=true
-autorestart=true
-startsecs=2
-startretries=3
-stopsignal=TERM
-stopwaitsecs=10
-environment={environment}
-redirect_stderr=true
-{logfile_line}stdout_logfile_maxbytes=10MB
-stdout_logfile_backups=5
-"""
-
 RESIDENT_PROGRAM = """\
 [program:{name}]
 ; {comment}
@@ -143,7 +125,7 @@ autorestart=true
 startsecs=2
 startretries=3
 stopsignal=TERM
-stopwaitsecs=15
+stopwaitsecs={stop_wait}
 environment={environment}
 redirect_stderr=true
 {logfile_line}stdout_logfile_maxbytes=10MB
@@ -152,23 +134,12 @@ stdout_logfile_backups=5
 NOTIFY_COMMENT = "delivers completion events to the sinks of [notify] (idle without them)"
 INTAKE_COMMENT = "enqueues the tasks published to [mqtt_intake]'s topic (idle without it)"
 
-WEB_PROGRAM = """\
-[program:spool-web]
-; the dashboard and HTTP API (spool web: [web] host and port, 127.0.0.1:8750 by default)
-command={command}
-directory={directory}
-{user_line}numprocs=1
-autostart=true
-autorestart=true
-startsecs=2
-startretries=3
-stopsignal=TERM
-stopwaitsecs=10
-environment={environment}
-redirect_stderr=true
-{logfile_line}stdout_logfile_maxbytes=10MB
-stdout_logfile_backups=5
-"""
+SCHEDULER_COMMENT = (
+    "one process enqueues the config's [schedule] tasks (more may run: each slot fires once)"
+)
+WEB_COMMENT = (
+    "the dashboard and HTTP API (spool web: [web] host and port, 127.0.0.1:8750 by default)"
+)
 
 
 # ---- rendering -----------------------------------------------------------------------------
@@ -227,45 +198,42 @@ class WorkerProgram:
             logfile_line=f"stdout_logfile={self.logfile}\n" if self.logfile else "",
         )
 
-    def render_scheduler(self) -> str:
-        return SCHEDULER_PROGRAM.format(
-            command=self.scheduler_command,
+    def render_resident(
+        self, name: str, comment: str, command: str, logfile: str | None, stop_wait: int = 15
+    ) -> str:
+        """One single-process program beside the workers (scheduler, web, notify, intake)."""
+        return RESIDENT_PROGRAM.format(
+            name=name,
+            comment=comment,
+            command=command,
             directory=self.directory,
             user_line=f"user={value(self.user)}\n" if self.user else "",
+            stop_wait=stop_wait,
             environment=environment_value(self.environment),
-            logfile_line=(
-                f"stdout_logfile={self.scheduler_logfile}\n" if self.scheduler_logfile else ""
-            ),
-        )
-
-    def render_web(self) -> str:
-        return WEB_PROGRAM.format(
-            command=self.web_command,
-            directory=self.directory,
-            user_line=f"user={value(self.user)}\n" if self.user else "",
-            environment=environment_value(self.environment),
-            logfile_line=f"stdout_logfile={self.web_logfile}\n" if self.web_logfile else "",
+            logfile_line=f"stdout_logfile={logfile}\n" if logfile else "",
         )
 
     def render_all(self) -> str:
-        """The worker program, and the scheduler and web programs when they have a command."""
+        """The worker program, and the scheduler, web and other residents with a command."""
         blocks = [self.render()]
         if self.scheduler_command:
-            blocks.append(self.render_scheduler())
-        if self.web_command:
-            blocks.append(self.render_web())
-        for name, comment, command, logfile in self.residents:
             blocks.append(
-                RESIDENT_PROGRAM.format(
-                    name=name,
-                    comment=comment,
-                    command=command,
-                    directory=self.directory,
-                    user_line=f"user={value(self.user)}\n" if self.user else "",
-                    environment=environment_value(self.environment),
-                    logfile_line=f"stdout_logfile={logfile}\n" if logfile else "",
+                self.render_resident(
+                    "spool-scheduler",
+                    SCHEDULER_COMMENT,
+                    self.scheduler_command,
+                    self.scheduler_logfile,
+                    stop_wait=10,
                 )
             )
+        if self.web_command:
+            blocks.append(
+                self.render_resident(
+                    "spool-web", WEB_COMMENT, self.web_command, self.web_logfile, stop_wait=10
+                )
+            )
+        for name, comment, command, logfile in self.residents:
+            blocks.append(self.render_resident(name, comment, command, logfile))
         return "\n".join(blocks)
 
 
