@@ -790,6 +790,38 @@ def supervisor_config(ctx: click.Context, workers: int | None, user: str | None)
         click.echo(render_program_block(settings, workers, user), nl=False)
 
 
+@cli.command()
+@click.option("--fs", "probe_fs", is_flag=True, help="Probe the filesystem (a few seconds).")
+@click.option(
+    "--other-mount",
+    metavar="PATH",
+    help="The root seen through another mount: are locks and listings shared? (implies --fs)",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object of all results.")
+@click.pass_context
+def doctor(ctx: click.Context, probe_fs: bool, other_mount: str | None, as_json: bool) -> None:
+    """Check the root's filesystem from this host and say which mode is safe (exit 1 if none)."""
+    from spool.doctor import examine, render
+    from spool.layout import existing_queues
+
+    settings = settings_of(ctx)
+    if other_mount is not None and not Path(other_mount).is_dir():
+        raise bad("--other-mount", f"{other_mount} is not a directory")
+    if not settings.root.is_dir():
+        raise bad("--root", f"{settings.root} is not a directory")
+    other = None if other_mount is None else Path(other_mount)
+    with user_errors():
+        report = examine(
+            settings.root,
+            settings.config_path,
+            existing_queues(settings.root),
+            probe=probe_fs or other is not None,
+            other=other,
+        )
+    click.echo(json.dumps(report, indent=2) if as_json else render(report))
+    ctx.exit(0 if report["safe"] else 1)
+
+
 def main() -> None:
     cli(prog_name="spool")
 
