@@ -20,6 +20,7 @@ from tests.mosquitto import Broker, mosquitto_binary
 TESTS_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = TESTS_DIR.parent
 TEST_CONFIG = TESTS_DIR / "spool.toml"
+Popen = subprocess.Popen[bytes]
 
 
 def wait_until(
@@ -115,6 +116,38 @@ def no_leaked_threads() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not leaked, f"threads leaked: {leaked}"
+
+
+@pytest.fixture
+def start_resident(spool_root: Path, tmp_path: Path) -> Iterator[Callable[..., Popen]]:
+    """Start a resident `spool COMMAND` (notify, mqtt-intake) with a config, logging to a file
+    in tmp_path; with `ready`, wait until that text is in its log. All stop at the end."""
+    procs: list[Popen] = []
+
+    def start(command: str, config: Path, ready: str | None = None) -> Popen:
+        log_path = tmp_path / f"{command}-{len(procs)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                spool_command(spool_root, command, config=config),
+                cwd=PROJECT_DIR,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stderr=log,
+            )
+        procs.append(proc)
+        if ready is not None:
+            wait_until(lambda: ready in log_path.read_text() or proc.poll() is not None, 20)
+            assert proc.poll() is None, log_path.read_text()
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 @pytest.fixture

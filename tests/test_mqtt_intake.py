@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import Any
 import pytest
 
 from spool.layout import CANONICAL_RE, queue_dirs
-from tests.conftest import PROJECT_DIR, names, spool_command, wait_until
+from tests.conftest import Popen, names, wait_until
 from tests.mosquitto import Broker
 from tests.mqtt_clients import Publisher
 
@@ -30,36 +28,8 @@ client_id = "intake-{tag}"
 
 
 @pytest.fixture
-def start_intake(
-    spool_root: Path, tmp_path: Path
-) -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(config: Path) -> subprocess.Popen[bytes]:
-        log_path = tmp_path / f"intake-{len(procs)}.log"
-        log = open(log_path, "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            spool_command(spool_root, "mqtt-intake", config=config),
-            cwd=PROJECT_DIR,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stderr=log,
-        )
-        log.close()
-        procs.append(proc)
-        wait_until(lambda: "subscribed to" in log_path.read_text() or proc.poll() is not None,
-                   timeout=20)  # fmt: skip
-        assert proc.poll() is None, log_path.read_text()
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+def start_intake(start_resident: Callable[..., Popen]) -> Callable[[Path], Popen]:
+    return lambda config: start_resident("mqtt-intake", config, ready="subscribed to")
 
 
 @pytest.fixture

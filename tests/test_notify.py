@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from spool.config import load_settings
 from spool.errors import ConfigError
 from spool.events import event_name, events_dir, sent_dir
 from spool.layout import queue_dirs
-from tests.conftest import PROJECT_DIR, names, run_burst, spool_command, wait_until
+from tests.conftest import PROJECT_DIR, Popen, names, run_burst, spool_command, wait_until
 from tests.mosquitto import Broker
 from tests.mqtt_clients import Subscriber
 
@@ -62,32 +62,8 @@ url = "{url}"
 
 
 @pytest.fixture
-def start_notify(
-    spool_root: Path, tmp_path: Path
-) -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(config: Path) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"notify-{len(procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            spool_command(spool_root, "notify", config=config),
-            cwd=PROJECT_DIR,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stderr=log,
-        )
-        log.close()
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+def start_notify(start_resident: Callable[..., Popen]) -> Callable[[Path], Popen]:
+    return lambda config: start_resident("notify", config)
 
 
 def producer(root: Path, config: Path) -> Spool:
