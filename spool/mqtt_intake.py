@@ -25,7 +25,6 @@ import json
 import logging
 import secrets
 import signal
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -44,13 +43,12 @@ from spool.layout import ERROR_SUFFIX, QueueDirs, queue_dirs
 from spool.lookup import locate
 from spool.notify import config_stamp
 from spool.notify_config import IntakeSettings
-from spool.sinks import close_client
+from spool.sinks import KEEPALIVE_SECONDS, close_client, new_client
 
 log = logging.getLogger(__name__)
 IDLE_SECONDS = 2.0
 BACKOFF_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 10.0
-KEEPALIVE_SECONDS = 30
 CONNECT_TIMEOUT_SECONDS = 10.0
 MAX_BATCH = 1000
 
@@ -228,22 +226,8 @@ class Intake:
 
     def connect(self, intake: IntakeSettings) -> Any:
         """A client subscribed in its persistent session. Raises: OSError, ConnectionError."""
-        from paho.mqtt.client import Client, MQTTv311
-        from paho.mqtt.enums import CallbackAPIVersion
-
         broker = intake.broker
-        client = Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=intake.client_id,
-            clean_session=False,
-            protocol=MQTTv311,
-            reconnect_on_failure=False,
-            manual_ack=True,
-        )
-        if broker.username:
-            client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            client.tls_set(ca_certs=broker.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        client = new_client(broker, intake.client_id, persistent=True)
         answer: dict[str, Any] = {}
         client.on_connect = lambda _c, _u, _flags, code, _props: answer.update(code=code)
         client.on_subscribe = lambda _c, _u, _mid, codes, _props: answer.update(granted=codes)

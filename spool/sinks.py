@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from spool.envelope import JSON
-from spool.notify_config import CommandSink, MqttSink, NotifySettings, WebhookSink
+from spool.notify_config import Broker, CommandSink, MqttSink, NotifySettings, WebhookSink
 
 log = logging.getLogger(__name__)
 KEEPALIVE_SECONDS = 30
@@ -85,22 +85,9 @@ class MqttPublisher:
 
     def connect(self) -> Any:
         """Raises: OSError, ConnectionError."""
-        from paho.mqtt.client import Client, MQTTv311
-        from paho.mqtt.enums import CallbackAPIVersion
-
         broker = self.config.broker
         client_id = self.config.client_id or f"spool-notify-{os.getpid()}-{secrets.token_hex(3)}"
-        client = Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=True,
-            protocol=MQTTv311,
-            reconnect_on_failure=False,
-        )
-        if broker.username:
-            client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            client.tls_set(ca_certs=broker.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        client = new_client(broker, client_id, persistent=False)
         client.max_inflight_messages_set(1000)
         answer: dict[str, Any] = {}
         client.on_connect = lambda _c, _u, _flags, code, _props: answer.update(code=code)
@@ -155,6 +142,30 @@ class MqttPublisher:
             self.client = None
 
 
+def new_client(broker: Broker, client_id: str, *, persistent: bool) -> Any:
+    """A paho MQTT 3.1.1 client for `broker` (credentials, TLS), not connected yet.
+
+    `persistent`: the broker keeps the session while the client is away, and messages are
+    acknowledged by the caller (`client.ack`), not on receipt.
+    """
+    from paho.mqtt.client import Client, MQTTv311
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=not persistent,
+        protocol=MQTTv311,
+        reconnect_on_failure=False,
+        manual_ack=persistent,
+    )
+    if broker.username:
+        client.username_pw_set(broker.username, broker.password)
+    if broker.tls:
+        client.tls_set(ca_certs=broker.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+    return client
+
+
 def acked(info: Any) -> bool:
     try:
         return bool(info.is_published())
@@ -187,7 +198,26 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class WebhookPoster:
+class OneAtATime:
+    """A sink that takes events one by one (`send`), stopping at the first it refuses."""
+
+    def send(self, event: Event) -> bool:
+        raise NotImplementedError
+
+    def deliver(self, events: Sequence[Event]) -> int:
+        for done, event in enumerate(events):
+            if not self.send(event):
+                return done
+        return len(events)
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class WebhookPoster(OneAtATime):
     """POSTs each event's JSON; a 2xx answer accepts it, anything else refuses it."""
 
     name = "webhook"
@@ -197,7 +227,7 @@ class WebhookPoster:
         self.config = config
         self.opener = urllib.request.build_opener(NoRedirects())
 
-    def post(self, event: Event) -> bool:
+    def send(self, event: Event) -> bool:
         headers = {"Content-Type": "application/json", "User-Agent": "spool-notify"}
         if self.config.secret:
             headers[SIGNATURE_HEADER] = signature(self.config.secret, event.data)
@@ -213,23 +243,11 @@ class WebhookPoster:
             log.warning("webhook: cannot post to %s: %s", self.config.url, exc)
             return False
 
-    def deliver(self, events: Sequence[Event]) -> int:
-        for done, event in enumerate(events):
-            if not self.post(event):
-                return done
-        return len(events)
-
-    def idle(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
 
 # ---- command -------------------------------------------------------------------------------
 
 
-class CommandRunner:
+class CommandRunner(OneAtATime):
     """Runs a program per event with the event's JSON on stdin; exit status 0 accepts it."""
 
     name = "command"
@@ -238,7 +256,7 @@ class CommandRunner:
     def __init__(self, config: CommandSink) -> None:
         self.config = config
 
-    def run(self, event: Event) -> bool:
+    def send(self, event: Event) -> bool:
         try:
             done = subprocess.run(
                 list(self.config.argv),
@@ -260,18 +278,6 @@ class CommandRunner:
             log.warning("command: %s exited %d for %s: %s", self.config.argv[0],
                         done.returncode, event.name, tail)  # fmt: skip
         return done.returncode == 0
-
-    def deliver(self, events: Sequence[Event]) -> int:
-        for done, event in enumerate(events):
-            if not self.run(event):
-                return done
-        return len(events)
-
-    def idle(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def make_sinks(notify: NotifySettings) -> list[Sink]:
