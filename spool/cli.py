@@ -623,20 +623,12 @@ def wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None) -
 @click.pass_context
 def scheduler(ctx: click.Context, log_format: str | None) -> None:
     """Enqueue the periodic tasks of the config's [schedule] table (resident)."""
-    from spool.logs import setup_logging
     from spool.scheduler import Scheduler, load_entries
 
-    settings = settings_of(ctx)
-    obj = ctx.ensure_object(dict)
-    setup_logging(log_format or settings.log_format, settings.log_level)
+    def run(settings: Settings, reload: Callable[[], Settings]) -> int:
+        return Scheduler(settings, load_entries(settings), reload).run()
 
-    def reload() -> Settings:
-        return load_settings(obj.get("root"), obj.get("config"))
-
-    with user_errors():
-        entries = load_entries(settings)
-        code = Scheduler(settings, entries, reload).run()
-    ctx.exit(code)
+    run_resident(ctx, log_format, run)
 
 
 @cli.command()
