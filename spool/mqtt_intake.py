@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from spool import envelope, producer
+from spool import envelope, producer, signals
 from spool.config import Settings
 from spool.envelope import FieldError
 from spool.errors import ConfigError, InvalidQueueName, InvalidTask
@@ -151,7 +150,7 @@ class Intake:
         self.written = 0
 
     def run(self) -> int:
-        self.install_signal_handlers()
+        signals.install(self.on_stop, self.on_hup)
         stamp = config_stamp(self.settings)
         if self.settings.mqtt_intake is None:
             log.info("mqtt intake: no [mqtt_intake] in the config; idle until it has one")
@@ -264,13 +263,6 @@ class Intake:
             log.error("config not reloaded, keeping the current one: %s", exc)
             return
         log.info("config reloaded")
-
-    def install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        signal.signal(signal.SIGTERM, self.on_stop)
-        signal.signal(signal.SIGINT, self.on_stop)
-        signal.signal(signal.SIGHUP, self.on_hup)
 
     def on_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopped.set()

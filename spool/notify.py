@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from spool import signals
 from spool.config import Settings
 from spool.errors import ConfigError
 from spool.events import events_dir, is_event_name, partial_dir, sent_dir
@@ -65,7 +65,7 @@ class Notifier:
     # ---- life cycle ------------------------------------------------------------------
 
     def run(self) -> int:
-        self.install_signal_handlers()
+        signals.install(self.on_stop, self.on_hup)
         for directory in (self.dir, sent_dir(self.settings.root), partial_dir(self.settings.root)):
             ensure_dir(directory)
         lock = FileLock(str(self.dir / ".notify.lock"), mode=FILE_MODE)
@@ -126,13 +126,6 @@ class Notifier:
         return float(
             min(notify.retry_backoff_max_seconds, notify.retry_backoff_seconds * 2.0**exponent)
         )
-
-    def install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        signal.signal(signal.SIGTERM, self.on_stop)
-        signal.signal(signal.SIGINT, self.on_stop)
-        signal.signal(signal.SIGHUP, self.on_hup)
 
     def on_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopped.set()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,7 +28,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from spool import producer
+from spool import producer, signals
 from spool.config import Settings
 from spool.envelope import format_compact, parse_compact
 from spool.errors import ConfigError, SpoolError
@@ -190,7 +189,7 @@ class Scheduler:
         self.last_housekeeping = 0.0
 
     def run(self) -> int:
-        self.install_signal_handlers()
+        signals.install(self.on_stop, self.on_hup)
         observer = self.watch_config()
         names = ", ".join(f"{e.name} ({e.when})" for e in self.entries.values())
         log.info("scheduler started: %s", names or "no schedule entries")
@@ -244,13 +243,6 @@ class Scheduler:
         waits = [MAX_SLEEP_SECONDS, self.last_housekeeping + HOUSEKEEPING_SECONDS - now]
         waits += [entry.next_slot(now) - now for entry in self.entries.values()]
         return max(0.001, min(waits))
-
-    def install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        signal.signal(signal.SIGTERM, self.on_stop)
-        signal.signal(signal.SIGINT, self.on_stop)
-        signal.signal(signal.SIGHUP, self.on_hup)
 
     def on_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

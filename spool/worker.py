@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from spool import envelope
+from spool import envelope, signals
 from spool.claim import (
     Claim,
     WorkerLock,
@@ -130,7 +130,7 @@ class Worker:
 
         Raises: SpoolError (configuration, handler process start).
         """
-        self.install_signal_handlers()
+        signals.install(self.on_signal)
         os.makedirs(self.settings.root, exist_ok=True)
         queues = self.fixed_queues or existing_queues(self.settings.root) or [DEFAULT_QUEUE]
         self.lock.acquire(
@@ -170,12 +170,6 @@ class Worker:
             self.watcher.stop()
             self.lock.release()
             log.info("worker %s stopped", self.worker_id)
-
-    def install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self.on_signal)
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stopping.is_set():
