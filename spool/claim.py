@@ -8,6 +8,9 @@ A worker proves it is alive by holding the file lock `.workers/<worker id>.lock`
 life; the OS drops the lock when the process dies, however it dies. Whoever can take that lock
 knows the worker is dead, and may take its claims over by renaming each one to its own name
 (again a rename, so two recoverers never both get the same task).
+
+In shared mode (several hosts, see spool.cluster) locks do not cross hosts: a claim's liveness
+is its lease (spool.lease), and a shared worker counts as alive while its info file exists.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from spool.fsio import write_atomic
+from spool.fsio import list_names, write_atomic
 from spool.layout import (
     FILE_MODE,
     QueueDirs,
@@ -35,6 +38,7 @@ from spool.layout import (
     split_processing,
     workers_dir,
 )
+from spool.lease import LeaseWatch
 
 log = logging.getLogger(__name__)
 STALE_WORKER_FILE_SECONDS = 60.0
@@ -62,20 +66,34 @@ class Claim:
         return self.dirs.processing / (f".{entry}" if self.committed else entry)
 
     def hide(self) -> Claim:
-        """Mark the claim committed: its outcome is written (not yet synced); it no longer
-        counts as processing, and recovery drops it once it sees that outcome."""
+        """Mark the claim committed, just before its outcome is written: it no longer counts
+        as processing, and recovery drops it once it sees that outcome (or, without one,
+        sends the task back like any other claim). Raises FileNotFoundError when a recoverer
+        took the claim (see Worker.record_pending)."""
         hidden = Claim(self.dirs, self.name, self.worker_id, self.claimed_at, committed=True)
         os.rename(self.path, hidden.path)
         return hidden
 
 
 def claim(dirs: QueueDirs, name: str, worker_id: str) -> Claim | None:
-    """Take `name` out of incoming/, or return None if another worker got it first."""
+    """Take `name` out of incoming/, or return None if another worker got it first.
+
+    Any other error is a "maybe" (over a network the rename may have happened and its reply
+    been lost): the claim is ours if our target exists. If even that cannot be told, None;
+    a claim left behind that way has no lease and is recovered by the sweepers.
+    """
     taken = Claim(dirs, name, worker_id)
     try:
         os.rename(dirs.incoming / name, taken.path)
     except FileNotFoundError:  # RACE: another worker renamed it after our scan
         return None
+    except OSError as exc:
+        try:
+            os.lstat(taken.path)
+        except OSError:
+            log.warning("cannot claim %s: %s", name, exc)
+            return None
+        log.warning("claim of %s reported %s, but it is ours", name, exc)
     return taken
 
 
@@ -112,8 +130,21 @@ class WorkerLock:
         self.lock.release()
 
 
+def read_info(root: Path, worker_id: str) -> dict[str, object] | None:
+    """A worker's info file, or None if it is missing or unreadable."""
+    try:
+        info = json.loads((workers_dir(root) / f"{worker_id}.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
 def is_alive(root: Path, worker_id: str) -> bool:
-    """Whether the worker holds its lock (a missing lock file means it is gone)."""
+    """Whether the worker lives: it holds its lock (a missing lock file means it is gone), or
+    for a shared-mode worker, its info file exists (sweepers delete it when its lease ends)."""
+    info = read_info(root, worker_id)
+    if info is not None and info.get("shared"):
+        return True
     path = workers_dir(root) / f"{worker_id}.lock"
     if not path.exists():
         return False
@@ -150,10 +181,13 @@ def live_workers(root: Path) -> list[dict[str, object]]:
     return found
 
 
-def abandoned(dirs: QueueDirs, own_id: str, alive: dict[str, bool]) -> Iterator[tuple[Claim, str]]:
+def abandoned(
+    dirs: QueueDirs, own_id: str, is_dead: Callable[[str, str], bool]
+) -> Iterator[tuple[Claim, str]]:
     """Take over the claims in processing/ whose worker is dead; yield (own claim, dead id).
 
-    `alive` caches liveness by worker id across calls of one recovery pass.
+    `is_dead(entry, owner)` decides per processing/ entry: by the owner's lock on one host,
+    by the entry's lease in shared mode.
     """
     try:
         entries = os.listdir(dirs.processing)
@@ -165,11 +199,7 @@ def abandoned(dirs: QueueDirs, own_id: str, alive: dict[str, bool]) -> Iterator[
         if parts is None:
             continue
         name, owner = parts
-        if owner == own_id:
-            continue
-        if owner not in alive:
-            alive[owner] = is_alive(dirs.root, owner)
-        if alive[owner]:
+        if owner == own_id or not is_dead(entry, owner):
             continue
         taken = Claim(dirs, name, own_id, committed=committed)
         try:
@@ -220,6 +250,9 @@ def reap_dead_workers(root: Path, busy: set[str]) -> int:
         info = directory / f"{worker_id}.json"
         if worker_id in busy:
             continue
+        about = read_info(root, worker_id)
+        if about is not None and about.get("shared"):
+            continue  # a lock proves nothing across hosts: reap_expired_workers decides
         try:
             young = now - os.stat(directory / name).st_mtime < STALE_WORKER_FILE_SECONDS
         except FileNotFoundError:
@@ -238,4 +271,28 @@ def reap_dead_workers(root: Path, busy: set[str]) -> int:
             reaped += 1
         finally:
             probe.release()
+    return reaped
+
+
+def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch) -> int:
+    """Shared mode: delete the files of workers whose info file's lease ran out; how many.
+
+    A worker on another host touches its info file while it lives (see spool.lease); one that
+    was only cut off writes it again when it is back.
+    """
+    directory = workers_dir(root)
+    reaped = 0
+    seen = []
+    for name in list_names(directory):
+        if not name.endswith(".json"):
+            continue
+        worker_id = name[: -len(".json")]
+        seen.append(name)
+        if worker_id in busy or not watch.stat_expired(name, directory / name):
+            continue
+        (directory / name).unlink(missing_ok=True)
+        (directory / f"{worker_id}.lock").unlink(missing_ok=True)
+        log.warning("worker %s stopped renewing its lease: its files are removed", worker_id)
+        reaped += 1
+    watch.keep_only(seen)
     return reaped

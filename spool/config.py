@@ -28,7 +28,7 @@ DEFAULT_CONFIG = Path("conf/spool.toml")
 MIB = 1024 * 1024
 
 TOP_KEYS = {"root", "tasks", "defaults", "workers", "schedule", "log", "retention", "web"}
-TOP_KEYS |= {"notify", "mqtt_intake"}  # parsed in notify_config.py
+TOP_KEYS |= {"notify", "mqtt_intake", "cluster"}  # notify and mqtt_intake: notify_config.py
 DEFAULTS_KEYS = {
     "max_retries",
     "timeout",
@@ -41,6 +41,7 @@ WORKERS_KEYS = {"processes", "queues", "rescan_seconds", "recover_seconds"}
 LOG_KEYS = {"format", "level"}
 RETENTION_KEYS = {"done", "failed"}
 WEB_KEYS = {"host", "port", "token", "max_body"}
+CLUSTER_KEYS = {"shared", "poll_interval", "lease"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class Settings:
     web_max_body: int = MIB
     notify: NotifySettings = field(default_factory=NotifySettings)  # completion events
     mqtt_intake: IntakeSettings | None = None  # `spool mqtt-intake`
+    # [cluster]: several hosts on one spool (see spool.cluster); None: decided by mount type
+    shared: bool | None = None
+    poll_seconds: float = 0.5  # shared mode: how often workers list incoming/
+    lease_seconds: float = 30.0  # shared mode: a claim unchanged this long is recovered
 
     @property
     def project_dir(self) -> Path:
@@ -187,6 +192,7 @@ def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str,
             raise ConfigError(f"{where} [retention]: {state}: {exc}") from None
     values["retention"] = ages
     values.update(web_values(table(data, "web", WEB_KEYS, where), f"{where} [web]"))
+    values.update(cluster_values(table(data, "cluster", CLUSTER_KEYS, where), f"{where} [cluster]"))
     if "schedule" in data:
         values["schedule"] = want(data, "schedule", dict, where)
     values["notify"] = parse_notify(data.get("notify"), where)
@@ -212,6 +218,26 @@ def web_values(web: Mapping[str, Any], where: str) -> dict[str, Any]:
         if max_body < 1:
             raise ConfigError(f"{where}: max_body must be a positive number of bytes")
         values["web_max_body"] = max_body
+    return values
+
+
+def cluster_values(cluster: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The [cluster] table: shared (true/false/"auto"), poll_interval, lease."""
+    values: dict[str, Any] = {}
+    if "shared" in cluster:
+        shared = cluster["shared"]
+        if shared not in (True, False, "auto"):
+            raise ConfigError(f'{where}: shared must be true, false or "auto", not {shared!r}')
+        values["shared"] = None if shared == "auto" else shared
+    for key, name, low in (("poll_interval", "poll_seconds", 0.01), ("lease", "lease_seconds", 3)):
+        if key in cluster:
+            try:
+                seconds = parse_duration(cluster[key])
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {key}: {exc}") from None
+            if seconds < low:
+                raise ConfigError(f"{where}: {key} must be at least {low:g}s")
+            values[name] = seconds
     return values
 
 

@@ -28,6 +28,7 @@ from spool.layout import CANONICAL_RE, QueueDirs, is_task_name, split_delayed
 
 DELAYED_WINDOW = 1000
 FULL_SCAN_SECONDS = 60.0  # delayed/ is listed again at least this often, changed or not
+GONE_SECONDS = 30.0  # longer than a network mount's listing cache (sshfs: 20 s)
 SETTLED_NS = 1_000_000_000  # a directory mtime this old can be trusted to mean "unchanged"
 
 
@@ -46,6 +47,10 @@ class QueueIndex:
     delayed_mtime: int | None = None  # delayed/'s mtime (ns) when last listed, if settled then
     delayed_listed: float = 0.0  # time.monotonic() of that listing
     paused: bool = False  # as of the last rescan (or pause event)
+    # Shared mode: a network mount's listing can lag (sshfs: up to 20 s), so names whose
+    # claim found them gone are skipped by rescans while listings still show them.
+    stale_listings: bool = False
+    gone: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic() it failed
 
     def add_ready(self, name: str) -> None:
         if name in self.ready_names or not is_task_name(name):
@@ -122,11 +127,28 @@ class QueueIndex:
         """
         self.paused = self.dirs.is_paused()
         present = {n for n in list_names(self.dirs.incoming) if is_task_name(n)}
+        if self.gone:
+            present = self.without_gone(present)
         if len(self.ready_names - present) > len(present):
             self.ready, self.ready_names = only_present(self.ready, present)
         for name in present - self.ready_names:
             self.add_ready(name)
         self.rescan_delayed()
+
+    def forget(self, name: str) -> None:
+        """A claim of `name` found it gone (another worker took it)."""
+        if self.stale_listings:
+            self.gone[name] = time.monotonic()
+
+    def without_gone(self, present: set[str]) -> set[str]:
+        """`present` less the names known gone; a name is let go when a listing no longer
+        shows it, or after GONE_SECONDS (it may have come back: a recovered task keeps its
+        name)."""
+        now = time.monotonic()
+        for name, since in list(self.gone.items()):
+            if name not in present or now - since > GONE_SECONDS:
+                del self.gone[name]
+        return present - self.gone.keys()
 
     def peek_ready(self) -> str | None:
         return self.ready[0][0] if self.ready else None

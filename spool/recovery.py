@@ -1,10 +1,11 @@
 """Recovery: what a worker does about other workers that died.
 
-Every `recover_seconds` it takes over the claims of dead workers (see claim.abandoned) and sends
-each task back to incoming/ with attempts + 1, or to failed/ when its attempts are used up, or
-drops the claim when the task's outcome was already written; it kills what a dead worker's
-handler left running. Every half minute it deletes the lock and info files of dead workers that
-own no claim, and folds their counts into the archive.
+Every `recover_seconds` it takes over the claims of dead workers (see claim.abandoned; on one
+host: whose lock is free; in shared mode: whose lease ran out, see spool.lease) and sends each
+task back to incoming/ with attempts + 1, or to failed/ when its attempts are used up, or drops
+the claim when the task's outcome was already written; on one host it kills what a dead
+worker's handler left running. Every half minute it deletes the lock and info files of dead
+workers that own no claim, and folds their counts into the archive.
 """
 
 from __future__ import annotations
@@ -15,13 +16,21 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from spool import envelope, stats
-from spool.claim import Claim, abandoned, is_alive, kill_orphans, reap_dead_workers
+from spool.claim import (
+    Claim,
+    abandoned,
+    is_alive,
+    kill_orphans,
+    reap_dead_workers,
+    reap_expired_workers,
+)
 from spool.envelope import FieldError, TaskDict
 from spool.events import Outbox
 from spool.finish import RetryPolicy, recover
 from spool.fsio import UnreadableFile, list_names, read_regular
 from spool.index import QueueIndex
-from spool.layout import existing_queues, split_processing
+from spool.layout import QueueDirs, existing_queues, split_processing
+from spool.lease import LeaseWatch
 from spool.stats import WorkerStats
 
 log = logging.getLogger(__name__)
@@ -38,24 +47,59 @@ class Recovery:
         policy_for: Callable[[TaskDict], RetryPolicy | None],
         counts: WorkerStats,
         outbox: Outbox | None = None,
+        lease_seconds: float | None = None,
     ) -> None:
         self.root, self.worker_id, self.max_file_bytes = root, worker_id, max_file_bytes
         self.policy_for, self.counts, self.outbox = policy_for, counts, outbox
         self.orphans_killed: set[str] = set()
+        # shared mode (a lease period given): liveness is the claim's lease, not a lock
+        self.claim_leases = LeaseWatch(lease_seconds) if lease_seconds else None
+        self.worker_leases = LeaseWatch(lease_seconds) if lease_seconds else None
 
     def run(self, indexes: Iterable[QueueIndex]) -> None:
         """Send the claims of dead workers back (or to failed/ when their attempts are used)."""
+        if self.claim_leases is not None:
+            self.run_shared(list(indexes), self.claim_leases)
+            return
         alive: dict[str, bool] = {}
+
+        def is_dead(entry: str, owner: str) -> bool:
+            if owner == self.worker_id:
+                return False
+            if owner not in alive:
+                alive[owner] = is_alive(self.root, owner)
+            return not alive[owner]
+
         for index in list(indexes):
-            for taken, dead in abandoned(index.dirs, self.worker_id, alive):
-                try:
-                    self.recover_one(index, taken, dead)
-                except OSError as exc:
-                    log.error("cannot recover %s: %s", taken.name, exc)
+            self.recover_from(index, is_dead)
         for worker_id, lives in alive.items():
             if not lives and worker_id not in self.orphans_killed:
                 self.orphans_killed.add(worker_id)
                 kill_orphans(self.root, worker_id)
+
+    def run_shared(self, indexes: list[QueueIndex], leases: LeaseWatch) -> None:
+        """Recover the claims whose lease ran out, this worker's own included: a claim whose
+        rename reply was lost is on the server but not held (nothing renews it)."""
+        seen: list[str] = []
+
+        def expired(dirs: QueueDirs) -> Callable[[str, str], bool]:
+            def is_dead(entry: str, owner: str) -> bool:
+                key = f"{dirs.name}/{entry}"
+                seen.append(key)
+                return leases.stat_expired(key, dirs.processing / entry)
+
+            return is_dead
+
+        for index in indexes:
+            self.recover_from(index, expired(index.dirs))
+        leases.keep_only(seen)
+
+    def recover_from(self, index: QueueIndex, is_dead: Callable[[str, str], bool]) -> None:
+        for taken, dead in abandoned(index.dirs, self.worker_id, is_dead):
+            try:
+                self.recover_one(index, taken, dead)
+            except OSError as exc:
+                log.error("cannot recover %s: %s", taken.name, exc)
 
     def recover_one(self, index: QueueIndex, taken: Claim, dead: str) -> None:
         task: TaskDict | None
@@ -84,7 +128,10 @@ class Recovery:
 
     def reap(self, now: float) -> None:
         """Delete dead workers' files once they own no claim; fold their counts."""
-        reap_dead_workers(self.root, busy_worker_ids(self.root))
+        busy = busy_worker_ids(self.root)
+        reap_dead_workers(self.root, busy)
+        if self.worker_leases is not None:
+            reap_expired_workers(self.root, busy, self.worker_leases)
         stale = stats.stale_files(self.root, now)
         stats.fold_dead(self.root, {w for w in stale if not is_alive(self.root, w)})
 

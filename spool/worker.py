@@ -2,9 +2,10 @@
 
 One worker process serves one or more queues (all of them by default), one attempt at a time,
 through its handler process (see execute). It holds its liveness lock (see claim) from start to
-exit. Signals: the first SIGTERM/SIGINT stops claiming and lets the running attempt finish
-(bounded by its timeout), then the worker exits 0; a second one stops the attempt and puts the
-task back in incoming/ unchanged.
+exit (in shared mode, several hosts: it renews the lease of each claim instead, and lists
+incoming/ every poll interval; see spool.cluster). Signals: the first SIGTERM/SIGINT stops
+claiming and lets the running attempt finish (bounded by its timeout), then the worker exits 0;
+a second one stops the attempt and puts the task back in incoming/ unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -29,6 +31,7 @@ from spool.claim import (
     new_worker_id,
     release,
 )
+from spool.cluster import is_shared
 from spool.config import Settings
 from spool.counts import Recounter
 from spool.envelope import FieldError, TaskDict
@@ -38,6 +41,7 @@ from spool.finish import Committer, RetryPolicy, finish, reject
 from spool.fsio import UnreadableFile, read_regular
 from spool.index import QueueIndex
 from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
+from spool.lease import LeaseKeeper, touch
 from spool.recovery import Recovery
 from spool.retention import Retention
 from spool.stats import WorkerStats
@@ -87,6 +91,8 @@ class Worker:
         self.settings, self.burst = settings, burst
         self.fixed_queues = [queue_dirs(settings.root, q).name for q in (queues or settings.queues)]
         self.worker_id = new_worker_id()
+        self.shared = is_shared(settings)
+        self.leases = LeaseKeeper() if self.shared else None
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.hard_stop = False
@@ -114,13 +120,15 @@ class Worker:
             self.known_policy,
             self.stats,
             self.outbox,
+            settings.lease_seconds if self.shared else None,
         )
         self.tasks: dict[str, dict[str, Any]] = {}
         self.rescan = Timer(settings.rescan_seconds)
         self.recovery = Timer(settings.recover_seconds)
         self.reaping = Timer(REAP_SECONDS)
         self.polling = False
-        self.poll_gap = POLL_SECONDS
+        self.poll_base = settings.poll_seconds if self.shared else POLL_SECONDS
+        self.poll_gap = self.poll_base
         self.pending: Pending | None = None  # an attempt whose outcome is not recorded yet
 
     # ---- life cycle ------------------------------------------------------------------
@@ -139,17 +147,21 @@ class Worker:
                 "host": socket.gethostname(),
                 "started_at": time.time(),
                 "queues": queues,
+                **({"shared": True} if self.shared else {}),
             }
         )
         try:
+            if self.leases is not None:
+                # removed by a sweeper after a partition longer than the lease: write it again
+                self.leases.hold(self.lock.info_path, on_lost=self.lock.write_info)
+                self.leases.start()
             self.tasks = self.executor.start()
             self.committer.start()
             for queue in queues:
                 queue_dirs(self.settings.root, queue).create()
             # watch before the first scan: a file arriving in between is not missed
-            self.polling = self.burst or not self.watcher.start(
-                queues, watch_root=not self.fixed_queues
-            )
+            watching = self.watcher.start(queues, watch_root=not self.fixed_queues)
+            self.polling = self.burst or self.shared or not watching
             for queue in queues:
                 self.add_queue(queue)
             log.info(
@@ -165,6 +177,8 @@ class Worker:
             self.record_pending()
             self.recounter.join()
             self.committer.close()
+            if self.leases is not None:
+                self.leases.stop()
             self.stats.flush(time.time(), force=True)
             self.executor.stop()
             self.watcher.stop()
@@ -190,7 +204,7 @@ class Worker:
         if queue in self.indexes:
             return
         dirs = queue_dirs(self.settings.root, queue).create()
-        index = QueueIndex(dirs, self.settings.max_file_bytes)
+        index = QueueIndex(dirs, self.settings.max_file_bytes, stale_listings=self.shared)
         index.rescan()
         self.indexes[queue] = index
         self.watcher.add(queue)
@@ -216,7 +230,11 @@ class Worker:
                 continue
             taken = self.claim_next()
             if taken is not None:
-                self.process(taken)
+                try:
+                    self.process(taken)
+                except OSError as exc:  # the claim vanished or the disk failed: go on
+                    self.unhold(taken)
+                    log.error("cannot process %s: %s", taken.name, exc)
                 fresh = False
                 continue
             self.record_pending()  # nothing to run next: record the last outcome now
@@ -277,7 +295,7 @@ class Worker:
         # a rescan of a huge backlog is not free: keep it under 5% of the time
         took = time.time() - now
         self.rescan.every = max(self.settings.rescan_seconds, RESCAN_COST_FACTOR * took)
-        self.poll_gap = max(POLL_SECONDS, RESCAN_COST_FACTOR * took)
+        self.poll_gap = max(self.poll_base, RESCAN_COST_FACTOR * took)
         self.rescan.last = time.time()
 
     def discover_queues(self) -> None:
@@ -323,8 +341,25 @@ class Worker:
             if name is None:
                 continue
             taken = claim(best.dirs, name, self.worker_id)
-            if taken is not None:
-                return taken
+            if taken is None:
+                best.forget(name)
+                continue
+            if self.leases is not None:
+                self.hold(taken.path)
+            return taken
+
+    def hold(self, path: Path) -> None:
+        """Shared mode: start the lease of a claim (a rename kept the file's old mtime)."""
+        assert self.leases is not None
+        try:
+            touch(path)
+        except OSError as exc:  # the keeper tries again
+            log.warning("cannot start the lease of %s: %s", path.name, exc)
+        self.leases.hold(path)
+
+    def unhold(self, taken: Claim) -> None:
+        if self.leases is not None:
+            self.leases.drop(taken.path)
 
     # ---- one task ----------------------------------------------------------------------
 
@@ -349,6 +384,7 @@ class Worker:
             request, self.timeout_for(task), lambda: self.hard_stop, self.record_pending
         )
         if outcome.interrupted:
+            self.unhold(taken)
             release(taken)
             log.warning("released %s (stopped during the attempt)", fields)
             return
@@ -361,11 +397,26 @@ class Worker:
         """Record the last attempt's outcome, if not yet done."""
         if self.pending is None:
             return
-        taken, task, outcome, policy, fields = self.pending.unpack()
+        claimed, task, outcome, policy, fields = self.pending.unpack()
         self.pending = None
         try:
+            # The fence: the claim is renamed before the outcome is written. If a recoverer
+            # took it (this worker's lease ran out), the rename fails and the outcome is
+            # dropped: the recoverer's outcome stands.
+            taken = claimed.hide()
+        except FileNotFoundError:
+            self.unhold(claimed)
+            log.warning("lost the claim of %s to recovery: this outcome is dropped", fields)
+            return
+        except OSError as exc:
+            self.give_back(claimed, f"cannot record the outcome of {fields}: {exc}")
+            return
+        if self.leases is not None:
+            self.leases.hold(taken.path)  # until the committer removes it
+            self.unhold(claimed)
+        try:
             state = finish(taken, task, outcome, policy, self.outbox)
-            self.committer.add(taken.hide().path)
+            self.committer.add(taken.path)
         except OSError as exc:  # a full or failing disk: the task runs again later
             self.give_back(taken, f"cannot record the outcome of {fields}: {exc}")
             return
@@ -386,6 +437,7 @@ class Worker:
     def give_back(self, taken: Claim, why: str) -> None:
         """Put a claimed task back after an I/O error, and pause a moment before going on."""
         log.error("%s; the task goes back to incoming/", why)
+        self.unhold(taken)
         with contextlib.suppress(OSError):
             release(taken)
         self.stopping.wait(ERROR_PAUSE_SECONDS)
@@ -412,6 +464,7 @@ class Worker:
         return task
 
     def reject(self, taken: Claim, reason: str) -> None:
+        self.unhold(taken)
         try:
             dest = reject(taken, reason, self.worker_id)
         except OSError as exc:
@@ -430,6 +483,7 @@ class Worker:
         """A claimed task that is not due yet goes to delayed/ unchanged (no attempt)."""
         due_us = int(envelope.due_at(task) * 1_000_000)
         entry = delayed_name(due_us, taken.name)
+        self.unhold(taken)
         os.rename(taken.path, taken.dirs.delayed / entry)
         self.indexes[taken.dirs.name].add_delayed(entry)
 
