@@ -72,8 +72,17 @@ def tmp_path(tmp_dir: Path, name: str) -> Path:
 
 
 def write_file(path: Path, data: bytes, *, durable: bool) -> None:
-    """Create `path` exclusively with group access and `data`; fsync when durable."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    """Create `path` exclusively with group access and `data`; fsync when durable.
+
+    Raises: FileExistsError if `path` exists, also where a network filesystem reports the
+    lost O_EXCL race as EPERM (sshfs does); OSError.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    except PermissionError:
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+        raise
     try:
         os.fchmod(fd, FILE_MODE)  # the umask must not narrow group access
         view = memoryview(data)

@@ -12,11 +12,13 @@ task file, or before the release) is taken over under a lock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,13 +179,33 @@ def take_unique_key(dirs: QueueDirs, key: str, prepared: Prepared) -> str | None
         pass
     from filelock import FileLock  # (here: the CLI's start-up need not pay for it)
 
-    with FileLock(str(path) + ".lock", timeout=10):
+    with FileLock(str(path) + ".lock", timeout=10):  # (one host; across hosts, see below)
         holder = read_key(path)
         if holder is not None and not is_stale_key(dirs, path, holder):
             return str(holder.get("id"))
-        path.unlink(missing_ok=True)
-        write_file(path, data, durable=True)
+        retire_key(path, holder)
+        try:
+            write_file(path, data, durable=True)
+        except FileExistsError:  # RACE: a producer on another host took it after us
+            holder = read_key(path)
+            return str(holder.get("id")) if holder is not None else None
     return None
+
+
+def retire_key(path: Path, judged: Mapping[str, Any] | None) -> None:
+    """Remove a stale key file by renaming it aside first: of producers on several hosts
+    racing to retire it, one wins the rename; if what it moved is no longer the key judged
+    stale (another producer replaced it meanwhile), it is put back."""
+    aside = path.with_name(f"{path.name}.retired-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if read_key(aside) != judged:
+        with contextlib.suppress(OSError):
+            os.rename(aside, path)
+        return
+    aside.unlink(missing_ok=True)
 
 
 def read_key(path: Path) -> dict[str, Any] | None:

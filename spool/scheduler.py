@@ -7,11 +7,15 @@ Per schedule, under <root>/.schedule/<name>/:
                       side, or one restarted mid-slot, enqueue one task per slot
     <slot>.sent       written once the task is durable
     last              the latest slot fired (for misfire decisions after a restart)
+    <slot>.recover    created with O_EXCL by the one scheduler that recovers the slot (below)
 
-A marker without .sent that is older than RECOVER_AFTER_SECONDS means a scheduler died between
-the two; the slot's task (its id is derived from the schedule and the slot) is enqueued then,
-unless it exists. The scheduler sleeps until the next slot, and wakes early when the config
-file changes, on SIGHUP (reload) and on SIGTERM/SIGINT (exit 0).
+A marker without .sent that is older than RECOVER_AFTER_SECONDS (by the file server's clock)
+means a scheduler died between the two; the slot's task (its id is derived from the schedule
+and the slot) is enqueued then, unless it exists. O_EXCL creates are exclusive on a network
+filesystem's server too, so schedulers on several hosts also fire each slot once.
+
+The scheduler sleeps until the next slot, and wakes early when the config file changes, on
+SIGHUP (reload) and on SIGTERM/SIGINT (exit 0).
 """
 
 from __future__ import annotations
@@ -25,8 +29,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
-
-from filelock import FileLock
 
 from spool import producer, signals
 from spool.config import Settings
@@ -137,31 +139,51 @@ def recover_unsent(settings: Settings, entry: Entry, now: float) -> int:
     """Enqueue the slots whose scheduler died between marker and task; return how many."""
     directory = schedule_dir(settings.root, entry.name)
     names = set(list_names(directory))
-    stale = []
-    for name in names:
-        if name.startswith(".") or "." in name or name == "last" or f"{name}.sent" in names:
-            continue
-        try:
-            if now - os.stat(directory / name).st_mtime > RECOVER_AFTER_SECONDS:
-                stale.append(name)
-        except FileNotFoundError:
-            continue
-    recovered = 0
-    if not stale:
+    unsent = [
+        name
+        for name in names
+        if not name.startswith(".") and "." not in name and name != "last"
+        if f"{name}.sent" not in names and f"{name}.recover" not in names
+    ]
+    if not unsent:
         return 0
-    with FileLock(str(directory / ".recover.lock"), mode=FILE_MODE, timeout=30):
-        for name in stale:
-            marker = directory / name
-            if Path(f"{marker}.sent").exists():
+    # Ages by the file server's clock only (a marker's mtime is set by the server that stored
+    # it; so is a file written now), never by this host's clock against another's.
+    now = server_now(directory)
+    recovered = 0
+    for name in unsent:
+        marker = directory / name
+        try:
+            if now - os.stat(marker).st_mtime <= RECOVER_AFTER_SECONDS:
                 continue
-            slot = parse_compact(name)
-            if slot is None:
-                continue
-            if locate(settings.root, entry.task_id(slot), [entry.queue]) is None:
-                enqueue_slot(settings, entry, slot)
-                recovered += 1
-            mark_sent(marker)
+            # RACE: O_EXCL: of schedulers on any host, exactly one recovers the slot
+            write_file(Path(f"{marker}.recover"), b"", durable=True)
+        except (FileNotFoundError, FileExistsError):
+            continue
+        slot = parse_compact(name)
+        if slot is None or Path(f"{marker}.sent").exists():
+            continue
+        if locate(settings.root, entry.task_id(slot), [entry.queue]) is None:
+            enqueue_slot(settings, entry, slot)
+            recovered += 1
+        mark_sent(marker)
     return recovered
+
+
+def server_now(directory: Path) -> float:
+    """The time on the clock that stamps new files in `directory` (a network filesystem's
+    server's clock; the local clock on a local disk)."""
+    probe = directory / f".now-{os.getpid()}-{threading.get_ident()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            os.write(fd, b"-")
+            return os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError:
+        return time.time()
 
 
 def prune_markers(root: Path, entry: Entry, now: float) -> None:
@@ -169,7 +191,7 @@ def prune_markers(root: Path, entry: Entry, now: float) -> None:
     directory = schedule_dir(root, entry.name)
     horizon = now - KEEP_MARKERS_SECONDS
     for name in list_names(directory):
-        base = name.removesuffix(".sent")
+        base = name.removesuffix(".sent").removesuffix(".recover")
         slot = parse_compact(base) if not base.startswith(".") and base != "last" else None
         if slot is not None and slot < horizon and (directory / f"{base}.sent").exists():
             (directory / name).unlink(missing_ok=True)
