@@ -6,8 +6,9 @@ run this module as a child (`python -m spool.doctor ROLE ...`, one JSON line on 
 bounded by a timeout. A probe's result is a dict with `ok` and a one-line `summary`; a probe
 that raised is `ok: false` with the `error`.
 
-Only one host per spool is supported: on a network filesystem inotify does not see other
-hosts' changes and locks may be host-local, so the verdict there is "not supported yet".
+On a network filesystem inotify does not see other hosts' changes and locks may be
+host-local: there the verdict is shared mode (see spool.cluster), which relies only on what the
+probes check on the server — one winner per rename, exclusive creates.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from spool.mounts import filesystem_of
 
 SINGLE_HOST = "single host: safe (workers on this host only)"
 SEVERAL_HOSTS = (
-    "several hosts: NOT supported yet — run one spool per host; inotify does not see other "
-    "hosts' changes, locks may be host-local"
+    "several hosts: safe in shared mode ([cluster] shared, automatic on this filesystem): "
+    "workers poll and hold leases; set [cluster] lease above the mount's attribute cache time"
 )
 RACE_NAMES = 200
 FSYNC_ROUNDS = 50
@@ -121,7 +122,7 @@ def probe_o_excl(work: Path) -> Probe:
         os.close(os.open(path, flags, 0o600))
 
     first, second = errno_of(create), errno_of(create)
-    ok = first is None and second == "EEXIST"
+    ok = first is None and second in ("EEXIST", "EPERM")  # EPERM: sshfs's lost race
     return {
         "ok": ok,
         "second_create_errno": second,
@@ -139,13 +140,13 @@ def probe_no_replace(work: Path) -> Probe:
     (work / "c").write_bytes(b"c")
     first = errno_of(lambda: os.link(source, work / "linked"))
     second = errno_of(lambda: os.link(work / "c", work / "linked"))
-    ok = first is None and second == "EEXIST"
+    linking = f"fails with {first}" if first else f"onto an existing name fails with {second}"
     summary = (
         f"rename {'replaces' if replaces else 'does not replace'} an existing target; "
-        f"link onto an existing name fails with {second}"
+        f"link {linking}"
     )
-    return {
-        "ok": ok,
+    return {  # spool needs neither: informational (rename targets are unique names)
+        "ok": True,
         "rename_replaces_target": replaces,
         "second_link_errno": second,
         "summary": summary,
@@ -336,11 +337,11 @@ def run_probes(root: Path, other: Path | None) -> dict[str, Probe]:
 
 def verdict(fs: dict[str, JSON], probes: dict[str, Probe] | None) -> tuple[bool, str]:
     """(safe, the line saying which mode is) from the filesystem type and the probes."""
-    if fs["network"]:
-        return False, SEVERAL_HOSTS
     failed = [name for name, result in (probes or {}).items() if not result["ok"]]
     if failed:
         return False, f"NOT safe: probe failed ({', '.join(failed)})"
+    if fs["network"]:
+        return True, SEVERAL_HOSTS + ("" if probes else " (by filesystem type; --fs probes it)")
     if probes is None:
         return True, f"{SINGLE_HOST} (by filesystem type; --fs probes it)"
     if not probes["inotify"]["seen"]:
