@@ -162,3 +162,30 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def hostbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Start a `tests.hostbed.HostBed` (simulated hosts sharing a directory over sshfs):
+    `hostbed(hosts=2, cache=False)` returns it started; all stop at the end. Skipped where
+    the bed cannot run (not root, no sshfs/sshd, no network namespaces)."""
+    from tests.hostbed import HostBed, available
+
+    reason = available()
+    if reason is not None:
+        pytest.skip(reason)
+    beds: list[HostBed] = []
+
+    def start(hosts: int = 2, cache: bool = False) -> HostBed:
+        bed = HostBed(tmp_path / f"hostbed{len(beds)}", hosts=hosts, cache=cache)
+        beds.append(bed)
+        return bed.start()
+
+    yield start
+    errors = []
+    for bed in beds:
+        try:
+            bed.stop()
+        except RuntimeError as exc:
+            errors.append(exc)
+    assert not errors, errors
