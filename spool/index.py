@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -28,6 +29,7 @@ from spool.layout import CANONICAL_RE, QueueDirs, is_task_name, split_delayed
 
 DELAYED_WINDOW = 1000
 FULL_SCAN_SECONDS = 60.0  # delayed/ is listed again at least this often, changed or not
+STEAL_PAUSE_SECONDS = 0.5  # after taking from another worker's share failed
 GONE_SECONDS = 30.0  # longer than a network mount's listing cache (sshfs: 20 s)
 SETTLED_NS = 1_000_000_000  # a directory mtime this old can be trusted to mean "unchanged"
 
@@ -39,7 +41,14 @@ class QueueIndex:
     dirs: QueueDirs
     max_file_bytes: int
     ready: list[tuple[str, str]] = field(default_factory=list)  # (sort key, name)
-    ready_names: set[str] = field(default_factory=set)
+    ready_names: set[str] = field(default_factory=set)  # in `ready` or `others`
+    # Shared mode: the ready tasks are split among the live workers by a hash of the name
+    # (this worker's slot, how many); each takes its own share first and the others' when
+    # its own is empty, or when theirs holds a higher priority (see choose).
+    shard: tuple[int, int] | None = None
+    others: list[tuple[str, str]] = field(default_factory=list)  # other workers' share
+    steal_after: float = 0.0  # time.monotonic() before which `others` are left alone
+    stolen: bool = False  # the last pop came from `others`
     delayed: list[tuple[int, str]] = field(default_factory=list)  # (due µs, entry)
     delayed_names: set[str] = field(default_factory=set)
     # None: every delayed entry is held; else entries due after this (µs) may be on disk only
@@ -59,7 +68,21 @@ class QueueIndex:
         if key is None:
             return
         self.ready_names.add(name)
-        heapq.heappush(self.ready, (key, name))
+        heapq.heappush(self.ready if self.mine(name) else self.others, (key, name))
+
+    def mine(self, name: str) -> bool:
+        return self.shard is None or zlib.crc32(name.encode()) % self.shard[1] == self.shard[0]
+
+    def set_shard(self, shard: tuple[int, int] | None) -> None:
+        """Split the ready tasks anew (the live workers changed)."""
+        if shard == self.shard:
+            return
+        self.shard = shard
+        entries, self.ready, self.others = self.ready + self.others, [], []
+        for key, name in entries:
+            (self.ready if self.mine(name) else self.others).append((key, name))
+        heapq.heapify(self.ready)
+        heapq.heapify(self.others)
 
     def add_delayed(self, entry: str) -> None:
         parts = split_delayed(entry)
@@ -130,7 +153,9 @@ class QueueIndex:
         if self.gone:
             present = self.without_gone(present)
         if len(self.ready_names - present) > len(present):
-            self.ready, self.ready_names = only_present(self.ready, present)
+            self.ready, own = only_present(self.ready, present)
+            self.others, theirs = only_present(self.others, present)
+            self.ready_names = own | theirs
         for name in present - self.ready_names:
             self.add_ready(name)
         self.rescan_delayed()
@@ -139,6 +164,8 @@ class QueueIndex:
         """A claim of `name` found it gone (another worker took it)."""
         if self.stale_listings:
             self.gone[name] = time.monotonic()
+        if self.stolen:  # its owner is at work (and our listing may be stale): leave theirs
+            self.steal_after = time.monotonic() + STEAL_PAUSE_SECONDS
 
     def without_gone(self, present: set[str]) -> set[str]:
         """`present` less the names known gone; a name is let go when a listing no longer
@@ -150,13 +177,25 @@ class QueueIndex:
                 del self.gone[name]
         return present - self.gone.keys()
 
+    def choose(self) -> list[tuple[str, str]] | None:
+        """The heap the next claim comes from: this worker's share, unless it is empty or
+        another share's head has a higher priority (the key's first character)."""
+        if not self.others or time.monotonic() < self.steal_after:
+            return self.ready or None
+        if not self.ready or self.others[0][0][0] < self.ready[0][0][0]:
+            return self.others
+        return self.ready
+
     def peek_ready(self) -> str | None:
-        return self.ready[0][0] if self.ready else None
+        heap = self.choose()
+        return heap[0][0] if heap else None
 
     def pop_ready(self) -> str | None:
-        if not self.ready:
+        heap = self.choose()
+        if not heap:
             return None
-        _, name = heapq.heappop(self.ready)
+        self.stolen = heap is self.others
+        _, name = heapq.heappop(heap)
         self.ready_names.discard(name)
         return name
 

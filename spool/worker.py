@@ -38,9 +38,9 @@ from spool.envelope import FieldError, TaskDict
 from spool.events import Outbox
 from spool.execute import Executor, Outcome
 from spool.finish import Committer, RetryPolicy, finish, reject
-from spool.fsio import UnreadableFile, read_regular
+from spool.fsio import UnreadableFile, list_names, read_regular
 from spool.index import QueueIndex
-from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
+from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs, workers_dir
 from spool.lease import LeaseKeeper, touch
 from spool.recovery import Recovery
 from spool.retention import Retention
@@ -290,13 +290,24 @@ class Worker:
 
     def rescan_all(self, now: float) -> None:
         self.discover_queues()
+        shard = self.shard() if self.shared else None
         for index in self.indexes.values():
+            index.set_shard(shard)
             index.rescan()
         # a rescan of a huge backlog is not free: keep it under 5% of the time
         took = time.time() - now
         self.rescan.every = max(self.settings.rescan_seconds, RESCAN_COST_FACTOR * took)
         self.poll_gap = max(self.poll_base, RESCAN_COST_FACTOR * took)
         self.rescan.last = time.time()
+
+    def shard(self) -> tuple[int, int] | None:
+        """Shared mode: this worker's share of the ready tasks (slot, live workers), so that
+        workers on several hosts do not all race for the same names (see QueueIndex.choose)."""
+        infos = list_names(workers_dir(self.settings.root))
+        live = sorted(n.removesuffix(".json") for n in infos if n.endswith(".json"))
+        if self.worker_id not in live:
+            return None
+        return live.index(self.worker_id), len(live)
 
     def discover_queues(self) -> None:
         if self.fixed_queues:

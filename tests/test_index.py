@@ -98,3 +98,73 @@ def test_an_unchanged_delayed_directory_is_not_listed_again(spool_root: Path) ->
     index.rescan()
     assert hidden in index.delayed_names
     assert len(index.delayed_names) == 3
+
+
+# --- shared mode: shares of the ready tasks, names a stale listing still shows ---------------
+
+
+def ready_names(count: int, priority: int = 0) -> list[str]:
+    return [canonical_name(priority, BASE_US + i, f"r{priority}-{i:04d}") for i in range(count)]
+
+
+def test_two_workers_take_disjoint_shares_first_then_the_rest(spool_root: Path) -> None:
+    first, second = make_index(spool_root), make_index(spool_root)
+    first.set_shard((0, 2))
+    second.set_shard((1, 2))
+    for name in ready_names(200):
+        first.add_ready(name)
+        second.add_ready(name)
+    own_first = [first.pop_ready() for _ in range(len(first.ready))]
+    own_second = [second.pop_ready() for _ in range(len(second.ready))]
+    assert not set(own_first) & set(own_second)
+    assert len(own_first) + len(own_second) == 200
+    assert own_first == sorted(own_first)  # each share in queue order
+    rest = [first.pop_ready() for _ in range(len(first.others))]
+    assert rest == sorted(own_second)  # an empty share: the others' tasks, in order
+    assert first.pop_ready() is None
+
+
+def test_a_higher_priority_in_another_share_comes_before_an_own_lower_one(
+    spool_root: Path,
+) -> None:
+    index = make_index(spool_root)
+    index.set_shard((0, 2))
+    low = [n for n in ready_names(20, priority=0) if index.mine(n)][:3]
+    high = [n for n in ready_names(20, priority=5) if not index.mine(n)][:1]
+    for name in low + high:
+        index.add_ready(name)
+    assert index.pop_ready() == high[0]
+    assert index.pop_ready() == low[0]
+
+
+def test_after_a_failed_steal_the_other_shares_are_left_alone_for_a_moment(
+    spool_root: Path,
+) -> None:
+    index = make_index(spool_root)
+    index.set_shard((0, 2))
+    theirs = [n for n in ready_names(20) if not index.mine(n)][:2]
+    for name in theirs:
+        index.add_ready(name)
+    assert index.pop_ready() == theirs[0]
+    index.forget(theirs[0])  # its owner had claimed it already
+    assert index.pop_ready() is None
+    index.steal_after = 0.0
+    assert index.pop_ready() == theirs[1]
+
+
+def test_a_name_that_failed_is_skipped_while_a_stale_listing_shows_it(spool_root: Path) -> None:
+    index = make_index(spool_root)
+    index.stale_listings = True
+    (name,) = ready_names(1)
+    (index.dirs.incoming / name).write_bytes(b"{}")
+    index.rescan()
+    assert index.pop_ready() == name
+    index.forget(name)  # another host claimed it; this host's listing lags
+    index.rescan()
+    assert index.pop_ready() is None
+    (index.dirs.incoming / name).unlink()
+    index.rescan()  # the listing caught up: the name is let go ...
+    assert index.gone == {}
+    (index.dirs.incoming / name).write_bytes(b"{}")
+    index.rescan()  # ... so a task back under the same name (recovered) is seen again
+    assert index.pop_ready() == name
