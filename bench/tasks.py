@@ -24,3 +24,9 @@ def stamp() -> float:
 def sleep5() -> None:
     """Workload 4 of `python -m bench compare`: a task that waits 5 ms."""
     time.sleep(0.005)
+
+
+@app.task(timeout=900)
+def wait(seconds: float) -> None:
+    """`python -m bench.hosts`: a task still running when its host dies."""
+    time.sleep(seconds)
