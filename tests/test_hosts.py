@@ -209,3 +209,54 @@ def test_doctor_on_the_shared_mount_reports_host_local_locks(
     assert "fuse.sshfs" in result.stdout
     assert "locks are host-local" in result.stdout
     assert "shared mode" in result.stdout
+
+
+def test_unique_keys_hold_once_across_hosts(
+    hostbed: Callable[..., HostBed], tmp_path: Path
+) -> None:
+    """Producers on two hosts enqueue the same 100 unique keys at once: 100 tasks."""
+    bed = hostbed(hosts=2, cache=True)
+    config = write_config(tmp_path)
+    (bed.export / "spool").mkdir()
+    lines = tmp_path / "keys.jsonl"
+    lines.write_text(
+        "".join(json.dumps({"task": "echo", "unique_key": f"k{i}"}) + "\n" for i in range(100))
+    )
+    producers = [
+        bed.spawn(
+            host,
+            spool_command(bed.mount(host) / "spool", "enqueue", f"--from={lines}", config=config),
+            cwd=PROJECT_DIR,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for host in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=120) for p in producers]
+    assert [p.returncode for p in producers] == [0, 0], outputs
+    incoming = bed.export / "spool" / "default" / "incoming"
+    keys = [json.loads((incoming / n).read_bytes())["unique_key"] for n in names(incoming)]
+    assert sorted(keys) == sorted(f"k{i}" for i in range(100))
+    ids = [out.decode().split() for out, _ in outputs]
+    assert ids[0] == ids[1]  # each key's holder, as both producers were told
+
+
+def test_a_pause_on_one_host_holds_the_workers_of_another(
+    hostbed: Callable[..., HostBed], tmp_path: Path
+) -> None:
+    bed = hostbed(hosts=2, cache=False)
+    config = write_config(tmp_path)
+    app = server_app(bed, config)
+
+    def spool_on_host0(*args: str) -> None:
+        command = spool_command(bed.mount(0) / "spool", *args, config=config)
+        subprocess.run(command, cwd=PROJECT_DIR, check=True, timeout=60, capture_output=True)
+
+    start_worker(bed, 1, config, tmp_path)
+    spool_on_host0("pause", "default")
+    task_id = app.enqueue("echo", ["held"])
+    done = bed.export / "spool" / "default" / "done"
+    time.sleep(3)  # (what is under test is that nothing happens: 6 poll intervals)
+    assert names(done) == []
+    spool_on_host0("resume", "default")
+    wait_until(lambda: names(done) == [f"{task_id}.json"], 20, 0.05)
