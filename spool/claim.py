@@ -199,7 +199,7 @@ def abandoned(
         if parts is None:
             continue
         name, owner = parts
-        if owner == own_id or not is_dead(entry, owner):
+        if not is_dead(entry, owner):  # (own claims too: shared mode may lose track of one)
             continue
         taken = Claim(dirs, name, own_id, committed=committed)
         try:

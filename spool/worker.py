@@ -232,9 +232,8 @@ class Worker:
             if taken is not None:
                 try:
                     self.process(taken)
-                except OSError as exc:  # the claim vanished or the disk failed: go on
-                    self.unhold(taken)
-                    log.error("cannot process %s: %s", taken.name, exc)
+                except OSError as exc:  # the disk failed, or (shared) the claim was taken
+                    self.give_back(taken, f"cannot process {taken.name}: {exc}")
                 fresh = False
                 continue
             self.record_pending()  # nothing to run next: record the last outcome now

@@ -52,6 +52,13 @@ def server_app(bed: HostBed, config: Path) -> Spool:
     return Spool(settings=load_settings(str(root), str(config), env={}))
 
 
+def fast_lease_bed(hostbed: Callable[..., HostBed], tmp_path: Path) -> tuple[HostBed, Path, Spool]:
+    """Two hosts with caches off, a config with a short lease, a producer on the server."""
+    bed = hostbed(hosts=2, cache=False)
+    config = write_config(tmp_path, f"\n[cluster]\nlease = {FAST_LEASE}\n")
+    return bed, config, server_app(bed, config)
+
+
 def done_tasks(bed: HostBed) -> dict[str, dict[str, object]]:
     done = bed.export / "spool" / "default" / "done"
     return {n.removesuffix(".json"): json.loads((done / n).read_bytes()) for n in names(done)}
@@ -92,9 +99,7 @@ def test_workers_on_two_hosts_drain_2000_tasks_each_once(
 def test_a_dead_hosts_claim_is_recovered_by_the_other_host_after_the_lease(
     hostbed: Callable[..., HostBed], tmp_path: Path
 ) -> None:
-    bed = hostbed(hosts=2, cache=False)
-    config = write_config(tmp_path, f"\n[cluster]\nlease = {FAST_LEASE}\n")
-    app = server_app(bed, config)
+    bed, config, app = fast_lease_bed(hostbed, tmp_path)
     record = tmp_path / "runs.txt"
     ids = app.enqueue_many(
         [{"task": "record", "args": [str(record), f"t{i}"]} for i in range(100)]
@@ -125,9 +130,7 @@ def test_a_dead_hosts_claim_is_recovered_by_the_other_host_after_the_lease(
 def test_a_host_cut_off_past_its_lease_does_not_commit_over_the_recoverer(
     hostbed: Callable[..., HostBed], tmp_path: Path
 ) -> None:
-    bed = hostbed(hosts=2, cache=False)
-    config = write_config(tmp_path, f"\n[cluster]\nlease = {FAST_LEASE}\n")
-    app = server_app(bed, config)
+    bed, config, app = fast_lease_bed(hostbed, tmp_path)
     pid_file = tmp_path / "pid"
     task_id = app.enqueue("write_pid_then_sleep", [str(pid_file), 2.0])
     processing = bed.export / "spool" / "default" / "processing"

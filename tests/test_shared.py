@@ -18,7 +18,12 @@ import pytest
 
 from spool import Spool
 from spool.config import load_settings
+from spool.finish import RetryPolicy
+from spool.index import QueueIndex
+from spool.layout import canonical_name, queue_dirs
 from spool.lease import LeaseKeeper, LeaseWatch
+from spool.recovery import Recovery
+from spool.stats import WorkerStats
 from tests.conftest import PROJECT_DIR, TEST_CONFIG, names, spool_command, wait_until
 
 LEASE = 3.0
@@ -42,6 +47,14 @@ def shared_app(spool_root: Path, shared_config: Path) -> Spool:
 def done_tasks(root: Path, queue: str = "default") -> dict[str, dict[str, object]]:
     done = root / queue / "done"
     return {n: json.loads((done / n).read_bytes()) for n in names(done)}
+
+
+def info_file_of_the_only_worker(root: Path) -> str:
+    """The name of the one worker's info file in .workers/, once it is there."""
+    workers = root / ".workers"
+    wait_until(lambda: any(n.endswith(".json") for n in names(workers)), timeout=10)
+    (info,) = [n for n in names(workers) if n.endswith(".json")]
+    return info
 
 
 # --- the lease pieces ----------------------------------------------------------------------
@@ -190,9 +203,7 @@ def test_a_shared_worker_counts_as_alive_while_its_info_file_exists(
     spool_root: Path, shared_config: Path, start_worker
 ) -> None:
     start_worker(config=shared_config)
-    workers = spool_root / ".workers"
-    wait_until(lambda: any(n.endswith(".json") for n in names(workers)), timeout=10)
-    (info,) = [n for n in names(workers) if n.endswith(".json")]
+    workers, info = spool_root / ".workers", info_file_of_the_only_worker(spool_root)
     assert json.loads((workers / info).read_bytes())["shared"] is True
     status = subprocess.run(
         [*spool_command(spool_root, "status", "--json", config=shared_config)],
@@ -209,8 +220,32 @@ def test_an_info_file_removed_by_a_sweeper_is_written_again(
 ) -> None:
     """A worker cut off longer than its lease loses its info file to a sweeper elsewhere."""
     start_worker(config=shared_config)
-    workers = spool_root / ".workers"
-    wait_until(lambda: any(n.endswith(".json") for n in names(workers)), timeout=10)
-    (info,) = [n for n in names(workers) if n.endswith(".json")]
+    workers, info = spool_root / ".workers", info_file_of_the_only_worker(spool_root)
     (workers / info).unlink()
     wait_until((workers / info).exists, timeout=5)
+
+
+def test_a_claim_under_the_sweepers_own_name_that_nothing_renews_is_recovered(
+    spool_root: Path,
+) -> None:
+    """A claim whose rename reply was lost is on the server under this worker's own name,
+    but the worker never knew it had it: nothing renews it, so its own sweeper recovers it."""
+    own = "thishost-1-abcdef"
+    dirs = queue_dirs(spool_root, "default").create()
+    name = canonical_name(0, 1_800_000_000_000_000, "lost-reply")
+    (dirs.processing / f"{name}@{own}").write_text('{"task": "echo", "args": [1]}')
+    recovery = Recovery(
+        spool_root,
+        own,
+        1 << 20,
+        lambda task: RetryPolicy(max_retries=3),
+        WorkerStats(spool_root, own),
+        lease_seconds=0.2,
+    )
+    index = QueueIndex(dirs, 1 << 20)
+    recovery.run([index])  # the first sighting starts the lease period
+    assert names(dirs.processing) == [f"{name}@{own}"]
+    time.sleep(0.3)
+    recovery.run([index])
+    assert names(dirs.processing) == [] and names(dirs.incoming) == [name]
+    assert json.loads((dirs.incoming / name).read_bytes())["attempts"] == 1
