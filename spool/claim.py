@@ -159,25 +159,20 @@ def is_alive(root: Path, worker_id: str) -> bool:
     return False
 
 
+def worker_ids(root: Path) -> list[str]:
+    """Ids of the workers that have an info file in .workers/, sorted."""
+    return sorted(
+        n.removesuffix(".json") for n in list_names(workers_dir(root)) if n.endswith(".json")
+    )
+
+
 def live_workers(root: Path) -> list[dict[str, object]]:
-    """Info of every worker that holds its lock."""
+    """Info of every live worker (see is_alive)."""
     found = []
-    directory = workers_dir(root)
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return []
-    for name in names:
-        if not name.endswith(".json"):
-            continue
-        worker_id = name[: -len(".json")]
+    for worker_id in worker_ids(root):
         if not is_alive(root, worker_id):
             continue
-        try:
-            info = json.loads((directory / name).read_text())
-        except (OSError, ValueError):
-            info = {}
-        found.append({"id": worker_id, **(info if isinstance(info, dict) else {})})
+        found.append({"id": worker_id, **(read_info(root, worker_id) or {})})
     return found
 
 
@@ -283,10 +278,8 @@ def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch) -> int:
     directory = workers_dir(root)
     reaped = 0
     seen = []
-    for name in list_names(directory):
-        if not name.endswith(".json"):
-            continue
-        worker_id = name[: -len(".json")]
+    for worker_id in worker_ids(root):
+        name = f"{worker_id}.json"
         seen.append(name)
         if worker_id in busy or not watch.stat_expired(name, directory / name):
             continue

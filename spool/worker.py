@@ -30,6 +30,7 @@ from spool.claim import (
     claim,
     new_worker_id,
     release,
+    worker_ids,
 )
 from spool.cluster import is_shared
 from spool.config import Settings
@@ -38,9 +39,9 @@ from spool.envelope import FieldError, TaskDict
 from spool.events import Outbox
 from spool.execute import Executor, Outcome
 from spool.finish import Committer, RetryPolicy, finish, reject
-from spool.fsio import UnreadableFile, list_names, read_regular
+from spool.fsio import UnreadableFile, read_regular
 from spool.index import QueueIndex
-from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs, workers_dir
+from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
 from spool.lease import LeaseKeeper, touch
 from spool.recovery import Recovery
 from spool.retention import Retention
@@ -302,8 +303,7 @@ class Worker:
     def shard(self) -> tuple[int, int] | None:
         """Shared mode: this worker's share of the ready tasks (slot, live workers), so that
         workers on several hosts do not all race for the same names (see QueueIndex.choose)."""
-        infos = list_names(workers_dir(self.settings.root))
-        live = sorted(n.removesuffix(".json") for n in infos if n.endswith(".json"))
+        live = worker_ids(self.settings.root)
         if self.worker_id not in live:
             return None
         return live.index(self.worker_id), len(live)
