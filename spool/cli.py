@@ -809,6 +809,7 @@ def doctor(ctx: click.Context, probe_fs: bool, other_mount: str | None, as_json:
             existing_queues(settings.root),
             probe=probe_fs or other is not None,
             other=other,
+            lease_seconds=settings.lease_seconds,
         )
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
     ctx.exit(0 if report["safe"] else 1)

@@ -46,6 +46,8 @@ CHILD_TIMEOUT = 10.0
 EVENT_WAIT = 1.0
 VISIBLE_WAIT = 2.0
 MAX_SKEW_MS = 1000.0
+RENEWAL_WAIT = 65.0  # longer than the attribute caches worth supporting (NFS acregmax: 60 s)
+LEASE_MARGIN_SECONDS = 3.0  # renewals every 0.5 s, whole-second mtimes, a sweep every 2 s
 Probe = dict[str, JSON]
 
 
@@ -285,8 +287,39 @@ def probe_other_mount(work: Path, other: Path) -> Probe:
         }
     shared = lock_blocks(work / "lock", seen_dir / "lock")
     locks = "shared" if shared else "host-local"
-    summary = f"listing via {other} sees a new file after {delay_ms} ms; locks are {locks}"
-    return {"ok": True, "visible_ms": delay_ms, "locks": locks, "summary": summary}
+    renewal = renewal_seen_after(work / "lease", seen_dir / "lease")
+    shown = f"not within {RENEWAL_WAIT:g} s" if renewal is None else f"after {renewal:.1f} s"
+    summary = (
+        f"listing via {other} sees a new file after {delay_ms} ms; locks are {locks}; "
+        f"a renewed mtime shows there {shown}"
+    )
+    return {
+        "ok": True,
+        "visible_ms": delay_ms,
+        "locks": locks,
+        "renewal_seen_s": renewal,
+        "summary": summary,
+    }
+
+
+def renewal_seen_after(here: Path, there: Path) -> float | None:
+    """Seconds until a lease renewal made here (a new mtime) shows in a stat via the other
+    mount, once that mount has the old mtime cached; None if not within RENEWAL_WAIT."""
+    old = time.time() - 100
+    here.write_bytes(b"")
+    os.utime(here, (old, old))
+    deadline = time.monotonic() + RENEWAL_WAIT
+    while int(os.stat(there).st_mtime) != int(old):
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+    os.utime(here)
+    renewed = time.monotonic()
+    while int(os.stat(there).st_mtime) == int(old):
+        if time.monotonic() - renewed > RENEWAL_WAIT:
+            return None
+        time.sleep(0.01)
+    return time.monotonic() - renewed
 
 
 PROBES: dict[str, Callable[[Path], Probe]] = {
@@ -335,11 +368,23 @@ def run_probes(root: Path, other: Path | None) -> dict[str, Probe]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def verdict(fs: dict[str, JSON], probes: dict[str, Probe] | None) -> tuple[bool, str]:
+def verdict(
+    fs: dict[str, JSON], probes: dict[str, Probe] | None, lease_seconds: float = 30.0
+) -> tuple[bool, str]:
     """(safe, the line saying which mode is) from the filesystem type and the probes."""
     failed = [name for name, result in (probes or {}).items() if not result["ok"]]
     if failed:
         return False, f"NOT safe: probe failed ({', '.join(failed)})"
+    other = (probes or {}).get("other_mount", {})
+    if "renewal_seen_s" in other:
+        seen = other["renewal_seen_s"]
+        if seen is None or float(seen) + LEASE_MARGIN_SECONDS >= lease_seconds:
+            shown = "not seen" if seen is None else f"seen after {float(seen):.1f} s"
+            return False, (
+                f"NOT safe in shared mode: a renewed lease is {shown} via the other mount, "
+                f"too close to [cluster] lease = {lease_seconds:g} s: raise the lease or "
+                "shorten the mount's attribute cache"
+            )
     if fs["network"]:
         return True, SEVERAL_HOSTS + ("" if probes else " (by filesystem type; --fs probes it)")
     if probes is None:
@@ -350,12 +395,18 @@ def verdict(fs: dict[str, JSON], probes: dict[str, Probe] | None) -> tuple[bool,
 
 
 def examine(
-    root: Path, config: Path | None, queues: list[str], *, probe: bool, other: Path | None
+    root: Path,
+    config: Path | None,
+    queues: list[str],
+    *,
+    probe: bool,
+    other: Path | None,
+    lease_seconds: float = 30.0,
 ) -> dict[str, JSON]:
     """The doctor's report: root, config, queues, filesystem, probes (if asked), verdict."""
     fs = filesystem_of(root)
     probes = run_probes(root, other) if probe else None
-    safe, line = verdict(fs, probes)
+    safe, line = verdict(fs, probes, lease_seconds)
     report: dict[str, JSON] = {
         "root": str(root.resolve()),
         "config": None if config is None else str(config),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -188,30 +187,39 @@ def test_two_schedulers_on_two_hosts_fire_each_slot_once(
     assert len(slots) == len(set(slots))
 
 
+def run_doctor(bed: HostBed, config: Path) -> subprocess.CompletedProcess[str]:
+    """`spool doctor --fs` on host 0's mount, with host 1's mount as the other one."""
+    (bed.export / "spool").mkdir()
+    command = spool_command(bed.mount(0) / "spool", "doctor", "--fs", config=config)
+    command += ["--other-mount", str(bed.mount(1) / "spool")]
+    result = subprocess.run(
+        command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=180, check=False
+    )
+    print("\n" + result.stdout)
+    return result
+
+
 def test_doctor_on_the_shared_mount_reports_host_local_locks(
     hostbed: Callable[..., HostBed], tmp_path: Path
 ) -> None:
-    bed = hostbed(hosts=2, cache=False)
-    (bed.export / "spool").mkdir()
-    command = [
-        sys.executable,
-        "-m",
-        "spool",
-        "--root",
-        str(bed.mount(0) / "spool"),
-        "doctor",
-        "--fs",
-        "--other-mount",
-        str(bed.mount(1) / "spool"),
-    ]
-    result = subprocess.run(
-        command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120, check=False
-    )
-    print("\n" + result.stdout)
+    result = run_doctor(hostbed(hosts=2, cache=False), write_config(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fuse.sshfs" in result.stdout
     assert "locks are host-local" in result.stdout
-    assert "shared mode" in result.stdout
+    assert "a renewed mtime shows there after" in result.stdout
+    assert "safe in shared mode" in result.stdout
+
+
+def test_doctor_flags_a_lease_the_mounts_attribute_cache_would_break(
+    hostbed: Callable[..., HostBed], tmp_path: Path
+) -> None:
+    """sshfs's default caches hide a renewal for up to 20 s: a 10 s lease would expire live
+    claims on other hosts."""
+    config = write_config(tmp_path, "\n[cluster]\nlease = 10\n")
+    result = run_doctor(hostbed(hosts=2, cache=True), config)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "NOT safe in shared mode" in result.stdout
+    assert "lease = 10 s" in result.stdout
 
 
 def test_unique_keys_hold_once_across_hosts(
