@@ -11,6 +11,8 @@ import itertools
 import os
 import secrets
 import stat
+import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -195,3 +197,19 @@ def list_names(directory: Path) -> list[str]:
         return os.listdir(directory)
     except FileNotFoundError:
         return []
+
+
+def server_now(directory: Path) -> float:
+    """The time on the clock that stamps new files in `directory` (a network filesystem's
+    server's clock; the local clock on a local disk)."""
+    probe = directory / f".now-{os.getpid()}-{threading.get_ident()}"  # a dot-name: ignored
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            os.write(fd, b"-")
+            return os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError:
+        return time.time()

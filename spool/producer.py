@@ -28,7 +28,7 @@ from spool import envelope
 from spool.config import Settings
 from spool.envelope import FieldError, TaskDict
 from spool.errors import InvalidTask
-from spool.fsio import list_names, write_atomic, write_file, write_many_atomic
+from spool.fsio import list_names, server_now, write_atomic, write_file, write_many_atomic
 from spool.layout import DEFAULT_QUEUE, QueueDirs, canonical_name, delayed_name, queue_dirs
 
 OPTION_FIELDS = ("id", "priority", "delay", "not_before", "max_retries", "timeout", "unique_key")
@@ -228,7 +228,7 @@ def is_stale_key(dirs: QueueDirs, path: Path, holder: Mapping[str, Any]) -> bool
     if any(entry.endswith("@" + name) for entry in list_names(dirs.delayed)):
         return False
     try:
-        age = time.time() - os.stat(path).st_mtime
+        age = server_now(dirs.unique) - os.stat(path).st_mtime  # one clock, also across hosts
     except FileNotFoundError:
         return True
     return age > STALE_KEY_SECONDS  # CRASH: the owner's file may still be on its way

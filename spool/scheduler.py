@@ -34,7 +34,7 @@ from spool import producer, signals
 from spool.config import Settings
 from spool.envelope import format_compact, parse_compact
 from spool.errors import ConfigError, SpoolError
-from spool.fsio import fsync_dir, list_names, write_atomic, write_file
+from spool.fsio import fsync_dir, list_names, server_now, write_atomic, write_file
 from spool.layout import FILE_MODE, ensure_dir
 from spool.lookup import locate
 from spool.schedule import Entry, due_slots, parse_schedule, slot_text
@@ -168,22 +168,6 @@ def recover_unsent(settings: Settings, entry: Entry, now: float) -> int:
             recovered += 1
         mark_sent(marker)
     return recovered
-
-
-def server_now(directory: Path) -> float:
-    """The time on the clock that stamps new files in `directory` (a network filesystem's
-    server's clock; the local clock on a local disk)."""
-    probe = directory / f".now-{os.getpid()}-{threading.get_ident()}"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        try:
-            os.write(fd, b"-")
-            return os.fstat(fd).st_mtime
-        finally:
-            os.close(fd)
-            probe.unlink(missing_ok=True)
-    except OSError:
-        return time.time()
 
 
 def prune_markers(root: Path, entry: Entry, now: float) -> None:
