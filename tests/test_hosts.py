@@ -277,3 +277,20 @@ def test_a_pause_on_one_host_holds_the_workers_of_another(
     assert names(done) == []
     spool_on_host0("resume", "default")
     wait_until(lambda: names(done) == [f"{task_id}.json"], 20, 0.05)
+
+
+def test_status_on_one_host_lists_the_live_workers_of_both(
+    hostbed: Callable[..., HostBed], tmp_path: Path
+) -> None:
+    """A lock says nothing across hosts: a shared worker is live while its info file is."""
+    bed = hostbed(hosts=2, cache=False)
+    config = write_config(tmp_path)
+    (bed.export / "spool").mkdir()
+    workers = [start_worker(bed, host, config, tmp_path) for host in (0, 1)]
+    command = spool_command(bed.mount(0) / "spool", "status", "--json", config=config)
+
+    def live_pids() -> set[int]:
+        done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, timeout=60)
+        return {w["pid"] for w in json.loads(done.stdout)["workers"]} if done.stdout else set()
+
+    wait_until(lambda: live_pids() == {w.pid for w in workers}, 30, 0.2)
