@@ -2,7 +2,7 @@
 
 The mount whose mount point is the longest prefix of the resolved path wins (a nested tmpfs
 beats /); mount points are unescaped (`\\040` is a space). Network and FUSE filesystems count
-as shared-capable: other hosts may mount them too.
+as shared-capable (other hosts may mount them too), except FUSE types known to be local.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from spool.envelope import JSON
 NETWORK_TYPES = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "virtiofs", "lustre"}
 )
+
+# FUSE filesystems that only ever show this host's own files (container roots and the like)
+LOCAL_FUSE = frozenset({"fuse.fuse-overlayfs", "fuse.lxcfs", "fuse.squashfuse", "fuse.bindfs"})
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def mount_of(path: Path, mounts: list[Mount]) -> Mount | None:
 
 def is_network(fstype: str) -> bool:
     """Whether other hosts can mount this filesystem type too (shared-capable)."""
-    return fstype in NETWORK_TYPES or fstype.startswith("fuse.")
+    return fstype in NETWORK_TYPES or (fstype.startswith("fuse.") and fstype not in LOCAL_FUSE)
 
 
 def filesystem_of(root: Path) -> dict[str, JSON]:

@@ -48,6 +48,7 @@ def test_the_longest_mount_point_over_the_root_wins() -> None:
 def test_sshfs_and_nfs4_are_network_filesystems_and_ext4_is_not() -> None:
     assert is_network("fuse.sshfs") and is_network("nfs4")
     assert not is_network("ext4") and not is_network("tmpfs")
+    assert not is_network("fuse.fuse-overlayfs")  # a container's root: this host's files only
 
 
 def test_probes_on_local_disk_find_it_safe(tmp_path: Path) -> None:
