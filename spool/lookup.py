@@ -37,7 +37,8 @@ def incoming_name(state: str, entry: str) -> str | None:
     if state == "delayed":
         delayed = split_delayed(entry)
         return delayed[1] if delayed else None
-    claimed = split_processing(entry)
+    # a dot in front: the claim of a task whose outcome is being written (still processing)
+    claimed = split_processing(entry.removeprefix("."))
     return claimed[0] if claimed else None
 
 

@@ -188,6 +188,18 @@ def test_show_json_is_one_line_with_queue_and_state(spool, app: Spool) -> None:
     )
 
 
+def test_a_task_whose_outcome_is_being_written_shows_as_processing(
+    spool, app: Spool, spool_root: Path
+) -> None:
+    """A worker renames its claim to a dot-name just before it writes the outcome."""
+    task_id = app.enqueue("echo", args=[7])
+    dirs = spool_root / "default"
+    (name,) = names(dirs / "incoming")
+    os.rename(dirs / "incoming" / name, dirs / "processing" / f".{name}@host-1-abcdef")
+    shown = json.loads(spool("show", task_id, "--json").stdout)
+    assert (shown["id"], shown["state"]) == (task_id, "processing")
+
+
 def test_wait_returns_within_100_ms_of_completion(app: Spool, start_worker) -> None:
     start_worker()
     lags = []
