@@ -48,7 +48,6 @@ class QueueIndex:
     shard: tuple[int, int] | None = None
     others: list[tuple[str, str]] = field(default_factory=list)  # other workers' share
     steal_after: float = 0.0  # time.monotonic() before which `others` are left alone
-    stolen: bool = False  # the last pop came from `others`
     delayed: list[tuple[int, str]] = field(default_factory=list)  # (due µs, entry)
     delayed_names: set[str] = field(default_factory=set)
     # None: every delayed entry is held; else entries due after this (µs) may be on disk only
@@ -164,7 +163,7 @@ class QueueIndex:
         """A claim of `name` found it gone (another worker took it)."""
         if self.stale_listings:
             self.gone[name] = time.monotonic()
-        if self.stolen:  # its owner is at work (and our listing may be stale): leave theirs
+        if not self.mine(name):  # its owner is at work (our listing may be stale): leave theirs
             self.steal_after = time.monotonic() + STEAL_PAUSE_SECONDS
 
     def without_gone(self, present: set[str]) -> set[str]:
@@ -194,7 +193,6 @@ class QueueIndex:
         heap = self.choose()
         if not heap:
             return None
-        self.stolen = heap is self.others
         _, name = heapq.heappop(heap)
         self.ready_names.discard(name)
         return name

@@ -41,17 +41,18 @@ class LeaseKeeper:
         self.thread.start()
 
     def hold(self, path: Path, on_lost: Callable[[], None] | None = None) -> None:
-        """Keep `path` alive until dropped; `on_lost` runs if it disappears while held."""
+        """Touch `path` now (a rename keeps the old mtime) and keep it alive until dropped;
+        `on_lost` runs if it disappears while held."""
+        try:
+            touch(path)
+        except OSError as exc:  # the thread tries again
+            log.warning("cannot start the lease of %s: %s", path.name, exc)
         with self.lock:
             self.held[path] = on_lost
 
     def drop(self, path: Path) -> None:
         with self.lock:
             self.held.pop(path, None)
-
-    def holds(self, path: Path) -> bool:
-        with self.lock:
-            return path in self.held
 
     def run(self) -> None:
         while not self.stopping.wait(REFRESH_SECONDS):
@@ -64,13 +65,11 @@ class LeaseKeeper:
             try:
                 touch(path)
             except FileNotFoundError:  # RACE: finished and removed, or taken by a recoverer
-                with self.lock:
-                    if self.held.get(path, False) is not on_lost:
-                        continue  # dropped meanwhile
-                    if on_lost is None:
-                        self.held.pop(path, None)
                 if on_lost is not None:
                     on_lost()
+                    continue
+                with self.lock:
+                    self.held.pop(path, None)
             except OSError as exc:  # a cut-off network mount: keep trying
                 log.warning("cannot renew the lease of %s: %s", path.name, exc)
 

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -42,7 +41,7 @@ from spool.finish import Committer, RetryPolicy, finish, reject
 from spool.fsio import UnreadableFile, read_regular
 from spool.index import QueueIndex
 from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
-from spool.lease import LeaseKeeper, touch
+from spool.lease import LeaseKeeper
 from spool.recovery import Recovery
 from spool.retention import Retention
 from spool.stats import WorkerStats
@@ -355,17 +354,8 @@ class Worker:
                 best.forget(name)
                 continue
             if self.leases is not None:
-                self.hold(taken.path)
+                self.leases.hold(taken.path)
             return taken
-
-    def hold(self, path: Path) -> None:
-        """Shared mode: start the lease of a claim (a rename kept the file's old mtime)."""
-        assert self.leases is not None
-        try:
-            touch(path)
-        except OSError as exc:  # the keeper tries again
-            log.warning("cannot start the lease of %s: %s", path.name, exc)
-        self.leases.hold(path)
 
     def unhold(self, taken: Claim) -> None:
         if self.leases is not None:
@@ -421,9 +411,9 @@ class Worker:
         except OSError as exc:
             self.give_back(claimed, f"cannot record the outcome of {fields}: {exc}")
             return
-        if self.leases is not None:
-            self.leases.hold(taken.path)  # until the committer removes it
-            self.unhold(claimed)
+        # (the hidden claim needs no renewal: its name is new to the sweepers, so they wait a
+        # whole lease, and its outcome is written right now; a recoverer then drops it)
+        self.unhold(claimed)
         try:
             state = finish(taken, task, outcome, policy, self.outbox)
             self.committer.add(taken.path)
