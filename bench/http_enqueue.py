@@ -78,12 +78,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spool-http-bench-") as tmp:
         root = Path(tmp) / "spool"
         root.mkdir()
-        server = WebServer(root, TOKEN, Path(tmp) / "web.log").start()
-        try:
+        with WebServer(root, TOKEN, Path(tmp) / "web.log") as server:
             print(f"spool web on {server.url}, root {root}")
             bench(server.url, TOKEN, args)
-        finally:
-            server.stop()
 
 
 def bench(url: str, token: str, args: argparse.Namespace) -> None:

@@ -55,11 +55,8 @@ def client(spool_root: Path) -> Iterator[TestClient]:
 
 @pytest.fixture
 def server(spool_root: Path, tmp_path: Path) -> Iterator[WebServer]:
-    web = WebServer(spool_root, TOKEN, tmp_path / "web.log").start()
-    try:
+    with WebServer(spool_root, TOKEN, tmp_path / "web.log") as web:
         yield web
-    finally:
-        web.stop()
 
 
 def enqueue(client: TestClient, body: object, **params: str) -> httpx.Response:

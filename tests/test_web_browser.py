@@ -29,11 +29,8 @@ WAIT_MS = 15_000
 
 @pytest.fixture
 def server(spool_root: Path, tmp_path: Path) -> Iterator[WebServer]:
-    web = WebServer(spool_root, TOKEN, tmp_path / "web.log").start()
-    try:
+    with WebServer(spool_root, TOKEN, tmp_path / "web.log") as web:
         yield web
-    finally:
-        web.stop()
 
 
 @pytest.fixture

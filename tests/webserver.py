@@ -24,7 +24,8 @@ def free_port() -> int:
 
 
 class WebServer:
-    """`spool web` on 127.0.0.1:<free port> with `token`; start() waits until it answers."""
+    """`spool web` on 127.0.0.1:<free port> with `token`; start() waits until it answers.
+    As a context manager: started on entry, stopped on exit."""
 
     def __init__(self, root: Path, token: str | None, log: Path, config: Path = TEST_CONFIG):
         self.root, self.token, self.log, self.config = root, token, log, config
@@ -70,3 +71,9 @@ class WebServer:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         return self.proc.returncode
+
+    def __enter__(self) -> WebServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
