@@ -22,6 +22,7 @@ from spool.notify_config import (
     parse_mqtt_intake,
     parse_notify,
 )
+from spool.tables import as_table, check_keys, want
 
 DEFAULT_ROOT = Path("var/spool")
 DEFAULT_CONFIG = Path("conf/spool.toml")
@@ -241,29 +242,8 @@ def cluster_values(cluster: Mapping[str, Any], where: str) -> dict[str, Any]:
     return values
 
 
-def check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
-        )
-
-
 def table(data: Mapping[str, Any], name: str, allowed: set[str], where: str) -> Mapping[str, Any]:
-    value = data.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{name}] must be a table")
-    check_keys(value, allowed, f"{where} [{name}]")
-    return value
-
-
-def want(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    value = data[key]
-    bad_bool = isinstance(value, bool) and kind is not bool
-    if bad_bool or not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ConfigError(f"{where}: {key} must be {names}, not {type(value).__name__}")
-    return value
+    return as_table(data.get(name, {}), allowed, f"{where} [{name}]")
 
 
 def non_negative(value: Any, key: str, where: str) -> Any:

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from spool.errors import ConfigError
+from spool.tables import as_table, want
 
 SINKS = ("mqtt", "webhook", "command")
 NOTIFY_KEYS = {"sinks", "events", "on_retry", "retry_backoff", "retry_backoff_max", *SINKS}
@@ -139,7 +140,7 @@ def parse_notify(data: Any, where: str) -> NotifySettings:
     values: dict[str, Any] = {"sinks": tuple(dict.fromkeys(sinks))}
     for key in ("events", "on_retry"):
         if key in table:
-            values[key] = typed(table, key, bool, where)
+            values[key] = want(table, key, bool, where)
     for key, name in (("retry_backoff", "retry_backoff_seconds"),
                       ("retry_backoff_max", "retry_backoff_max_seconds")):  # fmt: skip
         if key in table:
@@ -155,12 +156,12 @@ def parse_notify(data: Any, where: str) -> NotifySettings:
 
 def parse_mqtt_sink(data: Any, where: str) -> MqttSink:
     table = as_table(data, MQTT_KEYS, where)
-    topic = typed(table, "topic", str, where) if "topic" in table else DEFAULT_TOPIC
+    topic = want(table, "topic", str, where) if "topic" in table else DEFAULT_TOPIC
     check_topic_template(topic, where)
     return MqttSink(
         broker=parse_broker(table, where),
         topic=topic,
-        client_id=typed(table, "client_id", str, where) if "client_id" in table else "",
+        client_id=want(table, "client_id", str, where) if "client_id" in table else "",
         timeout=positive(table, "timeout", where) if "timeout" in table else 10.0,
     )
 
@@ -172,7 +173,7 @@ def parse_webhook(data: Any, where: str) -> WebhookSink:
         raise ConfigError(f"{where}: url must be an http:// or https:// URL, not {url!r}")
     return WebhookSink(
         url=url,
-        secret=typed(table, "secret", str, where) if "secret" in table else "",
+        secret=want(table, "secret", str, where) if "secret" in table else "",
         timeout=positive(table, "timeout", where) if "timeout" in table else 10.0,
     )
 
@@ -194,7 +195,7 @@ def parse_mqtt_intake(data: Any, where: str) -> IntakeSettings | None:
         return None
     where = f"{where} [mqtt_intake]"
     table = as_table(data, INTAKE_KEYS, where)
-    topic = typed(table, "topic", str, where) if "topic" in table else DEFAULT_INTAKE_TOPIC
+    topic = want(table, "topic", str, where) if "topic" in table else DEFAULT_INTAKE_TOPIC
     levels = topic.split("/")
     if topic.count("{queue}") > 1 or any("{queue}" in lv and lv != "{queue}" for lv in levels):
         raise ConfigError(f"{where}: topic may hold {{queue}} once, as a whole level: {topic!r}")
@@ -203,7 +204,7 @@ def parse_mqtt_intake(data: Any, where: str) -> IntakeSettings | None:
     values: dict[str, Any] = {"broker": parse_broker(table, where), "topic": topic}
     for key in ("queue", "client_id", "invalid_queue"):
         if key in table:
-            values[key] = typed(table, key, str, where)
+            values[key] = want(table, key, str, where)
     if not values.get("client_id", "spool-intake"):
         raise ConfigError(f"{where}: client_id must not be empty (the session is kept by it)")
     from spool.layout import QUEUE_RE
@@ -223,7 +224,7 @@ def parse_broker(table: Mapping[str, Any], where: str) -> Broker:
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
     except ValueError:
         raise ConfigError(f"{where}: bad port in url {url!r}") from None
-    optional = {k: typed(table, k, str, where) for k in ("username", "password", "ca_file")
+    optional = {k: want(table, k, str, where) for k in ("username", "password", "ca_file")
                 if k in table}  # fmt: skip
     return Broker(
         host=parts.hostname,
@@ -248,28 +249,10 @@ def check_topic_template(topic: str, where: str) -> None:
             raise ConfigError(f"{where}: topic may use {allowed}, not {{{name}}}")
 
 
-def as_table(data: Any, allowed: set[str], where: str) -> Mapping[str, Any]:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a table")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
-        )
-    return data
-
-
-def typed(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    value = table[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ConfigError(f"{where}: {key} must be {kind.__name__}, not {type(value).__name__}")
-    return value
-
-
 def required(table: Mapping[str, Any], key: str, where: str) -> str:
     if key not in table:
         raise ConfigError(f"{where}: {key} is required")
-    value: str = typed(table, key, str, where)
+    value: str = want(table, key, str, where)
     return value
 
 

@@ -21,6 +21,7 @@ from spool.config import parse_duration
 from spool.envelope import format_compact
 from spool.errors import ConfigError
 from spool.layout import check_queue_name
+from spool.tables import as_table
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MISFIRE_POLICIES = ("skip", "once", "all")
@@ -167,13 +168,7 @@ def parse_entry(name: str, table: Mapping[str, Any], known_tasks: set[str] | Non
     where = f"[schedule.{name}]"
     if not NAME_RE.fullmatch(name):
         raise ConfigError(f"{where}: a schedule name must be 1-64 of A-Z a-z 0-9 _ -")
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where}: must be a table")
-    unknown = sorted(set(table) - KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(KEYS))})"
-        )
+    as_table(table, KEYS, where)
     task = table.get("task")
     if not isinstance(task, str) or not task:
         raise ConfigError(f"{where}: task is required (a registered task name)")
