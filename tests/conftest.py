@@ -97,6 +97,14 @@ def run_burst(
     )
 
 
+def drop_into(incoming: Path, name: str, data: bytes) -> Path:
+    """Drop a file into incoming/ the way a foreign program must: write a dot-name, rename in."""
+    staging = incoming / f".{name}.part"
+    staging.write_bytes(data)
+    os.rename(staging, incoming / name)
+    return incoming / name
+
+
 def names(directory: Path) -> list[str]:
     """Visible entries of a state directory, sorted."""
     if not directory.is_dir():

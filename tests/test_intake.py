@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from spool import Spool
 from spool.cli import cli
-from tests.conftest import PROJECT_DIR, TEST_CONFIG, names, run_burst
+from tests.conftest import PROJECT_DIR, TEST_CONFIG, drop_into, names, run_burst
 
 MIB = 1024 * 1024
 
@@ -28,12 +28,7 @@ def incoming_dir(spool_root: Path, queue: str = "default") -> Path:
 
 
 def drop(spool_root: Path, name: str, data: bytes, queue: str = "default") -> Path:
-    """Drop a file into incoming/ the way a foreign program must: write a dot-name, rename in."""
-    incoming = incoming_dir(spool_root, queue)
-    staging = incoming / f".{name}.part"
-    staging.write_bytes(data)
-    os.rename(staging, incoming / name)
-    return incoming / name
+    return drop_into(incoming_dir(spool_root, queue), name, data)
 
 
 def rejection_note(spool_root: Path, stem: str, queue: str = "default") -> dict[str, object]:

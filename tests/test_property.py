@@ -7,14 +7,13 @@ lost, none is left in incoming/ or processing/, and the worker exits 0.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import names, run_burst
+from tests.conftest import drop_into, names, run_burst
 
 JSON_VALUES = st.recursive(
     st.none()
@@ -93,12 +92,6 @@ FILES = st.lists(
     min_size=1,
     max_size=25,
 )
-
-
-def drop_into(incoming: Path, name: str, data: bytes) -> None:
-    staging = incoming / f".{name}.part"
-    staging.write_bytes(data)
-    os.rename(staging, incoming / name)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])

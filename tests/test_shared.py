@@ -24,7 +24,7 @@ from spool.layout import canonical_name, queue_dirs
 from spool.lease import LeaseKeeper, LeaseWatch
 from spool.recovery import Recovery
 from spool.stats import WorkerStats
-from tests.conftest import PROJECT_DIR, TEST_CONFIG, names, spool_command, wait_until
+from tests.conftest import PROJECT_DIR, TEST_CONFIG, drop_into, names, spool_command, wait_until
 
 LEASE = 3.0
 
@@ -117,7 +117,7 @@ def test_a_task_dropped_by_another_program_is_found_by_polling(
     start_worker(config=shared_config)
     incoming = spool_root / "default" / "incoming"
     wait_until(incoming.is_dir, timeout=10)
-    (incoming / "dropped.json").write_text('{"task": "echo", "args": [1]}')
+    drop_into(incoming, "dropped.json", b'{"task": "echo", "args": [1]}')
     wait_until(lambda: names(spool_root / "default" / "done") == ["dropped.json"], timeout=10)
 
 
