@@ -30,6 +30,10 @@ class FieldError(ValueError):
     """A task field has a wrong type or value; the message is the reason."""
 
 
+class NotJSON(FieldError):
+    """The bytes are not UTF-8 JSON: a broken file, or one still being written in place."""
+
+
 def new_id(now: float) -> str:
     """A fresh, time-sortable task id: UTC time to the microsecond plus randomness."""
     return f"{format_compact(now)}-{secrets.token_hex(4)}"
@@ -79,13 +83,11 @@ def parse_task_bytes(data: bytes) -> TaskDict:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise FieldError(f"not UTF-8 (byte {exc.start})") from None
+        raise NotJSON(f"not UTF-8 (byte {exc.start})") from None
     try:
         obj = json.loads(text, parse_constant=reject_constant)
     except json.JSONDecodeError as exc:
-        raise FieldError(
-            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        raise NotJSON(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise FieldError("invalid JSON: nested too deeply") from None
     if not isinstance(obj, dict):

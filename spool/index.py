@@ -59,9 +59,12 @@ class QueueIndex:
     # claim found them gone are skipped by rescans while listings still show them.
     stale_listings: bool = False
     gone: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic() it failed
+    # Files put back because they are still being written (spool.settle): left alone until
+    # then, whatever events and listings say.
+    later: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic()
 
     def add_ready(self, name: str) -> None:
-        if name in self.ready_names or not is_task_name(name):
+        if name in self.ready_names or name in self.later or not is_task_name(name):
             return
         key = self.sort_key(name)
         if key is None:
@@ -165,6 +168,17 @@ class QueueIndex:
             self.gone[name] = time.monotonic()
         if not self.mine(name):  # its owner is at work (our listing may be stale): leave theirs
             self.steal_after = time.monotonic() + STEAL_PAUSE_SECONDS
+
+    def look_again(self, name: str, seconds: float) -> None:
+        """Leave `name` (popped and put back) alone for `seconds`."""
+        self.later[name] = time.monotonic() + seconds
+
+    def return_later(self, now: float) -> None:
+        """Make the names whose time has come (`now`: time.monotonic()) ready again."""
+        for name, at in list(self.later.items()):
+            if at <= now:
+                del self.later[name]
+                self.add_ready(name)
 
     def without_gone(self, present: set[str]) -> set[str]:
         """`present` less the names known gone; a name is let go when a listing no longer

@@ -34,7 +34,7 @@ from spool.claim import (
 from spool.cluster import is_shared
 from spool.config import Settings
 from spool.counts import Recounter
-from spool.envelope import FieldError, TaskDict
+from spool.envelope import FieldError, NotJSON, TaskDict
 from spool.events import Outbox
 from spool.execute import Executor, Outcome
 from spool.finish import Committer, RetryPolicy, finish, reject
@@ -44,6 +44,7 @@ from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dir
 from spool.lease import LeaseKeeper
 from spool.recovery import Recovery
 from spool.retention import Retention
+from spool.settle import Settling
 from spool.stats import WorkerStats
 from spool.watch import Watcher
 
@@ -130,6 +131,7 @@ class Worker:
         self.poll_base = settings.poll_seconds if self.shared else POLL_SECONDS
         self.poll_gap = self.poll_base
         self.pending: Pending | None = None  # an attempt whose outcome is not recorded yet
+        self.settling = Settling(trust_mtime=not self.shared)
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -222,6 +224,7 @@ class Worker:
                 self.absorb_hints()
                 self.housekeeping(now)
                 self.promote_due(now)
+                self.return_later()
             except OSError as exc:  # e.g. a directory made unreadable: log, wait, go on
                 if self.burst:
                     raise
@@ -238,6 +241,10 @@ class Worker:
                 continue
             self.record_pending()  # nothing to run next: record the last outcome now
             if self.burst:
+                put_back = self.put_back_wait()
+                if put_back is not None:  # files being written in place: wait for them
+                    self.stopping.wait(max(0.001, put_back))
+                    continue
                 if fresh:  # nothing due, even right after a full rescan
                     break
                 self.rescan_all(time.time())
@@ -321,7 +328,15 @@ class Worker:
             due = index.next_due_us()
             if due is not None:
                 waits.append(max(0.0, due / 1_000_000 - now))
+        put_back = self.put_back_wait()
+        if put_back is not None:
+            waits.append(put_back)
         return max(0.001, min(waits))
+
+    def put_back_wait(self) -> float | None:
+        """Seconds until the first file put back (spool.settle) is to be read again, if any."""
+        times = [min(index.later.values()) for index in self.indexes.values() if index.later]
+        return min(times) - time.monotonic() if times else None
 
     def promote_due(self, now: float) -> None:
         now_us = int(now * 1_000_000)
@@ -333,6 +348,12 @@ class Worker:
                 except FileNotFoundError:  # RACE: another worker promoted or cancelled it
                     continue
                 index.add_ready(name)
+
+    def return_later(self) -> None:
+        now = time.monotonic()
+        for index in self.indexes.values():
+            if index.later:
+                index.return_later(now)
 
     def claim_next(self) -> Claim | None:
         """Claim the best ready task over all queues: higher priority, then first enqueued."""
@@ -444,15 +465,28 @@ class Worker:
 
     def read_claimed(self, taken: Claim) -> TaskDict | None:
         """The claimed file as a runnable task, or None after rejecting it to failed/."""
+        key = (taken.dirs.name, taken.name)
         try:
             data, st = read_regular(taken.path, self.settings.max_file_bytes)
-            task = envelope.parse_task_bytes(data)
-        except (UnreadableFile, FieldError) as exc:
+        except UnreadableFile as exc:
             self.reject(taken, str(exc))
             return None
         except OSError as exc:
             self.reject(taken, f"cannot read: {exc.strerror}")
             return None
+        try:
+            task = envelope.parse_task_bytes(data)
+        except NotJSON as exc:
+            wait = self.settling.wait_for(key, data, st.st_mtime_ns)
+            if wait > 0:  # maybe still being written in place: read it again later
+                self.put_back(taken, wait)
+            else:
+                self.reject(taken, str(exc))
+            return None
+        except FieldError as exc:
+            self.reject(taken, str(exc))
+            return None
+        self.settling.settled(key)
         if task["task"] not in self.tasks:
             self.reject(
                 taken, f"unknown task {task['task']!r}: no configured tasks module registers it"
@@ -462,6 +496,15 @@ class Worker:
         task.setdefault("enqueued_at", st.st_mtime)
         task.setdefault("attempts", 0)
         return task
+
+    def put_back(self, taken: Claim, seconds: float) -> None:
+        """Return a claimed file to incoming/ and leave it there for `seconds`."""
+        self.unhold(taken)
+        release(taken)
+        self.indexes[taken.dirs.name].look_again(taken.name, seconds)
+        log.debug(
+            "%s/%s is not JSON yet: read again in %.2f s", taken.dirs.name, taken.name, seconds
+        )
 
     def reject(self, taken: Claim, reason: str) -> None:
         self.unhold(taken)

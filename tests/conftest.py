@@ -105,6 +105,16 @@ def drop_into(incoming: Path, name: str, data: bytes) -> Path:
     return incoming / name
 
 
+def write_in_place(path: Path, data: bytes, pause: float = 0.03) -> None:
+    """Write a file the way the contract says not to: in place, a byte at a time, flushed,
+    with a pause after each (a slow producer, or a copy over a slow link)."""
+    with path.open("wb") as out:
+        for i in range(len(data)):
+            out.write(data[i : i + 1])
+            out.flush()
+            time.sleep(pause)
+
+
 def names(directory: Path) -> list[str]:
     """Visible entries of a state directory, sorted."""
     if not directory.is_dir():

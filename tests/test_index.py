@@ -168,3 +168,24 @@ def test_a_name_that_failed_is_skipped_while_a_stale_listing_shows_it(spool_root
     (index.dirs.incoming / name).write_bytes(b"{}")
     index.rescan()  # ... so a task back under the same name (recovered) is seen again
     assert index.pop_ready() == name
+
+
+# --- files put back because they are not JSON yet (spool.settle) -----------------------------
+
+
+def test_a_name_put_back_is_left_alone_until_its_time_whatever_events_and_listings_say(
+    spool_root: Path,
+) -> None:
+    index = make_index(spool_root)
+    (name,) = ready_names(1)
+    (index.dirs.incoming / name).write_bytes(b'{"task": ')
+    index.rescan()
+    assert index.pop_ready() == name
+    index.look_again(name, 60)
+    index.add_ready(name)  # an event for the file (the writer goes on)
+    index.rescan()
+    assert index.pop_ready() is None
+    index.return_later(time.monotonic())
+    assert index.pop_ready() is None
+    index.return_later(time.monotonic() + 61)
+    assert index.later == {} and index.pop_ready() == name

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,16 @@ from click.testing import CliRunner
 
 from spool import Spool
 from spool.cli import cli
-from tests.conftest import PROJECT_DIR, TEST_CONFIG, drop_into, names, run_burst
+from spool.settle import SETTLE_SECONDS
+from tests.conftest import (
+    PROJECT_DIR,
+    TEST_CONFIG,
+    drop_into,
+    names,
+    run_burst,
+    wait_until,
+    write_in_place,
+)
 
 MIB = 1024 * 1024
 
@@ -191,6 +201,47 @@ def test_files_starting_with_a_dot_or_not_ending_in_json_are_never_picked_up(
         assert (incoming / name).read_bytes() == data
     assert names(spool_root / "default" / "failed") == []
     assert len(names(spool_root / "default" / "done")) == 1  # only the good task ran
+
+
+def test_a_file_written_in_place_slowly_runs_once_it_is_whole(
+    app: Spool, spool_root: Path, start_worker
+) -> None:
+    """The worker sees the file from its first byte on; it must not reject it as invalid JSON
+    while the producer is still writing."""
+    start_worker()
+    write_in_place(incoming_dir(spool_root) / "slow.json", b'{"task": "add", "args": [40, 2]}')
+    wait_until(lambda: app.state_of("slow") == "done", timeout=15)
+    assert names(spool_root / "default" / "failed") == []
+    shown = app.show("slow")
+    assert shown["result"] == 42 and shown["attempts"] == 1
+
+
+def test_a_file_written_in_place_that_stays_broken_is_rejected_once_it_settles(
+    app: Spool, spool_root: Path, start_worker
+) -> None:
+    start_worker()
+    write_in_place(incoming_dir(spool_root) / "cut.json", b'{"task": "echo", "args": [', 0.01)
+    written = time.monotonic()
+    wait_until(lambda: app.state_of("cut") == "failed", timeout=15)
+    assert time.monotonic() - written >= SETTLE_SECONDS * 0.9  # read again until it settled
+    assert "invalid JSON" in str(rejection_note(spool_root, "cut")["reason"])
+    assert (spool_root / "default" / "failed" / "cut.json").read_bytes() == (
+        b'{"task": "echo", "args": ['
+    )
+
+
+def test_a_burst_worker_waits_for_a_file_that_is_not_json_yet_to_settle(
+    app: Spool, spool_root: Path
+) -> None:
+    """A burst worker ends only when nothing is left: not with a file it put back."""
+    half = incoming_dir(spool_root) / "half.json"
+    half.write_bytes(b'{"task": "ec')
+    soon = time.time() + 3  # (looks just written however long the worker takes to start)
+    os.utime(half, (soon, soon))
+    result = run_burst(spool_root)
+    assert result.returncode == 0, result.stderr
+    assert names(spool_root / "default" / "incoming") == []
+    assert app.state_of("half") == "failed"
 
 
 def test_a_dropped_file_without_an_id_takes_its_stem_as_id(app: Spool, spool_root: Path) -> None:

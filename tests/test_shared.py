@@ -24,7 +24,15 @@ from spool.layout import canonical_name, queue_dirs
 from spool.lease import LeaseKeeper, LeaseWatch
 from spool.recovery import Recovery
 from spool.stats import WorkerStats
-from tests.conftest import PROJECT_DIR, TEST_CONFIG, drop_into, names, spool_command, wait_until
+from tests.conftest import (
+    PROJECT_DIR,
+    TEST_CONFIG,
+    drop_into,
+    names,
+    spool_command,
+    wait_until,
+    write_in_place,
+)
 
 LEASE = 3.0
 
@@ -119,6 +127,20 @@ def test_a_task_dropped_by_another_program_is_found_by_polling(
     wait_until(incoming.is_dir, timeout=10)
     drop_into(incoming, "dropped.json", b'{"task": "echo", "args": [1]}')
     wait_until(lambda: names(spool_root / "default" / "done") == ["dropped.json"], timeout=10)
+
+
+def test_a_file_written_in_place_slowly_runs_once_whole_though_leases_touch_claims(
+    spool_root: Path, shared_config: Path, shared_app: Spool, start_worker
+) -> None:
+    """A claim's mtime is renewed as soon as it is taken, so "unchanged" must come from the
+    bytes, not the file time."""
+    start_worker(config=shared_config)
+    incoming = spool_root / "default" / "incoming"
+    wait_until(incoming.is_dir, timeout=10)
+    write_in_place(incoming / "slow.json", b'{"task": "add", "args": [40, 2]}')
+    wait_until(lambda: shared_app.state_of("slow") == "done", timeout=15)
+    assert names(spool_root / "default" / "failed") == []
+    assert shared_app.show("slow")["result"] == 42
 
 
 def test_a_shared_worker_renews_its_claim_while_the_task_runs(
