@@ -224,7 +224,6 @@ class Worker:
                 self.absorb_hints()
                 self.housekeeping(now)
                 self.promote_due(now)
-                self.return_later()
             except OSError as exc:  # e.g. a directory made unreadable: log, wait, go on
                 if self.burst:
                     raise
@@ -339,8 +338,10 @@ class Worker:
         return min(times) - time.monotonic() if times else None
 
     def promote_due(self, now: float) -> None:
-        now_us = int(now * 1_000_000)
+        """Make ready what has fallen due: delayed tasks, and files put back (spool.settle)."""
+        now_us, now_mono = int(now * 1_000_000), time.monotonic()
         for index in self.indexes.values():
+            index.return_later(now_mono)
             for entry in index.pop_due(now_us):
                 name = entry.partition("@")[2]
                 try:
@@ -348,12 +349,6 @@ class Worker:
                 except FileNotFoundError:  # RACE: another worker promoted or cancelled it
                     continue
                 index.add_ready(name)
-
-    def return_later(self) -> None:
-        now = time.monotonic()
-        for index in self.indexes.values():
-            if index.later:
-                index.return_later(now)
 
     def claim_next(self) -> Claim | None:
         """Claim the best ready task over all queues: higher priority, then first enqueued."""
@@ -464,7 +459,8 @@ class Worker:
         self.stopping.wait(ERROR_PAUSE_SECONDS)
 
     def read_claimed(self, taken: Claim) -> TaskDict | None:
-        """The claimed file as a runnable task, or None after rejecting it to failed/."""
+        """The claimed file as a runnable task, or None after rejecting it to failed/ (or
+        putting it back: not JSON yet, maybe still being written)."""
         key = (taken.dirs.name, taken.name)
         try:
             data, st = read_regular(taken.path, self.settings.max_file_bytes)
