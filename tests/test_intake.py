@@ -222,7 +222,9 @@ def test_a_file_written_in_place_that_stays_broken_is_rejected_once_it_settles(
     start_worker()
     write_in_place(incoming_dir(spool_root) / "cut.json", b'{"task": "echo", "args": [', 0.01)
     written = time.monotonic()
-    wait_until(lambda: app.state_of("cut") == "failed", timeout=15)
+    note = spool_root / "default" / "failed" / "cut.error.json"  # written after the move
+    wait_until(note.exists, timeout=15)
+    assert app.state_of("cut") == "failed"
     assert time.monotonic() - written >= SETTLE_SECONDS * 0.9  # read again until it settled
     assert "invalid JSON" in str(rejection_note(spool_root, "cut")["reason"])
     assert (spool_root / "default" / "failed" / "cut.json").read_bytes() == (
