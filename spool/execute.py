@@ -165,29 +165,29 @@ class Executor:
         if meanwhile is not None:
             meanwhile()
         while True:
-            if interrupted():
-                self.kill()
-                return Outcome(False, started, time.time(), interrupted=True)
-            slice_ = POLL_SLICE_SECONDS
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self.kill()
-                    message = f"attempt stopped after its timeout of {timeout:g} s"
-                    return Outcome(
-                        False, started, time.time(), error=error_dict("Timeout", message)
-                    )
-                slice_ = min(slice_, left)
+            # A stop or the timeout ends the attempt only if no reply is waiting: a handler
+            # that has returned is never run again because of a late signal.
+            stop = interrupted()
+            left = None if deadline is None else deadline - time.monotonic()
+            over = left is not None and left <= 0
+            slice_ = 0.0 if stop or over else min(POLL_SLICE_SECONDS, left or POLL_SLICE_SECONDS)
             try:
-                if not self.channel.readable(slice_):
-                    continue
-                reply = json.loads(self.channel.receive())
+                ready = self.channel.readable(slice_)
+                reply = json.loads(self.channel.receive()) if ready else None
             except (EOFError, OSError):
                 return self.child_lost(started)
-            finished = time.time()
-            if reply.get("ok"):
-                return Outcome(True, started, finished, result=reply.get("result"))
-            return Outcome(False, started, finished, error=reply["error"])
+            if reply is not None:
+                finished = time.time()
+                if reply.get("ok"):
+                    return Outcome(True, started, finished, result=reply.get("result"))
+                return Outcome(False, started, finished, error=reply["error"])
+            if stop:
+                self.kill()
+                return Outcome(False, started, time.time(), interrupted=True)
+            if over:
+                self.kill()
+                message = f"attempt stopped after its timeout of {timeout:g} s"
+                return Outcome(False, started, time.time(), error=error_dict("Timeout", message))
 
     def child_lost(self, started: float) -> Outcome:
         code = self.kill()
