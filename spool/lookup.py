@@ -19,6 +19,7 @@ from spool.layout import (
 
 PENDING_STATES = ("incoming", "delayed", "processing")
 READ_LIMIT = 64 * 1024 * 1024
+LOOKS = 3  # passes over the directories before a task is called unknown
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,23 @@ def finished(dirs: QueueDirs, task_id: str) -> Found | None:
 
 
 def locate(root: Path, task_id: str, queues: list[str] | None = None) -> Found | None:
-    """Where the task with this id is now, or None (also for a string that is no valid id)."""
+    """Where the task with this id is now, or None (also for a string that is no valid id).
+
+    A task moves by renames, some of them backwards in the order the directories are listed
+    (a retry to delayed/, a promotion or a put-back to incoming/), so one pass can miss a live
+    task: it is only called unknown after LOOKS passes found it nowhere.
+    """
     if not is_valid_id(task_id):
         return None
     names = queues if queues is not None else existing_queues(root)
+    for _ in range(LOOKS):
+        found = look_once(root, task_id, names)
+        if found is not None:
+            return found
+    return None
+
+
+def look_once(root: Path, task_id: str, names: list[str]) -> Found | None:
     for queue in names:
         dirs = QueueDirs(root, queue)
         found = finished(dirs, task_id)
