@@ -23,7 +23,7 @@ from spool.errors import SpoolError, TaskNotFound
 from spool.fsio import UnreadableFile, read_regular, write_atomic
 from spool.layout import ERROR_SUFFIX, QueueDirs, canonical_name, existing_queues, split_delayed
 from spool.lookup import READ_LIMIT, Found, locate
-from spool.producer import CLOCK, release_unique_key
+from spool.producer import CLOCK, Prepared, release_unique_key, take_unique_key
 from spool.retention import is_older, remove
 
 FINISHED_KEYS = (
@@ -78,8 +78,8 @@ def retry(root: Path, task_id: str) -> str:
 
 def retry_failed(dirs: QueueDirs, found: Found) -> None:
     task = read_task(found.path)
-    for key in FINISHED_KEYS:
-        task.pop(key, None)
+    for field in FINISHED_KEYS:
+        task.pop(field, None)
     task["attempts"] = 0
     task["retried_at"] = time.time()
     enqueued_us = CLOCK.next_us(time.time())
@@ -87,6 +87,13 @@ def retry_failed(dirs: QueueDirs, found: Found) -> None:
     task.pop("delay", None)
     task.pop("not_before", None)
     name = canonical_name(envelope.priority_of(task), enqueued_us, str(task["id"]))
+    key = task.get("unique_key")
+    if isinstance(key, str):  # pending again, so it holds its key again (released on failing)
+        holder = take_unique_key(dirs, key, Prepared(dirs, task, dirs.incoming / name))
+        if holder is not None:
+            raise NotRetryable(
+                f"task {task['id']} is not retried: task {holder} holds its unique key {key!r}"
+            )
     write_atomic(envelope.dump(task), dirs.tmp, dirs.incoming / name)
     found.path.unlink(missing_ok=True)
 

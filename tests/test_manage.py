@@ -92,6 +92,29 @@ def test_retry_of_a_task_that_is_not_failed_is_refused(spool, app: Spool) -> Non
     assert result.exit_code == 1 and "not failed" in result.stderr
 
 
+def test_a_retried_task_holds_its_unique_key_again(spool, app: Spool, spool_root: Path) -> None:
+    task_id = app.enqueue("fail", max_retries=0, unique_key="report-7")
+    assert run_burst(spool_root).returncode == 0
+    assert app.state_of(task_id) == "failed"  # (its key was released)
+    assert spool("retry", task_id).exit_code == 0
+    assert app.enqueue("echo", unique_key="report-7") == task_id  # pending again: it holds it
+    assert len(names(spool_root / "default" / "incoming")) == 1
+
+
+def test_a_retry_is_refused_while_another_task_holds_the_unique_key(
+    spool, app: Spool, spool_root: Path
+) -> None:
+    first = app.enqueue("fail", max_retries=0, unique_key="report-7")
+    assert run_burst(spool_root).returncode == 0
+    second = app.enqueue("echo", unique_key="report-7")
+    assert second != first
+    result = spool("retry", first)
+    assert result.exit_code == 1
+    assert f"task {second} holds its unique key 'report-7'" in result.stderr
+    assert app.state_of(first) == "failed" and app.state_of(second) == "incoming"
+    assert len(names(spool_root / "default" / "incoming")) == 1
+
+
 def test_retried_rejected_file_goes_back_under_its_name_without_its_note(
     spool, spool_root: Path, app: Spool
 ) -> None:
