@@ -86,6 +86,27 @@ def test_retry_dry_run_changes_nothing(spool, app: Spool, spool_root: Path) -> N
     assert names(spool_root / "default" / "failed") == before
 
 
+def test_retry_all_failed_of_one_queue_or_one_task_leaves_the_others_in_failed(
+    spool, app: Spool, spool_root: Path
+) -> None:
+    mail = [app.enqueue("fail", max_retries=0, queue="mail") for _ in range(3)]
+    mail_other = app.enqueue(
+        "fail_until", args=["/nonexistent/marker", 1], max_retries=0, queue="mail"
+    )
+    default = app.enqueue("fail", max_retries=0)
+    assert run_burst(spool_root).returncode == 0
+    assert {app.state_of(t) for t in [*mail, mail_other, default]} == {"failed"}
+    result = spool("retry", "--all-failed", "--queue", "mail", "--task", "fail")
+    assert result.exit_code == 0, result.output
+    assert sorted(result.stdout.split()) == sorted(["retried"] * 3 + mail)
+    assert "retried 3 task(s)" in result.stderr
+    assert {app.state_of(t) for t in mail} == {"incoming"}
+    assert app.state_of(mail_other) == "failed" and app.state_of(default) == "failed"
+    result = spool("retry", "--all-failed")
+    assert result.exit_code == 0 and "retried 2 task(s)" in result.stderr
+    assert app.state_of(mail_other) == "incoming" and app.state_of(default) == "incoming"
+
+
 def test_retry_of_a_task_that_is_not_failed_is_refused(spool, app: Spool) -> None:
     task_id = app.enqueue("echo")
     result = spool("retry", task_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from spool import Spool
+from spool.finish import RetryPolicy
 from tests.conftest import PROJECT_DIR, names, run_burst, wait_until
 from tests.test_intake import drop
 
@@ -161,6 +163,20 @@ def test_a_failing_task_is_retried_with_backoff_until_it_succeeds(
     # retry_backoff 0.1 s in tests/spool.toml, doubling: >= 0.1 s, then >= 0.2 s
     assert history[1]["started_at"] - history[0]["finished_at"] >= 0.1 - 0.001
     assert shown["started_at"] - history[1]["finished_at"] >= 0.2 - 0.001
+
+
+def test_backoff_doubles_is_capped_and_jitter_only_ever_adds_up_to_a_quarter() -> None:
+    exact = RetryPolicy(max_retries=30, backoff_seconds=1.0, jitter=False)
+    assert [exact.delay(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert exact.delay(13) == 3600.0 and exact.delay(1000) == 3600.0  # 1 h cap, no overflow
+    jittered = RetryPolicy(max_retries=30, backoff_seconds=1.0)
+    rng = random.Random(7)
+    for attempt in range(1, 16):
+        base = exact.delay(attempt)
+        delays = [jittered.delay(attempt, rng) for _ in range(200)]
+        assert all(base <= d <= min(1.25 * base, 3600.0) for d in delays)
+        if base < 3600.0:
+            assert len(set(delays)) > 100  # spread, so retries of a burst do not align
 
 
 def test_a_task_that_always_fails_ends_in_failed_with_every_attempt_in_its_history(
