@@ -42,7 +42,10 @@ def test_a_task_promoted_while_it_is_looked_for_is_found(
     task_id = app.enqueue("echo", delay=3600)
     dirs = queue_dirs(spool_root, "default")
     [entry] = names(dirs.delayed)
-    promote = lambda: os.rename(dirs.delayed / entry, dirs.incoming / entry.partition("@")[2])  # noqa: E731
+
+    def promote() -> None:
+        os.rename(dirs.delayed / entry, dirs.incoming / entry.partition("@")[2])
+
     moved = move_while_listing(monkeypatch, dirs.incoming, promote)
     found = lookup.locate(spool_root, task_id)
     assert moved and found is not None and found.state == "incoming"
@@ -56,7 +59,10 @@ def test_a_task_retried_while_it_is_looked_for_is_found(
     [name] = names(dirs.incoming)
     claim = dirs.processing / processing_name(name, "somehost-1-abcdef")
     os.rename(dirs.incoming / name, claim)
-    retry = lambda: os.rename(claim, dirs.delayed / delayed_name(1, name))  # noqa: E731
+
+    def retry() -> None:
+        os.rename(claim, dirs.delayed / delayed_name(1, name))
+
     moved = move_while_listing(monkeypatch, dirs.delayed, retry)
     found = lookup.locate(spool_root, task_id)
     assert moved and found is not None and found.state == "delayed"
