@@ -168,9 +168,10 @@ class Executor:
             # A stop or the timeout ends the attempt only if no reply is waiting: a handler
             # that has returned is never run again because of a late signal.
             stop = interrupted()
-            left = None if deadline is None else deadline - time.monotonic()
-            over = left is not None and left <= 0
-            slice_ = 0.0 if stop or over else min(POLL_SLICE_SECONDS, left or POLL_SLICE_SECONDS)
+            # (no timeout: a slice is always left)
+            left = POLL_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
+            over = left <= 0
+            slice_ = 0.0 if stop or over else min(POLL_SLICE_SECONDS, left)
             try:
                 ready = self.channel.readable(slice_)
                 reply = json.loads(self.channel.receive()) if ready else None
