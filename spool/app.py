@@ -12,6 +12,7 @@ from spool.config import Settings, load_settings
 from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
 from spool.layout import QueueDirs
 from spool.lookup import finished, locate, read_found
+from spool.manifest import Catalog, CatalogCache
 from spool.registry import Registry, Task, TaskOptions
 from spool.status import spool_status
 
@@ -43,6 +44,7 @@ class Spool:
         self.eager = eager
         self.registry = Registry()
         self.eager_results: dict[str, dict[str, Any]] = {}
+        self.catalogs = CatalogCache(settings.root)
 
     @classmethod
     def from_config(
@@ -80,6 +82,7 @@ class Spool:
         max_retries: int | None = None,
         timeout: float | None = None,
         retry_backoff: float | None = None,
+        priority: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # (the overloads cover both decorator forms)
@@ -92,6 +95,7 @@ class Spool:
         max_retries: int | None = None,
         timeout: float | None = None,
         retry_backoff: float | None = None,
+        priority: int | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a handler (as `@app.task` or `@app.task(...)`); its name is the function's."""
 
@@ -102,6 +106,7 @@ class Spool:
                 max_retries=max_retries,
                 timeout=timeout,
                 retry_backoff=retry_backoff,
+                priority=priority,
             )
             handle = Task(self, func, options)
             self.registry.add(handle)
@@ -118,25 +123,35 @@ class Spool:
         kwargs: Mapping[str, Any] | None = None,
         *,
         queue: str | None = None,
+        check: bool = True,
         **options: Any,
     ) -> str:
         """Enqueue task `name` durably and return its id; the name need not be registered here.
 
+        With no queue, the task goes to the queue its handler declares (see spool.manifest).
         Options: delay, not_before, priority, max_retries, timeout, unique_key, id.
-        Raises: InvalidTask, InvalidQueueName.
+        `check=False` skips the refusal of unknown names and unbound arguments.
+        Raises: InvalidTask (UnknownTaskName, BadArguments), InvalidQueueName.
         """
         task = producer.build_task(name, args, kwargs, **options)
         if self.eager:
             return self.run_eager(task)
-        return producer.enqueue(self.settings, task, queue)
+        return producer.enqueue(self.settings, task, queue, catalog=self.catalog(), check=check)
 
     def enqueue_many(
-        self, tasks: Iterable[Mapping[str, Any]], queue: str | None = None
+        self, tasks: Iterable[Mapping[str, Any]], queue: str | None = None, check: bool = True
     ) -> list[str]:
         """Enqueue many task dicts (as in a task file) with grouped syncs; durable on return."""
         if self.eager:
             return [self.run_eager(dict(task)) for task in tasks]
-        return producer.enqueue_many(self.settings, tasks, queue)
+        return producer.enqueue_many(
+            self.settings, tasks, queue, catalog=self.catalog(), check=check
+        )
+
+    def catalog(self) -> Catalog:
+        """The published tasks, with those registered in this process winning."""
+        local = {name: task.described for name, task in self.registry.tasks.items()}
+        return self.catalogs.current(time.monotonic()).with_local(local)
 
     def run_eager(self, task: dict[str, Any]) -> str:
         handle = self.registry.get(task["task"])

@@ -31,6 +31,7 @@ from spool.errors import (
     WaitTimeout,
 )
 from spool.layout import check_queue_name, queue_dirs
+from spool.manifest import Catalog
 
 BATCH = 10_000
 
@@ -114,7 +115,18 @@ def parse_arg(text: str) -> Any:
 @click.argument("task", required=False)
 @click.argument("args", nargs=-1)
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments as a JSON object.")
-@click.option("--queue", "-q", metavar="Q", help="Queue (default: default).")
+@click.option(
+    "--queue",
+    "-q",
+    metavar="Q",
+    help="Queue (default: the queue the task's handler declares, else default).",
+)
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Enqueue even if no worker knows TASK or the arguments do not fit its handler "
+    "(a task about to be deployed).",
+)
 @click.option(
     "--delay",
     type=click.FloatRange(min=0),
@@ -161,17 +173,23 @@ def enqueue(
     unique_key: str | None,
     task_id: str | None,
     from_file: IO[str] | None,
+    no_check: bool,
 ) -> None:
     """Enqueue TASK with ARGs (each parsed as JSON when it parses); print its id.
+
+    The tasks the workers serve are published under the root (see `spool tasks`): TASK goes
+    to the queue its handler declares, and an unknown TASK or ARGs that do not fit its
+    handler are refused (exit 2) unless --no-check.
 
     Put -- before ARGs that start with a dash: spool enqueue add -- -1 2
     """
     settings = settings_of(ctx)
     queue = queue_option(queue)
+    catalog = read_catalog(settings, check=not no_check)
     if from_file is not None:
         if task is not None:
             raise UsageProblem("give either TASK or --from, not both")
-        enqueue_from(settings, from_file, queue)
+        enqueue_from(settings, from_file, queue, catalog, check=not no_check)
         return
     if task is None:
         raise UsageProblem("missing TASK (or --from FILE.jsonl)")
@@ -206,7 +224,21 @@ def enqueue(
             unique_key=unique_key,
             id=task_id,
         )
-        click.echo(producer.enqueue(settings, built, queue))
+        click.echo(producer.enqueue(settings, built, queue, catalog=catalog, check=not no_check))
+
+
+def read_catalog(settings: Settings, check: bool) -> Catalog:
+    """The published tasks; says once on stderr when there are none to check against."""
+    with user_errors():
+        catalog = Catalog.load(settings.root)
+    if check and not catalog.exists:
+        click.echo(
+            f"spool: no worker has published its tasks under {settings.root} yet: "
+            "task names and arguments are not checked, and tasks without --queue go to "
+            "their own 'queue' field or 'default'",
+            err=True,
+        )
+    return catalog
 
 
 def read_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -222,7 +254,9 @@ def read_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, obj
 
 
-def enqueue_from(settings: Settings, stream: IO[str], queue: str | None) -> None:
+def enqueue_from(
+    settings: Settings, stream: IO[str], queue: str | None, catalog: Catalog, check: bool
+) -> None:
     """Enqueue a JSON-lines file in durable batches, with a progress bar on a terminal."""
     total = 0
     show_bar = sys.stderr.isatty()
@@ -234,7 +268,8 @@ def enqueue_from(settings: Settings, stream: IO[str], queue: str | None) -> None
         def flush() -> None:
             nonlocal total
             try:
-                ids = producer.enqueue_many(settings, [obj for _, obj in batch], queue)
+                tasks = [obj for _, obj in batch]
+                ids = producer.enqueue_many(settings, tasks, queue, catalog=catalog, check=check)
             except InvalidTask as exc:  # "task N: reason" -> the line number
                 position, _, reason = str(exc).partition(": ")
                 line = (
@@ -696,7 +731,7 @@ def schedule_ls(ctx: click.Context, as_json: bool) -> None:
     if not rows:
         click.echo("no schedule entries (add [schedule.NAME] tables to the config)")
     for row in rows:
-        where = f"{row['task']} on {row['queue']}"
+        where = f"{row['task']} on {row['queue'] or 'its declared queue'}"
         click.echo(f"{row['name']}: {where}, {row['when']}, misfire={row['misfire']}")
         click.echo(f"  last fired: {row['last_fired'] or 'never'}")
         click.echo(f"  next: {', '.join(row['next'])}")
@@ -765,6 +800,69 @@ def up(ctx: click.Context, workers: int | None) -> None:
     with user_errors():
         code = run_up(settings, workers)
     ctx.exit(code)
+
+
+@cli.command("tasks")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
+@click.pass_context
+def tasks_command(ctx: click.Context, as_json: bool) -> None:
+    """Load the configured task modules, publish them, and list every published task."""
+    from spool.claim import is_alive
+    from spool.execute import Executor
+    from spool.manifest import loader_id, publish, task_table
+
+    settings = settings_of(ctx)
+    failed = False
+    if settings.tasks:
+        executor = Executor(settings.tasks, str(settings.project_dir))
+        try:
+            loaded = executor.start()
+        except ConfigError as exc:
+            click.echo(f"spool: {exc}", err=True)
+            failed = True
+        else:
+            with user_errors():
+                publish(
+                    settings.root,
+                    loader_id(),
+                    loaded,
+                    time.time(),
+                    is_worker=False,
+                    is_live=lambda worker_id: is_alive(settings.root, worker_id),
+                    grace_seconds=settings.unknown_task_grace_seconds,
+                )
+        finally:
+            executor.stop()
+    with user_errors():
+        rows = task_table(
+            Catalog.load(settings.root), lambda worker_id: is_alive(settings.root, worker_id)
+        )
+    click.echo(json.dumps(rows, indent=2) if as_json else render_tasks(rows))
+    ctx.exit(1 if failed else 0)
+
+
+def render_tasks(rows: list[dict[str, Any]]) -> str:
+    from spool.signature import render
+
+    if not rows:
+        return "no tasks published (no worker has run, and the config names no tasks modules)"
+    table = [("TASK", "QUEUE", "SIGNATURE", "LIVE WORKERS", "DOC")]
+    for row in rows:
+        workers = len(row["workers"])
+        table.append(
+            (
+                row["name"],
+                str(row.get("queue") or "default"),
+                render(row.get("params")),
+                str(workers) if workers else "none",
+                str(row.get("doc") or ""),
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4] for r in table
+    ]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 @cli.command("supervisor-config")

@@ -38,7 +38,7 @@ DEFAULTS_KEYS = {
     "retry_jitter",
     "max_file_bytes",
 }
-WORKERS_KEYS = {"processes", "queues", "rescan_seconds", "recover_seconds"}
+WORKERS_KEYS = {"processes", "queues", "rescan_seconds", "recover_seconds", "unknown_task_grace"}
 LOG_KEYS = {"format", "level"}
 RETENTION_KEYS = {"done", "failed"}
 WEB_KEYS = {"host", "port", "token", "max_body"}
@@ -62,6 +62,8 @@ class Settings:
     queues: tuple[str, ...] = ()  # empty: every queue under the root
     rescan_seconds: float = 2.0
     recover_seconds: float = 2.0
+    # a task no live worker knows is held this long after a manifest last named it (deploys)
+    unknown_task_grace_seconds: float = 600.0
     log_format: str = "text"
     log_level: str = "INFO"
     schedule: Mapping[str, Any] = field(default_factory=dict)
@@ -172,6 +174,11 @@ def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str,
     for key, name, kind in worker_checks:
         if key in workers:
             values[name] = non_negative(want(workers, key, kind, f"{where} [workers]"), key, where)
+    if "unknown_task_grace" in workers:
+        try:
+            values["unknown_task_grace_seconds"] = parse_duration(workers["unknown_task_grace"])
+        except ValueError as exc:
+            raise ConfigError(f"{where} [workers]: unknown_task_grace: {exc}") from None
     if "queues" in workers:
         queues = want(workers, "queues", list, f"{where} [workers]")
         if not all(isinstance(q, str) for q in queues):

@@ -24,6 +24,24 @@ class InvalidTask(SpoolError):
     """A task given to a producer is not valid (bad field type, bad id, ...)."""
 
 
+class Refused(InvalidTask):
+    """A valid task that the published tasks refuse: unknown name, or arguments that do not
+    bind (HTTP 422; the CLI's exit 2)."""
+
+
+class UnknownTaskName(Refused):
+    """A producer named a task that no published manifest knows (see spool.manifest)."""
+
+    def __init__(self, name: str, suggestions: list[str]) -> None:
+        hint = f" (did you mean {' or '.join(suggestions)}?)" if suggestions else ""
+        super().__init__(f"unknown task {name!r}: no worker serves it{hint}")
+        self.name, self.suggestions = name, suggestions
+
+
+class BadArguments(Refused):
+    """A task's arguments do not bind to its handler's parameters."""
+
+
 class InvalidTaskFile(SpoolError):
     """A file in incoming/ is not a runnable task; `reason` says why."""
 

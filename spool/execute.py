@@ -247,7 +247,7 @@ def child_main() -> None:
     except Exception as exc:
         channel.send(json.dumps({"error": str(exc)}).encode())
         return
-    described = {name: task.options.describe() for name, task in tasks.items()}
+    described = {name: task.describe() for name, task in tasks.items()}
     channel.send(json.dumps({"tasks": described}).encode())
     while True:
         try:

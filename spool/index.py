@@ -62,9 +62,14 @@ class QueueIndex:
     # Files put back because they are still being written (spool.settle): left alone until
     # then, whatever events and listings say.
     later: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic()
+    # Tasks put back for the workers that know their name (a deploy under way): left alone
+    # the same way, but a burst worker does not wait for them.
+    held: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic()
 
     def add_ready(self, name: str) -> None:
-        if name in self.ready_names or name in self.later or not is_task_name(name):
+        if name in self.ready_names or name in self.later or name in self.held:
+            return
+        if not is_task_name(name):
             return
         key = self.sort_key(name)
         if key is None:
@@ -173,12 +178,17 @@ class QueueIndex:
         """Leave `name` (popped and put back) alone for `seconds`."""
         self.later[name] = time.monotonic() + seconds
 
+    def hold(self, name: str, seconds: float) -> None:
+        """Leave `name` (put back for other workers) alone for `seconds`."""
+        self.held[name] = time.monotonic() + seconds
+
     def return_later(self, now: float) -> None:
         """Make the names whose time has come (`now`: time.monotonic()) ready again."""
-        for name, at in list(self.later.items()):
-            if at <= now:
-                del self.later[name]
-                self.add_ready(name)
+        for waiting in (self.later, self.held):
+            for name, at in list(waiting.items()):
+                if at <= now:
+                    del waiting[name]
+                    self.add_ready(name)
 
     def without_gone(self, present: set[str]) -> set[str]:
         """`present` less the names known gone; a name is let go when a listing no longer

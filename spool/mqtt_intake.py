@@ -38,8 +38,9 @@ from spool.envelope import FieldError
 from spool.errors import ConfigError, InvalidQueueName, InvalidTask
 from spool.finish import free_name, stem_of
 from spool.fsio import fsync_dir, write_atomic, write_many_atomic
-from spool.layout import ERROR_SUFFIX, QueueDirs, queue_dirs
+from spool.layout import DEFAULT_QUEUE, ERROR_SUFFIX, QueueDirs, queue_dirs
 from spool.lookup import locate
+from spool.manifest import Catalog, CatalogCache
 from spool.notify import config_stamp
 from spool.notify_config import IntakeSettings
 from spool.sinks import KEEPALIVE_SECONDS, close_client, new_client
@@ -73,24 +74,29 @@ class Verdict:
     queue: str = ""
 
 
-def judge(settings: Settings, intake: IntakeSettings, message: Received, now: float) -> Verdict:
-    """Validate a message as a task for the queue its topic names."""
-    queue = intake.queue_of(message.topic)
+def judge(
+    settings: Settings, intake: IntakeSettings, message: Received, now: float, catalog: Catalog
+) -> Verdict:
+    """Validate a message as a task for the queue its topic names (else the queue its handler
+    declares); an unknown task name or arguments that do not bind are rejected."""
+    named = intake.queue_of(message.topic)
     try:
-        dirs = queue_dirs(settings.root, queue)
+        home = DEFAULT_QUEUE if named is None else queue_dirs(settings.root, named).name
     except InvalidQueueName as exc:
         return Verdict(message, reason=str(exc), queue=intake.invalid_queue)
     if len(message.payload) > settings.max_file_bytes:
         reason = f"is {len(message.payload)} bytes, over the limit of {settings.max_file_bytes}"
-        return Verdict(message, reason=reason, queue=dirs.name)
+        return Verdict(message, reason=reason, queue=home)
     try:
         task = envelope.parse_task_bytes(message.payload)
-        prepared = producer.prepare(settings, task, dirs.name, now)
-    except (FieldError, InvalidTask) as exc:
-        return Verdict(message, reason=str(exc), queue=dirs.name)
-    if message.dup and "id" in task and locate(settings.root, task["id"], [dirs.name]):
-        return Verdict(message, queue=dirs.name)  # redelivered after it was written: a copy
-    return Verdict(message, prepared=prepared, queue=dirs.name)
+        admitted = producer.admit(catalog, task, named, check=True)
+        prepared = producer.prepare(settings, admitted, named, now)
+    except (FieldError, InvalidTask, InvalidQueueName) as exc:
+        return Verdict(message, reason=str(exc), queue=home)
+    queue = prepared.dirs.name
+    if message.dup and "id" in task and locate(settings.root, task["id"], [queue]):
+        return Verdict(message, queue=queue)  # redelivered after it was written: a copy
+    return Verdict(message, prepared=prepared, queue=queue)
 
 
 def write_batch(settings: Settings, verdicts: list[Verdict]) -> None:
@@ -148,6 +154,7 @@ class Intake:
         self.pending: list[Received] = []
         self.failures = 0
         self.written = 0
+        self.catalogs = CatalogCache(settings.root)
 
     def run(self) -> int:
         signals.install(self.on_stop, self.on_hup)
@@ -207,7 +214,8 @@ class Intake:
     def flush(self, client: Any, intake: IntakeSettings) -> None:
         batch, self.pending = self.pending, []
         now = time.time()
-        verdicts = [judge(self.settings, intake, message, now) for message in batch]
+        catalog = self.catalogs.current(time.monotonic())
+        verdicts = [judge(self.settings, intake, message, now, catalog) for message in batch]
         while not self.stopped.is_set():
             try:
                 write_batch(self.settings, verdicts)
@@ -262,6 +270,7 @@ class Intake:
         except ConfigError as exc:
             log.error("config not reloaded, keeping the current one: %s", exc)
             return
+        self.catalogs = CatalogCache(self.settings.root)
         log.info("config reloaded")
 
     def on_stop(self, signum: int, frame: FrameType | None) -> None:

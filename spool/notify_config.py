@@ -105,7 +105,7 @@ class IntakeSettings:
 
     broker: Broker
     topic: str = DEFAULT_INTAKE_TOPIC
-    queue: str = "default"  # for a topic without {queue}
+    queue: str | None = None  # for a topic without {queue}; None: the task's declared queue
     client_id: str = "spool-intake"
     invalid_queue: str = "default"  # where a message for an invalid queue name is kept
 
@@ -113,8 +113,9 @@ class IntakeSettings:
     def subscription(self) -> str:
         return self.topic.replace("{queue}", "+")
 
-    def queue_of(self, topic: str) -> str:
-        """The queue a message's topic names (its {queue} level), or the fixed queue."""
+    def queue_of(self, topic: str) -> str | None:
+        """The queue a message's topic names (its {queue} level), or the fixed queue (None:
+        the queue the task's handler declares, see spool.manifest)."""
         levels = self.topic.split("/")
         if "{queue}" not in levels:
             return self.queue

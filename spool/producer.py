@@ -27,9 +27,11 @@ from typing import Any
 from spool import envelope
 from spool.config import Settings
 from spool.envelope import FieldError, TaskDict
-from spool.errors import InvalidTask
+from spool.errors import BadArguments, InvalidTask, Refused, UnknownTaskName
 from spool.fsio import list_names, server_now, write_atomic, write_file, write_many_atomic
 from spool.layout import DEFAULT_QUEUE, QueueDirs, canonical_name, delayed_name, queue_dirs
+from spool.manifest import Catalog
+from spool.signature import binding_error, render
 
 OPTION_FIELDS = ("id", "priority", "delay", "not_before", "max_retries", "timeout", "unique_key")
 STALE_KEY_SECONDS = 2.0
@@ -77,6 +79,33 @@ def build_task(
     return task
 
 
+def admit(catalog: Catalog, task: Mapping[str, Any], queue: str | None, check: bool) -> TaskDict:
+    """The task as the published tasks route it: its declared queue (unless `queue` or its own
+    `queue` field names one) and priority. With `check`, once any task is published, an
+    unknown name or arguments that do not bind are refused.
+
+    Raises: UnknownTaskName, BadArguments.
+    """
+    admitted: TaskDict = dict(task)
+    name = task.get("task")
+    entry = catalog.entry(name) if isinstance(name, str) else None
+    if entry is None:
+        if check and catalog.exists and isinstance(name, str) and name:
+            raise UnknownTaskName(name, catalog.suggest(name))
+        return admitted
+    if check:
+        args, kwargs = task.get("args", []), task.get("kwargs", {})
+        if isinstance(args, list) and isinstance(kwargs, dict):
+            reason = binding_error(entry.get("params"), args, kwargs)
+            if reason is not None:
+                raise BadArguments(f"{name}{render(entry.get('params'))}: {reason}")
+    if not (queue or task.get("queue")) and isinstance(entry.get("queue"), str):
+        admitted["queue"] = entry["queue"]
+    if "priority" not in task and envelope.is_int(entry.get("priority")):
+        admitted["priority"] = entry["priority"]
+    return admitted
+
+
 def prepare(settings: Settings, task: Mapping[str, Any], queue: str | None, now: float) -> Prepared:
     """Validate a task dict, stamp it, and decide its destination. Raises: InvalidTask."""
     queue_name = queue or task.get("queue") or DEFAULT_QUEUE
@@ -112,9 +141,22 @@ def made(dirs: QueueDirs) -> QueueDirs:
     return dirs
 
 
-def enqueue(settings: Settings, task: Mapping[str, Any], queue: str | None = None) -> str:
-    """Write one task durably; return its id (or the holder's id for a held unique_key)."""
-    prepared = prepare(settings, task, queue, time.time())
+def enqueue(
+    settings: Settings,
+    task: Mapping[str, Any],
+    queue: str | None = None,
+    *,
+    catalog: Catalog | None = None,
+    check: bool = True,
+) -> str:
+    """Write one task durably; return its id (or the holder's id for a held unique_key).
+
+    The task is admitted against `catalog` (read from the root when not given): see admit.
+    Raises: InvalidTask (UnknownTaskName, BadArguments), InvalidQueueName, OSError.
+    """
+    catalog = Catalog.load(settings.root) if catalog is None else catalog
+    admitted = admit(catalog, task, queue, check)
+    prepared = prepare(settings, admitted, queue, time.time())
     dirs = made(prepared.dirs)
     data = envelope.dump(prepared.task)
     key = prepared.task.get("unique_key")
@@ -131,19 +173,27 @@ def enqueue(settings: Settings, task: Mapping[str, Any], queue: str | None = Non
 
 
 def enqueue_many(
-    settings: Settings, tasks: Iterable[Mapping[str, Any]], queue: str | None = None
+    settings: Settings,
+    tasks: Iterable[Mapping[str, Any]],
+    queue: str | None = None,
+    *,
+    catalog: Catalog | None = None,
+    check: bool = True,
 ) -> list[str]:
     """Write many tasks with grouped syncs; all are durable when this returns.
 
-    Every task is validated before any is written. Raises: InvalidTask naming the position.
+    Every task is admitted (see admit) and validated before any is written.
+    Raises: InvalidTask naming the position.
     """
     now = time.time()
+    catalog = Catalog.load(settings.root) if catalog is None else catalog
     batch: list[Prepared] = []
     for position, task in enumerate(tasks, 1):
         try:
-            batch.append(prepare(settings, task, queue, now))
-        except InvalidTask as exc:
-            raise InvalidTask(f"task {position}: {exc}") from None
+            batch.append(prepare(settings, admit(catalog, task, queue, check), queue, now))
+        except InvalidTask as exc:  # (the kind is kept: a refusal stays a Refused)
+            kind = Refused if isinstance(exc, Refused) else InvalidTask
+            raise kind(f"task {position}: {exc}") from None
     ids: list[str] = []
     items: list[tuple[bytes, Path]] = []
     created: set[QueueDirs] = set()

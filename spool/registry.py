@@ -7,14 +7,18 @@ calls anything a task file names.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from spool.errors import ConfigError
+from spool.signature import params_of
 
 if TYPE_CHECKING:
     from spool.app import Spool
@@ -32,6 +36,7 @@ class TaskOptions:
     max_retries: int | None = None
     timeout: float | None = None
     retry_backoff: float | None = None
+    priority: int | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -39,6 +44,7 @@ class TaskOptions:
             "max_retries": self.max_retries,
             "timeout": self.timeout,
             "retry_backoff": self.retry_backoff,
+            "priority": self.priority,
         }
 
 
@@ -61,10 +67,30 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.options.queue}>"
 
+    @cached_property
+    def described(self) -> dict[str, Any]:
+        """describe(), once (a producer that registered the task checks against it)."""
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        """What the task manifest says of this task: options, parameters, doc, version."""
+        doc = inspect.getdoc(self.fn) or ""
+        return {
+            **self.options.describe(),
+            "params": params_of(self.fn),
+            "doc": doc.strip().splitlines()[0] if doc.strip() else "",
+            "module": getattr(self.fn, "__module__", None),
+            "version": module_version(self.fn),
+        }
+
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue a run with these arguments; return the task id once it is durable."""
         return self.app.enqueue(
-            self.name, args=list(args), kwargs=dict(kwargs), queue=self.options.queue
+            self.name,
+            args=list(args),
+            kwargs=dict(kwargs),
+            queue=self.options.queue,
+            priority=self.options.priority,
         )
 
     def enqueue(
@@ -76,6 +102,7 @@ class Task(Generic[P, R]):
         """Enqueue with options (delay, not_before, priority, max_retries, timeout,
         unique_key, id, queue); return the task id once it is durable."""
         options.setdefault("queue", self.options.queue)
+        options.setdefault("priority", self.options.priority)
         return self.app.enqueue(self.name, args=args, kwargs=kwargs, **options)
 
 
@@ -135,3 +162,16 @@ def collect_tasks(modules: Iterable[ModuleType]) -> dict[str, Task[Any, Any]]:
                 for task in value.registry.tasks.values():
                     add(task, module)
     return found
+
+
+def module_version(fn: Callable[..., Any]) -> str:
+    """A short hash of the file that defines `fn` ("" when it has none)."""
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    path = getattr(module, "__file__", None)
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:12]
+    except OSError:
+        return ""

@@ -42,7 +42,7 @@ class Entry:
     task: str
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    queue: str = "default"
+    queue: str | None = None  # None: the queue the task's handler declares (spool.manifest)
     priority: int = 0
     cron: str | None = None
     every_seconds: float | None = None

@@ -117,7 +117,8 @@ def enqueue_now(settings: Settings, entry: Entry, task_id: str | None = None) ->
         max_retries=entry.max_retries,
         timeout=entry.timeout,
     )
-    return producer.enqueue(settings, task, entry.queue)
+    # routed by the published tasks, not refused: a slot is not lost to a deploy under way
+    return producer.enqueue(settings, task, entry.queue, check=False)
 
 
 def enqueue_slot(settings: Settings, entry: Entry, slot: float) -> str:
@@ -163,7 +164,10 @@ def recover_unsent(settings: Settings, entry: Entry, now: float) -> int:
         slot = parse_compact(name)
         if slot is None or Path(f"{marker}.sent").exists():
             continue
-        if locate(settings.root, entry.task_id(slot), [entry.queue]) is None:
+        if (
+            locate(settings.root, entry.task_id(slot), [entry.queue] if entry.queue else None)
+            is None
+        ):
             enqueue_slot(settings, entry, slot)
             recovered += 1
         mark_sent(marker)

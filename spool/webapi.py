@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -27,9 +29,10 @@ from starlette.routing import Route
 from spool import manage, producer
 from spool.config import Settings, parse_duration
 from spool.envelope import is_valid_id, reject_constant
-from spool.errors import InvalidQueueName, InvalidTask, SpoolError, TaskNotFound
+from spool.errors import InvalidQueueName, InvalidTask, Refused, SpoolError, TaskNotFound
 from spool.layout import STATES, QueueDirs, check_queue_name, existing_queues, split_processing
 from spool.lookup import locate, read_found
+from spool.manifest import Catalog, CatalogCache
 from spool.paging import Lister, PageQuery, task_page
 from spool.status import spool_status
 from spool.throughput import Throughput
@@ -39,6 +42,10 @@ TOKEN_HELP = (
     "the config and restart spool web"
 )
 PAGE_SIZE_MAX = 500
+NO_MANIFEST = (
+    "no worker has published its tasks yet: the task was not checked, and without a queue "
+    "it went to its own 'queue' field or 'default'"
+)
 
 
 @dataclass
@@ -48,10 +55,18 @@ class WebState:
     settings: Settings
     lister: Lister = field(default_factory=Lister)
     throughput: Throughput | None = None
+    catalogs: CatalogCache | None = None
 
     def __post_init__(self) -> None:
         if self.throughput is None:
             self.throughput = Throughput(self.settings.root)
+        if self.catalogs is None:
+            self.catalogs = CatalogCache(self.settings.root)
+
+    def catalog(self) -> Catalog:
+        """The published tasks (spool.manifest), read again when they change."""
+        assert self.catalogs is not None
+        return self.catalogs.current(time.monotonic())
 
     @property
     def rates(self) -> Throughput:
@@ -203,19 +218,29 @@ def overview(state: WebState) -> dict[str, Any]:
 async def post_tasks(request: Request) -> Response:
     require_token(request)
     data = parse_json(await read_body(request))
-    settings = web_state(request).settings
+    state = web_state(request)
+    settings = state.settings
     queue = request.query_params.get("queue") or None
+    check = request.query_params.get("check", "true").lower() not in ("false", "0", "no")
+    catalog = await run_in_threadpool(state.catalog)
+    extra = {} if catalog.exists or not check else {"warning": NO_MANIFEST}
     try:
         if isinstance(data, dict):
-            task_id = await run_in_threadpool(producer.enqueue, settings, data, queue)
-            return JSONResponse({"id": task_id, "ids": [task_id]}, status_code=202)
+            task_id = await run_in_threadpool(
+                partial(producer.enqueue, catalog=catalog, check=check), settings, data, queue
+            )
+            return JSONResponse({"id": task_id, "ids": [task_id], **extra}, status_code=202)
         if not isinstance(data, list) or not data:
             raise fail(400, "body must be a task object or a non-empty list of task objects")
         for position, item in enumerate(data, 1):
             if not isinstance(item, dict):
                 raise fail(400, f"task {position}: must be a JSON object")
-        ids = await run_in_threadpool(producer.enqueue_many, settings, data, queue)
-        return JSONResponse({"ids": ids}, status_code=202)
+        ids = await run_in_threadpool(
+            partial(producer.enqueue_many, catalog=catalog, check=check), settings, data, queue
+        )
+        return JSONResponse({"ids": ids, **extra}, status_code=202)
+    except Refused as exc:  # a valid task the published tasks refuse
+        raise fail(422, str(exc)) from None
     except (InvalidTask, InvalidQueueName) as exc:
         raise fail(400, str(exc)) from None
     except OSError as exc:

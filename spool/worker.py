@@ -27,6 +27,7 @@ from spool.claim import (
     Claim,
     WorkerLock,
     claim,
+    is_alive,
     new_worker_id,
     release,
     worker_ids,
@@ -42,9 +43,11 @@ from spool.fsio import UnreadableFile, read_regular
 from spool.index import QueueIndex
 from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
 from spool.lease import LeaseKeeper
+from spool.manifest import CatalogCache, publish, unknown_fate
 from spool.recovery import Recovery
 from spool.retention import Retention
 from spool.settle import Settling
+from spool.signature import binding_error, render
 from spool.stats import WorkerStats
 from spool.watch import Watcher
 
@@ -55,6 +58,7 @@ POLL_SECONDS = 0.25
 RETENTION_SECONDS = 1.0
 ERROR_PAUSE_SECONDS = 1.0  # when filesystem events are unavailable
 RESCAN_COST_FACTOR = 20.0
+HOLD_UNKNOWN_SECONDS = 10.0  # a task only other workers know is looked at again after this
 
 
 @dataclass
@@ -132,6 +136,7 @@ class Worker:
         self.poll_gap = self.poll_base
         self.pending: Pending | None = None  # an attempt whose outcome is not recorded yet
         self.settling = Settling(trust_mtime=not self.shared)
+        self.catalogs = CatalogCache(settings.root)
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -158,6 +163,7 @@ class Worker:
                 self.leases.hold(self.lock.info_path, on_lost=self.lock.write_info)
                 self.leases.start()
             self.tasks = self.executor.start()
+            self.publish_tasks(time.time())
             self.committer.start()
             for queue in queues:
                 queue_dirs(self.settings.root, queue).create()
@@ -483,15 +489,67 @@ class Worker:
             self.reject(taken, str(exc))
             return None
         self.settling.settled(key)
-        if task["task"] not in self.tasks:
-            self.reject(
-                taken, f"unknown task {task['task']!r}: no configured tasks module registers it"
-            )
+        name = task["task"]
+        if name not in self.tasks:
+            self.unknown(taken, name)
+            return None
+        params = self.tasks[name].get("params")
+        unbound = binding_error(params, task.get("args", []), task.get("kwargs", {}))
+        if unbound is not None:
+            self.reject(taken, f"BadArguments: {name}{render(params)}: {unbound}")
             return None
         task.setdefault("id", envelope.id_of_name(taken.name, st.st_mtime))
         task.setdefault("enqueued_at", st.st_mtime)
         task.setdefault("attempts", 0)
         return task
+
+    def unknown(self, taken: Claim, name: str) -> None:
+        """A task this worker cannot run: leave it for the workers that know it (a deploy
+        under way), or reject it when none has known it for the grace (see spool.manifest)."""
+        alive: dict[str, bool] = {}
+
+        def is_live(worker_id: str) -> bool:
+            if worker_id not in alive:
+                alive[worker_id] = is_alive(self.settings.root, worker_id)
+            return alive[worker_id]
+
+        wait = unknown_fate(
+            self.catalogs.current(time.monotonic()),
+            name,
+            is_live,
+            time.time(),
+            self.settings.unknown_task_grace_seconds,
+            HOLD_UNKNOWN_SECONDS,
+        )
+        if wait is None:
+            self.reject(taken, f"unknown task {name!r}: no configured tasks module registers it")
+            return
+        self.unhold(taken)
+        release(taken)
+        self.indexes[taken.dirs.name].hold(taken.name, wait)
+        log.info(
+            "left queue=%s file=%s task=%s to the workers that know it (again in %.0f s)",
+            taken.dirs.name,
+            taken.name,
+            name,
+            wait,
+        )
+
+    def publish_tasks(self, now: float) -> None:
+        """Publish what this worker serves in the task manifest (see spool.manifest)."""
+        root = self.settings.root
+        try:
+            publish(
+                root,
+                self.worker_id,
+                self.tasks,
+                now,
+                is_worker=True,
+                is_live=lambda worker_id: is_alive(root, worker_id),
+                grace_seconds=self.settings.unknown_task_grace_seconds,
+            )
+        except OSError as exc:  # producers then route by older manifests, or not at all
+            log.error("cannot publish the task manifest: %s", exc)
 
     def put_back(self, taken: Claim, seconds: float) -> None:
         """Return a claimed file to incoming/ and leave it there for `seconds`."""
