@@ -107,3 +107,9 @@ def sleep_in_subprocess_pid(path: str, seconds: float) -> None:
     proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
     Path(path).write_text(str(proc.pid))
     proc.wait()
+
+
+@app.task(queue="mail")
+def send_mail(to: str, subject: str = "", *, cc: str = "") -> str:
+    """Pretend to send a mail: a task that declares its queue."""
+    return f"to {to}: {subject}"

@@ -126,3 +126,31 @@ def test_intake_killed_mid_stream_loses_no_acknowledged_message(
     counts = Counter(ids_in(incoming))
     assert set(counts) == {f"k{i}" for i in range(1000)}
     assert max(counts.values()) == 1  # a redelivered copy of a written message is skipped
+
+
+def test_a_fixed_topic_routes_tasks_to_their_declared_queue_and_refuses_unknown_names(
+    spool_root: Path,
+    tmp_path: Path,
+    mosquitto: Broker,
+    publisher: Publisher,
+    start_intake: Any,
+    start_worker: Any,
+) -> None:
+    config = tmp_path / "fixed.toml"
+    config.write_text(
+        CONFIG.format(url=mosquitto.url, tag=tmp_path.name[-20:]) + 'topic = "spool/in"\n'
+    )
+    start_worker("-q", "mail", config=config)
+    wait_until(lambda: (spool_root / ".tasks").is_dir() and names(spool_root / ".tasks"), 30)
+    start_intake(config)
+    mids = [
+        publisher.publish("spool/in", b'{"task": "send_mail", "args": ["m@b.c"], "id": "m1"}'),
+        publisher.publish("spool/in", b'{"task": "send_mial", "args": ["m@b.c"], "id": "m2"}'),
+    ]
+    publisher.wait_acked(mids)
+    mail, default = queue_dirs(spool_root, "mail"), queue_dirs(spool_root, "default")
+    wait_until(lambda: names(mail.done) == ["m1.json"], timeout=20)
+    notes = [n for n in names(default.failed) if n.endswith(".error.json")]
+    assert len(notes) == 1
+    reason = json.loads((default.failed / notes[0]).read_bytes())["reason"]
+    assert "unknown task 'send_mial'" in reason and "did you mean send_mail" in reason
