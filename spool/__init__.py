@@ -1,16 +1,27 @@
 """spool: a file-spool background-task queue. The spool is a directory tree; no broker."""
 
 from spool.app import Spool
-from spool.errors import SpoolError, TaskFailed, TaskNotFound, WaitTimeout
+from spool.errors import (
+    BadArguments,
+    InvalidTask,
+    SpoolError,
+    TaskFailed,
+    TaskNotFound,
+    UnknownTaskName,
+    WaitTimeout,
+)
 from spool.registry import Task
 
 __version__ = "0.1.0"
 __all__ = [
+    "BadArguments",
+    "InvalidTask",
     "Spool",
     "SpoolError",
     "Task",
     "TaskFailed",
     "TaskNotFound",
+    "UnknownTaskName",
     "WaitTimeout",
     "__version__",
 ]

@@ -250,13 +250,14 @@ class HostBed:
         return proc
 
     def kill_host(self, i: int, timeout: float = 10.0) -> None:
-        """Host i dies: SIGKILL its sshfs and ssh, then every process spawned on it (with
-        their process groups). Its mount stays in place, dead: every operation on it fails
-        at once with ENOTCONN (stop() unmounts it)."""
+        """Host i dies: SIGKILL every process spawned on it (with their process groups),
+        then its sshfs and ssh (in that order: a process must not see its mount die first and
+        exit on its own). Its mount stays in place, dead: every operation on it fails at once
+        with ENOTCONN (stop() unmounts it)."""
         self._check_host(i)
-        procs = self._kill_sshfs(i)
         for proc in self._procs[i]:
             _kill_group(proc)
+        procs = self._kill_sshfs(i)
         left = _reap(procs + self._procs[i], timeout)
         if left:
             raise RuntimeError(f"host {i}: processes still alive after SIGKILL: {left}")

@@ -332,3 +332,16 @@ def test_the_python_api_checks_against_tasks_registered_in_the_process(
     task_id = app.enqueue("here", [1])
     assert names(queue_dirs(spool_root, "local").incoming)[0].endswith(f"{task_id}.json")
     assert sys.modules[__name__]  # (a registered task needs no manifest on disk)
+
+
+def test_without_a_manifest_the_http_answer_says_the_task_was_not_checked(
+    spool_root: Path, tmp_path: Path
+) -> None:
+    with WebServer(spool_root, "t0ken", tmp_path / "web.log") as web:
+        answer = httpx.post(
+            f"{web.url}/api/tasks",
+            json={"task": "anything"},
+            headers={"Authorization": "Bearer t0ken"},
+        )
+    assert answer.status_code == 202
+    assert "no worker has published its tasks" in answer.json()["warning"]
