@@ -80,6 +80,8 @@ class Spool:
         max_retries: int | None = None,
         timeout: float | None = None,
         retry_backoff: float | None = None,
+        max_lost: int | None = None,
+        at_most_once: bool = False,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # (the overloads cover both decorator forms)
@@ -92,6 +94,8 @@ class Spool:
         max_retries: int | None = None,
         timeout: float | None = None,
         retry_backoff: float | None = None,
+        max_lost: int | None = None,
+        at_most_once: bool = False,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a handler (as `@app.task` or `@app.task(...)`); its name is the function's."""
 
@@ -102,6 +106,8 @@ class Spool:
                 max_retries=max_retries,
                 timeout=timeout,
                 retry_backoff=retry_backoff,
+                max_lost=max_lost,
+                at_most_once=at_most_once,
             )
             handle = Task(self, func, options)
             self.registry.add(handle)

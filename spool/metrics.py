@@ -24,6 +24,7 @@ COUNTER_HELP = {
     "retried": "Failed attempts that were scheduled for a retry.",
     "rejected": "Files moved to failed/ as not runnable (invalid, unknown task, ...).",
     "recovered": "Tasks taken back from a worker that died.",
+    "lost": "Attempts lost with their worker or handler process, then run again.",
     "cancelled": "Pending tasks cancelled by an operator (recorded in failed/).",
 }
 

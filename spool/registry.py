@@ -32,6 +32,8 @@ class TaskOptions:
     max_retries: int | None = None
     timeout: float | None = None
     retry_backoff: float | None = None
+    max_lost: int | None = None  # lost attempts (worker or handler process died) before failed/
+    at_most_once: bool = False  # a lost attempt goes straight to failed/
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -39,6 +41,8 @@ class TaskOptions:
             "max_retries": self.max_retries,
             "timeout": self.timeout,
             "retry_backoff": self.retry_backoff,
+            "max_lost": self.max_lost,
+            "at_most_once": self.at_most_once,
         }
 
 

@@ -107,3 +107,21 @@ def sleep_in_subprocess_pid(path: str, seconds: float) -> None:
     proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
     Path(path).write_text(str(proc.pid))
     proc.wait()
+
+
+@app.task(max_retries=0)
+def sleep_without_retries(seconds: float, value: object = None) -> object:
+    time.sleep(seconds)
+    return value
+
+
+@app.task(at_most_once=True)
+def sleep_at_most_once(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@app.task(max_retries=0)
+def kill_worker() -> None:
+    """A poison pill: SIGKILL the worker that runs this handler (and so the handler too)."""
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(30)
