@@ -21,12 +21,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spool.envelope import JSON, TaskDict
 from spool.fsio import write_atomic
 from spool.layout import QueueDirs, ensure_dir
 
-STATUSES = ("done", "failed", "retry")
+if TYPE_CHECKING:
+    from spool.config import Settings
+
+STATUSES = ("done", "failed", "retry", "cancelled")
 
 
 def events_dir(root: Path) -> Path:
@@ -141,6 +145,12 @@ class Outbox:
         return self.emit(
             dirs.name, outcome, status, started, float(finished), durable=True, check=True
         )
+
+
+def outbox_for(settings: Settings) -> Outbox | None:
+    """The outbox of a process that ends tasks, when the config's [notify] asks for events."""
+    notify = settings.notify
+    return Outbox(settings.root, notify.on_retry) if notify.enabled else None
 
 
 def written_outcome(dirs: QueueDirs, name: str, task: TaskDict) -> tuple[str, TaskDict] | None:

@@ -401,3 +401,23 @@ def test_notify_killed_mid_delivery_delivers_everything(
         assert len(events) - len(by_id) <= 2
     finally:
         receiver.close()
+
+
+def test_cancel_writes_a_completion_event_with_status_cancelled(
+    spool_root: Path, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "c.toml", "[notify]\nevents = true\n")
+    task_id = producer(spool_root, config).enqueue("echo", args=["x"], delay=600)
+    done = subprocess.run(
+        spool_command(spool_root, "cancel", task_id, config=config),
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    [event] = pending_events(spool_root)
+    assert event.endswith(f"_default_{task_id}_0_cancelled.json")
+    written = json.loads((events_dir(spool_root) / event).read_bytes())
+    assert (written["id"], written["status"], written["task"]) == (task_id, "cancelled", "echo")
+    assert written["error"]["type"] == "Cancelled"
