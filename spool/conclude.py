@@ -17,11 +17,14 @@ process died: it runs again at once); these get their event and counter too, and
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 
 from spool.envelope import TaskDict
 from spool.events import Outbox
-from spool.layout import QueueDirs
+from spool.fsio import write_atomic
+from spool.layout import QueueDirs, cancelled_marker
 from spool.producer import release_unique_key
 from spool.stats import WorkerStats
 
@@ -79,3 +82,19 @@ def conclude(
         counts.record(dirs.name, COUNTER[ending.state], ending.duration)
     if task is not None and ending.state not in AGAIN and isinstance(task.get("unique_key"), str):
         release_unique_key(dirs, task["unique_key"], str(task["id"]))
+
+
+def is_cancelled(outcome: TaskDict) -> bool:
+    """Whether a task file in failed/ records a cancel (see manage.cancel)."""
+    return outcome.get("cancelled_at") is not None
+
+
+def mark_cancelled(dirs: QueueDirs, task: TaskDict) -> None:
+    """Put the marker beside a cancelled task's file in failed/ (see layout), if not there."""
+    marker = dirs.failed / cancelled_marker(f"{task['id']}.json")
+    if os.path.lexists(marker):
+        return
+    error = task.get("error")
+    reason = error.get("message") if isinstance(error, dict) else None
+    data = json.dumps({"cancelled_at": task.get("cancelled_at"), "reason": reason}).encode()
+    write_atomic(data, dirs.tmp, marker)

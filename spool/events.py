@@ -160,6 +160,8 @@ def written_outcome(dirs: QueueDirs, name: str, task: TaskDict) -> tuple[str, Ta
                          ("failed", dirs.failed / f"{task_id}.json")):  # fmt: skip
         outcome = read_json(path)
         if outcome is not None and outcome.get("enqueued_at") == task.get("enqueued_at"):
+            if outcome.get("cancelled_at") is not None:  # (see conclude.is_cancelled)
+                return "cancelled", outcome
             return status, outcome
     for entry in os.listdir(dirs.delayed):
         if entry.endswith("@" + name):

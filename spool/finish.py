@@ -29,10 +29,10 @@ from pathlib import Path
 
 from spool import envelope
 from spool.claim import Claim
-from spool.conclude import Ending, conclude
+from spool.conclude import Ending, conclude, is_cancelled, mark_cancelled
 from spool.envelope import JSON, TaskDict
 from spool.errors import error_dict
-from spool.events import Outbox
+from spool.events import Outbox, read_json
 from spool.execute import Outcome
 from spool.fsio import fsync_dir, list_names, sync_filesystem, write_atomic
 from spool.layout import ERROR_SUFFIX, QueueDirs, delayed_name
@@ -220,11 +220,10 @@ def already_finished(dirs: QueueDirs, name: str, task: TaskDict) -> bool:
     """
     task_id = task.get("id")
     for path in (dirs.done / f"{task_id}.json", dirs.failed / f"{task_id}.json"):
-        try:
-            other = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            continue  # absent, or torn by a power loss: run the task again
-        if isinstance(other, dict) and other.get("enqueued_at") == task.get("enqueued_at"):
+        other = read_json(path)  # None: absent, or torn by a power loss: run the task again
+        if other is not None and other.get("enqueued_at") == task.get("enqueued_at"):
+            if is_cancelled(other):  # a cancel that died before it dropped its claim
+                return True
             return int(other.get("attempts", 0)) > int(task.get("attempts", 0))
     return any(entry.endswith("@" + name) for entry in list_names(dirs.delayed))
 
@@ -247,6 +246,9 @@ def recover(
     if task is not None and already_finished(dirs, taken.name, task):
         if outbox is not None:  # the worker may have died before writing the event
             outbox.reemit(dirs, taken.name, task)
+        cancelled = read_json(dirs.failed / f"{task.get('id')}.json")
+        if cancelled is not None and is_cancelled(cancelled):
+            mark_cancelled(dirs, cancelled)
         taken.path.unlink(missing_ok=True)
         return "finished"
     if task is None or policy is None:

@@ -7,6 +7,7 @@ worker does), so it never races a worker: whoever renames first owns the task.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 from spool import envelope, stats
 from spool.claim import Claim, claim
-from spool.conclude import Ending, conclude
+from spool.conclude import Ending, conclude, mark_cancelled
 from spool.envelope import TaskDict
 from spool.errors import SpoolError, TaskNotFound
 from spool.events import Outbox
@@ -183,18 +184,19 @@ def cancel(
         task = {"task": None}
     now = time.time()
     task.setdefault("id", task_id)
+    with contextlib.suppress(OSError):  # as recovery will see it (see finish.already_finished)
+        task.setdefault("enqueued_at", os.lstat(taken.path).st_mtime)
     task["error"] = {"type": "Cancelled", "message": reason, "traceback": ""}
     task["finished_at"] = now
     task["cancelled_at"] = now
-    name = f"{task_id}.json"
-    write_atomic(envelope.dump(task), dirs.tmp, dirs.failed / name)
-    # CRASH: before the marker is written, the cancelled task counts (and is retried) as failed
-    marker = json.dumps({"cancelled_at": now, "reason": reason}).encode()
-    write_atomic(marker, dirs.tmp, dirs.failed / cancelled_marker(name))
-    taken.path.unlink(missing_ok=True)
+    write_atomic(envelope.dump(task), dirs.tmp, dirs.failed / f"{task_id}.json")
+    # CRASH: from here on the claim stays until the end of this function; recovery sees the
+    # cancelled outcome, drops the claim and writes what is missing (marker, event)
+    mark_cancelled(dirs, task)
     counts = stats.command_stats(root)
     conclude(dirs, task, Ending("cancelled", now), outbox, counts, durable=True)
     counts.flush(0.0, force=True)
+    taken.path.unlink(missing_ok=True)
     return found.queue
 
 
