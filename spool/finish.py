@@ -107,7 +107,7 @@ def lose(task: TaskDict, worker: str, lost: Outcome, policy: RetryPolicy) -> tup
     return "failed", updated
 
 
-def settle(
+def after_attempt(
     task: TaskDict, outcome: Outcome, policy: RetryPolicy, worker: str
 ) -> tuple[str, TaskDict]:
     """What an attempt makes of the task: (state, content); state done, retry, lost or failed.
@@ -161,7 +161,7 @@ def finish(
     Committer syncs them before the claim goes).
     """
     dirs = taken.dirs
-    state, final = settle(task, outcome, policy, taken.worker_id)
+    state, final = after_attempt(task, outcome, policy, taken.worker_id)
     dest = destination(dirs, state, final, taken.name)
     write_atomic(envelope.dump(final), dirs.tmp, dest, durable=False)
     ending = Ending(state, outcome.finished_at, outcome.started_at, outcome.duration)

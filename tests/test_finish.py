@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from spool.errors import error_dict
 from spool.execute import Outcome
-from spool.finish import RetryPolicy, lose, settle
+from spool.finish import RetryPolicy, after_attempt, lose
 
 NOW = 1_800_000_000.0
 WORKER = "host-1-abc"
@@ -60,15 +60,15 @@ def test_lost_attempts_do_not_spend_max_retries() -> None:
 def test_a_failed_attempt_after_lost_ones_retries_on_its_own_count() -> None:
     policy = RetryPolicy(1, backoff_seconds=10.0, jitter=False)
     task = {"id": "t", "task": "x", "attempts": 2, "lost": 2}
-    state, final = settle(task, failed_at(NOW), policy, WORKER)
+    state, final = after_attempt(task, failed_at(NOW), policy, WORKER)
     assert state == "retry"
     assert final["retry_at"] == NOW + 10.0  # the first failure's backoff, not the third's
-    state, final = settle(final, failed_at(NOW + 20), policy, WORKER)
+    state, final = after_attempt(final, failed_at(NOW + 20), policy, WORKER)
     assert state == "failed" and (final["attempts"], final["lost"]) == (4, 2)
 
 
 def test_a_handler_process_lost_mid_attempt_is_due_again_at_once() -> None:
-    state, final = settle({"id": "t", "task": "x"}, lost_at(NOW), RetryPolicy(0), WORKER)
+    state, final = after_attempt({"id": "t", "task": "x"}, lost_at(NOW), RetryPolicy(0), WORKER)
     assert state == "lost" and final["retry_at"] == NOW
     assert "worker" not in final and "started_at" not in final
 
@@ -76,7 +76,7 @@ def test_a_handler_process_lost_mid_attempt_is_due_again_at_once() -> None:
 def test_a_task_done_after_a_loss_keeps_the_lost_attempt_in_its_history() -> None:
     _, lost = lose({"id": "t", "task": "x"}, WORKER, lost_at(NOW), RetryPolicy(0))
     ok = Outcome(True, NOW + 1, NOW + 2, result=5)
-    state, final = settle(lost, ok, RetryPolicy(0), WORKER)
+    state, final = after_attempt(lost, ok, RetryPolicy(0), WORKER)
     assert state == "done"
     assert (final["attempts"], final["lost"], final["result"]) == (2, 1, 5)
     assert len(final["history"]) == 1
