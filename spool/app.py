@@ -83,6 +83,8 @@ class Spool:
         timeout: float | None = None,
         retry_backoff: float | None = None,
         priority: int | None = None,
+        max_lost: int | None = None,
+        at_most_once: bool = False,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # (the overloads cover both decorator forms)
@@ -96,6 +98,8 @@ class Spool:
         timeout: float | None = None,
         retry_backoff: float | None = None,
         priority: int | None = None,
+        max_lost: int | None = None,
+        at_most_once: bool = False,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a handler (as `@app.task` or `@app.task(...)`); its name is the function's."""
 
@@ -107,6 +111,8 @@ class Spool:
                 timeout=timeout,
                 retry_backoff=retry_backoff,
                 priority=priority,
+                max_lost=max_lost,
+                at_most_once=at_most_once,
             )
             handle = Task(self, func, options)
             self.registry.add(handle)

@@ -328,7 +328,8 @@ def worker(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Per queue: incoming, delayed, processing, done, failed; oldest waiting age; live workers."""
+    """Per queue: incoming, delayed, processing, done, failed, cancelled; oldest waiting age;
+    live workers."""
     from spool.status import spool_status
 
     settings = settings_of(ctx)
@@ -342,7 +343,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 def render_status(data: dict[str, Any]) -> str:
     columns = ["incoming", "delayed", "processing", "done", "failed"]
-    rows = [["queue", *columns, "oldest waiting"]]
+    rows = [["queue", *columns, "cancelled", "oldest waiting"]]
     for name, counts in data["queues"].items():
         age = counts["oldest_waiting_seconds"]
         failed = f"{counts['failed']}" + (
@@ -355,6 +356,7 @@ def render_status(data: dict[str, Any]) -> str:
                 name,
                 *[str(counts[c]) for c in columns[:-1]],
                 failed,
+                str(counts.get("cancelled", 0)),
                 "-" if age is None else f"{age:.1f}s",
             ]
         )
@@ -430,6 +432,7 @@ def ls_command(
         )
         if state == "failed":
             line += f"  {item.get('error_type')}: {item.get('error_message')}"
+            line += "  (cancelled, not failed)" if item.get("cancelled") else ""
         click.echo(line)
     if not rows:
         click.echo(f"no tasks in {state}", err=True)
@@ -490,12 +493,16 @@ def apply_each(task_ids: Iterable[str], action: Callable[[str], object], done: s
 @click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
 @click.pass_context
 def cancel(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
-    """Cancel tasks that have not started (recorded in failed/ as Cancelled)."""
+    """Cancel tasks that have not started (kept in failed/ as Cancelled, counted as cancelled)."""
+    from spool.events import outbox_for
     from spool.manage import cancel as cancel_task
 
     settings = settings_of(ctx)
+    outbox = outbox_for(settings)
     failures = apply_each(
-        task_ids, lambda task_id: cancel_task(settings.root, task_id), "cancelled"
+        task_ids,
+        lambda task_id: cancel_task(settings.root, task_id, outbox=outbox),
+        "cancelled",
     )
     ctx.exit(1 if failures else 0)
 

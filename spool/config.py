@@ -37,6 +37,7 @@ DEFAULTS_KEYS = {
     "retry_backoff_max",
     "retry_jitter",
     "max_file_bytes",
+    "max_lost",
 }
 WORKERS_KEYS = {"processes", "queues", "rescan_seconds", "recover_seconds", "unknown_task_grace"}
 LOG_KEYS = {"format", "level"}
@@ -53,6 +54,7 @@ class Settings:
     config_path: Path | None = None
     tasks: tuple[str, ...] = ()
     max_retries: int = 3
+    max_lost: int = 3  # lost attempts (the worker or handler process died) before failed/
     timeout_seconds: float = 300.0
     retry_backoff_seconds: float = 1.0
     retry_backoff_max_seconds: float = 3600.0
@@ -160,12 +162,15 @@ def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str,
         ("retry_backoff_max", "retry_backoff_max_seconds", number),
         ("retry_jitter", "retry_jitter", bool),
         ("max_file_bytes", "max_file_bytes", int),
+        ("max_lost", "max_lost", int),
     ]
     for key, name, kind in checks:
         if key in defaults:
             values[name] = non_negative(
                 want(defaults, key, kind, f"{where} [defaults]"), key, where
             )
+    if values.get("max_lost") == 0:
+        raise ConfigError(f"{where} [defaults]: max_lost must be at least 1")
     worker_checks: list[tuple[str, str, type | tuple[type, ...]]] = [
         ("processes", "processes", int),
         ("rescan_seconds", "rescan_seconds", number),

@@ -21,10 +21,10 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from spool.fsio import write_atomic
-from spool.layout import ERROR_SUFFIX, FILE_MODE, QueueDirs
+from spool.layout import ERROR_SUFFIX, FILE_MODE, QueueDirs, is_cancelled_marker
 from spool.stats import QueueStats
 
 BIG_ENTRIES = 50_000
@@ -34,25 +34,38 @@ CACHE = ".counts.json"
 FINISHED = ("done", "failed")
 
 
+class Counted(NamedTuple):
+    """What a state directory holds: task files, rejection notes and cancelled markers (only
+    failed/ has those two; its task files include the rejected and the cancelled ones)."""
+
+    tasks: int
+    notes: int = 0
+    cancelled: int = 0
+
+
 def net_added(state: str, stats: QueueStats | None) -> int:
-    """Entries the counters say were added to `state` minus those removed, ever."""
+    """Entries the counters say were added to `state` minus those removed, ever (state
+    "cancelled": the cancelled markers in failed/)."""
     if stats is None:
         return 0
     c = stats.counts
     if state == "done":
         return c["done"] - c["done_removed"]
+    if state == "cancelled":
+        return c["cancelled"] - c["cancelled_removed"]
     return c["failed"] + c["rejected"] + c["cancelled"] - c["failed_removed"]
 
 
-def count_exact(directory: Path) -> tuple[int, int]:
-    """(tasks, rejection notes) in a state directory; names only, no stat."""
+def count_exact(directory: Path) -> Counted:
+    """What a state directory holds; names only, no stat."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
-        return 0, 0
-    notes = sum(1 for name in names if name.endswith(ERROR_SUFFIX))  # (only failed/ has them)
+        return Counted(0)
+    notes = sum(1 for name in names if name.endswith(ERROR_SUFFIX))
     hidden = sum(1 for name in names if name.startswith("."))
-    return len(names) - notes - hidden, notes
+    cancelled = sum(1 for name in names if is_cancelled_marker(name))
+    return Counted(len(names) - notes - hidden, notes, cancelled)
 
 
 def read_cache(dirs: QueueDirs) -> dict[str, Any]:
@@ -73,36 +86,41 @@ def write_cache(dirs: QueueDirs, state: str, entry: Mapping[str, Any] | None) ->
     write_atomic(json.dumps(data).encode(), dirs.tmp, dirs.base / CACHE, durable=False)
 
 
-def finished_count(dirs: QueueDirs, state: str, stats: QueueStats | None) -> tuple[int, int]:
-    """(tasks, rejection notes) in done/ or failed/, counted or carried forward."""
+def finished_count(dirs: QueueDirs, state: str, stats: QueueStats | None) -> Counted:
+    """What done/ or failed/ holds, counted or carried forward."""
     directory = dirs.state(state)
     try:
         mtime_ns = os.stat(directory).st_mtime_ns
     except FileNotFoundError:
-        return 0, 0
+        return Counted(0)
     cached = read_cache(dirs).get(state)
     if isinstance(cached, dict) and cached.get("count", 0) >= BIG_ENTRIES:
+        notes, cancelled = int(cached.get("notes", 0)), int(cached.get("cancelled", 0))
         if cached.get("mtime_ns") == mtime_ns:
-            return int(cached["count"]), int(cached.get("notes", 0))
+            return Counted(int(cached["count"]), notes, cancelled)
         carried = int(cached["count"]) + net_added(state, stats) - int(cached.get("net_added", 0))
-        return max(0, carried), int(cached.get("notes", 0))
+        if state == "failed":
+            cancelled += net_added("cancelled", stats) - int(cached.get("net_cancelled", 0))
+        return Counted(max(0, carried), notes, max(0, cancelled))
     return count_and_remember(dirs, state, stats, mtime_ns)
 
 
 def count_and_remember(
     dirs: QueueDirs, state: str, stats: QueueStats | None, mtime_ns: int
-) -> tuple[int, int]:
+) -> Counted:
     """Count exactly; remember the count when the directory is big."""
-    tasks, notes = count_exact(dirs.state(state))
+    counted = count_exact(dirs.state(state))
+    tasks, notes = counted.tasks, counted.notes
     if tasks >= BIG_ENTRIES:
         entry = {"count": tasks, "notes": notes, "mtime_ns": mtime_ns, "counted_at": time.time(),
-                 "net_added": net_added(state, stats)}  # fmt: skip
+                 "net_added": net_added(state, stats), "cancelled": counted.cancelled,
+                 "net_cancelled": net_added("cancelled", stats)}  # fmt: skip
         with contextlib.suppress(OSError):  # a read-only status: the next one counts again
             write_cache(dirs, state, entry)
     elif state in read_cache(dirs):  # it became small: count it every time again
         with contextlib.suppress(OSError):
             write_cache(dirs, state, None)
-    return tasks, notes
+    return counted
 
 
 class Recounter:

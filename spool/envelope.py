@@ -131,9 +131,11 @@ def validate_fields(obj: TaskDict) -> None:
         and not (is_number(obj["timeout"]) and obj["timeout"] > 0)
     ):
         raise FieldError("field 'timeout' must be a number of seconds > 0")
-    for key in ("max_retries", "attempts"):
+    for key in ("max_retries", "attempts", "lost"):
         if key in obj and not (is_int(obj[key]) and obj[key] >= 0):
             raise FieldError(f"field '{key}' must be an integer >= 0")
+    if "max_lost" in obj and not (is_int(obj["max_lost"]) and obj["max_lost"] >= 1):
+        raise FieldError("field 'max_lost' must be an integer >= 1")
     if "not_before" in obj:
         parse_instant(obj["not_before"], "not_before")
     if "unique_key" in obj and not (

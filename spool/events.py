@@ -21,12 +21,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spool.envelope import JSON, TaskDict
 from spool.fsio import write_atomic
 from spool.layout import QueueDirs, ensure_dir
 
-STATUSES = ("done", "failed", "retry")
+if TYPE_CHECKING:
+    from spool.config import Settings
+
+STATUSES = ("done", "failed", "retry", "cancelled")
 
 
 def events_dir(root: Path) -> Path:
@@ -143,6 +147,12 @@ class Outbox:
         )
 
 
+def outbox_for(settings: Settings) -> Outbox | None:
+    """The outbox of a process that ends tasks, when the config's [notify] asks for events."""
+    notify = settings.notify
+    return Outbox(settings.root, notify.on_retry) if notify.enabled else None
+
+
 def written_outcome(dirs: QueueDirs, name: str, task: TaskDict) -> tuple[str, TaskDict] | None:
     """(status, content) of the outcome a claimed task's attempt already wrote, or None."""
     task_id = task.get("id")
@@ -150,6 +160,8 @@ def written_outcome(dirs: QueueDirs, name: str, task: TaskDict) -> tuple[str, Ta
                          ("failed", dirs.failed / f"{task_id}.json")):  # fmt: skip
         outcome = read_json(path)
         if outcome is not None and outcome.get("enqueued_at") == task.get("enqueued_at"):
+            if outcome.get("cancelled_at") is not None:  # (see conclude.is_cancelled)
+                return "cancelled", outcome
             return status, outcome
     for entry in os.listdir(dirs.delayed):
         if entry.endswith("@" + name):

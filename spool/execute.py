@@ -4,7 +4,8 @@ Each worker keeps one child process that imports the configured task modules and
 handlers on request, one at a time. The worker can always take an attempt back: on timeout it
 kills the child's whole process group (a handler stuck in C code, or waiting on a subprocess,
 goes with it) and starts a new child; a child that dies (os._exit, a signal, the OOM killer)
-is an attempt that failed. The child dies with the worker (PR_SET_PDEATHSIG on Linux).
+is a lost attempt (`Outcome.lost`): like a worker's death, it counts against the task's
+`max_lost`, not its `max_retries`. The child dies with the worker (PR_SET_PDEATHSIG on Linux).
 
 Worker and child speak length-framed JSON over two pipes; nothing is pickled.
 """
@@ -46,6 +47,7 @@ class Outcome:
     result: JSON = None
     error: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False  # the worker was told to stop now: put the task back
+    lost: bool = False  # the handler process died during the attempt (see finish.lose)
 
     @property
     def duration(self) -> float:
@@ -197,7 +199,8 @@ class Executor:
         else:
             how = f"exited with code {code}"
         message = f"the handler process {how} during the attempt"
-        return Outcome(False, started, time.time(), error=error_dict("WorkerLost", message))
+        error = error_dict("WorkerLost", message)
+        return Outcome(False, started, time.time(), error=error, lost=True)
 
     def kill(self) -> int | None:
         """Kill the child and its process group; return its exit code."""

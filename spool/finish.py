@@ -1,4 +1,10 @@
-"""Outcome -> done/, delayed/ (a retry after backoff) or failed/; and rejections.
+"""Outcome -> done/, delayed/ (a retry after backoff, or at once after a lost attempt) or
+failed/; a dead worker's task -> incoming/ or failed/; and rejections. Each then concludes
+(see conclude: its event, its counter, its unique key).
+
+A lost attempt (the worker or the handler process died) is not a failure of the task: it counts
+in `attempts` and in `lost`, against `max_lost` (not `max_retries`); at the `max_lost`-th loss,
+or at the first for an `at_most_once` task, the task goes to failed/ as WorkerLost.
 
 Every move out of processing/ writes the task's new content to tmp/ and renames it into its
 destination; the claim is then hidden (renamed to a dot-name in processing/, so it no longer
@@ -23,24 +29,32 @@ from pathlib import Path
 
 from spool import envelope
 from spool.claim import Claim
+from spool.conclude import Ending, conclude, is_cancelled, mark_cancelled
 from spool.envelope import JSON, TaskDict
-from spool.events import Outbox
+from spool.errors import error_dict
+from spool.events import Outbox, read_json
 from spool.execute import Outcome
 from spool.fsio import fsync_dir, list_names, sync_filesystem, write_atomic
 from spool.layout import ERROR_SUFFIX, QueueDirs, delayed_name
-from spool.producer import release_unique_key
+from spool.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how late a failed attempt is tried again."""
+    """How often and how late a failed attempt is tried again, and how often a lost one.
+
+    A lost attempt (its worker or handler process died) counts in `attempts` and in `lost`,
+    never against `max_retries`: the retries left are computed from the failed attempts only.
+    """
 
     max_retries: int
     backoff_seconds: float = 1.0
     backoff_max_seconds: float = 3600.0
     jitter: bool = True
+    max_lost: int = 3
+    at_most_once: bool = False
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
@@ -49,18 +63,88 @@ class RetryPolicy:
             base *= float((rng or random).uniform(1.0, 1.25))
         return min(base, self.backoff_max_seconds)
 
-    def exhausted(self, attempts: int) -> bool:
-        return attempts > self.max_retries
+    def exhausted(self, attempts: int, lost: int = 0) -> bool:
+        """Whether `attempts`, `lost` of them lost, used up the retries (failed ones spend them)."""
+        return attempts - lost > self.max_retries
+
+    def lost_too_often(self, lost: int) -> bool:
+        """Whether a task whose `lost`-th attempt was just lost must not run again."""
+        return self.at_most_once or lost >= self.max_lost
 
 
 def history_entry(attempt: int, worker: str, outcome: Outcome) -> dict[str, JSON]:
-    return {
+    entry: dict[str, JSON] = {
         "attempt": attempt,
         "worker": worker,
         "started_at": outcome.started_at,
         "finished_at": outcome.finished_at,
         "error": outcome.error,
     }
+    if outcome.lost:
+        entry["lost"] = True
+    return entry
+
+
+def lose(task: TaskDict, worker: str, lost: Outcome, policy: RetryPolicy) -> tuple[str, TaskDict]:
+    """The task after an attempt lost with its worker or handler process: ("lost", content) to
+    run it again, or ("failed", content) after at_most_once or its `max_lost`-th loss.
+
+    `lost.finished_at` is the moment the loss was seen (the decision's `now`).
+    """
+    attempt = int(task.get("attempts", 0)) + 1
+    times_lost = int(task.get("lost", 0)) + 1
+    updated: TaskDict = dict(task)
+    updated.update(attempts=attempt, lost=times_lost)
+    updated["history"] = [*task.get("history", []), history_entry(attempt, worker, lost)]
+    if not policy.lost_too_often(times_lost):
+        return "lost", updated
+    if policy.at_most_once:
+        why = "at_most_once: a lost attempt is not run again"
+    else:
+        why = f"{times_lost} attempts lost (max_lost {policy.max_lost})"
+    error = {**lost.error, "message": f"{lost.error.get('message', '')}; {why}"}
+    updated.update(error=error, finished_at=lost.finished_at, worker=worker)
+    return "failed", updated
+
+
+def after_attempt(
+    task: TaskDict, outcome: Outcome, policy: RetryPolicy, worker: str
+) -> tuple[str, TaskDict]:
+    """What an attempt makes of the task: (state, content); state done, retry, lost or failed.
+
+    A retry or a lost attempt carries `retry_at`: a lost one is due at once.
+    """
+    if outcome.lost:
+        state, after_loss = lose(task, worker, outcome, policy)
+        if state == "lost":
+            after_loss["retry_at"] = outcome.finished_at
+        else:
+            after_loss["started_at"] = outcome.started_at
+        return state, after_loss
+    attempt = int(task.get("attempts", 0)) + 1
+    final: TaskDict = dict(task)
+    final.update(attempts=attempt, started_at=outcome.started_at, worker=worker)
+    final["finished_at"] = outcome.finished_at
+    if outcome.ok:
+        final["result"] = outcome.result
+        final.pop("error", None)
+        return "done", final
+    final["history"] = [*task.get("history", []), history_entry(attempt, worker, outcome)]
+    lost = int(task.get("lost", 0))
+    if policy.exhausted(attempt, lost):
+        final["error"] = outcome.error
+        return "failed", final
+    final["retry_at"] = outcome.finished_at + policy.delay(attempt - lost)
+    for key in ("finished_at", "started_at", "worker"):
+        final.pop(key)
+    return "retry", final
+
+
+def destination(dirs: QueueDirs, state: str, final: TaskDict, name: str) -> Path:
+    if state in ("done", "failed"):
+        return dirs.state(state) / f"{final['id']}.json"
+    due = float(final["retry_at"])
+    return dirs.delayed / delayed_name(int(due * 1_000_000), name)
 
 
 def finish(
@@ -69,47 +153,23 @@ def finish(
     outcome: Outcome,
     policy: RetryPolicy,
     outbox: Outbox | None = None,
+    counts: WorkerStats | None = None,
 ) -> str:
-    """Move an attempted task to its next state; return it: done, retry or failed.
+    """Move an attempted task to its next state; return it: done, retry, lost or failed.
 
     With an outbox, the outcome's event is written after the outcome (both unsynced: the
     Committer syncs them before the claim goes).
     """
     dirs = taken.dirs
-    attempt = int(task.get("attempts", 0)) + 1
-    final: TaskDict = dict(task)
-    final.update(attempts=attempt, started_at=outcome.started_at, worker=taken.worker_id)
-    final["finished_at"] = outcome.finished_at
-    if outcome.ok:
-        final["result"] = outcome.result
-        final.pop("error", None)
-        state = "done"
-        dest = dirs.done / f"{task['id']}.json"
-    else:
-        final["history"] = [
-            *task.get("history", []),
-            history_entry(attempt, taken.worker_id, outcome),
-        ]
-        if policy.exhausted(attempt):
-            final["error"] = outcome.error
-            state = "failed"
-            dest = dirs.failed / f"{task['id']}.json"
-        else:
-            due = outcome.finished_at + policy.delay(attempt)
-            final["retry_at"] = due
-            for key in ("finished_at", "started_at", "worker"):
-                final.pop(key)
-            state = "retry"
-            dest = dirs.delayed / delayed_name(int(due * 1_000_000), taken.name)
+    state, final = after_attempt(task, outcome, policy, taken.worker_id)
+    dest = destination(dirs, state, final, taken.name)
     write_atomic(envelope.dump(final), dirs.tmp, dest, durable=False)
-    if outbox is not None:  # CRASH: outcome without event: recovery writes it (see events)
-        outbox.emit(dirs.name, final, state, outcome.started_at, outcome.finished_at)
-    if state != "retry" and "unique_key" in task:
-        release_unique_key(dirs, task["unique_key"], str(task["id"]))
+    ending = Ending(state, outcome.finished_at, outcome.started_at, outcome.duration)
+    conclude(dirs, final, ending, outbox, counts)
     return state
 
 
-def reject(taken: Claim, reason: str, worker_id: str) -> Path:
+def reject(taken: Claim, reason: str, worker_id: str, counts: WorkerStats | None = None) -> Path:
     """Move a file that is not a runnable task to failed/ unchanged, with the reason beside it.
 
     It is stored as <id>.json, the id its name stands for (so `spool show ID` finds it).
@@ -122,17 +182,18 @@ def reject(taken: Claim, reason: str, worker_id: str) -> Path:
     dest = free_name(dirs.failed, envelope.id_of_name(taken.name, mtime) + ".json")
     os.rename(taken.path, dest)  # the file itself, even a symlink or a directory: never read
     stem = stem_of(dest.name)
-    sidecar = {
+    sidecar: dict[str, JSON] = {
         "file": taken.name,
         "stored_as": dest.name,
         "reason": reason,
-        "rejected_at": time.time(),
+        "rejected_at": (now := time.time()),
         "worker": worker_id,
     }
     write_atomic(
         json.dumps(sidecar, indent=2).encode(), dirs.tmp, dirs.failed / (stem + ERROR_SUFFIX)
     )
     fsync_dir(dirs.failed)
+    conclude(dirs, None, Ending("rejected", now), None, counts)
     return dest
 
 
@@ -159,11 +220,10 @@ def already_finished(dirs: QueueDirs, name: str, task: TaskDict) -> bool:
     """
     task_id = task.get("id")
     for path in (dirs.done / f"{task_id}.json", dirs.failed / f"{task_id}.json"):
-        try:
-            other = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            continue  # absent, or torn by a power loss: run the task again
-        if isinstance(other, dict) and other.get("enqueued_at") == task.get("enqueued_at"):
+        other = read_json(path)  # None: absent, or torn by a power loss: run the task again
+        if other is not None and other.get("enqueued_at") == task.get("enqueued_at"):
+            if is_cancelled(other):  # a cancel that died before it dropped its claim
+                return True
             return int(other.get("attempts", 0)) > int(task.get("attempts", 0))
     return any(entry.endswith("@" + name) for entry in list_names(dirs.delayed))
 
@@ -174,8 +234,10 @@ def recover(
     dead_worker: str,
     policy: RetryPolicy | None,
     outbox: Outbox | None = None,
+    counts: WorkerStats | None = None,
 ) -> str:
-    """Send back a task whose worker died while it ran: incoming/ (attempts + 1) or failed/.
+    """Send back a task whose worker died while it ran: incoming/ (attempts + 1, lost + 1) or,
+    when lost too often (see RetryPolicy.lost_too_often), failed/.
 
     `task` is None when the file cannot be read as a task: it goes back unchanged and the
     next claim rejects it with the reason.
@@ -184,6 +246,9 @@ def recover(
     if task is not None and already_finished(dirs, taken.name, task):
         if outbox is not None:  # the worker may have died before writing the event
             outbox.reemit(dirs, taken.name, task)
+        cancelled = read_json(dirs.failed / f"{task.get('id')}.json")
+        if cancelled is not None and is_cancelled(cancelled):
+            mark_cancelled(dirs, cancelled)
         taken.path.unlink(missing_ok=True)
         return "finished"
     if task is None or policy is None:
@@ -191,26 +256,16 @@ def recover(
         return "incoming"
     now = time.time()
     message = f"worker {dead_worker} died while the attempt ran"
-    lost = Outcome(
-        False, now, now, error={"type": "WorkerLost", "message": message, "traceback": ""}
-    )
-    attempt = int(task.get("attempts", 0)) + 1
-    updated: TaskDict = dict(task)
-    updated["attempts"] = attempt
-    updated["history"] = [*task.get("history", []), history_entry(attempt, dead_worker, lost)]
-    if policy.exhausted(attempt):
-        updated.update(error=lost.error, finished_at=now, worker=dead_worker)
+    lost = Outcome(False, now, now, error=error_dict("WorkerLost", message), lost=True)
+    state, updated = lose(task, dead_worker, lost, policy)
+    if state == "failed":
         write_atomic(envelope.dump(updated), dirs.tmp, dirs.failed / f"{task['id']}.json")
-        if outbox is not None:
-            outbox.emit(dirs.name, updated, "failed", now, now, durable=True, check=True)
-        if "unique_key" in task:
-            release_unique_key(dirs, task["unique_key"], str(task["id"]))
-        state = "failed"
+        ending = Ending("failed", now, now)
+        conclude(dirs, updated, ending, outbox, counts, durable=True, check=True)
     else:
         write_atomic(envelope.dump(updated), dirs.tmp, dirs.incoming / taken.name)
-        if outbox is not None:  # the lost attempt counts as a failed one that is retried
-            updated.update(error=lost.error, worker=dead_worker)
-            outbox.emit(dirs.name, updated, "retry", now, now, durable=True)
+        told = {**updated, "error": lost.error, "worker": dead_worker}  # what the event says
+        conclude(dirs, told, Ending("lost", now, now), outbox, counts, durable=True)
         state = "incoming"
     taken.path.unlink(missing_ok=True)
     return state

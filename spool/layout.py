@@ -8,7 +8,9 @@
                                 front: finished, waiting for the sync that makes it durable)
     <root>/<queue>/done/        <id>.json: finished, with the result
     <root>/<queue>/failed/      <id>.json: failed for good; or a rejected file under its own
-                                name with <stem>.error.json beside it
+                                name with <stem>.error.json beside it; or a cancelled task,
+                                with the marker .<id>.cancelled beside it (cancelled, not
+                                failed: counted and retried apart, see manage.cancel)
     <root>/<queue>/.unique/     one file per held unique_key
     <root>/<queue>/.paused      present while the queue is paused
     <root>/.workers/            <worker id>.lock (locked while the worker lives) and .json
@@ -34,6 +36,7 @@ QUEUE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 CANONICAL_RE = re.compile(r"([0-9])_([0-9]{16})_([A-Za-z0-9._-]{1,128})\.json")
 ERROR_SUFFIX = ".error.json"
+CANCELLED_SUFFIX = ".cancelled"
 DEFAULT_QUEUE = "default"
 
 
@@ -52,6 +55,24 @@ def is_task_name(name: str) -> bool:
 def canonical_name(priority: int, enqueued_us: int, task_id: str) -> str:
     """The incoming/ name of a task: sorting these names sorts the queue (fixed-width head)."""
     return f"{9 - priority}_{enqueued_us:016d}_{task_id}.json"
+
+
+def cancelled_marker(task_file: str) -> str:
+    """The marker beside a cancelled task's file in failed/ (a dot-name: never listed as a task)."""
+    return f".{task_file.removesuffix('.json')}{CANCELLED_SUFFIX}"
+
+
+def is_cancelled_marker(name: str) -> bool:
+    return name.startswith(".") and name.endswith(CANCELLED_SUFFIX)
+
+
+def marked_cancelled(names: list[str]) -> set[str]:
+    """The task files among a failed/ listing's `names` that a cancelled marker stands beside."""
+    return {
+        name[1:].removesuffix(CANCELLED_SUFFIX) + ".json"
+        for name in names
+        if is_cancelled_marker(name)
+    }
 
 
 def delayed_name(due_us: int, name: str) -> str:

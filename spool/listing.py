@@ -1,5 +1,6 @@
 """`spool ls`: the tasks of one state, newest first for finished ones, in run order for waiting
-ones, filtered by queue, task name and age, at most `limit` of them.
+ones, filtered by queue, task name and age, at most `limit` of them. A row of failed/ says
+whether the task was cancelled (`cancelled`: true), which is no failure.
 
 Names are listed without a stat; ages come from the names where they carry a time (waiting
 tasks, delayed due times) and from the file otherwise; files are read only for the rows shown.
@@ -22,6 +23,7 @@ from spool.layout import (
     ERROR_SUFFIX,
     STATES,
     QueueDirs,
+    cancelled_marker,
     existing_queues,
     split_delayed,
     split_processing,
@@ -99,6 +101,7 @@ def row(
             error = {"type": "Rejected", "message": reason}
         info["error_type"] = error.get("type") if isinstance(error, dict) else None
         info["error_message"] = error.get("message") if isinstance(error, dict) else None
+        info["cancelled"] = os.path.lexists(directory / cancelled_marker(entry))
     if state == "done":
         info["finished_at"] = task.get("finished_at")
     if "unreadable" in task:

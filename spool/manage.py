@@ -7,6 +7,7 @@ worker does), so it never races a worker: whoever renames first owns the task.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,12 +19,23 @@ from typing import Any
 
 from spool import envelope, stats
 from spool.claim import Claim, claim
+from spool.conclude import Ending, conclude, mark_cancelled
 from spool.envelope import TaskDict
 from spool.errors import SpoolError, TaskNotFound
+from spool.events import Outbox
 from spool.fsio import UnreadableFile, read_regular, write_atomic
-from spool.layout import ERROR_SUFFIX, QueueDirs, canonical_name, existing_queues, split_delayed
+from spool.layout import (
+    ERROR_SUFFIX,
+    QueueDirs,
+    cancelled_marker,
+    canonical_name,
+    existing_queues,
+    is_cancelled_marker,
+    marked_cancelled,
+    split_delayed,
+)
 from spool.lookup import READ_LIMIT, Found, locate
-from spool.producer import CLOCK, Prepared, release_unique_key, take_unique_key
+from spool.producer import CLOCK, Prepared, take_unique_key
 from spool.retention import is_older, remove
 
 FINISHED_KEYS = (
@@ -34,6 +46,8 @@ FINISHED_KEYS = (
     "worker",
     "retry_at",
     "result_is_repr",
+    "cancelled_at",
+    "lost",
 )
 
 
@@ -59,7 +73,9 @@ def read_task(path: Path) -> TaskDict:
 def retry(root: Path, task_id: str) -> str:
     """Move a failed task back to incoming/ with attempts reset (history kept); return its queue.
 
-    A rejected file goes back unchanged under its original name, to be validated again.
+    A rejected file goes back unchanged under its original name, to be validated again. A
+    cancelled task named here is revived too (the operator named it); `--all-failed` never
+    names one (see failed_ids).
     Raises: TaskNotFound, NotRetryable.
     """
     found = locate(root, task_id)
@@ -72,7 +88,12 @@ def retry(root: Path, task_id: str) -> str:
         retry_rejected(dirs, found)
     else:
         retry_failed(dirs, found)
-    stats.record_removed(root, {(found.queue, "failed"): 1})
+    removed = {(found.queue, "failed"): 1}
+    marker = dirs.failed / cancelled_marker(found.path.name)
+    if os.path.lexists(marker):  # CRASH: before this, a revived task still counts as cancelled
+        marker.unlink(missing_ok=True)
+        removed[(found.queue, "cancelled")] = 1
+    stats.record_removed(root, removed)
     return found.queue
 
 
@@ -111,11 +132,16 @@ def retry_rejected(dirs: QueueDirs, found: Found) -> None:
 
 
 def failed_ids(root: Path, queue: str | None, task_name: str | None) -> Iterator[tuple[str, str]]:
-    """(queue, id) of every failed task, optionally of one queue or one task name."""
+    """(queue, id) of every failed task, optionally of one queue or one task name; cancelled
+    tasks are not failed ones and are left out."""
     for name in [queue] if queue else existing_queues(root):
         dirs = QueueDirs(root, name)
-        for entry in sorted(os.listdir(dirs.failed)) if dirs.failed.is_dir() else []:
+        entries = sorted(os.listdir(dirs.failed)) if dirs.failed.is_dir() else []
+        cancelled = marked_cancelled(entries)
+        for entry in entries:
             if entry.startswith(".") or entry.endswith(ERROR_SUFFIX) or not entry.endswith(".json"):
+                continue
+            if entry in cancelled:
                 continue
             if task_name is not None:
                 try:
@@ -129,8 +155,15 @@ def failed_ids(root: Path, queue: str | None, task_name: str | None) -> Iterator
 # ---- cancel ----------------------------------------------------------------------------
 
 
-def cancel(root: Path, task_id: str, reason: str = "cancelled by an operator") -> str:
-    """Take a pending task (incoming/ or delayed/) out and record it in failed/ as Cancelled.
+def cancel(
+    root: Path,
+    task_id: str,
+    reason: str = "cancelled by an operator",
+    outbox: Outbox | None = None,
+) -> str:
+    """Take a pending task (incoming/ or delayed/) out and record it in failed/ as Cancelled,
+    marked cancelled (not failed: see layout); it concludes like any end (event "cancelled",
+    counter, unique key released).
 
     Raises: TaskNotFound, NotCancellable (it started or finished).
     """
@@ -151,14 +184,19 @@ def cancel(root: Path, task_id: str, reason: str = "cancelled by an operator") -
         task = {"task": None}
     now = time.time()
     task.setdefault("id", task_id)
+    with contextlib.suppress(OSError):  # as recovery will see it (see finish.already_finished)
+        task.setdefault("enqueued_at", os.lstat(taken.path).st_mtime)
     task["error"] = {"type": "Cancelled", "message": reason, "traceback": ""}
     task["finished_at"] = now
     task["cancelled_at"] = now
     write_atomic(envelope.dump(task), dirs.tmp, dirs.failed / f"{task_id}.json")
+    # CRASH: from here on the claim stays until the end of this function; recovery sees the
+    # cancelled outcome, drops the claim and writes what is missing (marker, event)
+    mark_cancelled(dirs, task)
+    counts = stats.command_stats(root)
+    conclude(dirs, task, Ending("cancelled", now), outbox, counts, durable=True)
+    counts.flush(0.0, force=True)
     taken.path.unlink(missing_ok=True)
-    stats.record_added(root, found.queue, "cancelled")
-    if isinstance(task.get("unique_key"), str):
-        release_unique_key(dirs, task["unique_key"], task_id)
     return found.queue
 
 
@@ -212,6 +250,10 @@ def purge(
         with entries:
             for entry in entries:
                 if not is_older(entry, cutoff):
+                    continue
+                if is_cancelled_marker(entry.name):  # it goes with its task (same mtime)
+                    if not dry_run and remove(entry):
+                        removed[(name, "cancelled")] = removed.get((name, "cancelled"), 0) + 1
                     continue
                 result.matched += 1
                 if not dry_run and remove(entry):

@@ -17,14 +17,15 @@ from prometheus_client.registry import Collector
 from spool import stats
 from spool.status import spool_status
 
-STATES = ("incoming", "delayed", "processing", "done", "failed")
+STATES = ("incoming", "delayed", "processing", "done", "failed", "cancelled")
 COUNTER_HELP = {
     "done": "Tasks that ended in done/.",
     "failed": "Tasks that ended in failed/ after their last attempt.",
     "retried": "Failed attempts that were scheduled for a retry.",
     "rejected": "Files moved to failed/ as not runnable (invalid, unknown task, ...).",
     "recovered": "Tasks taken back from a worker that died.",
-    "cancelled": "Pending tasks cancelled by an operator (recorded in failed/).",
+    "lost": "Attempts lost with their worker or handler process, then run again.",
+    "cancelled": "Pending tasks cancelled by an operator (kept in failed/, not counted failed).",
 }
 
 
@@ -60,11 +61,12 @@ class SpoolCollector(Collector):
             yield counter
         removed = CounterMetricFamily(
             "spool_tasks_removed",
-            "Finished task files deleted (purge, retention) or moved back (retry).",
+            "Finished task files deleted (purge, retention) or moved back (retry); state"
+            " cancelled counts the cancelled among the failed.",
             labels=["queue", "state"],
         )
         for queue, queue_stats in sorted(totals.items()):
-            for state in ("done", "failed"):
+            for state in ("done", "failed", "cancelled"):
                 removed.add_metric([queue, state], queue_stats.counts[f"{state}_removed"])
         yield removed
         durations = HistogramMetricFamily(

@@ -2,7 +2,8 @@
 
 Every `recover_seconds` it takes over the claims of dead workers (see claim.abandoned; on one
 host: whose lock is free; in shared mode: whose lease ran out, see spool.lease) and sends each
-task back to incoming/ with attempts + 1, or to failed/ when its attempts are used up, or drops
+task back to incoming/ with attempts + 1 and lost + 1, or to failed/ when it was lost too often
+(its `max_lost`, or once for an `at_most_once` task; see finish.lose), or drops
 the claim when the task's outcome was already written; on one host it kills what a dead
 worker's handler left running. Every half minute it deletes the lock and info files of dead
 workers that own no claim, and folds their counts into the archive.
@@ -57,7 +58,7 @@ class Recovery:
         self.worker_leases = LeaseWatch(lease_seconds) if lease_seconds else None
 
     def run(self, indexes: Iterable[QueueIndex]) -> None:
-        """Send the claims of dead workers back (or to failed/ when their attempts are used)."""
+        """Send the claims of dead workers back (or to failed/ when lost too often)."""
         if self.claim_leases is not None:
             self.run_shared(list(indexes), self.claim_leases)
             return
@@ -113,12 +114,10 @@ class Recovery:
             task.setdefault("id", envelope.id_of_name(taken.name, mtime))
             task.setdefault("enqueued_at", mtime)
         policy = self.policy_for(task) if task is not None else None
-        state = recover(taken, task, dead, policy, self.outbox)
+        state = recover(taken, task, dead, policy, self.outbox, self.counts)
         queue = index.dirs.name
         if state != "finished":
             self.counts.record(queue, "recovered")
-        if state == "failed":
-            self.counts.record(queue, "failed")
         task_id = task.get("id") if task else taken.name
         log.warning(
             "recovered queue=%s id=%s from dead worker %s -> %s", queue, task_id, dead, state

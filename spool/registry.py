@@ -37,6 +37,8 @@ class TaskOptions:
     timeout: float | None = None
     retry_backoff: float | None = None
     priority: int | None = None
+    max_lost: int | None = None  # lost attempts (worker or handler process died) before failed/
+    at_most_once: bool = False  # a lost attempt goes straight to failed/
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -45,6 +47,8 @@ class TaskOptions:
             "timeout": self.timeout,
             "retry_backoff": self.retry_backoff,
             "priority": self.priority,
+            "max_lost": self.max_lost,
+            "at_most_once": self.at_most_once,
         }
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from spool.layout import ERROR_SUFFIX, FILE_MODE, QueueDirs
+from spool.layout import ERROR_SUFFIX, FILE_MODE, QueueDirs, is_cancelled_marker
 
 STEP_ENTRIES = 5000  # entries looked at per step (a stat each)
 PASS_GAP_SECONDS = 60.0  # a finished pass starts again after this long
@@ -57,7 +57,10 @@ class Retention:
                 for entry in entries:
                     budget -= 1
                     removed = is_older(entry, now - age) and remove(entry)
-                    if removed and not entry.name.endswith(ERROR_SUFFIX):
+                    if removed and is_cancelled_marker(entry.name):
+                        counted = (queue, "cancelled")
+                        deleted[counted] = deleted.get(counted, 0) + 1
+                    elif removed and not entry.name.endswith(ERROR_SUFFIX):
                         deleted[key] = deleted.get(key, 0) + 1
                     if budget <= 0:
                         break
@@ -76,8 +79,9 @@ class Retention:
 
 
 def is_older(entry: os.DirEntry[str], cutoff: float) -> bool:
-    """Whether a visible entry last changed before `cutoff` (False if it is gone)."""
-    if entry.name.startswith("."):
+    """Whether a visible entry (or a cancelled marker) last changed before `cutoff` (False if
+    it is gone)."""
+    if entry.name.startswith(".") and not is_cancelled_marker(entry.name):
         return False
     try:
         return entry.stat(follow_symlinks=False).st_mtime < cutoff

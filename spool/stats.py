@@ -1,6 +1,6 @@
-"""What workers did, counted: tasks done, failed, retried, rejected, recovered, and how long
-attempts took. Counters only grow, so they suit Prometheus; status and metrics read them without
-listing done/.
+"""What workers did, counted: tasks done, failed, retried, rejected, recovered, lost (attempts
+run again after their worker or handler process died), cancelled, and how long attempts took.
+Counters only grow, so they suit Prometheus; status and metrics read them without listing done/.
 
 Each worker keeps its counts in memory and writes them to <root>/.stats/<worker id>.json at most
 once a second (atomically) and when it stops. The files of dead workers are folded into
@@ -23,7 +23,7 @@ from spool.layout import FILE_MODE, ensure_dir
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 COUNTERS = (
     "done", "failed", "retried", "rejected", "recovered", "cancelled", "done_removed",
-    "failed_removed",
+    "failed_removed", "lost", "cancelled_removed",
 )  # fmt: skip
 ARCHIVE = "archive.json"
 FLUSH_SECONDS = 1.0
@@ -181,13 +181,6 @@ def record_removed(root: Path, removed: Mapping[tuple[str, str], int]) -> None:
     for (queue, state), n in removed.items():
         for _ in range(n):
             counts.record(queue, f"{state}_removed")
-    counts.flush(0.0, force=True)
-
-
-def record_added(root: Path, queue: str, what: str) -> None:
-    """Count, from a short-lived command, one task it put in failed/ (e.g. "cancelled")."""
-    counts = command_stats(root)
-    counts.record(queue, what)
     counts.flush(0.0, force=True)
 
 

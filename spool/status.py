@@ -1,5 +1,6 @@
-"""Status: how many tasks each queue holds per state, how old the oldest waiting one is,
-and which workers are alive. It reads the directories only, so it works with every worker down.
+"""Status: how many tasks each queue holds per state (cancelled tasks apart from the failed
+ones, though both rest in failed/), how old the oldest waiting one is, and which workers are
+alive. It reads the directories only, so it works with every worker down.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ def queue_status(dirs: QueueDirs, now: float, stats: QueueStats | None = None) -
     counts["incoming"], oldest = waiting(dirs.incoming)
     for state in ("delayed", "processing"):
         counts[state] = count_exact(dirs.state(state))[0]
-    counts["done"] = finished_count(dirs, "done", stats)[0]
-    failed, rejected = finished_count(dirs, "failed", stats)
-    counts["failed"] = failed
-    counts["rejected"] = rejected  # of the failed: files that were not runnable tasks
+    counts["done"] = finished_count(dirs, "done", stats).tasks
+    failed = finished_count(dirs, "failed", stats)
+    counts["failed"] = max(0, failed.tasks - failed.cancelled)
+    counts["rejected"] = failed.notes  # of the failed: files that were not runnable tasks
+    counts["cancelled"] = failed.cancelled  # beside the failed, in failed/ (not failures)
     counts["oldest_waiting_seconds"] = None if oldest is None else round(max(0.0, now - oldest), 3)
     counts["paused"] = dirs.is_paused()
     return counts

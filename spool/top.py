@@ -1,5 +1,6 @@
-"""`spool top`: a live view of the spool, refreshed in place: depth per queue and state,
-throughput per minute (from the workers' counters) and the most recent failures."""
+"""`spool top`: a live view of the spool, refreshed in place: depth per queue and state (the
+cancelled tasks beside the failed ones), throughput per minute (from the workers' counters) and
+the most recent failures (cancelled tasks are none)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from spool.listing import Filters, list_tasks
 from spool.status import spool_status
 
 COLUMNS = ("incoming", "delayed", "processing", "done", "failed")
+RECENT = 5
 
 
 def snapshot(root: Path) -> dict[str, Any]:
@@ -22,8 +24,14 @@ def snapshot(root: Path) -> dict[str, Any]:
         "at": time.monotonic(),
         "status": spool_status(root),
         "finished": {q: s.counts["done"] + s.counts["failed"] for q, s in totals.items()},
-        "failures": list_tasks(root, "failed", Filters(limit=5)),
+        "failures": recent_failures(root),
     }
+
+
+def recent_failures(root: Path) -> list[dict[str, Any]]:
+    """The newest failed tasks, the cancelled ones left out (they are no failures)."""
+    rows = list_tasks(root, "failed", Filters(limit=RECENT * 4))
+    return [row for row in rows if not row.get("cancelled")][:RECENT]
 
 
 def render(now: dict[str, Any], before: dict[str, Any] | None) -> str:
@@ -40,9 +48,10 @@ def render(now: dict[str, Any], before: dict[str, Any] | None) -> str:
             rate = f"{delta * 60 / (now['at'] - before['at']):.0f}"
         age = counts["oldest_waiting_seconds"]
         name = queue + (" (paused)" if counts["paused"] else "")
-        rows.append(
-            [name, *(str(counts[c]) for c in COLUMNS), "-" if age is None else f"{age:.0f}s", rate]
-        )
+        cells = [str(counts[c]) for c in COLUMNS]
+        if counts.get("cancelled"):  # beside the failed: cancelled tasks are no failures
+            cells[-1] += f" (+{counts['cancelled']} cancelled)"
+        rows.append([name, *cells, "-" if age is None else f"{age:.0f}s", rate])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines += [
         "  ".join(

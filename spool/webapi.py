@@ -30,6 +30,7 @@ from spool import manage, producer
 from spool.config import Settings, parse_duration
 from spool.envelope import is_valid_id, reject_constant
 from spool.errors import InvalidQueueName, InvalidTask, Refused, SpoolError, TaskNotFound
+from spool.events import outbox_for
 from spool.layout import STATES, QueueDirs, check_queue_name, existing_queues, split_processing
 from spool.lookup import locate, read_found
 from spool.manifest import Catalog, CatalogCache
@@ -266,7 +267,9 @@ async def retry_task(request: Request) -> Response:
 async def cancel_task(request: Request) -> Response:
     require_token(request)
     task_id = task_id_of(request)
-    queue = await act(manage.cancel, web_state(request), task_id)
+    state = web_state(request)
+    outbox = outbox_for(state.settings)
+    queue = await act(partial(manage.cancel, outbox=outbox), state, task_id)
     return JSONResponse({"id": task_id, "queue": queue, "state": "failed", "cancelled": True})
 
 

@@ -53,7 +53,6 @@ from spool.watch import Watcher
 
 log = logging.getLogger(__name__)
 REAP_SECONDS = 30.0
-OUTCOME_COUNTER = {"done": "done", "retry": "retried", "failed": "failed"}
 POLL_SECONDS = 0.25
 RETENTION_SECONDS = 1.0
 ERROR_PAUSE_SECONDS = 1.0  # when filesystem events are unavailable
@@ -437,12 +436,11 @@ class Worker:
         # whole lease, and its outcome is written right now; a recoverer then drops it)
         self.unhold(claimed)
         try:
-            state = finish(taken, task, outcome, policy, self.outbox)
+            state = finish(taken, task, outcome, policy, self.outbox, self.stats)
             self.committer.add(taken.path)
         except OSError as exc:  # a full or failing disk: the task runs again later
             self.give_back(taken, f"cannot record the outcome of {fields}: {exc}")
             return
-        self.stats.record(taken.dirs.name, OUTCOME_COUNTER[state], outcome.duration)
         if state == "done":
             log.info("done %s duration=%.3fs", fields, outcome.duration)
         else:
@@ -563,11 +561,10 @@ class Worker:
     def reject(self, taken: Claim, reason: str) -> None:
         self.unhold(taken)
         try:
-            dest = reject(taken, reason, self.worker_id)
+            dest = reject(taken, reason, self.worker_id, self.stats)
         except OSError as exc:
             log.error("cannot move rejected %s to failed/: %s", taken.name, exc)
             return
-        self.stats.record(taken.dirs.name, "rejected")
         log.warning(
             "rejected queue=%s file=%s stored=%s reason=%s",
             taken.dirs.name,
@@ -589,8 +586,14 @@ class Worker:
         s = self.settings
         max_retries = first(task.get("max_retries"), options.get("max_retries"), s.max_retries)
         backoff = first(options.get("retry_backoff"), s.retry_backoff_seconds)
+        max_lost = first(task.get("max_lost"), options.get("max_lost"), s.max_lost)
         return RetryPolicy(
-            int(max_retries), float(backoff), s.retry_backoff_max_seconds, s.retry_jitter
+            int(max_retries),
+            float(backoff),
+            s.retry_backoff_max_seconds,
+            s.retry_jitter,
+            max_lost=int(max_lost),
+            at_most_once=bool(options.get("at_most_once", False)),
         )
 
     def known_policy(self, task: TaskDict) -> RetryPolicy | None:

@@ -113,3 +113,21 @@ def sleep_in_subprocess_pid(path: str, seconds: float) -> None:
 def send_mail(to: str, subject: str = "", *, cc: str = "") -> str:
     """Pretend to send a mail: a task that declares its queue."""
     return f"to {to}: {subject}"
+
+
+@app.task(max_retries=0)
+def sleep_without_retries(seconds: float, value: object = None) -> object:
+    time.sleep(seconds)
+    return value
+
+
+@app.task(at_most_once=True)
+def sleep_at_most_once(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@app.task(max_retries=0)
+def kill_worker() -> None:
+    """A poison pill: SIGKILL the worker that runs this handler (and so the handler too)."""
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(30)

@@ -72,3 +72,13 @@ def test_bad_config_file_gives_one_clear_error(tmp_path: Path, text: str, messag
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(None, str(tmp_path / "nope.toml"), env={})
+
+
+def test_max_lost_is_read_from_defaults_and_must_be_at_least_one(tmp_path: Path) -> None:
+    unset = write(tmp_path / "unset.toml", "[defaults]\nmax_retries = 1\n")
+    assert load_settings(config_flag=str(unset), env={}).max_lost == 3
+    good = write(tmp_path / "good.toml", "[defaults]\nmax_lost = 5\n")
+    assert load_settings(config_flag=str(good), env={}).max_lost == 5
+    bad = write(tmp_path / "bad.toml", "[defaults]\nmax_lost = 0\n")
+    with pytest.raises(ConfigError, match="max_lost must be at least 1"):
+        load_settings(config_flag=str(bad), env={})

@@ -102,3 +102,23 @@ def test_a_directory_that_became_small_is_counted_every_time_again(
     recounter.join()
     assert "done" not in counts.read_cache(QueueDirs(spool_root, "default"))
     assert done_count(spool_root) == 4
+
+
+def test_cancelled_tasks_in_a_big_failed_directory_are_carried_forward_apart(
+    spool_root: Path, big: int
+) -> None:
+    from spool.manage import cancel
+
+    dirs = QueueDirs(spool_root, "default").create()
+    worker = stats.WorkerStats(spool_root, "w1")
+    for i in range(12):
+        (dirs.failed / f"f{i}.json").write_text("{}")
+        worker.record("default", "failed")
+    worker.flush(0.0, force=True)
+    assert spool_status(spool_root)["queues"]["default"]["failed"] == 12  # counted, cached
+    for i in range(3):
+        (dirs.incoming / f"c{i}.json").write_text('{"task": "echo"}')
+        cancel(spool_root, f"c{i}")
+    shown = spool_status(spool_root)["queues"]["default"]
+    assert (shown["failed"], shown["cancelled"]) == (12, 3)  # carried forward by the counters
+    assert counts.read_cache(dirs)["failed"]["count"] == 12

@@ -253,3 +253,72 @@ def test_wait_returns_within_100_ms_of_completion(app: Spool, start_worker) -> N
         lags.append(time.time() - app.show(task_id)["finished_at"])
     assert min(lags) <= 0.1, lags  # events, not polling: the best of three shows it
     assert max(lags) <= 1.0, lags
+
+
+# ---- cancelled is its own end ---------------------------------------------------------------
+
+
+def one_failure_and_one_cancel(spool, app: Spool, spool_root: Path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    failed_id = app.enqueue("fail", args=["real"], max_retries=0)
+    cancelled_id = app.enqueue("echo", args=["never"], delay=600)
+    assert spool("cancel", cancelled_id).exit_code == 0
+    assert run_burst(spool_root).returncode == 0
+    assert app.state_of(failed_id) == "failed"
+    return failed_id, cancelled_id
+
+
+def test_retry_all_failed_leaves_cancelled_tasks_alone_and_retries_the_real_failures(
+    spool, app: Spool, spool_root: Path
+) -> None:
+    failed_id, cancelled_id = one_failure_and_one_cancel(spool, app, spool_root)
+    result = spool("retry", "--all-failed")
+    assert result.exit_code == 0
+    assert f"retried {failed_id}" in result.stdout and cancelled_id not in result.stdout
+    assert app.state_of(failed_id) == "incoming"
+    shown = app.show(cancelled_id)
+    assert shown["state"] == "failed" and shown["error"]["type"] == "Cancelled"
+    assert spool("retry", "--all-failed").stdout == ""  # nothing left to retry
+
+
+def test_a_cancelled_task_named_by_its_id_is_revived_and_no_longer_counted_cancelled(
+    spool, app: Spool, spool_root: Path
+) -> None:
+    task_id = app.enqueue("echo", args=["back"])
+    assert spool("cancel", task_id).exit_code == 0
+    assert spool("retry", task_id).exit_code == 0
+    counts = json.loads(spool("status", "--json").stdout)["queues"]["default"]
+    assert (counts["incoming"], counts["failed"], counts["cancelled"]) == (1, 0, 0)
+    assert os.listdir(spool_root / "default" / "failed") == []  # the marker went too
+    assert run_burst(spool_root).returncode == 0
+    assert app.show(task_id)["result"] == "back" and "cancelled_at" not in app.show(task_id)
+
+
+def test_status_and_ls_count_cancelled_tasks_apart_from_failed_ones(
+    spool, app: Spool, spool_root: Path
+) -> None:
+    failed_id, cancelled_id = one_failure_and_one_cancel(spool, app, spool_root)
+    counts = json.loads(spool("status", "--json").stdout)["queues"]["default"]
+    assert (counts["failed"], counts["cancelled"]) == (1, 1)
+    header, row = spool("status").stdout.splitlines()[1:3]
+    assert header.split()[5:7] == ["failed", "cancelled"] and row.split()[5:7] == ["1", "1"]
+    rows = {r["id"]: r for r in json.loads(spool("ls", "failed", "--json").stdout)}
+    assert rows[cancelled_id]["cancelled"] is True and rows[failed_id]["cancelled"] is False
+    assert "(cancelled, not failed)" in spool("ls", "failed").stdout
+
+
+def test_purge_takes_a_cancelled_tasks_marker_with_it(spool, app: Spool, spool_root: Path) -> None:
+    task_id = app.enqueue("echo", delay=600)
+    assert spool("cancel", task_id).exit_code == 0
+    purged = spool("purge", "failed")
+    assert purged.exit_code == 0 and "deleted 1" in purged.stdout
+    assert os.listdir(spool_root / "default" / "failed") == []
+    counts = json.loads(spool("status", "--json").stdout)["queues"]["default"]
+    assert (counts["failed"], counts["cancelled"]) == (0, 0)
+
+
+def test_cancel_releases_the_unique_key_so_an_equal_task_can_be_enqueued(spool, app: Spool) -> None:
+    first = app.enqueue("echo", unique_key="nightly", delay=600)
+    assert app.enqueue("echo", unique_key="nightly") == first  # held: the same task
+    assert spool("cancel", first).exit_code == 0
+    second = app.enqueue("echo", unique_key="nightly")
+    assert second != first and app.state_of(second) == "incoming"

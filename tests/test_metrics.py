@@ -84,3 +84,18 @@ def test_counts_of_dead_workers_are_folded_into_the_archive(spool_root: Path) ->
     assert stats.load_all(spool_root)["default"].counts["done"] == before == 12
     archive = json.loads((directory / stats.ARCHIVE).read_text())
     assert archive["default"]["counts"]["done"] == 12
+
+
+def test_cancelled_tasks_are_counted_as_cancelled_not_failed(app: Spool, spool_root: Path) -> None:
+    app.enqueue("fail", max_retries=0)
+    cancelled = app.enqueue("echo", delay=600)
+    runner = CliRunner()
+    argv = ["--root", str(spool_root), "--config", str(TEST_CONFIG), "cancel", cancelled]
+    assert runner.invoke(cli, argv).exit_code == 0
+    assert run_burst(spool_root).returncode == 0
+    got = scrape(spool_root)
+    q = (("queue", "default"),)
+    assert got[("spool_tasks", (("queue", "default"), ("state", "failed")))] == 1
+    assert got[("spool_tasks", (("queue", "default"), ("state", "cancelled")))] == 1
+    assert got[("spool_tasks_failed_total", q)] == 1
+    assert got[("spool_tasks_cancelled_total", q)] == 1

@@ -401,3 +401,50 @@ def test_notify_killed_mid_delivery_delivers_everything(
         assert len(events) - len(by_id) <= 2
     finally:
         receiver.close()
+
+
+def test_cancel_writes_a_completion_event_with_status_cancelled(
+    spool_root: Path, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "c.toml", "[notify]\nevents = true\n")
+    task_id = producer(spool_root, config).enqueue("echo", args=["x"], delay=600)
+    done = subprocess.run(
+        spool_command(spool_root, "cancel", task_id, config=config),
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    [event] = pending_events(spool_root)
+    assert event.endswith(f"_default_{task_id}_0_cancelled.json")
+    written = json.loads((events_dir(spool_root) / event).read_bytes())
+    assert (written["id"], written["status"], written["task"]) == (task_id, "cancelled", "echo")
+    assert written["error"]["type"] == "Cancelled"
+
+
+def test_a_cancel_killed_before_it_dropped_its_claim_is_completed_by_recovery_not_run(
+    spool_root: Path, tmp_path: Path
+) -> None:
+    from spool.lookup import locate
+    from spool.manage import read_task, take_pending
+    from spool.status import spool_status
+
+    config = write_config(tmp_path / "c.toml", "[notify]\nevents = true\n")
+    task_id = producer(spool_root, config).enqueue("echo", args=["never"])
+    dirs = queue_dirs(spool_root, "default")
+    found = locate(spool_root, task_id)
+    assert found is not None
+    taken = take_pending(dirs, found)  # what `spool cancel` does, up to its first write
+    assert taken is not None
+    task = read_task(taken.path)
+    task.update(error={"type": "Cancelled", "message": "by hand", "traceback": ""})
+    task.update(finished_at=time.time(), cancelled_at=time.time())
+    (dirs.failed / f"{task_id}.json").write_bytes(envelope.dump(task))  # then it was killed
+    done = burst(spool_root, config)
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(dirs.processing) == [] and names(dirs.done) == []
+    counts = spool_status(spool_root)["queues"]["default"]
+    assert (counts["failed"], counts["cancelled"], counts["incoming"]) == (0, 1, 0)
+    [event] = pending_events(spool_root)
+    assert event.endswith(f"_{task_id}_0_cancelled.json")

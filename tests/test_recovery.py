@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from spool import Spool
 from spool.cli import cli
-from tests.conftest import TEST_CONFIG, names, wait_until
+from tests.conftest import TEST_CONFIG, drop_into, names, wait_until
 from tests.test_worker import has_state, is_running, read_pid
 
 Starter = Callable[..., subprocess.Popen[bytes]]
@@ -143,3 +143,86 @@ def test_processes_started_by_the_handler_of_a_killed_worker_are_killed_on_recov
     start_worker()  # its recovery pass finds the dead worker and kills what it left
     wait_until(lambda: not is_running(grandchild), timeout=15)
     wait_until(has_state(app, task_id, "processing"), timeout=15)  # and the task runs again
+
+
+# ---- lost attempts: at-least-once whatever max_retries, and a bound for poison pills ----------
+
+
+def drop_task(spool_root: Path, name: str, task: dict[str, object]) -> None:
+    incoming = spool_root / "default" / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    drop_into(incoming, name, json.dumps(task).encode())
+
+
+def dies_or_fails(worker: subprocess.Popen[bytes], app: Spool, task_id: str) -> Callable[[], bool]:
+    return lambda: worker.poll() is not None or app.state_of(task_id) == "failed"
+
+
+def test_a_task_without_retries_whose_worker_is_killed_runs_again_on_another_worker(
+    app: Spool, start_worker: Starter
+) -> None:
+    task_id = app.enqueue("sleep_without_retries", args=[1.0, "ran"])
+    kill_hard_after_claim(app, task_id, start_worker())
+    start_worker()
+    wait_until(has_state(app, task_id, "done"), timeout=30)
+    shown = app.show(task_id)
+    assert shown["result"] == "ran"
+    assert (shown["attempts"], shown["lost"]) == (2, 1)
+    assert [entry["error"]["type"] for entry in shown["history"]] == ["WorkerLost"]
+    assert shown["history"][0]["lost"] is True
+
+
+def test_a_poison_pill_that_kills_every_worker_ends_in_failed_after_max_lost_losses(
+    app: Spool, start_worker: Starter
+) -> None:
+    task_id = app.enqueue("kill_worker")  # max_retries=0: the losses must not be retries
+    for _ in range(4):  # three workers die of it; the fourth's recovery gives up on it
+        wait_until(dies_or_fails(start_worker(), app, task_id), timeout=30)
+        if app.state_of(task_id) == "failed":
+            break
+    shown = app.show(task_id)
+    assert (shown["attempts"], shown["lost"]) == (3, 3)
+    assert shown["error"]["type"] == "WorkerLost"
+    assert "3 attempts lost (max_lost 3)" in shown["error"]["message"]
+    assert [entry["error"]["type"] for entry in shown["history"]] == ["WorkerLost"] * 3
+
+
+def test_a_handler_process_killed_every_time_fails_after_the_task_files_max_lost(
+    app: Spool, spool_root: Path, start_worker: Starter
+) -> None:
+    drop_task(spool_root, "pill.json", {"id": "pill", "task": "kill_self", "max_lost": 2,
+                                        "max_retries": 0})  # fmt: skip
+    worker = start_worker()
+    wait_until(has_state(app, "pill", "failed"), timeout=30)
+    shown = app.show("pill")
+    assert (shown["attempts"], shown["lost"], shown["max_retries"]) == (2, 2, 0)
+    assert "killed by SIGKILL" in shown["error"]["message"]
+    assert "max_lost 2" in shown["error"]["message"]
+    assert all(entry["lost"] for entry in shown["history"]) and len(shown["history"]) == 2
+    assert worker.poll() is None
+
+
+def test_an_at_most_once_task_goes_to_failed_after_its_first_lost_attempt(
+    app: Spool, start_worker: Starter
+) -> None:
+    task_id = app.enqueue("sleep_at_most_once", args=[30])
+    kill_hard_after_claim(app, task_id, start_worker())
+    start_worker()
+    wait_until(has_state(app, task_id, "failed"), timeout=30)
+    shown = app.show(task_id)
+    assert (shown["attempts"], shown["lost"]) == (1, 1)
+    assert shown["error"]["type"] == "WorkerLost"
+    assert "at_most_once" in shown["error"]["message"]
+
+
+def test_max_lost_comes_from_the_configs_defaults(
+    app: Spool, start_worker: Starter, tmp_path: Path
+) -> None:
+    config = tmp_path / "spool.toml"
+    config.write_text(TEST_CONFIG.read_text().replace("[defaults]", "[defaults]\nmax_lost = 1"))
+    task_id = app.enqueue("kill_self")
+    start_worker(config=config)
+    wait_until(has_state(app, task_id, "failed"), timeout=30)
+    shown = app.show(task_id)
+    assert (shown["attempts"], shown["lost"]) == (1, 1)
+    assert "max_lost 1" in shown["error"]["message"]

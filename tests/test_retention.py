@@ -58,3 +58,12 @@ def test_a_bad_retention_age_is_a_config_error(tmp_path: Path) -> None:
     config.write_text('[retention]\ndone = "a week"\n')
     with pytest.raises(ConfigError, match=r"\[retention\]: done"):
         load_settings(None, str(config), env={})
+
+
+def test_a_cancelled_tasks_marker_goes_with_it_and_is_counted_apart(spool_root: Path) -> None:
+    failed = finished_files(
+        spool_root, "failed", {"c.json": 8 * 86400, ".c.cancelled": 8 * 86400, "f.json": 60}
+    )
+    deleted = Retention(spool_root, {"failed": 7 * 86400}).step(["default"])
+    assert deleted == {("default", "failed"): 1, ("default", "cancelled"): 1}
+    assert sorted(os.listdir(failed)) == ["f.json"]

@@ -64,7 +64,7 @@ def enqueue(client: TestClient, body: object, **params: str) -> httpx.Response:
 
 
 def failed_task(app: Spool) -> str:
-    """A task in failed/ (cancelled, which is a failed task like any other)."""
+    """A task in failed/: a cancelled one (it rests there, counted as cancelled, not failed)."""
     task_id = app.enqueue("echo", args=["x"])
     cancel(app.root, task_id)
     return task_id
@@ -552,3 +552,14 @@ def test_php_example_enqueues(server: WebServer, spool_root: Path) -> None:
         [php, script, server.url], env=env, capture_output=True, text=True, timeout=30
     )
     assert refused.returncode == 1 and "wrong token" in refused.stderr
+
+
+def test_the_dashboard_shows_cancelled_tasks_apart_from_failed_ones(
+    client: TestClient, app: Spool
+) -> None:
+    cancelled_id = failed_task(app)  # (a cancelled task)
+    queues = client.get("/api/queues").json()["queues"]["default"]
+    assert (queues["failed"], queues["cancelled"]) == (0, 1)
+    assert "+ 1 cancelled" in client.get("/").text
+    page = client.get("/queues/default", params={"state": "failed"}).text
+    assert cancelled_id in page and '<span class="badge">cancelled</span>' in page

@@ -1,0 +1,100 @@
+"""How a task ends: one function for every end, so that no end misses its event, its counter or
+the release of its unique key.
+
+Whoever ends a task first puts its file in place (a rename or an atomic write):
+
+    done       the handler returned                            worker (finish.finish)
+    failed     failed for good, or lost too often              worker, recovery (finish.recover)
+    rejected   the file is no runnable task                    worker (finish.reject)
+    cancelled  an operator took it out before it started       manage.cancel
+
+and then calls `conclude`, which does the rest the same way for each: the completion event (when
+events are on; a rejected file is no task and has none), the counter (see stats), and the
+release of the unique key the task held. A task can also go round again instead of ending:
+`retry` (a failed attempt, to delayed/ for its backoff) and `lost` (its worker or handler
+process died: it runs again at once); these get their event and counter too, and keep the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from spool.envelope import TaskDict
+from spool.events import Outbox
+from spool.fsio import write_atomic
+from spool.layout import QueueDirs, cancelled_marker
+from spool.producer import release_unique_key
+from spool.stats import WorkerStats
+
+COUNTER = {
+    "done": "done",
+    "failed": "failed",
+    "rejected": "rejected",
+    "cancelled": "cancelled",
+    "retry": "retried",
+    "lost": "lost",
+}
+EVENT = {"done": "done", "failed": "failed", "cancelled": "cancelled", "retry": "retry"}
+EVENT["lost"] = "retry"  # the task runs again, as after a failed attempt
+AGAIN = frozenset({"retry", "lost"})  # not an end: the task keeps its unique key
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the task's file came to rest: its state (a key of COUNTER) and the attempt's times."""
+
+    state: str
+    finished_at: float
+    started_at: float | None = None
+    duration: float | None = None  # of the attempt, for the duration histogram
+
+
+def conclude(
+    dirs: QueueDirs,
+    task: TaskDict | None,
+    ending: Ending,
+    outbox: Outbox | None,
+    counts: WorkerStats | None,
+    *,
+    durable: bool = False,
+    check: bool = False,
+) -> None:
+    """Emit the event, count, and release the unique key of a task whose file is at rest.
+
+    `task` is the task's content as it rests (None for a rejected file); `durable` and `check`
+    are the Outbox's (a worker's outcome is synced with its batch; others sync at once).
+    """
+    status = EVENT.get(ending.state)
+    if outbox is not None and task is not None and status is not None:
+        # CRASH: an outcome without its event: recovery writes it again (see events)
+        outbox.emit(
+            dirs.name,
+            task,
+            status,
+            ending.started_at,
+            ending.finished_at,
+            durable=durable,
+            check=check,
+        )
+    if counts is not None:
+        counts.record(dirs.name, COUNTER[ending.state], ending.duration)
+    if task is not None and ending.state not in AGAIN and isinstance(task.get("unique_key"), str):
+        release_unique_key(dirs, task["unique_key"], str(task["id"]))
+
+
+def is_cancelled(outcome: TaskDict) -> bool:
+    """Whether a task file in failed/ records a cancel (see manage.cancel)."""
+    return outcome.get("cancelled_at") is not None
+
+
+def mark_cancelled(dirs: QueueDirs, task: TaskDict) -> None:
+    """Put the marker beside a cancelled task's file in failed/ (see layout), if not there."""
+    marker = dirs.failed / cancelled_marker(f"{task['id']}.json")
+    if os.path.lexists(marker):
+        return
+    error = task.get("error")
+    reason = error.get("message") if isinstance(error, dict) else None
+    data = json.dumps({"cancelled_at": task.get("cancelled_at"), "reason": reason}).encode()
+    write_atomic(data, dirs.tmp, marker)
