@@ -716,6 +716,7 @@ def judge(scratch: Scratch, produced: Produced, tally: Tally) -> Verdict:
     runs = read_effects(scratch.effects)
     check_ends(verdict, produced, done, failed, scratch.var, runs)
     check_left(verdict, dirs)
+    count_lost(verdict, [*done.values(), *failed.values()])
     check_runs(verdict, done, runs, scratch.var)
     check_producers(verdict, produced, done)
     check_workers(verdict, scratch.var)
@@ -771,6 +772,24 @@ def check_left(verdict: Verdict, dirs: QueueDirs) -> None:
             verdict.fail(f"{len(entries)} task(s) left in {state}/", entries[:5])
 
 
+def count_lost(verdict: Verdict, ended: list[dict[str, Any]]) -> None:
+    """Lost attempts in the history of every task at its end (done/ and failed/)."""
+    lost_by: Counter[str] = Counter()
+    for task in ended:
+        for entry in lost_attempts(task):
+            message = str(entry["error"].get("message", ""))
+            lost_by["handler process" if "handler process" in message else "worker"] += 1
+    over_default = sum(1 for t in ended if len(t.get("history") or []) > DEFAULT_MAX_RETRIES)
+    verdict.figures.update(
+        {
+            "lost attempts (worker died / handler process died)": (
+                f"{sum(lost_by.values())} ({lost_by['worker']} / {lost_by['handler process']})"
+            ),
+            "tasks with more than 3 failed attempts (failed/ with max_retries=3)": over_default,
+        }
+    )
+
+
 def check_runs(
     verdict: Verdict,
     done: dict[str, dict[str, Any]],
@@ -779,30 +798,16 @@ def check_runs(
 ) -> None:
     """Each done task's handler ran once, plus at most once per lost attempt."""
     explained, unexplained, never = [], [], []
-    lost_by: Counter[str] = Counter()
-    over_default = 0
     for task_id, task in sorted(done.items()):
-        lost = lost_attempts(task)
-        for entry in lost:
-            message = str(entry["error"].get("message", ""))
-            lost_by["handler process" if "handler process" in message else "worker"] += 1
-        if len(task.get("history") or []) > DEFAULT_MAX_RETRIES:
-            over_default += 1
         n = len(runs.get(tag_of(task) or "", []))
         if n == 0:
             never.append(task_id)
-        elif n > 1 + len(lost):
+        elif n > 1 + len(lost_attempts(task)):
             unexplained.append(task_id)
         elif n > 1:
             explained.append(task_id)
-    verdict.figures.update(
-        {
-            "lost attempts (worker died / handler process died)": (
-                f"{sum(lost_by.values())} ({lost_by['worker']} / {lost_by['handler process']})"
-            ),
-            "tasks with more than 3 failed attempts (failed/ with max_retries=3)": over_default,
-            "duplicated runs explained / unexplained": f"{len(explained)} / {len(unexplained)}",
-        }
+    verdict.figures["duplicated runs explained / unexplained"] = (
+        f"{len(explained)} / {len(unexplained)}"
     )
     if never:
         verdict.fail(f"{len(never)} task(s) in done/ whose handler never ran", never[:5])
