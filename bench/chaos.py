@@ -177,12 +177,28 @@ def is_running(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
-def is_worker(pid: int) -> bool:
+def command_line(pid: int) -> list[bytes]:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return False
+        return []
+
+
+def is_worker(pid: int) -> bool:
+    cmdline = command_line(pid)
     return is_running(pid) and b"spool" in cmdline and b"worker" in cmdline
+
+
+def children_of(parent: int) -> list[int]:
+    """Live children of `parent` (a /proc scan)."""
+    pids = (int(entry) for entry in os.listdir("/proc") if entry.isdigit())
+    return [pid for pid in pids if is_child_of(pid, parent)]
+
+
+def workers_on(root: Path) -> list[int]:
+    """Live worker processes whose command line names `root`, whoever their parent is."""
+    pids = (int(entry) for entry in os.listdir("/proc") if entry.isdigit())
+    return [pid for pid in pids if is_worker(pid) and str(root).encode() in command_line(pid)]
 
 
 def is_child_of(pid: int, parent: int) -> bool:
@@ -249,7 +265,6 @@ class Supervisord:
     socket: Path
     output: Path
     proc: subprocess.Popen[bytes] | None = None
-    seen_pids: set[int] = field(default_factory=set)
 
     def start(self) -> None:
         with open(self.output, "ab") as out:
@@ -281,9 +296,7 @@ class Supervisord:
             infos = self.call("getAllProcessInfo")
         except (OSError, xmlrpc.client.Error):
             return []
-        workers = [i for i in infos if i["group"] == PROGRAM]
-        self.seen_pids.update(i["pid"] for i in workers if i["pid"])
-        return workers
+        return [i for i in infos if i["group"] == PROGRAM]
 
     def running_pids(self) -> list[int]:
         return [i["pid"] for i in self.workers() if i["statename"] == "RUNNING" and i["pid"]]
@@ -302,9 +315,6 @@ class Supervisord:
                 self.proc.wait(timeout=graceful_seconds)
             except subprocess.TimeoutExpired:
                 self.kill()
-        for pid in self.seen_pids:
-            if is_worker(pid):
-                kill(pid)
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
@@ -558,13 +568,15 @@ class Chaos:
         if not self.sv.is_up():
             self.later(0.5, "supervisord")
             return
-        workers = live_workers(self.scratch.root)
+        assert self.sv.proc is not None
+        children = children_of(self.sv.proc.pid)  # starting ones too (no info file yet)
         self.sv.kill()
         self.tally.supervisord_kills += 1
-        orphans = [w for w in workers if is_worker(w.pid)]
-        self.orphans |= {w.pid for w in orphans}
+        orphans = {pid for pid in children if is_worker(pid)}
+        self.orphans |= orphans
         self.tally.orphaned_workers += len(orphans)
-        self.tally.orphan_ids |= {w.worker_id for w in orphans}
+        ids = {w.pid: w.worker_id for w in live_workers(self.scratch.root)}
+        self.tally.orphan_ids |= {ids[pid] for pid in orphans if pid in ids}
         self.later(self.rng.uniform(0.5, 2.0), "restart")
         self.later(self.rng.uniform(3.0, 6.0), "orphans")
 
@@ -572,6 +584,8 @@ class Chaos:
         self.sv.start()
 
     def strike_orphans(self) -> None:
+        ids = {w.pid: w.worker_id for w in live_workers(self.scratch.root)}
+        self.tally.orphan_ids |= {ids[pid] for pid in self.orphans if pid in ids}
         for pid in sorted(self.orphans):
             if is_worker(pid) and kill(pid):
                 self.tally.orphans_killed += 1
@@ -912,6 +926,9 @@ def soak(plan: Plan, scratch: Scratch, full_disk: bool) -> tuple[Verdict, Produc
         chaos.filler.unlink(missing_ok=True)
         chaos.strike_orphans()
         sv.stop()
+        for pid in workers_on(scratch.root):  # orphans the soak did not see start
+            kill(pid)
+        wait_for(lambda: not workers_on(scratch.root), 30, "the end of every worker")
     if drain_seconds >= plan.drain_seconds:
         verdict.fail(f"not drained within {plan.drain_seconds:g} s")
     verdict.figures.update(
