@@ -945,7 +945,7 @@ def report(plan: Plan, verdict: Verdict, produced: Produced, tally: Tally, note:
     kinds = ", ".join(f"{k} {produced.by_kind[k]:,}" for k in SHARES)
     refused = ", ".join(f"{k} {n:,}" for k, n in produced.refused.items()) or "none"
     print(f"chaos soak: {len(produced.accepted):,} tasks accepted ({kinds})")
-    print(f"  refused while the disk was full (tasks, retried): {refused}")
+    print(f"  refused enqueues (tasks; made again with new tags): {refused}")
     for line, times in produced.refusals.most_common(4):
         print(f"    {times}x {line}")
     print(
