@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from spool import Spool
@@ -30,3 +31,18 @@ def sleep5() -> None:
 def wait(seconds: float) -> None:
     """`python -m bench.hosts`: a task still running when its host dies."""
     time.sleep(seconds)
+
+
+@app.task()
+def chaos_effect(tag: str, ms: int) -> int:
+    """`python -m bench.chaos`: a side effect per run, one line appended to a log outside the
+    spool (`<tag> <pid> <time>`, one O_APPEND write), halfway through a run of `ms` ms."""
+    time.sleep(ms / 2000)
+    line = f"{tag} {os.getpid()} {time.time():.6f}\n".encode()
+    fd = os.open(os.environ["SPOOL_CHAOS_EFFECTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    time.sleep(ms / 2000)
+    return os.getpid()
