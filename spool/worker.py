@@ -5,7 +5,8 @@ through its handler process (see execute). It holds its liveness lock (see claim
 exit (in shared mode, several hosts: it renews the lease of each claim instead, and lists
 incoming/ every poll interval; see spool.cluster). Signals: the first SIGTERM/SIGINT stops
 claiming and lets the running attempt finish (bounded by its timeout), then the worker exits 0;
-a second one stops the attempt and puts the task back in incoming/ unchanged.
+a second one stops the attempt and puts the task back in incoming/ unchanged. SIGHUP loads the
+task modules again, between two attempts (see reload_tasks).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from spool.cluster import is_shared
 from spool.config import Settings
 from spool.counts import Recounter
 from spool.envelope import FieldError, NotJSON, TaskDict
+from spool.errors import ConfigError
 from spool.events import Outbox
 from spool.execute import Executor, Outcome
 from spool.finish import Committer, RetryPolicy, finish, reject
@@ -43,6 +45,7 @@ from spool.index import QueueIndex
 from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
 from spool.lease import LeaseKeeper
 from spool.recovery import Recovery
+from spool.reload import task_changes
 from spool.retention import Retention
 from spool.settle import Settling
 from spool.stats import WorkerStats
@@ -99,11 +102,7 @@ class Worker:
         self.hard_stop = False
         self.indexes: dict[str, QueueIndex] = {}
         self.watcher = Watcher(settings.root, self.wakeup)
-        self.executor = Executor(
-            settings.tasks,
-            str(settings.project_dir),
-            on_spawn=lambda pid: self.lock.update(handler_pid=pid),
-        )
+        self.executor = self.new_executor()
         self.committer = Committer(settings.root)
         self.lock = WorkerLock(settings.root, self.worker_id)
         self.stats = WorkerStats(settings.root, self.worker_id)
@@ -124,6 +123,8 @@ class Worker:
             settings.lease_seconds if self.shared else None,
         )
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.reload_wanted = False  # SIGHUP: load the task modules again between attempts
+        self.reloads = 0
         self.rescan = Timer(settings.rescan_seconds)
         self.recovery = Timer(settings.recover_seconds)
         self.reaping = Timer(REAP_SECONDS)
@@ -140,7 +141,7 @@ class Worker:
 
         Raises: SpoolError (configuration, handler process start).
         """
-        signals.install(self.on_signal)
+        signals.install(self.on_signal, self.on_reload)
         os.makedirs(self.settings.root, exist_ok=True)
         queues = self.fixed_queues or existing_queues(self.settings.root) or [DEFAULT_QUEUE]
         self.lock.acquire(
@@ -158,6 +159,7 @@ class Worker:
                 self.leases.hold(self.lock.info_path, on_lost=self.lock.write_info)
                 self.leases.start()
             self.tasks = self.executor.start()
+            self.tasks_loaded({}, self.tasks)
             self.committer.start()
             for queue in queues:
                 queue_dirs(self.settings.root, queue).create()
@@ -202,6 +204,11 @@ class Worker:
             )
         self.wakeup.set()
 
+    def on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_wanted = True  # acted on between attempts (see loop)
+        log.info("SIGHUP: loading the task code again after the running attempt")
+        self.wakeup.set()
+
     def add_queue(self, queue: str) -> None:
         if queue in self.indexes:
             return
@@ -218,6 +225,8 @@ class Worker:
         fresh = True  # (burst) nothing claimed since the last full rescan
         while not self.stopping.is_set():
             self.wakeup.clear()  # clear before looking: an event during the look is kept
+            if self.reload_wanted:  # between attempts: none runs, none waits to be recorded
+                self.reload_tasks()
             now = time.time()
             try:
                 self.stats.flush(now)
@@ -547,6 +556,49 @@ class Worker:
 
     def log_fields(self, taken: Claim, task: TaskDict, attempt: int) -> str:
         return f"queue={taken.dirs.name} id={task['id']} task={task['task']} attempt={attempt}"
+
+    # ---- task code -------------------------------------------------------------------
+
+    def new_executor(self) -> Executor:
+        return Executor(
+            self.settings.tasks,
+            str(self.settings.project_dir),
+            on_spawn=lambda pid: self.lock.update(handler_pid=pid),
+        )
+
+    def reload_tasks(self) -> None:
+        """Load the task modules again in a new handler process and swap it in; if they do not
+        load, say why in one line and keep the old handler process serving."""
+        self.reload_wanted = False  # (a SIGHUP during the import asks for one more reload)
+        self.record_pending()  # the last outcome, recorded by the code that produced it
+        fresh = self.new_executor()
+        try:
+            tasks = fresh.start()
+        except (ConfigError, OSError) as exc:
+            fresh.kill()
+            if self.executor.proc is not None:  # its group, for cleanup if the worker dies
+                with contextlib.suppress(OSError):
+                    self.lock.update(handler_pid=self.executor.proc.pid)
+            why = " ".join(str(exc).splitlines())
+            log.error("reload failed, the previous task code keeps serving: %s", why)
+            return
+        old_executor, self.executor = self.executor, fresh
+        old_executor.stop()
+        old, self.tasks = self.tasks, tasks
+        self.reloads += 1
+        self.tasks_loaded(old, tasks)
+
+    def tasks_loaded(self, old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> None:
+        """The tasks this worker serves are now `new` (at start-up `old` is {}, and the
+        "started" line names them): publish them, and log what a reload changed."""
+        # manifest: published here
+        if not self.reloads:
+            return
+        changes = task_changes(old, new)
+        log.info(
+            "reloaded the task code: %s",
+            "; ".join(changes) or "same tasks, same options",
+        )
 
     # ---- dead workers ------------------------------------------------------------------
 

@@ -389,6 +389,22 @@ def test_stop_lets_the_running_task_finish_and_workers_exit_0(
         assert f"stopped: {WORKER}-0{n} (exit status 0)" in log
 
 
+def test_supervisorctl_signal_hup_reloads_each_worker_in_place(
+    app: Spool, supervisord: Callable[..., Supervisord], short_dir: Path
+) -> None:
+    sv = supervisord()
+    before = sorted(sv.wait_running(2))
+    logs = [short_dir / "log" / f"{WORKER}-0{n}.log" for n in range(2)]
+    wait_until(lambda: all(log.exists() and "started" in log.read_text() for log in logs), 30)
+    result = sv.ctl("signal", "HUP", f"{WORKER}:*")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for log in logs:  # the worker itself got it (no shell between to die of it)
+        wait_until(lambda log=log: "reloaded the task code" in log.read_text(), 30)
+    assert sorted(sv.running_pids()) == before
+    task_id = app.enqueue("echo", args=["after the reload"])
+    assert app.wait(task_id, timeout=30) == "after the reload"
+
+
 def test_start_and_restart_bring_the_workers_back(
     app: Spool, supervisord: Callable[..., Supervisord]
 ) -> None:
