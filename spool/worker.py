@@ -206,7 +206,7 @@ class Worker:
 
     def on_reload(self, signum: int, frame: FrameType | None) -> None:
         self.reload_wanted = True  # acted on between attempts (see loop)
-        log.info("SIGHUP: loading the task code again after the running attempt")
+        log.info("SIGHUP: loading the task code again (after the running attempt, if any)")
         self.wakeup.set()
 
     def add_queue(self, queue: str) -> None:
@@ -570,7 +570,7 @@ class Worker:
         """Load the task modules again in a new handler process and swap it in; if they do not
         load, say why in one line and keep the old handler process serving."""
         self.reload_wanted = False  # (a SIGHUP during the import asks for one more reload)
-        self.record_pending()  # the last outcome, recorded by the code that produced it
+        self.record_pending()  # first: a reload never overlaps an attempt or its recording
         fresh = self.new_executor()
         try:
             tasks = fresh.start()
