@@ -245,6 +245,10 @@ class Worker:
                     self.process(taken)
                 except OSError as exc:  # the disk failed, or (shared) the claim was taken
                     self.give_back(taken, f"cannot process {taken.name}: {exc}")
+                except ConfigError as exc:
+                    # the handler process had to start again (after a timeout or a crash) and a
+                    # tasks module no longer imports: the task waits in incoming/, the worker lives
+                    self.give_back(taken, f"cannot run {taken.name}: {exc}")
                 fresh = False
                 continue
             self.record_pending()  # nothing to run next: record the last outcome now

@@ -335,3 +335,44 @@ def test_a_stray_sighup_to_the_handler_process_does_not_end_the_attempt(
     shown = producer.show(task_id)
     assert (shown["state"], shown["result"]) == ("done", "v1"), shown
     assert hot.reloads() == 0
+
+
+TIMING_OUT = """\
+import time
+
+from spool import Spool
+
+app = Spool()
+
+
+@app.task(timeout=0.2)
+def stuck(gate):
+    while True:
+        time.sleep(0.01)
+
+
+@app.task()
+def a():
+    return "{version}"
+"""
+
+
+def test_a_module_broken_when_the_handler_process_must_restart_keeps_the_worker_alive(
+    hot: HotWorker, producer: Spool
+) -> None:
+    # a timeout kills the handler process; the next one imports the module as it is now
+    hot.write_module(TIMING_OUT.format(version="v1"))
+    proc = hot.start()
+    hot.write_module("def a(:\n")
+    stuck = producer.enqueue("stuck", args=["never"])
+    wait_until(lambda: producer.state_of(stuck) == "failed", 30)
+    waiting = producer.enqueue("a")
+    wait_until(lambda: "cannot run" in hot.log(), 30)
+    assert proc.poll() is None
+    assert producer.state_of(waiting) in ("incoming", "processing")
+    (line, *_) = [line for line in hot.log().splitlines() if " ERROR " in line]
+    assert "SyntaxError" in line and "goes back to incoming/" in line
+    hot.write_module(TIMING_OUT.format(version="v2, fixed"))
+    wait_until(lambda: producer.state_of(waiting) == "done", 30)
+    assert producer.show(waiting)["result"] == "v2, fixed"
+    assert producer.show(waiting)["attempts"] == 1
