@@ -227,6 +227,8 @@ class Worker:
             self.wakeup.clear()  # clear before looking: an event during the look is kept
             if self.reload_wanted:  # between attempts: none runs, none waits to be recorded
                 self.reload_tasks()
+            elif self.executor.tasks is not self.tasks:
+                self.follow_restart()
             now = time.time()
             try:
                 self.stats.flush(now)
@@ -591,6 +593,14 @@ class Worker:
         old, self.tasks = self.tasks, tasks
         self.reloads += 1
         self.tasks_loaded(old, tasks)
+
+    def follow_restart(self) -> None:
+        """The handler process was started again (after a timeout or a crash) and imported the
+        modules as they are now: serve what it registered, and say so if that changed."""
+        old, self.tasks = self.tasks, self.executor.tasks
+        if task_changes(old, self.tasks):
+            self.reloads += 1
+            self.tasks_loaded(old, self.tasks)
 
     def tasks_loaded(self, old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> None:
         """The tasks this worker serves are now `new` (at start-up `old` is {}, and the

@@ -376,3 +376,17 @@ def test_a_module_broken_when_the_handler_process_must_restart_keeps_the_worker_
     wait_until(lambda: producer.state_of(waiting) == "done", 30)
     assert producer.show(waiting)["result"] == "v2, fixed"
     assert producer.show(waiting)["attempts"] == 1
+
+
+def test_a_handler_process_started_again_after_a_timeout_brings_its_tasks_to_the_worker(
+    hot: HotWorker, producer: Spool
+) -> None:
+    hot.write_module(TIMING_OUT.format(version="v1"))
+    hot.start()
+    hot.write_module(TIMING_OUT.format(version="v2") + "\n\n@app.task()\ndef c():\n    return 3\n")
+    stuck = producer.enqueue("stuck", args=["never"])
+    wait_until(lambda: producer.state_of(stuck) == "failed", 30)
+    assert run(producer, "a") == "v2"  # the new handler process imported the module as it is
+    wait_until(lambda: hot.reloads() == 1, 30)
+    assert "reloaded the task code: added c" in hot.log()
+    assert run(producer, "c") == 3  # known to the worker too, not rejected as unknown
