@@ -1,12 +1,15 @@
 """How the resident processes (worker, scheduler, notifier, MQTT intake) take signals.
 
-SIGTERM and SIGINT ask to stop; SIGHUP, where a process has it, asks to reload the config.
+SIGTERM and SIGINT ask to stop; SIGHUP, where a process has it, asks to reload (the config;
+the task code, for a worker). For a worker and `spool up`, a SIGHUP that comes with the loss of
+the controlling terminal they started on is a hang-up, and they stop (see has_terminal).
 Handlers are installed only from the main thread (Python allows no other), so a process run
 inside a test's thread keeps the signals it had.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -22,3 +25,13 @@ def install(on_stop: Handler, on_reload: Handler | None = None) -> None:
         signal.signal(signum, on_stop)
     if on_reload is not None:
         signal.signal(signal.SIGHUP, on_reload)
+
+
+def has_terminal() -> bool:
+    """Whether this process has a controlling terminal (it has none after a hang-up)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True

@@ -33,6 +33,7 @@ from typing import Any, cast
 
 from spool.config import Settings
 from spool.errors import SpoolError
+from spool.signals import has_terminal
 from spool.supervisor import (
     PROGRAM,
     RENDERED_CONF,
@@ -349,16 +350,6 @@ def reload_workers(socket_path: Path | None) -> str:
     except (OSError, xmlrpc.client.Error) as exc:
         return f"cannot signal the workers ({exc}): run `spool reload`"
     return "the workers reload their task code after their running tasks"
-
-
-def has_terminal() -> bool:
-    """Whether this process has a controlling terminal (gone after a hang-up)."""
-    try:
-        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 def signal_all(pids: list[int], signum: int) -> None:

@@ -6,7 +6,8 @@ exit (in shared mode, several hosts: it renews the lease of each claim instead, 
 incoming/ every poll interval; see spool.cluster). Signals: the first SIGTERM/SIGINT stops
 claiming and lets the running attempt finish (bounded by its timeout), then the worker exits 0;
 a second one stops the attempt and puts the task back in incoming/ unchanged. SIGHUP loads the
-task modules again, between two attempts (see reload_tasks).
+task modules again, between two attempts (see reload_tasks), unless it comes with the loss of
+the terminal the worker started on (a hang-up: it stops as for SIGTERM).
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class Worker:
         )
         self.tasks: dict[str, dict[str, Any]] = {}
         self.reload_wanted = False  # SIGHUP: load the task modules again between attempts
+        self.had_terminal = False
         self.reloads = 0
         self.rescan = Timer(settings.rescan_seconds)
         self.recovery = Timer(settings.recover_seconds)
@@ -142,6 +144,7 @@ class Worker:
         Raises: SpoolError (configuration, handler process start).
         """
         signals.install(self.on_signal, self.on_reload)
+        self.had_terminal = signals.has_terminal()
         os.makedirs(self.settings.root, exist_ok=True)
         queues = self.fixed_queues or existing_queues(self.settings.root) or [DEFAULT_QUEUE]
         self.lock.acquire(
@@ -205,6 +208,9 @@ class Worker:
         self.wakeup.set()
 
     def on_reload(self, signum: int, frame: FrameType | None) -> None:
+        if self.had_terminal and not signals.has_terminal():  # its terminal was closed
+            self.on_signal(signum, frame)  # a hang-up: stop as for SIGTERM
+            return
         self.reload_wanted = True  # acted on between attempts (see loop)
         log.info("SIGHUP: loading the task code again (after the running attempt, if any)")
         self.wakeup.set()

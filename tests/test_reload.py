@@ -7,12 +7,14 @@ signals the worker for real.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -387,3 +389,29 @@ def test_a_handler_process_started_again_after_a_timeout_brings_its_tasks_to_the
     wait_until(lambda: hot.reloads() == 1, 30)
     assert "reloaded the task code: added c" in hot.log()
     assert run(producer, "c") == 3  # known to the worker too, not rejected as unknown
+
+
+def test_a_worker_whose_terminal_is_closed_stops_after_its_task_instead_of_reloading(
+    hot: HotWorker, producer: Spool, tmp_path: Path
+) -> None:
+    # `spool worker` in a terminal window that is closed: SIGHUP, and the terminal is gone
+    hot.write_module(GATED.format(version="v1"))
+    master, terminal = os.openpty()
+    proc = subprocess.Popen(
+        spool_command(hot.root, "worker", config=hot.config),
+        cwd=hot.directory,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    hot.proc = proc  # (stopped by the fixture if the test fails)
+    os.close(terminal)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    task_id = producer.enqueue("gated", args=[str(started), str(gate)])
+    wait_until(started.exists, 30)
+    os.close(master)
+    gate.touch()
+    assert proc.wait(timeout=30) == 0
+    assert producer.state_of(task_id) == "done"
