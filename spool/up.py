@@ -5,10 +5,9 @@ else a config rendered into var/ (see spool.supervisor); pins the root and the c
 supervisord's environment and puts this install's scripts first on its PATH. Signals: the
 first Ctrl-C/SIGTERM shuts supervisord down in order (each worker finishes its running task),
 a second one makes the workers stop now (running tasks go back), a third kills everything.
-SIGHUP is a hang-up (stop in order, as Ctrl-C) only when the terminal `spool up` started on is
-gone; otherwise it was sent on purpose (`kill -HUP`, systemd's ExecReload) and reaches the
-workers only, which load their task code again (see spool.reload). An ignored SIGHUP (nohup)
-stays ignored.
+SIGHUP is a hang-up (stop in order, as Ctrl-C; ignored under nohup) only when the terminal
+`spool up` started on is gone; otherwise it was sent on purpose (`kill -HUP`, systemd's
+ExecReload) and reaches the workers only, which load their task code again (see spool.reload).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from typing import Any, cast
 
 from spool.config import Settings
 from spool.errors import SpoolError
-from spool.signals import has_terminal
+from spool.signals import Terminal
 from spool.supervisor import (
     PROGRAM,
     RENDERED_CONF,
@@ -230,18 +229,17 @@ def supervise(plan: Plan, env: dict[str, str]) -> int:
     """Run supervisord until it exits; turn our signals into its orderly shutdown."""
     received: list[int] = []
     reloads: list[int] = []
-    had_terminal = has_terminal()
+    terminal = Terminal.now()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        hung_up = signum == signal.SIGHUP and had_terminal and not has_terminal()
-        if signum == signal.SIGHUP and not hung_up:
-            reloads.append(signum)
-        else:
+        if signum != signal.SIGHUP:
             received.append(signum)
+        elif not terminal.hung_up():
+            reloads.append(signum)
+        elif not terminal.nohup:
+            received.append(signum)  # its terminal was closed: stop as for Ctrl-C
 
-    caught = [signal.SIGINT, signal.SIGTERM]
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # (nohup: leave it ignored)
-        caught.append(signal.SIGHUP)
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {signum: signal.signal(signum, on_signal) for signum in caught}
     proc = subprocess.Popen(
         # -s: its log goes to its logfile only; a line written to a hung-up terminal would

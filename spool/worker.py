@@ -125,7 +125,7 @@ class Worker:
         )
         self.tasks: dict[str, dict[str, Any]] = {}
         self.reload_wanted = False  # SIGHUP: load the task modules again between attempts
-        self.had_terminal = False
+        self.terminal = signals.Terminal(attached=False, nohup=False)
         self.reloads = 0
         self.rescan = Timer(settings.rescan_seconds)
         self.recovery = Timer(settings.recover_seconds)
@@ -143,8 +143,8 @@ class Worker:
 
         Raises: SpoolError (configuration, handler process start).
         """
+        self.terminal = signals.Terminal.now()
         signals.install(self.on_signal, self.on_reload)
-        self.had_terminal = signals.has_terminal()
         os.makedirs(self.settings.root, exist_ok=True)
         queues = self.fixed_queues or existing_queues(self.settings.root) or [DEFAULT_QUEUE]
         self.lock.acquire(
@@ -208,8 +208,11 @@ class Worker:
         self.wakeup.set()
 
     def on_reload(self, signum: int, frame: FrameType | None) -> None:
-        if self.had_terminal and not signals.has_terminal():  # its terminal was closed
-            self.on_signal(signum, frame)  # a hang-up: stop as for SIGTERM
+        if self.terminal.hung_up():  # its terminal was closed: stop as for SIGTERM (or nohup)
+            if self.terminal.nohup:
+                log.info("SIGHUP: the terminal is gone; going on (nohup)")
+            else:
+                self.on_signal(signum, frame)
             return
         self.reload_wanted = True  # acted on between attempts (see loop)
         log.info("SIGHUP: loading the task code again (after the running attempt, if any)")

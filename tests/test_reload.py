@@ -415,3 +415,34 @@ def test_a_worker_whose_terminal_is_closed_stops_after_its_task_instead_of_reloa
     gate.touch()
     assert proc.wait(timeout=30) == 0
     assert producer.state_of(task_id) == "done"
+
+
+def test_under_nohup_a_worker_outlives_its_terminal_and_still_reloads_on_sighup(
+    hot: HotWorker, producer: Spool
+) -> None:
+    hot.write_module(V1)
+    master, terminal = os.openpty()
+
+    def nohup_in_terminal() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    with open(hot.log_path, "wb") as log:  # (nohup sends the output to a file)
+        hot.proc = subprocess.Popen(
+            spool_command(hot.root, "worker", config=hot.config),
+            cwd=hot.directory,
+            stdin=terminal,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=nohup_in_terminal,
+        )
+    os.close(terminal)
+    wait_until(lambda: "started" in hot.log(), 30)
+    os.close(master)
+    wait_until(lambda: "the terminal is gone; going on (nohup)" in hot.log(), 30)
+    hot.write_module(V2)
+    hot.hup()
+    wait_until(lambda: hot.reloads() == 1, 30)
+    assert run(producer, "b", 4) == 8
+    assert hot.proc.poll() is None
