@@ -145,6 +145,11 @@ def is_alive(root: Path, worker_id: str) -> bool:
     info = read_info(root, worker_id)
     if info is not None and info.get("shared"):
         return True
+    return holds_lock(root, worker_id)
+
+
+def holds_lock(root: Path, worker_id: str) -> bool:
+    """Whether a process on this host holds the worker's liveness lock (True if unsure)."""
     path = workers_dir(root) / f"{worker_id}.lock"
     if not path.exists():
         return False

@@ -325,6 +325,37 @@ def worker(
 
 
 @cli.command()
+@click.pass_context
+def reload(ctx: click.Context) -> None:
+    """Make the workers on this host load their task modules again (SIGHUP to each).
+
+    Each worker lets its running task finish on the old code, then imports the modules anew in
+    a new handler process and logs what changed (tasks added, removed, options changed). If a
+    module does not import, the worker logs one ERROR line and keeps serving the old code.
+    Workers on other hosts are skipped: run `spool reload` there. Exit 1 if no worker was
+    signalled. (A change to the config's `tasks` list needs a restart.)
+    """
+    from spool.reload import signal_workers
+
+    settings = settings_of(ctx)
+    with user_errors():
+        report = signal_workers(settings.root)
+    elsewhere = len(report.elsewhere)
+    skipped = f"; skipped {elsewhere} on other hosts (run spool reload there)" if elsewhere else ""
+    if report.signalled:
+        click.echo(
+            f"signalled {len(report.signalled)} worker(s): each reloads its task code "
+            f"after its running task{skipped}"
+        )
+    if report.denied:
+        raise click.ClickException(
+            f"cannot signal {', '.join(report.denied)}: permission denied (run as their user)"
+        )
+    if not report.signalled:
+        raise click.ClickException(f"no worker of {settings.root} runs on this host{skipped}")
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:

@@ -240,6 +240,9 @@ def child_main() -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when an attempt stops
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # a reload is the worker's to do; a stray SIGHUP (sent to every spool process) must not end
+    # the attempt (a no-op handler, not SIG_IGN: what the handler starts gets the default back)
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
     settings = json.loads(sys.argv[3])
     from spool.registry import collect_tasks, import_task_modules

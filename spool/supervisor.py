@@ -105,6 +105,8 @@ startretries=3
 ; attempt and exits 0. stopwaitsecs is the longest task timeout ({longest}) plus {margin} s.
 stopsignal=TERM
 stopwaitsecs={stop_wait}
+; `supervisorctl signal HUP spool-worker:*` reaches the worker the same way: it loads the task
+; modules again after its running attempt (a module that does not import: the old code serves)
 ; if Supervisor must resort to KILL, the worker's process group goes; its handler process dies
 ; with the worker, and the interrupted task goes back to the queue (attempts + 1)
 killasgroup=true

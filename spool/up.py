@@ -5,6 +5,9 @@ else a config rendered into var/ (see spool.supervisor); pins the root and the c
 supervisord's environment and puts this install's scripts first on its PATH. Signals: the
 first Ctrl-C/SIGTERM shuts supervisord down in order (each worker finishes its running task),
 a second one makes the workers stop now (running tasks go back), a third kills everything.
+SIGHUP is a hang-up (stop in order, as Ctrl-C; ignored under nohup) only when the terminal
+`spool up` started on is gone; otherwise it was sent on purpose (`kill -HUP`, systemd's
+ExecReload) and reaches the workers only, which load their task code again (see spool.reload).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import subprocess
 import sys
 import sysconfig
 import xmlrpc.client
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -29,6 +32,7 @@ from typing import Any, cast
 
 from spool.config import Settings
 from spool.errors import SpoolError
+from spool.signals import Terminal
 from spool.supervisor import (
     PROGRAM,
     RENDERED_CONF,
@@ -224,21 +228,30 @@ def dashboard_line(settings: Settings, plan: Plan) -> list[str]:
 def supervise(plan: Plan, env: dict[str, str]) -> int:
     """Run supervisord until it exits; turn our signals into its orderly shutdown."""
     received: list[int] = []
+    reloads: list[int] = []
+    terminal = Terminal.now()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
+        if signum != signal.SIGHUP:
+            received.append(signum)
+        elif not terminal.hung_up():
+            reloads.append(signum)
+        elif not terminal.nohup:
+            received.append(signum)  # its terminal was closed: stop as for Ctrl-C
 
-    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {signum: signal.signal(signum, on_signal) for signum in stop_signals}
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, on_signal) for signum in caught}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(plan.conf)],
+        # -s: its log goes to its logfile only; a line written to a hung-up terminal would
+        # kill it before it stops the workers (EIO)
+        [sys.executable, "-m", "supervisor.supervisord", "-n", "-s", "-c", str(plan.conf)],
         env=env,
         stdin=subprocess.DEVNULL,
         process_group=0,  # our terminal's Ctrl-C reaches us only; we tell supervisord once
         preexec_fn=term_when_parent_dies(),
     )
     try:
-        code = wait_forwarding(proc, received, plan)
+        code = wait_forwarding(proc, received, plan, reloads)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -246,19 +259,29 @@ def supervise(plan: Plan, env: dict[str, str]) -> int:
             proc.terminate()
             proc.wait()
     if code != 0:
-        print(
+        say(
             f"spool up: supervisord exited with {describe_exit(code)}; "
             f"see {plan.log_dir}/supervisord.log",
-            file=sys.stderr,
-            flush=True,
+            error=True,
         )
         return 1
-    print("spool up: stopped", flush=True)
+    say("spool up: stopped")
     return 0
 
 
-def wait_forwarding(proc: subprocess.Popen[bytes], received: list[int], plan: Plan) -> int:
-    """Wait for supervisord; 1st signal: shut down in order, 2nd: workers stop now, 3rd: KILL."""
+def say(line: str, error: bool = False) -> None:
+    """Print a line on our terminal; once it is gone (hung up: EIO), print nothing more."""
+    try:
+        print(line, file=sys.stderr if error else sys.stdout, flush=True)
+    except OSError:
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open until we exit)
+
+
+def wait_forwarding(
+    proc: subprocess.Popen[bytes], received: list[int], plan: Plan, reloads: list[int]
+) -> int:
+    """Wait for supervisord; 1st signal: shut down in order, 2nd: workers stop now, 3rd: KILL.
+    A SIGHUP in `reloads`: the workers reload their task code."""
     handled = 0
     pids: list[int] = []
     while True:
@@ -266,27 +289,31 @@ def wait_forwarding(proc: subprocess.Popen[bytes], received: list[int], plan: Pl
             return proc.wait(timeout=WAIT_SLICE_SECONDS)
         except subprocess.TimeoutExpired:
             pass
+        if reloads and not received:
+            reloads.clear()
+            say(f"spool up: SIGHUP: {reload_workers(plan.socket)}")
         while handled < len(received):
             handled += 1
             if handled == 1:
                 pids = program_pids(plan.socket) if plan.socket else []
-                print(
+                say(
                     "spool up: stopping; the workers finish their running tasks "
-                    "(Ctrl-C again: put them back and stop now)",
-                    flush=True,
+                    "(Ctrl-C again: put them back and stop now)"
                 )
                 proc.send_signal(signal.SIGTERM)
             elif handled == 2:
-                print("spool up: stopping now; running tasks go back to their queues", flush=True)
+                say("spool up: stopping now; running tasks go back to their queues")
                 signal_all(pids, signal.SIGTERM)  # a worker's second TERM
             else:
-                print("spool up: killing supervisord and the workers", flush=True)
+                say("spool up: killing supervisord and the workers")
                 signal_all(pids, signal.SIGKILL)
                 proc.kill()
 
 
-def program_pids(socket_path: Path) -> list[int]:
-    """Pids of supervisord's running programs, asked over its socket ([] if it does not answer)."""
+@contextlib.contextmanager
+def supervisor_rpc(socket_path: Path) -> Iterator[Any]:
+    """supervisord's XML-RPC interface over its unix socket (calls raise OSError or
+    xmlrpc.client.Error when it does not answer)."""
     from supervisor.xmlrpc import SupervisorTransport
 
     transport = SupervisorTransport(None, None, f"unix://{socket_path}")
@@ -294,13 +321,33 @@ def program_pids(socket_path: Path) -> list[int]:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(RPC_TIMEOUT_SECONDS)
     try:
-        infos = cast(list[dict[str, Any]], proxy.supervisor.getAllProcessInfo())
-    except (OSError, xmlrpc.client.Error):
-        return []
+        yield proxy.supervisor
     finally:
         socket.setdefaulttimeout(previous)
         transport.close()
+
+
+def program_pids(socket_path: Path) -> list[int]:
+    """Pids of supervisord's running programs, asked over its socket ([] if it does not answer)."""
+    try:
+        with supervisor_rpc(socket_path) as rpc:
+            infos = cast(list[dict[str, Any]], rpc.getAllProcessInfo())
+    except (OSError, xmlrpc.client.Error):
+        return []
     return [int(info["pid"]) for info in infos if info.get("pid")]
+
+
+def reload_workers(socket_path: Path | None) -> str:
+    """SIGHUP to the worker programs only (as `supervisorctl signal HUP spool-worker:*`);
+    say what happened."""
+    if socket_path is None:
+        return "no control socket in the config: run `spool reload` to reload the workers"
+    try:
+        with supervisor_rpc(socket_path) as rpc:
+            rpc.signalProcessGroup(PROGRAM, "HUP")
+    except (OSError, xmlrpc.client.Error) as exc:
+        return f"cannot signal the workers ({exc}): run `spool reload`"
+    return "the workers reload their task code after their running tasks"
 
 
 def signal_all(pids: list[int], signum: int) -> None:

@@ -5,7 +5,9 @@ through its handler process (see execute). It holds its liveness lock (see claim
 exit (in shared mode, several hosts: it renews the lease of each claim instead, and lists
 incoming/ every poll interval; see spool.cluster). Signals: the first SIGTERM/SIGINT stops
 claiming and lets the running attempt finish (bounded by its timeout), then the worker exits 0;
-a second one stops the attempt and puts the task back in incoming/ unchanged.
+a second one stops the attempt and puts the task back in incoming/ unchanged. SIGHUP loads the
+task modules again, between two attempts (see reload_tasks), unless it comes with the loss of
+the terminal the worker started on (a hang-up: it stops as for SIGTERM).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from spool.cluster import is_shared
 from spool.config import Settings
 from spool.counts import Recounter
 from spool.envelope import FieldError, NotJSON, TaskDict
+from spool.errors import ConfigError
 from spool.events import Outbox
 from spool.execute import Executor, Outcome
 from spool.finish import Committer, RetryPolicy, finish, reject
@@ -45,6 +48,7 @@ from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dir
 from spool.lease import LeaseKeeper
 from spool.manifest import CatalogCache, publish, unknown_fate
 from spool.recovery import Recovery
+from spool.reload import task_changes
 from spool.retention import Retention
 from spool.settle import Settling
 from spool.signature import binding_error, render
@@ -102,11 +106,7 @@ class Worker:
         self.hard_stop = False
         self.indexes: dict[str, QueueIndex] = {}
         self.watcher = Watcher(settings.root, self.wakeup)
-        self.executor = Executor(
-            settings.tasks,
-            str(settings.project_dir),
-            on_spawn=lambda pid: self.lock.update(handler_pid=pid),
-        )
+        self.executor = self.new_executor()
         self.committer = Committer(settings.root)
         self.lock = WorkerLock(settings.root, self.worker_id)
         self.stats = WorkerStats(settings.root, self.worker_id)
@@ -127,6 +127,9 @@ class Worker:
             settings.lease_seconds if self.shared else None,
         )
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.reload_wanted = False  # SIGHUP: load the task modules again between attempts
+        self.terminal = signals.Terminal(attached=False, nohup=False)
+        self.reloads = 0
         self.rescan = Timer(settings.rescan_seconds)
         self.recovery = Timer(settings.recover_seconds)
         self.reaping = Timer(REAP_SECONDS)
@@ -144,7 +147,8 @@ class Worker:
 
         Raises: SpoolError (configuration, handler process start).
         """
-        signals.install(self.on_signal)
+        self.terminal = signals.Terminal.now()
+        signals.install(self.on_signal, self.on_reload)
         os.makedirs(self.settings.root, exist_ok=True)
         queues = self.fixed_queues or existing_queues(self.settings.root) or [DEFAULT_QUEUE]
         self.lock.acquire(
@@ -162,7 +166,7 @@ class Worker:
                 self.leases.hold(self.lock.info_path, on_lost=self.lock.write_info)
                 self.leases.start()
             self.tasks = self.executor.start()
-            self.publish_tasks(time.time())
+            self.tasks_loaded({}, self.tasks)
             self.committer.start()
             for queue in queues:
                 queue_dirs(self.settings.root, queue).create()
@@ -207,6 +211,17 @@ class Worker:
             )
         self.wakeup.set()
 
+    def on_reload(self, signum: int, frame: FrameType | None) -> None:
+        if self.terminal.hung_up():  # its terminal was closed: stop as for SIGTERM (or nohup)
+            if self.terminal.nohup:
+                log.info("SIGHUP: the terminal is gone; going on (nohup)")
+            else:
+                self.on_signal(signum, frame)
+            return
+        self.reload_wanted = True  # acted on between attempts (see loop)
+        log.info("SIGHUP: loading the task code again (after the running attempt, if any)")
+        self.wakeup.set()
+
     def add_queue(self, queue: str) -> None:
         if queue in self.indexes:
             return
@@ -223,6 +238,10 @@ class Worker:
         fresh = True  # (burst) nothing claimed since the last full rescan
         while not self.stopping.is_set():
             self.wakeup.clear()  # clear before looking: an event during the look is kept
+            if self.reload_wanted:  # between attempts: none runs, none waits to be recorded
+                self.reload_tasks()
+            elif self.executor.tasks is not self.tasks:
+                self.follow_restart()
             now = time.time()
             try:
                 self.stats.flush(now)
@@ -241,6 +260,10 @@ class Worker:
                     self.process(taken)
                 except OSError as exc:  # the disk failed, or (shared) the claim was taken
                     self.give_back(taken, f"cannot process {taken.name}: {exc}")
+                except ConfigError as exc:
+                    # the handler process had to start again (after a timeout or a crash) and a
+                    # tasks module no longer imports: the task waits in incoming/, the worker lives
+                    self.give_back(taken, f"cannot run {taken.name}: {exc}")
                 fresh = False
                 continue
             self.record_pending()  # nothing to run next: record the last outcome now
@@ -608,6 +631,57 @@ class Worker:
 
     def log_fields(self, taken: Claim, task: TaskDict, attempt: int) -> str:
         return f"queue={taken.dirs.name} id={task['id']} task={task['task']} attempt={attempt}"
+
+    # ---- task code -------------------------------------------------------------------
+
+    def new_executor(self) -> Executor:
+        return Executor(
+            self.settings.tasks,
+            str(self.settings.project_dir),
+            on_spawn=lambda pid: self.lock.update(handler_pid=pid),
+        )
+
+    def reload_tasks(self) -> None:
+        """Load the task modules again in a new handler process and swap it in; if they do not
+        load, say why in one line and keep the old handler process serving."""
+        self.reload_wanted = False  # (a SIGHUP during the import asks for one more reload)
+        self.record_pending()  # first: a reload never overlaps an attempt or its recording
+        fresh = self.new_executor()
+        try:
+            tasks = fresh.start()
+        except (ConfigError, OSError) as exc:
+            fresh.kill()
+            if self.executor.proc is not None:  # its group, for cleanup if the worker dies
+                with contextlib.suppress(OSError):
+                    self.lock.update(handler_pid=self.executor.proc.pid)
+            why = " ".join(str(exc).splitlines())
+            log.error("reload failed, the previous task code keeps serving: %s", why)
+            return
+        old_executor, self.executor = self.executor, fresh
+        old_executor.stop()
+        old, self.tasks = self.tasks, tasks
+        self.reloads += 1
+        self.tasks_loaded(old, tasks)
+
+    def follow_restart(self) -> None:
+        """The handler process was started again (after a timeout or a crash) and imported the
+        modules as they are now: serve what it registered, and say so if that changed."""
+        old, self.tasks = self.tasks, self.executor.tasks
+        if task_changes(old, self.tasks):
+            self.reloads += 1
+            self.tasks_loaded(old, self.tasks)
+
+    def tasks_loaded(self, old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> None:
+        """The tasks this worker serves are now `new` (at start-up `old` is {}, and the
+        "started" line names them): publish them, and log what a reload changed."""
+        self.publish_tasks(time.time())
+        if not self.reloads:
+            return
+        changes = task_changes(old, new)
+        log.info(
+            "reloaded the task code: %s",
+            "; ".join(changes) or "same tasks, same options",
+        )
 
     # ---- dead workers ------------------------------------------------------------------
 

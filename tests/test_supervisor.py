@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import fcntl
 import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 import xmlrpc.client
@@ -389,6 +392,22 @@ def test_stop_lets_the_running_task_finish_and_workers_exit_0(
         assert f"stopped: {WORKER}-0{n} (exit status 0)" in log
 
 
+def test_supervisorctl_signal_hup_reloads_each_worker_in_place(
+    app: Spool, supervisord: Callable[..., Supervisord], short_dir: Path
+) -> None:
+    sv = supervisord()
+    before = sorted(sv.wait_running(2))
+    logs = [short_dir / "log" / f"{WORKER}-0{n}.log" for n in range(2)]
+    wait_until(lambda: all(log.exists() and "started" in log.read_text() for log in logs), 30)
+    result = sv.ctl("signal", "HUP", f"{WORKER}:*")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for log in logs:  # the worker itself got it (no shell between to die of it)
+        wait_until(lambda log=log: "reloaded the task code" in log.read_text(), 30)
+    assert sorted(sv.running_pids()) == before
+    task_id = app.enqueue("echo", args=["after the reload"])
+    assert app.wait(task_id, timeout=30) == "after the reload"
+
+
 def test_start_and_restart_bring_the_workers_back(
     app: Spool, supervisord: Callable[..., Supervisord]
 ) -> None:
@@ -559,6 +578,93 @@ def test_second_ctrl_c_of_spool_up_puts_the_running_task_back(
         stop_tree(up, 60)
     assert producer.state_of(task_id) == "incoming"
     assert producer.show(task_id)["attempts"] == 0  # put back unchanged
+
+
+def test_a_sighup_to_spool_up_reloads_the_workers_and_stops_nothing(
+    spool_root: Path, short_dir: Path
+) -> None:
+    # started with no terminal (as systemd starts it): a SIGHUP is sent on purpose
+    env = supervised_env(spool_root, PYTHONPATH=str(PROJECT_DIR))
+    output = short_dir / "up.out"
+    with open(output, "ab") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "spool", "up", "--workers", "1"],
+            cwd=short_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    var = short_dir / "var"
+    sv = Supervisord(var / "supervisord.conf", env, short_dir / "unused.out")
+    worker_log = var / "log" / f"{WORKER}-00.log"
+    try:
+        wait_until((var / "supervisord.conf").exists, timeout=30)
+        before = sv.wait_running(1)
+        wait_until(lambda: worker_log.exists() and "started" in worker_log.read_text(), 30)
+        up.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded the task code" in worker_log.read_text(), 30)
+        assert "spool up: SIGHUP: the workers reload their task code" in output.read_text()
+        assert sv.running_pids() == before
+        assert up.poll() is None
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=60) == 0
+    finally:
+        stop_tree(up, 60)
+
+
+def test_spool_up_stops_in_order_when_its_terminal_hangs_up(
+    spool_root: Path, short_dir: Path
+) -> None:
+    # spool up in a terminal (a pty, its controlling terminal) that is closed under it
+    env = supervised_env(spool_root, PYTHONPATH=str(PROJECT_DIR))
+    master, terminal = os.openpty()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "spool", "up", "--workers", "1"],
+        cwd=short_dir,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(terminal)
+    shown, stop_reading = bytearray(), threading.Event()
+    reader = threading.Thread(target=drain, args=(master, shown, stop_reading))
+    reader.start()
+    sv = Supervisord(short_dir / "var" / "supervisord.conf", env, short_dir / "unused.out")
+    programs: set[int] = set()
+    try:
+        pids = sv.wait_running(1)
+        wait_until(lambda: b"Ctrl-C stops" in shown, 30)
+        programs = descendants(up.pid)
+        stop_reading.set()
+        reader.join(timeout=10)  # (a read in progress would keep the terminal open)
+        os.close(master)  # the terminal window is closed: SIGHUP, and the tty is gone
+        assert up.wait(timeout=60) == 0, bytes(shown).decode(errors="replace")
+    finally:
+        stop_reading.set()
+        reader.join(timeout=10)
+        stop_tree(up, 60)
+        orphans = {p for p in programs if is_running(p) and is_spool_process(p)}
+        kill_all(orphans)  # (what a supervisord that died without stopping them left)
+    assert not orphans, "supervisord died and left its programs running"
+    assert not any(is_running(pid) for pid in pids)
+    worker_log = (short_dir / "var" / "log" / f"{WORKER}-00.log").read_text()
+    assert "reloaded the task code" not in worker_log
+    assert "SIGTERM: no more claims" in worker_log
+
+
+def drain(fd: int, into: bytearray, stop: threading.Event) -> None:
+    """Read what a pty's other end shows until told to stop."""
+    while not stop.is_set():
+        if select.select([fd], [], [], 0.05)[0]:
+            try:
+                into.extend(os.read(fd, 4096))
+            except OSError:
+                return
 
 
 def test_spool_up_renders_a_config_when_workers_differ_from_the_shipped_one() -> None:
