@@ -446,3 +446,23 @@ def test_under_nohup_a_worker_outlives_its_terminal_and_still_reloads_on_sighup(
     wait_until(lambda: hot.reloads() == 1, 30)
     assert run(producer, "b", 4) == 8
     assert hot.proc.poll() is None
+
+
+def test_a_reload_republishes_the_manifest_so_producers_see_the_new_tasks(
+    hot: HotWorker, producer: Spool, spool_root: Path
+) -> None:
+    from spool.errors import BadArguments, UnknownTaskName
+    from spool.manifest import read_all
+
+    hot.write_module(V1)
+    hot.start()
+    with pytest.raises(UnknownTaskName):
+        producer.enqueue("b", [1])
+    hot.write_module(V2)
+    hot.hup()
+    wait_until(lambda: hot.reloads() == 1, 30)
+    (manifest,) = read_all(spool_root)
+    assert sorted(manifest.tasks) == ["a", "b"]
+    with pytest.raises(BadArguments):
+        producer.enqueue("b", [])
+    assert run(producer, "b", 2) == 4
