@@ -5,6 +5,8 @@ else a config rendered into var/ (see spool.supervisor); pins the root and the c
 supervisord's environment and puts this install's scripts first on its PATH. Signals: the
 first Ctrl-C/SIGTERM shuts supervisord down in order (each worker finishes its running task),
 a second one makes the workers stop now (running tasks go back), a third kills everything.
+The second is a QUIT sent to each worker, not a second TERM: supervisord's TERM and ours could
+reach a worker at one instant and count as one signal (see spool.signals).
 """
 
 from __future__ import annotations
@@ -260,7 +262,7 @@ def supervise(plan: Plan, env: dict[str, str]) -> int:
 def wait_forwarding(proc: subprocess.Popen[bytes], received: list[int], plan: Plan) -> int:
     """Wait for supervisord; 1st signal: shut down in order, 2nd: workers stop now, 3rd: KILL."""
     handled = 0
-    pids: list[int] = []
+    programs: list[tuple[str, int]] = []
     while True:
         try:
             return proc.wait(timeout=WAIT_SLICE_SECONDS)
@@ -269,7 +271,7 @@ def wait_forwarding(proc: subprocess.Popen[bytes], received: list[int], plan: Pl
         while handled < len(received):
             handled += 1
             if handled == 1:
-                pids = program_pids(plan.socket) if plan.socket else []
+                programs = program_pids(plan.socket) if plan.socket else []
                 print(
                     "spool up: stopping; the workers finish their running tasks "
                     "(Ctrl-C again: put them back and stop now)",
@@ -278,15 +280,28 @@ def wait_forwarding(proc: subprocess.Popen[bytes], received: list[int], plan: Pl
                 proc.send_signal(signal.SIGTERM)
             elif handled == 2:
                 print("spool up: stopping now; running tasks go back to their queues", flush=True)
-                signal_all(pids, signal.SIGTERM)  # a worker's second TERM
+                # (asked again: the first answer may be missing, supervisord was starting)
+                programs = (program_pids(plan.socket) if plan.socket else []) or programs
+                stop_workers_now(programs)
             else:
                 print("spool up: killing supervisord and the workers", flush=True)
-                signal_all(pids, signal.SIGKILL)
+                signal_all([pid for _, pid in programs], signal.SIGKILL)
                 proc.kill()
 
 
-def program_pids(socket_path: Path) -> list[int]:
-    """Pids of supervisord's running programs, asked over its socket ([] if it does not answer)."""
+def stop_workers_now(programs: list[tuple[str, int]]) -> None:
+    """QUIT each worker: it stops its attempt and puts the task back. An operator's own layout
+    without a spool-worker program gets a second TERM, which its workers take the same way."""
+    workers = [pid for group, pid in programs if group == PROGRAM]
+    if workers:
+        signal_all(workers, signal.SIGQUIT)
+    else:
+        signal_all([pid for _, pid in programs], signal.SIGTERM)
+
+
+def program_pids(socket_path: Path) -> list[tuple[str, int]]:
+    """(group, pid) of supervisord's running programs, asked over its socket ([] if it does not
+    answer)."""
     from supervisor.xmlrpc import SupervisorTransport
 
     transport = SupervisorTransport(None, None, f"unix://{socket_path}")
@@ -300,7 +315,7 @@ def program_pids(socket_path: Path) -> list[int]:
     finally:
         socket.setdefaulttimeout(previous)
         transport.close()
-    return [int(info["pid"]) for info in infos if info.get("pid")]
+    return [(str(info.get("group")), int(info["pid"])) for info in infos if info.get("pid")]
 
 
 def signal_all(pids: list[int], signum: int) -> None:
