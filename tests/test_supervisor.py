@@ -337,6 +337,58 @@ def test_shipped_conf_starts_workers_that_follow_spool_root_and_spool_config(
     assert not (project_var / "supervisor.sock").exists()
 
 
+def fresh_clone(into: Path) -> Path:
+    """The repository's tracked files copied into `into`, as `git clone` would leave them."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=PROJECT_DIR, capture_output=True, check=False
+    )
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: no list of tracked files")
+    for name in listed.stdout.decode().split("\0"):
+        source = PROJECT_DIR / name
+        if name and source.is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, into / name)
+    return into
+
+
+def test_shipped_conf_runs_as_its_header_says_on_a_fresh_clone(
+    spool_root: Path, short_dir: Path
+) -> None:
+    # Broke once: `supervisord -c conf/supervisord.conf` on a fresh clone failed at once, as
+    # var/log/ (where it logs) did not exist.
+    scripts = scripts_dir()
+    if scripts is None or not (scripts / "supervisord").is_file():
+        pytest.skip(f"no `spool` and `supervisord` scripts beside {sys.executable}")
+    clone = fresh_clone(short_dir / "clone")
+    env = {k: v for k, v in os.environ.items() if k != "SPOOL_CONFIG"}  # the clone's config
+    env.update(SPOOL_ROOT=str(spool_root), PATH=f"{scripts}{os.pathsep}{env.get('PATH', '')}")
+    conf = clone / SHIPPED_CONF
+    with open(short_dir / "supervisord.out", "wb") as out:
+        proc = subprocess.Popen(
+            ["supervisord", "-n", "-c", str(SHIPPED_CONF)],  # as the header of the file says
+            cwd=clone,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    sv = Supervisord(conf, env, short_dir / "supervisord.out", proc=proc)
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or (clone / "var" / "supervisor.sock").exists(),
+            timeout=30,
+        )
+        assert proc.poll() is None, (short_dir / "supervisord.out").read_text()
+        sv.wait_running(2)
+        producer = Spool(root=spool_root)
+        task_id = producer.enqueue("echo", args=["from a fresh clone"])
+        assert producer.wait(task_id, timeout=30) == "from a fresh clone"
+    finally:
+        code = sv.close()
+    assert code == 0
+    assert (clone / "var" / "log" / f"{WORKER}-00.log").exists()
+
+
 # ---- operator commands ---------------------------------------------------------------------
 
 
