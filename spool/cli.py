@@ -65,6 +65,8 @@ def user_errors() -> Iterator[None]:
         raise click.ClickException(str(exc)) from exc
     except PermissionError as exc:
         raise click.ClickException(f"permission denied: {exc.filename}") from exc
+    except OSError as exc:  # e.g. a file where a queue's directory must be
+        raise click.ClickException(f"{(exc.strerror or str(exc)).lower()}: {exc.filename}") from exc
 
 
 def settings_of(ctx: click.Context) -> Settings:

@@ -59,6 +59,13 @@ def test_a_root_that_is_a_file_or_lies_below_one_is_one_line_and_exit_2(
     assert lines(result.output) == [f"Error: root {root}: {a_file} is not a directory"]
 
 
+def test_a_file_where_a_queue_directory_must_be_is_one_line_and_exit_1(spool_root: Path) -> None:
+    (spool_root / "default").write_text("")
+    result = invoke(spool_root, "enqueue", "echo", "1")
+    assert result.exit_code == 1
+    assert lines(result.output) == [f"Error: not a directory: {spool_root / 'default' / 'tmp'}"]
+
+
 # ---- a root this user cannot read ----------------------------------------------------------
 
 
