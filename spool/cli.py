@@ -30,7 +30,7 @@ from spool.errors import (
     TaskNotFound,
     WaitTimeout,
 )
-from spool.layout import check_queue_name, queue_dirs
+from spool.layout import check_queue_name, check_root, queue_dirs
 from spool.manifest import Catalog
 
 BATCH = 10_000
@@ -66,13 +66,17 @@ def user_errors() -> Iterator[None]:
         raise click.ClickException(str(exc)) from exc
     except PermissionError as exc:
         raise click.ClickException(f"permission denied: {exc.filename}") from exc
+    except OSError as exc:  # e.g. a file where a queue's directory must be
+        raise click.ClickException(f"{(exc.strerror or str(exc)).lower()}: {exc.filename}") from exc
 
 
 def settings_of(ctx: click.Context) -> Settings:
     obj = ctx.ensure_object(dict)
     if "settings" not in obj:
         with user_errors():
-            obj["settings"] = load_settings(obj.get("root"), obj.get("config"))
+            loaded = load_settings(obj.get("root"), obj.get("config"))
+            check_root(loaded.root)  # a root that is a file, or unreadable: one line here
+        obj["settings"] = loaded
     settings: Settings = obj["settings"]
     return settings
 
@@ -503,7 +507,8 @@ def retry(
         click.echo(f"would retry {len(targets)} task(s)", err=True)
         return
     failures = apply_each(targets, lambda task_id: retry_task(settings.root, task_id), "retried")
-    click.echo(f"retried {len(targets) - failures} task(s)", err=True)
+    if len(targets) > failures or not targets:  # (when none was retried, the errors say it all)
+        click.echo(f"retried {len(targets) - failures} task(s)", err=True)
     ctx.exit(1 if failures else 0)
 
 
@@ -515,7 +520,7 @@ def apply_each(task_ids: Iterable[str], action: Callable[[str], object], done: s
             action(task_id)
             click.echo(f"{done} {task_id}")
         except SpoolError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"Error: {exc}", err=True)
             failures += 1
     return failures
 
@@ -804,7 +809,7 @@ def schedule_run(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def web(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the dashboard and the HTTP API (enqueue, retry, cancel, metrics)."""
-    from spool.web import is_loopback, serve
+    from spool.web import is_loopback, listen, serve
 
     settings = settings_of(ctx)
     host = host or settings.web_host
@@ -814,6 +819,8 @@ def web(ctx: click.Context, host: str | None, port: int | None) -> None:
             f"--host {host}: refusing a non-loopback address without a token "
             "(set SPOOL_WEB_TOKEN or [web] token)"
         )
+    with user_errors():
+        sock = listen(host, port)  # before the address is announced: a port in use is one line
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"spool web: http://{shown}:{port}/ (root {settings.root})", err=True)
     if not settings.web_token:
@@ -822,8 +829,8 @@ def web(ctx: click.Context, host: str | None, port: int | None) -> None:
             "(set SPOOL_WEB_TOKEN or [web] token)",
             err=True,
         )
-    with user_errors():
-        code = serve(settings, host, port)
+    with user_errors(), sock:
+        code = serve(settings, host, port, sock)
     ctx.exit(code)
 
 

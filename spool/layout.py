@@ -21,13 +21,15 @@ and promote without opening files. Directory names starting with '.' are never q
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from spool.errors import InvalidQueueName
+from spool.errors import ConfigError, InvalidQueueName
 
 DIR_MODE = 0o770
 FILE_MODE = 0o660
@@ -110,6 +112,30 @@ def ensure_dir(path: Path) -> None:
         os.chmod(path, DIR_MODE)
     except FileExistsError:  # RACE: another process made it first
         pass
+
+
+def check_root(root: Path) -> None:
+    """Check that `root` can be a spool root for this user: a directory it can read, or a path
+    that can still be made one (created on first use).
+
+    Raises: ConfigError when a file stands where a directory must be (the root itself, or a
+    directory above it); PermissionError when the root exists but cannot be read, or a
+    directory above it cannot be looked into.
+    """
+    path = root
+    while True:
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):  # not made yet, or a file above it
+            if path.parent == path:
+                return
+            path = path.parent
+            continue
+        break
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"root {root}: {path} is not a directory")
+    if path == root and not os.access(root, os.R_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(root))
 
 
 @dataclass(frozen=True)

@@ -129,15 +129,14 @@ def due_slots(entry: Entry, last_fired: float | None, now: float) -> tuple[list[
     """Slots to fire now, and how many missed slots are skipped, given the last fired slot.
 
     On time (within grace): fired. Missed: per `misfire`: skip none, once the latest, all of
-    them (at most MAX_CATCH_UP). A schedule never fired before starts at its latest slot if
-    that is within grace, else at the next one. After an outage of more than MAX_CATCH_UP
-    slots only the latest MAX_CATCH_UP + 1 are considered (and counted as skipped).
+    them (at most MAX_CATCH_UP). A schedule never fired before starts with its next slot: a
+    slot that passed before `now` is not fired, even within grace (the caller then records the
+    latest slot as fired, so the next one is on time). After an outage of more than
+    MAX_CATCH_UP slots only the latest MAX_CATCH_UP + 1 are considered (and counted as skipped).
     """
     if last_fired is None:
         latest = entry.last_slot(now)
-        if latest is not None and now - latest <= entry.grace(latest):
-            return [latest], 0
-        return [], 0
+        return ([latest] if latest == now else []), 0
     slots = entry.slots_between(last_fired, now)
     if len(slots) > MAX_CATCH_UP:  # a long outage: the latest slots, not the oldest, matter
         slots = entry.latest_slots(last_fired, now, MAX_CATCH_UP + 1)

@@ -50,11 +50,11 @@ SHIPPED_HEADER = """\
 ;                                                   tail -f spool-worker:spool-worker-00, shutdown
 ;
 ; Paths are relative to this file: %(here)s is conf/, the project is %(here)s/.., and the socket,
-; the pid file and the logs live in the project's var/ (var/log/ must exist before supervisord
-; starts; `spool up` creates it). The programs get no --root/--config flags: they follow
-; SPOOL_ROOT/SPOOL_CONFIG when set and conf/spool.toml otherwise. `spool` is looked up on
-; supervisord's PATH: run supervisord from the project's virtualenv (its spool is beside its
-; supervisord), or use `spool up`, which puts the running install first on PATH.
+; the pid file and the logs live in the project's var/ (supervisord does not create var/log/, so
+; the repository keeps it, with var/log/.gitkeep). The programs get no --root/--config flags:
+; they follow SPOOL_ROOT/SPOOL_CONFIG when set and conf/spool.toml otherwise. `spool` is looked
+; up on supervisord's PATH: run supervisord from the project's virtualenv (its spool is beside
+; its supervisord), or use `spool up`, which puts the running install first on PATH.
 ; This file is render_shipped_conf() in spool/supervisor.py: change both (a test compares them).
 """
 

@@ -5,6 +5,8 @@ else a config rendered into var/ (see spool.supervisor); pins the root and the c
 supervisord's environment and puts this install's scripts first on its PATH. Signals: the
 first Ctrl-C/SIGTERM shuts supervisord down in order (each worker finishes its running task),
 a second one makes the workers stop now (running tasks go back), a third kills everything.
+The second is a QUIT sent to each worker, not a second TERM: supervisord's TERM and ours could
+reach a worker at one instant and count as one signal (see spool.signals).
 SIGHUP is a hang-up (stop in order, as Ctrl-C; ignored under nohup) only when the terminal
 `spool up` started on is gone; otherwise it was sent on purpose (`kill -HUP`, systemd's
 ExecReload) and reaches the workers only, which load their task code again (see spool.reload).
@@ -283,7 +285,7 @@ def wait_forwarding(
     """Wait for supervisord; 1st signal: shut down in order, 2nd: workers stop now, 3rd: KILL.
     A SIGHUP in `reloads`: the workers reload their task code."""
     handled = 0
-    pids: list[int] = []
+    programs: list[tuple[str, int]] = []
     while True:
         try:
             return proc.wait(timeout=WAIT_SLICE_SECONDS)
@@ -295,7 +297,7 @@ def wait_forwarding(
         while handled < len(received):
             handled += 1
             if handled == 1:
-                pids = program_pids(plan.socket) if plan.socket else []
+                programs = program_pids(plan.socket) if plan.socket else []
                 say(
                     "spool up: stopping; the workers finish their running tasks "
                     "(Ctrl-C again: put them back and stop now)"
@@ -303,11 +305,23 @@ def wait_forwarding(
                 proc.send_signal(signal.SIGTERM)
             elif handled == 2:
                 say("spool up: stopping now; running tasks go back to their queues")
-                signal_all(pids, signal.SIGTERM)  # a worker's second TERM
+                # (asked again: the first answer may be missing, supervisord was starting)
+                programs = (program_pids(plan.socket) if plan.socket else []) or programs
+                stop_workers_now(programs)
             else:
                 say("spool up: killing supervisord and the workers")
-                signal_all(pids, signal.SIGKILL)
+                signal_all([pid for _, pid in programs], signal.SIGKILL)
                 proc.kill()
+
+
+def stop_workers_now(programs: list[tuple[str, int]]) -> None:
+    """QUIT each worker: it stops its attempt and puts the task back. An operator's own layout
+    without a spool-worker program gets a second TERM, which its workers take the same way."""
+    workers = [pid for group, pid in programs if group == PROGRAM]
+    if workers:
+        signal_all(workers, signal.SIGQUIT)
+    else:
+        signal_all([pid for _, pid in programs], signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -327,14 +341,15 @@ def supervisor_rpc(socket_path: Path) -> Iterator[Any]:
         transport.close()
 
 
-def program_pids(socket_path: Path) -> list[int]:
-    """Pids of supervisord's running programs, asked over its socket ([] if it does not answer)."""
+def program_pids(socket_path: Path) -> list[tuple[str, int]]:
+    """(group, pid) of supervisord's running programs, asked over its socket ([] if it does not
+    answer)."""
     try:
         with supervisor_rpc(socket_path) as rpc:
             infos = cast(list[dict[str, Any]], rpc.getAllProcessInfo())
     except (OSError, xmlrpc.client.Error):
         return []
-    return [int(info["pid"]) for info in infos if info.get("pid")]
+    return [(str(info.get("group")), int(info["pid"])) for info in infos if info.get("pid")]
 
 
 def reload_workers(socket_path: Path | None) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -213,8 +214,27 @@ def loopback_hosts(host: str) -> set[str] | None:
     return LOOPBACK_NAMES | {host.lower(), f"[{host.strip('[]').lower()}]"}
 
 
-def serve(settings: Settings, host: str, port: int) -> int:
-    """Run the server until SIGINT/SIGTERM; return the exit code."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, made before anything announces the address.
+
+    Raises: SpoolError (the port is in use, the address is not this host's, ...).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
+        reason = (exc.strerror or str(exc)).lower()
+        raise SpoolError(f"cannot listen on {shown}:{port}: {reason}") from exc
+    return sock
+
+
+def serve(settings: Settings, host: str, port: int, sock: socket.socket) -> int:
+    """Serve on `sock` (see listen) until SIGINT/SIGTERM; return the exit code."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -227,5 +247,5 @@ def serve(settings: Settings, host: str, port: int) -> int:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
-    server.run()
+    server.run(sockets=[sock])
     return 0 if server.started else 1

@@ -5,9 +5,10 @@ through its handler process (see execute). It holds its liveness lock (see claim
 exit (in shared mode, several hosts: it renews the lease of each claim instead, and lists
 incoming/ every poll interval; see spool.cluster). Signals: the first SIGTERM/SIGINT stops
 claiming and lets the running attempt finish (bounded by its timeout), then the worker exits 0;
-a second one stops the attempt and puts the task back in incoming/ unchanged. SIGHUP loads the
-task modules again, between two attempts (see reload_tasks), unless it comes with the loss of
-the terminal the worker started on (a hang-up: it stops as for SIGTERM).
+a second one, or SIGQUIT at any time, stops the attempt and puts the task back in incoming/
+unchanged. (Two TERMs from two senders at one instant arrive as one: `spool up` sends QUIT.)
+SIGHUP loads the task modules again, between two attempts (see reload_tasks), unless it comes
+with the loss of the terminal the worker started on (a hang-up: it stops as for SIGTERM).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class Worker:
         Raises: SpoolError (configuration, handler process start).
         """
         self.terminal = signals.Terminal.now()
-        signals.install(self.on_signal, self.on_reload)
+        signals.install(self.on_signal, self.on_reload, on_stop_now=self.on_signal)
         os.makedirs(self.settings.root, exist_ok=True)
         queues = self.fixed_queues or existing_queues(self.settings.root) or [DEFAULT_QUEUE]
         self.lock.acquire(
@@ -197,18 +198,17 @@ class Worker:
             log.info("worker %s stopped", self.worker_id)
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.stopping.is_set():
-            self.hard_stop = True
+        name = signal.Signals(signum).name
+        if self.stopping.is_set() or signum == signal.SIGQUIT:
+            self.hard_stop = True  # (before `stopping`: the loop sees both or the hard stop)
+            self.stopping.set()
             log.warning(
-                "second %s: stopping now; the running task goes back to incoming/",
-                signal.Signals(signum).name,
+                "%s: stopping now; the running task goes back to incoming/",
+                name if signum == signal.SIGQUIT else f"second {name}",
             )
         else:
             self.stopping.set()
-            log.info(
-                "%s: no more claims; stopping after the running attempt",
-                signal.Signals(signum).name,
-            )
+            log.info("%s: no more claims; stopping after the running attempt", name)
         self.wakeup.set()
 
     def on_reload(self, signum: int, frame: FrameType | None) -> None:

@@ -160,23 +160,46 @@ def test_a_long_outage_of_a_cron_entry_catches_up_from_the_latest_slots() -> Non
     assert skipped == MAX_CATCH_UP - 1
 
 
-def test_first_start_fires_the_latest_slot_when_it_is_within_grace() -> None:
-    rule = entry(every="1s", grace=0.3)
-    assert due_slots(rule, None, SLOT + 0.25) == ([SLOT], 0)
+MINUTE = SLOT + 20  # 2026-05-28T20:27:00Z
 
 
-def test_first_start_past_grace_fires_nothing_and_waits_for_the_next_slot() -> None:
-    rule = entry(every="1s", grace=0.3, misfire="all")
+@pytest.mark.parametrize("offset", [0.001, 1, 22, 30, 59, 59.999])
+def test_a_schedule_never_fired_does_not_fire_the_slot_that_passed_before_it_started(
+    offset: float,
+) -> None:
+    # Broke once: a scheduler started at 04:00:22 with cron "* * * * *" fired the 04:00:00
+    # slot at once (22 s late, inside the grace), though a schedule starts with its next slot.
+    rule = entry(cron="* * * * *")
+    assert due_slots(rule, None, MINUTE + offset) == ([], 0)
+
+
+@pytest.mark.parametrize("offset", [0.001, 1, 22, 30, 59, 59.999])
+def test_a_schedule_never_fired_fires_its_next_slot_on_time(offset: float) -> None:
+    rule = entry(cron="* * * * *")
+    # what the scheduler records after its first look: the latest slot, as fired
+    assert rule.last_slot(MINUTE + offset) == MINUTE
+    assert due_slots(rule, MINUTE, MINUTE + 60.2) == ([MINUTE + 60], 0)
+
+
+def test_a_schedule_never_fired_fires_a_slot_that_is_exactly_now() -> None:
+    assert due_slots(entry(cron="* * * * *"), None, MINUTE) == ([MINUTE], 0)
+    assert due_slots(entry(every="1s", grace=0.3), None, SLOT) == ([SLOT], 0)
+
+
+@pytest.mark.parametrize("misfire", ["skip", "once", "all"])
+def test_an_every_schedule_never_fired_waits_for_its_next_slot(misfire: str) -> None:
+    rule = entry(every="1s", grace=0.3, misfire=misfire)
+    assert due_slots(rule, None, SLOT + 0.25) == ([], 0)
     assert due_slots(rule, None, SLOT + 0.35) == ([], 0)
 
 
 def test_default_grace_is_half_the_interval_capped_at_a_minute() -> None:
     assert entry(every="10s").grace(SLOT) == 5
     assert entry(cron="0 * * * *").grace(SLOT) == 60
-    hourly = entry(cron="0 * * * *")
+    hourly = entry(cron="0 * * * *", misfire="skip")
     hour = 1_779_998_400.0  # 2026-05-28T20:00:00Z
-    assert due_slots(hourly, None, hour + 59) == ([hour], 0)
-    assert due_slots(hourly, None, hour + 61) == ([], 0)
+    assert due_slots(hourly, hour - 3600, hour + 59) == ([hour], 0)  # on time
+    assert due_slots(hourly, hour - 3600, hour + 61) == ([], 1)  # missed
 
 
 # --- cron in a timezone -----------------------------------------------------------------------

@@ -23,7 +23,9 @@ import pytest
 from click.testing import CliRunner
 
 from spool.cli import cli
+from spool.config import load_settings
 from spool.envelope import id_of_name
+from spool.scheduler import Scheduler, load_entries
 from tests.conftest import PROJECT_DIR, names, wait_until
 
 GRACE = 0.3
@@ -113,6 +115,24 @@ def start_scheduler(spool_root: Path, tmp_path: Path) -> Iterator[Start]:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+# --- the first slot ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [0.5, 22, 45, 59.5])
+def test_a_scheduler_started_within_a_minute_fires_the_next_minute_not_the_one_that_passed(
+    spool_root: Path, config_path: Path, offset: float
+) -> None:
+    # Broke once: started at 04:00:22 with cron "* * * * *", it fired 04:00:00 at once.
+    config = write_config(config_path, {"tick": {"task": "echo", "cron": "* * * * *"}})
+    settings = load_settings(str(spool_root), str(config), env={})
+    scheduler = Scheduler(settings, load_entries(settings), lambda: settings)
+    minute = 1_780_000_020.0  # 2026-05-28T20:27:00Z
+    scheduler.tick(minute + offset)
+    assert slots(spool_root) == []
+    scheduler.tick(minute + 60.2)
+    assert slots(spool_root) == [minute + 60]
 
 
 # --- exactly one task per slot ----------------------------------------------------------------

@@ -288,6 +288,22 @@ def test_a_second_sigterm_puts_the_running_task_back_unchanged_and_exits_promptl
     assert names(spool_root / "default" / "processing") == []
 
 
+def test_sigquit_alone_puts_the_running_task_back_unchanged_and_exits_promptly(
+    app: Spool, spool_root: Path, start_worker: Starter
+) -> None:
+    # What `spool up` sends on its second Ctrl-C: stop now, however many TERMs came before.
+    task_id = app.enqueue("sleep_then_return", args=[60])
+    [name] = names(spool_root / "default" / "incoming")
+    worker = start_worker()
+    wait_until(has_state(app, task_id, "processing"), timeout=30)
+    stopped_at = time.monotonic()
+    worker.send_signal(signal.SIGQUIT)
+    assert worker.wait(timeout=10) == 0
+    assert time.monotonic() - stopped_at < 5
+    assert names(spool_root / "default" / "incoming") == [name]
+    assert app.show(task_id)["attempts"] == 0
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_an_idle_worker_exits_0_promptly_on_a_stop_signal(
     app: Spool, start_worker: Starter, signum: signal.Signals
