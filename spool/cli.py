@@ -189,11 +189,13 @@ def enqueue(
     """
     settings = settings_of(ctx)
     queue = queue_option(queue)
-    catalog = read_catalog(settings, check=not no_check)
+    with user_errors():
+        catalog = Catalog.load(settings.root)
     if from_file is not None:
         if task is not None:
             raise UsageProblem("give either TASK or --from, not both")
         enqueue_from(settings, from_file, queue, catalog, check=not no_check)
+        warn_unchecked(settings, catalog, check=not no_check)
         return
     if task is None:
         raise UsageProblem("missing TASK (or --from FILE.jsonl)")
@@ -229,12 +231,11 @@ def enqueue(
             id=task_id,
         )
         click.echo(producer.enqueue(settings, built, queue, catalog=catalog, check=not no_check))
+    warn_unchecked(settings, catalog, check=not no_check)
 
 
-def read_catalog(settings: Settings, check: bool) -> Catalog:
-    """The published tasks; says once on stderr when there are none to check against."""
-    with user_errors():
-        catalog = Catalog.load(settings.root)
+def warn_unchecked(settings: Settings, catalog: Catalog, check: bool) -> None:
+    """Say once, after enqueueing, that there were no published tasks to check against."""
     if check and not catalog.exists:
         click.echo(
             f"spool: no worker has published its tasks under {settings.root} yet: "
@@ -242,7 +243,6 @@ def read_catalog(settings: Settings, check: bool) -> Catalog:
             "their own 'queue' field or 'default'",
             err=True,
         )
-    return catalog
 
 
 def read_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
