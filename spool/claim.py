@@ -75,6 +75,13 @@ class Claim:
         os.rename(self.path, hidden.path)
         return hidden
 
+    def unhide(self) -> Claim:
+        """Undo hide() when the outcome could not be written after all (a full disk): the
+        task counts as processing again while its outcome waits. Raises: OSError."""
+        shown = Claim(self.dirs, self.name, self.worker_id, self.claimed_at)
+        os.rename(self.path, shown.path)
+        return shown
+
 
 def claim(dirs: QueueDirs, name: str, worker_id: str) -> Claim | None:
     """Take `name` out of incoming/, or return None if another worker got it first.

@@ -515,11 +515,11 @@ class Worker:
         (this worker's lease ran out), the rename fails and the outcome is dropped: the
         recoverer's outcome stands. (The hidden claim needs no renewal: its name is new to the
         sweepers, so they wait a whole lease, and its outcome is written right now; a
-        recoverer then drops it. If the disk refuses the outcome, keep_unwritten holds its
-        lease while it waits.) Raises: OSError other than ENOENT.
+        recoverer then drops it. If the disk refuses the outcome, keep_unwritten shows the
+        claim again and holds its lease while it waits.) Raises: OSError other than ENOENT.
         """
         claimed = pending.taken
-        if claimed.committed:  # a try again: a recoverer may have taken it meanwhile
+        if claimed.committed:  # a try again, after the outcome was written (or unhide failed)
             written = pending.verdict is not None and pending.verdict.written
             return written or os.path.lexists(claimed.path)
         try:
@@ -536,6 +536,10 @@ class Worker:
             self.lock.show_waiting(True)  # for status and metrics
         if pending not in self.unwritten:
             self.unwritten.append(pending)
+        written = pending.verdict is not None and pending.verdict.written
+        if pending.taken.committed and not written:  # counted as processing while it waits
+            with contextlib.suppress(OSError):
+                pending.taken = pending.taken.unhide()
         if self.leases is not None:
             self.leases.hold(pending.taken.path)
         self.write_again_at = time.monotonic() + self.write_backoff.next_pause()

@@ -246,6 +246,8 @@ def test_a_handler_whose_outcome_cannot_be_written_runs_once_and_ends_in_done_on
     assert runs(side_effects) == ["once"]
     assert every_entry(app.root / "default" / "incoming") == []  # not given back
     assert every_entry(app.root / "default" / "done") == []
+    assert status_of(app.root)["queues"]["default"]["processing"] == 1  # still claimed
+    assert app.state_of(task_id) == "processing"
     full_disk.free()
     wait_until(lambda: app.state_of(task_id) == "done", timeout=30)
     assert runs(side_effects) == ["once"]
