@@ -21,6 +21,7 @@ from spool.errors import DiskFault, SpoolError
 from spool.faults import Backoff, Complaint, reported_as
 from spool.layout import QueueDirs
 from spool.manage import resume
+from spool.stats import WorkerStats, load_all
 from tests.conftest import PROJECT_DIR, TEST_CONFIG, spool_command, wait_until
 from tests.fulldisk import FullDisk
 
@@ -369,3 +370,18 @@ def test_a_dead_workers_task_that_recovery_cannot_write_back_is_recovered_once_s
     resume(dirs)
     wait_until(lambda: app.state_of(task_id) == "done", timeout=30)
     assert app.show(task_id)["attempts"] == 2  # the lost attempt counts
+
+
+def test_counters_the_full_disk_refuses_stay_in_memory_and_are_written_once_it_frees(
+    spool_root: Path, full_disk: FullDisk, caplog: pytest.LogCaptureFixture
+) -> None:
+    counts = WorkerStats(spool_root, "w-1")
+    counts.record("default", "done", 0.5)
+    full_disk.fill()
+    counts.flush(100.0)  # no exception: counting never stops a worker
+    assert counts.dirty
+    assert "cannot write the counters" in caplog.text
+    full_disk.free()
+    counts.flush(101.0)
+    assert not counts.dirty
+    assert load_all(spool_root)["default"].counts["done"] == 1
