@@ -180,9 +180,11 @@ def worker_log(tmp_path: Path) -> Path:
     return tmp_path / "worker.log"  # beside the mount, not on it
 
 
-def start_logged(start_worker: Starter, tmp_path: Path) -> subprocess.Popen[bytes]:
+def start_logged(
+    start_worker: Starter, tmp_path: Path, config: Path = TEST_CONFIG
+) -> subprocess.Popen[bytes]:
     with open(worker_log(tmp_path), "ab") as log:
-        return start_worker(stderr=log.fileno())
+        return start_worker(stderr=log.fileno(), config=config)
 
 
 def status_of(root: Path) -> dict[str, Any]:
@@ -204,7 +206,12 @@ def runs(side_effects: Path) -> list[str]:
 
 
 def claimed_while_full(
-    app: Spool, full_disk: FullDisk, start_worker: Starter, tmp_path: Path, values: list[str]
+    app: Spool,
+    full_disk: FullDisk,
+    start_worker: Starter,
+    tmp_path: Path,
+    values: list[str],
+    config: Path = TEST_CONFIG,
 ) -> tuple[subprocess.Popen[bytes], list[str], Path]:
     """A running worker; tasks `record(values...)` enqueued while the queue is paused; the disk
     filled; the queue resumed (an unlink works on a full disk): the worker claims them now.
@@ -213,7 +220,7 @@ def claimed_while_full(
     dirs.pause_marker.touch()  # (empty: its unlink frees no block the worker could write to)
     side_effects = tmp_path / "side-effects.txt"  # outside the full mount
     ids = [app.enqueue("record", args=[str(side_effects), value]) for value in values]
-    worker = start_logged(start_worker, tmp_path)
+    worker = start_logged(start_worker, tmp_path, config)
     wait_until(lambda: b"started:" in worker_log(tmp_path).read_bytes(), timeout=20)
     full_disk.fill()
     resume(dirs)
@@ -385,3 +392,17 @@ def test_counters_the_full_disk_refuses_stay_in_memory_and_are_written_once_it_f
     counts.flush(101.0)
     assert not counts.dirty
     assert load_all(spool_root)["default"].counts["done"] == 1
+
+
+def test_an_outcome_that_waited_for_the_disk_has_exactly_one_event(
+    app: Spool, full_disk: FullDisk, start_worker: Starter, tmp_path: Path
+) -> None:
+    config = tmp_path / "events.toml"
+    config.write_text(TEST_CONFIG.read_text() + "\n[notify]\nevents = true\n")
+    _, [task_id], _ = claimed_while_full(app, full_disk, start_worker, tmp_path, ["told"], config)
+    wait_until(lambda: waiting_seconds(app.root) > 0.0, timeout=30)
+    assert [n for n in every_entry(app.root / ".events") if n.endswith(".json")] == []
+    full_disk.free()
+    wait_until(lambda: app.state_of(task_id) == "done", timeout=30)
+    events = [n for n in every_entry(app.root / ".events") if n.endswith(".json")]
+    assert len(events) == 1 and task_id in events[0] and events[0].endswith("_done.json")
