@@ -332,6 +332,7 @@ def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch) -> int:
             continue
         (directory / name).unlink(missing_ok=True)
         (directory / f"{worker_id}.lock").unlink(missing_ok=True)
+        (directory / f"{worker_id}{WAITING_SUFFIX}").unlink(missing_ok=True)
         log.warning("worker %s stopped renewing its lease: its files are removed", worker_id)
         reaped += 1
     watch.keep_only(seen)
