@@ -6,6 +6,11 @@ exit (in shared mode, several hosts: it renews the lease of each claim instead, 
 incoming/ every poll interval; see spool.cluster). Signals: the first SIGTERM/SIGINT stops
 claiming and lets the running attempt finish (bounded by its timeout), then the worker exits 0;
 a second one stops the attempt and puts the task back in incoming/ unchanged.
+
+A full or failing disk (see spool.faults) never ends a worker: at start-up it tries again until
+it can write its files (start_on_disk); an outcome it cannot write waits in memory, its claim
+held, and no new task is claimed until it is written (keep_unwritten); a stop signal then
+waits for it too, and a second one leaves the claim to recovery (at least once).
 """
 
 from __future__ import annotations
