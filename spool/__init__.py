@@ -3,6 +3,7 @@
 from spool.app import Spool
 from spool.errors import (
     BadArguments,
+    DiskFault,
     InvalidTask,
     SpoolError,
     TaskFailed,
@@ -15,6 +16,7 @@ from spool.registry import Task
 __version__ = "0.1.0"
 __all__ = [
     "BadArguments",
+    "DiskFault",
     "InvalidTask",
     "Spool",
     "SpoolError",

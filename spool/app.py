@@ -137,7 +137,8 @@ class Spool:
         With no queue, the task goes to the queue its handler declares (see spool.manifest).
         Options: delay, not_before, priority, max_retries, timeout, unique_key, id.
         `check=False` skips the refusal of unknown names and unbound arguments.
-        Raises: InvalidTask (UnknownTaskName, BadArguments), InvalidQueueName.
+        Raises: InvalidTask (UnknownTaskName, BadArguments), InvalidQueueName; DiskFault (full
+        disk: nothing was written).
         """
         task = producer.build_task(name, args, kwargs, **options)
         if self.eager:
@@ -147,7 +148,10 @@ class Spool:
     def enqueue_many(
         self, tasks: Iterable[Mapping[str, Any]], queue: str | None = None, check: bool = True
     ) -> list[str]:
-        """Enqueue many task dicts (as in a task file) with grouped syncs; durable on return."""
+        """Enqueue many task dicts (as in a task file) with grouped syncs; durable on return.
+
+        Raises: InvalidTask; DiskFault (full disk: none of them was written).
+        """
         if self.eager:
             return [self.run_eager(dict(task)) for task in tasks]
         return producer.enqueue_many(

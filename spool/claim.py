@@ -42,6 +42,7 @@ from spool.lease import LeaseWatch
 
 log = logging.getLogger(__name__)
 STALE_WORKER_FILE_SECONDS = 60.0
+WAITING_SUFFIX = ".waiting"  # beside <worker id>.json: outcomes wait to be written
 
 
 def new_worker_id() -> str:
@@ -73,6 +74,13 @@ class Claim:
         hidden = Claim(self.dirs, self.name, self.worker_id, self.claimed_at, committed=True)
         os.rename(self.path, hidden.path)
         return hidden
+
+    def unhide(self) -> Claim:
+        """Undo hide() when the outcome could not be written after all (a full disk): the
+        task counts as processing again while its outcome waits. Raises: OSError."""
+        shown = Claim(self.dirs, self.name, self.worker_id, self.claimed_at)
+        os.rename(self.path, shown.path)
+        return shown
 
 
 def claim(dirs: QueueDirs, name: str, worker_id: str) -> Claim | None:
@@ -112,20 +120,50 @@ class WorkerLock:
         self.info_path = self.dir / f"{worker_id}.json"
 
     def acquire(self, info: dict[str, object]) -> None:
+        """Take the lock (unless held: a start-up tried again) and write the info file.
+
+        Raises: OSError (e.g. a full disk: call again).
+        """
         ensure_dir(self.dir)
-        self.lock.acquire(timeout=10)
+        if not self.lock.is_locked:
+            self.lock.acquire(timeout=10)
         self.info = dict(info)
         self.write_info()  # after the lock: see reap_dead_workers
 
     def update(self, **changes: object) -> None:
+        """Change the info file; if the disk refuses, the change is written with the next."""
         self.info.update(changes)
-        self.write_info()
+        try:
+            self.write_info()
+        except OSError as exc:
+            log.warning("cannot update the worker's info file: %s", exc)
 
     def write_info(self) -> None:
         write_atomic(json.dumps(self.info).encode(), self.dir, self.info_path, durable=False)
 
+    @property
+    def waiting_path(self) -> Path:
+        return self.dir / f"{self.worker_id}{WAITING_SUFFIX}"
+
+    def show_waiting(self, waiting: bool) -> None:
+        """Show (or stop showing) that this worker holds outcomes the disk refused: an empty
+        file, since its mtime, which a full disk still lets a worker create (no data block),
+        unlike a new info file. Best effort."""
+        try:
+            if waiting:
+                os.close(os.open(self.waiting_path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+            else:
+                self.waiting_path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot mark the worker's waiting outcomes: %s", exc)
+
+    def release_if_held(self) -> None:
+        if self.lock.is_locked:
+            self.release()
+
     def release(self) -> None:
         self.info_path.unlink(missing_ok=True)
+        self.waiting_path.unlink(missing_ok=True)
         Path(self.lock.lock_file).unlink(missing_ok=True)
         self.lock.release()
 
@@ -137,6 +175,14 @@ def read_info(root: Path, worker_id: str) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) else None
+
+
+def waiting_since(root: Path, worker_id: str) -> float | None:
+    """Since when the worker holds outcomes it cannot write (see WorkerLock.show_waiting)."""
+    try:
+        return os.stat(workers_dir(root) / f"{worker_id}{WAITING_SUFFIX}").st_mtime
+    except OSError:
+        return None
 
 
 def is_alive(root: Path, worker_id: str) -> bool:
@@ -267,6 +313,7 @@ def reap_dead_workers(root: Path, busy: set[str]) -> int:
         try:
             kill_orphans(root, worker_id)
             info.unlink(missing_ok=True)
+            (directory / f"{worker_id}{WAITING_SUFFIX}").unlink(missing_ok=True)
             (directory / name).unlink(missing_ok=True)
             reaped += 1
         finally:
@@ -290,6 +337,7 @@ def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch) -> int:
             continue
         (directory / name).unlink(missing_ok=True)
         (directory / f"{worker_id}.lock").unlink(missing_ok=True)
+        (directory / f"{worker_id}{WAITING_SUFFIX}").unlink(missing_ok=True)
         log.warning("worker %s stopped renewing its lease: its files are removed", worker_id)
         reaped += 1
     watch.keep_only(seen)

@@ -407,11 +407,18 @@ def render_status(data: dict[str, Any]) -> str:
         f"workers: {len(workers)} alive"
         + "".join(
             f"\n  {w['id']} pid={w.get('pid')} queues={','.join(w.get('queues', []))}"
+            + waiting_note(w)
             for w in workers
         )
     )
     lines.insert(0, f"root: {data['root']}")
     return "\n".join(lines)
+
+
+def waiting_note(worker: dict[str, Any]) -> str:
+    if not worker.get("outcomes_waiting"):
+        return ""
+    return f" OUTCOMES WAITING for the disk ({worker['outcomes_waiting_seconds']:.0f}s; no claims)"
 
 
 def duration_option(value: str | None, hint: str) -> float | None:

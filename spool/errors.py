@@ -54,6 +54,17 @@ class UnknownTask(InvalidTaskFile):
     """The file names a task that no configured module registered."""
 
 
+class DiskFault(SpoolError, OSError):
+    """A write to the spool failed: the disk is full, the quota used up, or the device fails.
+
+    Also an OSError, whose `errno` is the original one (ENOSPC, EDQUOT or EIO).
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
 class TaskNotFound(SpoolError):
     """No task with this id exists in any queue."""
 

@@ -34,6 +34,7 @@ from spool.envelope import JSON, TaskDict
 from spool.errors import error_dict
 from spool.events import Outbox, read_json
 from spool.execute import Outcome
+from spool.faults import Complaint
 from spool.fsio import fsync_dir, list_names, sync_filesystem, write_atomic
 from spool.layout import ERROR_SUFFIX, QueueDirs, delayed_name
 from spool.stats import WorkerStats
@@ -147,6 +148,19 @@ def destination(dirs: QueueDirs, state: str, final: TaskDict, name: str) -> Path
     return dirs.delayed / delayed_name(int(due * 1_000_000), name)
 
 
+@dataclass
+class Verdict:
+    """What an attempt makes of its task, decided once: its state, content and destination. If
+    the disk refuses it, the worker keeps it and writes this same file later (the retry's due
+    time, with its jitter, is not drawn again); `written`/`concluded` mark the steps done."""
+
+    state: str  # done, retry, lost or failed
+    content: TaskDict
+    dest: Path
+    written: bool = False  # the task file is in its destination
+    concluded: bool = False  # its event, counter and unique key are done (see conclude)
+
+
 def finish(
     taken: Claim,
     task: TaskDict,
@@ -160,13 +174,34 @@ def finish(
     With an outbox, the outcome's event is written after the outcome (both unsynced: the
     Committer syncs them before the claim goes).
     """
-    dirs = taken.dirs
+    verdict = verdict_of(taken, task, outcome, policy)
+    write_verdict(taken, outcome, verdict, outbox, counts)
+    return verdict.state
+
+
+def verdict_of(taken: Claim, task: TaskDict, outcome: Outcome, policy: RetryPolicy) -> Verdict:
+    """Decide an attempted task's next state and content (nothing is written)."""
     state, final = after_attempt(task, outcome, policy, taken.worker_id)
-    dest = destination(dirs, state, final, taken.name)
-    write_atomic(envelope.dump(final), dirs.tmp, dest, durable=False)
-    ending = Ending(state, outcome.finished_at, outcome.started_at, outcome.duration)
-    conclude(dirs, final, ending, outbox, counts)
-    return state
+    return Verdict(state, final, destination(taken.dirs, state, final, taken.name))
+
+
+def write_verdict(
+    taken: Claim,
+    outcome: Outcome,
+    verdict: Verdict,
+    outbox: Outbox | None,
+    counts: WorkerStats | None,
+) -> None:
+    """Write the task file, then conclude. Raises: OSError (a full or failing disk); called
+    again, it goes on from the step that failed."""
+    dirs = taken.dirs
+    if not verdict.written:
+        write_atomic(envelope.dump(verdict.content), dirs.tmp, verdict.dest, durable=False)
+        verdict.written = True  # (never twice: a retry in delayed/ may have been promoted since)
+    if not verdict.concluded:
+        ending = Ending(verdict.state, outcome.finished_at, outcome.started_at, outcome.duration)
+        conclude(dirs, verdict.content, ending, outbox, counts)
+        verdict.concluded = True
 
 
 def reject(taken: Claim, reason: str, worker_id: str, counts: WorkerStats | None = None) -> Path:
@@ -300,30 +335,48 @@ class Committer:
             self.flush()
 
     def run(self) -> None:
+        complaint = Complaint()
         while not self.stopping.is_set():
             self.has_work.wait()
             self.stopping.wait(self.max_delay_seconds)  # let a batch gather
             try:
                 self.flush()
             except OSError as exc:  # a full or failing disk must not end the thread
-                log.error("cannot commit finished tasks: %s", exc)
+                if complaint.due(time.time()):
+                    log.error("cannot commit finished tasks (trying again): %s", exc)
                 self.stopping.wait(1.0)
+                continue
+            if complaint.clear():
+                log.info("finished tasks are committed again")
 
     def flush(self) -> None:
+        """Sync, then drop the batch's claims. Raises: OSError (the rest of the batch is kept
+        for the next flush)."""
         with self.lock:
             batch, self.pending = self.pending, []
             self.has_work.clear()
         if not batch:
             return
-        sync_filesystem(self.root)  # CRASH: outcomes durable; the claims may remain
-        for path in batch:
-            path.unlink(missing_ok=True)
+        try:
+            sync_filesystem(self.root)  # CRASH: outcomes durable; the claims may remain
+            while batch:
+                batch[-1].unlink(missing_ok=True)
+                batch.pop()
+        except BaseException:
+            with self.lock:
+                self.pending[:0] = batch
+                self.has_work.set()
+            raise
 
     def close(self) -> None:
-        """Commit what is pending and stop the thread."""
+        """Commit what is pending and stop the thread; a disk that refuses is logged (the
+        outcomes are written: recovery drops the claims left behind)."""
         self.stopping.set()
         self.has_work.set()
         if self.thread is not None:
             self.thread.join(timeout=30)
             self.thread = None
-        self.flush()
+        try:
+            self.flush()
+        except OSError as exc:
+            log.error("cannot commit finished tasks before stopping: %s", exc)

@@ -6,6 +6,7 @@ A file spool writes appears complete or not at all: it is written under a dot-na
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -77,7 +78,7 @@ def write_file(path: Path, data: bytes, *, durable: bool) -> None:
     """Create `path` exclusively with group access and `data`; fsync when durable.
 
     Raises: FileExistsError if `path` exists, also where a network filesystem reports the
-    lost O_EXCL race as EPERM (sshfs does); OSError.
+    lost O_EXCL race as EPERM (sshfs does); OSError (then `path` does not exist).
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
@@ -94,8 +95,12 @@ def write_file(path: Path, data: bytes, *, durable: bool) -> None:
             # fsync, not fdatasync: on ext4 a new file's fdatasync was measured ~30% slower
             # per enqueue (same journal commit, more waiting); see bench/RESULTS.md
             os.fsync(fd)
-    finally:
-        os.close(fd)
+    except BaseException:  # e.g. a full disk: no partial file is left (it was ours: O_EXCL)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def write_atomic(data: bytes, tmp_dir: Path, dest: Path, *, durable: bool = True) -> None:

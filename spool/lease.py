@@ -66,7 +66,10 @@ class LeaseKeeper:
                 touch(path)
             except FileNotFoundError:  # RACE: finished and removed, or taken by a recoverer
                 if on_lost is not None:
-                    on_lost()
+                    try:
+                        on_lost()
+                    except OSError as exc:  # e.g. a full disk: the next refresh tries again
+                        log.warning("cannot restore %s: %s", path.name, exc)
                     continue
                 with self.lock:
                     self.held.pop(path, None)

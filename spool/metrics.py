@@ -53,6 +53,12 @@ class SpoolCollector(Collector):
             paused.add_metric([queue], 1.0 if counts["paused"] else 0.0)
         yield from (depth, oldest, paused)
         yield GaugeMetricFamily("spool_workers", "Live workers.", value=len(status["workers"]))
+        yield GaugeMetricFamily(
+            "spool_workers_outcomes_waiting",
+            "Live workers holding finished outcomes the disk refused (full, quota, I/O error);"
+            " they claim nothing until those are written.",
+            value=sum(1 for w in status["workers"] if w.get("outcomes_waiting")),
+        )
         totals = stats.load_all(self.root)
         for what, help_text in COUNTER_HELP.items():
             counter = CounterMetricFamily(f"spool_tasks_{what}", help_text, labels=["queue"])

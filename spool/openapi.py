@@ -49,6 +49,10 @@ def paths() -> dict[str, Any]:
                 "responses": {
                     "202": answer("Enqueued", ref("Enqueued")),
                     "413": answer("Body larger than [web] max_body", ref("Error")),
+                    "507": answer(
+                        "The spool's disk is full, over quota or failing: nothing was written",
+                        ref("Error"),
+                    ),
                     **ERRORS,
                 },
             }

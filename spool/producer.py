@@ -19,7 +19,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from spool import envelope
 from spool.config import Settings
 from spool.envelope import FieldError, TaskDict
 from spool.errors import BadArguments, InvalidTask, Refused, UnknownTaskName
+from spool.faults import reported_as
 from spool.fsio import list_names, server_now, write_atomic, write_file, write_many_atomic
 from spool.layout import DEFAULT_QUEUE, QueueDirs, canonical_name, delayed_name, queue_dirs
 from spool.manifest import Catalog
@@ -152,24 +154,41 @@ def enqueue(
     """Write one task durably; return its id (or the holder's id for a held unique_key).
 
     The task is admitted against `catalog` (read from the root when not given): see admit.
-    Raises: InvalidTask (UnknownTaskName, BadArguments), InvalidQueueName, OSError.
+    Raises: InvalidTask (UnknownTaskName, BadArguments), InvalidQueueName; DiskFault (full
+    disk, quota, I/O error: nothing of the task is left); OSError.
     """
     catalog = Catalog.load(settings.root) if catalog is None else catalog
     admitted = admit(catalog, task, queue, check)
     prepared = prepare(settings, admitted, queue, time.time())
-    dirs = made(prepared.dirs)
-    data = envelope.dump(prepared.task)
-    key = prepared.task.get("unique_key")
-    if key is not None:
-        holder = take_unique_key(dirs, key, prepared)
-        if holder is not None:
-            return holder
-    try:
-        write_atomic(data, dirs.tmp, prepared.dest)
-    except FileNotFoundError:  # the queue's directories were removed since: make them again
-        _MADE.discard(dirs.base)
-        write_atomic(data, made(dirs).tmp, prepared.dest)
+    with reported_as("enqueue", prepared.dirs.base):
+        dirs = made(prepared.dirs)
+        data = envelope.dump(prepared.task)
+        key = prepared.task.get("unique_key")
+        if key is not None:
+            holder = take_unique_key(dirs, key, prepared)
+            if holder is not None:
+                return holder
+        with keys_released_on_error([prepared]):
+            try:
+                write_atomic(data, dirs.tmp, prepared.dest)
+            except FileNotFoundError:  # the queue's directories were removed: make them again
+                _MADE.discard(dirs.base)
+                write_atomic(data, made(dirs).tmp, prepared.dest)
     return str(prepared.task["id"])
+
+
+@contextmanager
+def keys_released_on_error(written: list[Prepared]) -> Iterator[None]:
+    """Give up the unique keys taken for tasks whose write failed (each is theirs alone)."""
+    try:
+        yield
+    except BaseException:
+        for prepared in written:
+            key = prepared.task.get("unique_key")
+            if key is not None:
+                with contextlib.suppress(OSError):
+                    release_unique_key(prepared.dirs, key, str(prepared.task["id"]))
+        raise
 
 
 def enqueue_many(
@@ -183,7 +202,7 @@ def enqueue_many(
     """Write many tasks with grouped syncs; all are durable when this returns.
 
     Every task is admitted (see admit) and validated before any is written.
-    Raises: InvalidTask naming the position.
+    Raises: InvalidTask naming the position; DiskFault (then none of the batch is written).
     """
     now = time.time()
     catalog = Catalog.load(settings.root) if catalog is None else catalog
@@ -194,22 +213,30 @@ def enqueue_many(
         except InvalidTask as exc:  # (the kind is kept: a refusal stays a Refused)
             kind = Refused if isinstance(exc, Refused) else InvalidTask
             raise kind(f"task {position}: {exc}") from None
+    with reported_as("enqueue", batch[0].dirs.base if batch else settings.root):
+        return write_batch(settings, batch)
+
+
+def write_batch(settings: Settings, batch: list[Prepared]) -> list[str]:
     ids: list[str] = []
     items: list[tuple[bytes, Path]] = []
     created: set[QueueDirs] = set()
-    for prepared in batch:
-        if prepared.dirs not in created:
-            created.add(prepared.dirs.create())
-        key = prepared.task.get("unique_key")
-        holder = take_unique_key(prepared.dirs, key, prepared) if key is not None else None
-        if holder is not None:
-            ids.append(holder)
-            continue
-        items.append((envelope.dump(prepared.task), prepared.dest))
-        ids.append(str(prepared.task["id"]))
-    tmp_dir = batch[0].dirs.tmp if batch else settings.root
-    if items:
-        write_many_atomic(items, tmp_dir)
+    written: list[Prepared] = []
+    with keys_released_on_error(written):
+        for prepared in batch:
+            if prepared.dirs not in created:
+                created.add(prepared.dirs.create())
+            key = prepared.task.get("unique_key")
+            holder = take_unique_key(prepared.dirs, key, prepared) if key is not None else None
+            if holder is not None:
+                ids.append(holder)
+                continue
+            written.append(prepared)
+            items.append((envelope.dump(prepared.task), prepared.dest))
+            ids.append(str(prepared.task["id"]))
+        tmp_dir = batch[0].dirs.tmp if batch else settings.root
+        if items:
+            write_many_atomic(items, tmp_dir)
     return ids
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from spool.claim import (
 )
 from spool.envelope import FieldError, TaskDict
 from spool.events import Outbox
+from spool.faults import Complaint
 from spool.finish import RetryPolicy, recover
 from spool.fsio import UnreadableFile, list_names, read_regular
 from spool.index import QueueIndex
@@ -56,6 +58,7 @@ class Recovery:
         # shared mode (a lease period given): liveness is the claim's lease, not a lock
         self.claim_leases = LeaseWatch(lease_seconds) if lease_seconds else None
         self.worker_leases = LeaseWatch(lease_seconds) if lease_seconds else None
+        self.complaint = Complaint()  # a disk that refuses recovery: logged once a minute
 
     def run(self, indexes: Iterable[QueueIndex]) -> None:
         """Send the claims of dead workers back (or to failed/ when lost too often)."""
@@ -99,8 +102,10 @@ class Recovery:
         for taken, dead in abandoned(index.dirs, self.worker_id, is_dead):
             try:
                 self.recover_one(index, taken, dead)
-            except OSError as exc:
-                log.error("cannot recover %s: %s", taken.name, exc)
+            except OSError as exc:  # e.g. a full disk: hand the claim back to try again later
+                if self.complaint.due(time.time()):
+                    log.error("cannot recover %s (tried again later): %s", taken.name, exc)
+                hand_back(taken, dead)
 
     def recover_one(self, index: QueueIndex, taken: Claim, dead: str) -> None:
         task: TaskDict | None
@@ -144,3 +149,35 @@ def busy_worker_ids(root: Path) -> set[str]:
             if parts:
                 owners.add(parts[1])
     return owners
+
+
+def hand_back(taken: Claim, dead: str) -> None:
+    """After a failed recovery (a full disk), rename the taken-over claim back to its dead
+    owner's name, so the next round tries again (under this worker's name it would wait for
+    this worker's death). Unless the task was sent back before the error (e.g. its event could
+    not be written): then the claim is dropped, or the task would run twice."""
+    if is_elsewhere(taken):
+        log.warning("recovered %s, but its event may be missing", taken.name)
+        taken.path.unlink(missing_ok=True)
+        return
+    back = Claim(taken.dirs, taken.name, dead, committed=taken.committed)
+    try:
+        os.rename(taken.path, back.path)
+    except OSError as exc:
+        log.error("cannot hand %s back for recovery: %s", taken.name, exc)
+
+
+def is_elsewhere(taken: Claim) -> bool:
+    """Whether the claimed task is also in incoming/ or claimed by another name.
+
+    RACE: a worker may claim it (and finish it) between the write to incoming/ and this look;
+    once finished, the next recovery round finds its outcome and drops the claim.
+    """
+    if os.path.lexists(taken.dirs.incoming / taken.name):
+        return True
+    prefix = taken.name + "@"
+    own = taken.path.name
+    return any(
+        entry.removeprefix(".").startswith(prefix) and entry != own
+        for entry in list_names(taken.dirs.processing)
+    )

@@ -10,6 +10,7 @@ once a second (atomically) and when it stops. The files of dead workers are fold
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spool.faults import Complaint
 from spool.fsio import list_names, write_atomic
 from spool.layout import FILE_MODE, ensure_dir
 
@@ -26,6 +28,7 @@ COUNTERS = (
     "failed_removed", "lost", "cancelled_removed",
 )  # fmt: skip
 ARCHIVE = "archive.json"
+log = logging.getLogger(__name__)
 FLUSH_SECONDS = 1.0
 
 
@@ -84,6 +87,7 @@ class WorkerStats:
         self.queues: dict[str, QueueStats] = {}
         self.dirty = False
         self.written_at = 0.0
+        self.complaint = Complaint()
 
     def record(self, queue: str, what: str, duration: float | None = None) -> None:
         stats = self.queues.setdefault(queue, QueueStats())
@@ -94,12 +98,22 @@ class WorkerStats:
         self.dirty = True
 
     def flush(self, now: float, force: bool = False) -> None:
+        """Write the counts if due. A disk that refuses (full, failing) is logged at most once
+        a minute and the counts stay in memory, written by a later flush: counting never stops
+        a worker or a command."""
         if not self.dirty or (not force and now - self.written_at < FLUSH_SECONDS):
             return
-        ensure_dir(self.path.parent)
         data = {queue: stats.to_json() for queue, stats in self.queues.items()}
-        write_atomic(json.dumps(data).encode(), self.path.parent, self.path, durable=False)
+        try:
+            ensure_dir(self.path.parent)
+            write_atomic(json.dumps(data).encode(), self.path.parent, self.path, durable=False)
+        except OSError as exc:
+            self.written_at = now  # (next try in a second, not at once)
+            if self.complaint.due(now):
+                log.error("cannot write the counters (kept in memory): %s", exc)
+            return
         self.dirty, self.written_at = False, now
+        self.complaint.clear()
 
 
 def read_file(path: Path) -> dict[str, QueueStats]:
@@ -148,6 +162,8 @@ def fold_dead(root: Path, dead_worker_ids: set[str]) -> None:
                 path.unlink(missing_ok=True)
     except Timeout:
         return  # another process is folding
+    except OSError as exc:  # a full disk: the files stay, and are folded next time
+        log.warning("cannot fold the counts of dead workers: %s", exc)
 
 
 def histogram(stats: QueueStats) -> list[tuple[str, int]]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spool.claim import live_workers
+from spool.claim import live_workers, waiting_since
 from spool.counts import count_exact, finished_count
 from spool.layout import CANONICAL_RE, QueueDirs, existing_queues
 from spool.stats import QueueStats, load_all
@@ -64,4 +64,15 @@ def spool_status(root: Path, now: float | None = None) -> dict[str, Any]:
         name: queue_status(QueueDirs(root, name), now, totals.get(name))
         for name in existing_queues(root)
     }
-    return {"root": str(root), "queues": queues, "workers": live_workers(root)}
+    return {"root": str(root), "queues": queues, "workers": waiting_outcomes(root, now)}
+
+
+def waiting_outcomes(root: Path, now: float) -> list[dict[str, Any]]:
+    """The live workers, each with `outcomes_waiting` (it holds finished outcomes the disk
+    refused, and claims nothing until they are written) and since how many seconds."""
+    workers = live_workers(root)
+    for worker in workers:
+        since = waiting_since(root, str(worker["id"]))
+        worker["outcomes_waiting"] = since is not None
+        worker["outcomes_waiting_seconds"] = None if since is None else round(now - since, 3)
+    return workers

@@ -7,7 +7,8 @@ Rules every endpoint keeps:
 - Bodies are JSON, at most [web] max_body bytes (413 beyond). Errors are {"error": "..."} with
   a 4xx code; ids and queue names are checked before they touch a path.
 - POST /api/tasks validates like a dropped file or `app.enqueue` (the producer's code) and
-  answers 202 only once the task files are durable (lists go through the bulk durable path).
+  answers 202 only once the task files are durable (lists go through the bulk durable path);
+  507 when the disk is full, over quota or failing (nothing of the request is written).
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from starlette.routing import Route
 from spool import manage, producer
 from spool.config import Settings, parse_duration
 from spool.envelope import is_valid_id, reject_constant
-from spool.errors import InvalidQueueName, InvalidTask, Refused, SpoolError, TaskNotFound
+from spool.errors import (
+    DiskFault,
+    InvalidQueueName,
+    InvalidTask,
+    Refused,
+    SpoolError,
+    TaskNotFound,
+)
 from spool.events import outbox_for
 from spool.layout import STATES, QueueDirs, check_queue_name, existing_queues, split_processing
 from spool.lookup import locate, read_found
@@ -244,6 +252,8 @@ async def post_tasks(request: Request) -> Response:
         raise fail(422, str(exc)) from None
     except (InvalidTask, InvalidQueueName) as exc:
         raise fail(400, str(exc)) from None
+    except DiskFault as exc:  # full, over quota, failing: nothing was written; try again later
+        raise fail(507, f"{exc}.") from None
     except OSError as exc:
         raise fail(503, f"cannot write to the spool: {exc.strerror or exc}") from None
 

@@ -9,6 +9,11 @@ a second one, or SIGQUIT at any time, stops the attempt and puts the task back i
 unchanged. (Two TERMs from two senders at one instant arrive as one: `spool up` sends QUIT.)
 SIGHUP loads the task modules again, between two attempts (see reload_tasks), unless it comes
 with the loss of the terminal the worker started on (a hang-up: it stops as for SIGTERM).
+
+A full or failing disk (see spool.faults) never ends a worker: at start-up it tries again until
+it can write its files (start_on_disk); an outcome it cannot write waits in memory, its claim
+held, and no new task is claimed until it is written (keep_unwritten); a stop signal then
+waits for it too, and a second one leaves the claim to recovery (at least once).
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from spool.envelope import FieldError, NotJSON, TaskDict
 from spool.errors import ConfigError
 from spool.events import Outbox
 from spool.execute import Executor, Outcome
-from spool.finish import Committer, RetryPolicy, finish, reject
+from spool.faults import Backoff, Complaint, describe, is_disk_fault
+from spool.finish import Committer, RetryPolicy, Verdict, reject, verdict_of, write_verdict
 from spool.fsio import UnreadableFile, read_regular
 from spool.index import QueueIndex
 from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
@@ -69,14 +75,12 @@ HOLD_UNKNOWN_SECONDS = 10.0  # a task only other workers know is looked at again
 class Pending:
     """An attempt that ended, waiting to be recorded (see Worker.record_pending)."""
 
-    taken: Claim
+    taken: Claim  # hidden (committed) once the outcome is being written
     task: TaskDict
     outcome: Outcome
     policy: RetryPolicy
     fields: str
-
-    def unpack(self) -> tuple[Claim, TaskDict, Outcome, RetryPolicy, str]:
-        return self.taken, self.task, self.outcome, self.policy, self.fields
+    verdict: Verdict | None = None  # decided at the first try to write it; kept if it fails
 
 
 @dataclass
@@ -138,6 +142,10 @@ class Worker:
         self.poll_base = settings.poll_seconds if self.shared else POLL_SECONDS
         self.poll_gap = self.poll_base
         self.pending: Pending | None = None  # an attempt whose outcome is not recorded yet
+        self.unwritten: list[Pending] = []  # outcomes the disk refused, tried again (in order)
+        self.write_backoff = Backoff()
+        self.write_again_at = 0.0  # (monotonic) the next try of the unwritten outcomes
+        self.write_complaint = Complaint()
         self.settling = Settling(trust_mtime=not self.shared)
         self.catalogs = CatalogCache(settings.root)
 
@@ -150,17 +158,9 @@ class Worker:
         """
         self.terminal = signals.Terminal.now()
         signals.install(self.on_signal, self.on_reload, on_stop_now=self.on_signal)
-        os.makedirs(self.settings.root, exist_ok=True)
-        queues = self.fixed_queues or existing_queues(self.settings.root) or [DEFAULT_QUEUE]
-        self.lock.acquire(
-            {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "started_at": time.time(),
-                "queues": queues,
-                **({"shared": True} if self.shared else {}),
-            }
-        )
+        queues = self.start_on_disk()
+        if queues is None:  # stopped before the disk let it start
+            return 0
         try:
             if self.leases is not None:
                 # removed by a sweeper after a partition longer than the lease: write it again
@@ -169,8 +169,6 @@ class Worker:
             self.tasks = self.executor.start()
             self.tasks_loaded({}, self.tasks)
             self.committer.start()
-            for queue in queues:
-                queue_dirs(self.settings.root, queue).create()
             # watch before the first scan: a file arriving in between is not missed
             watching = self.watcher.start(queues, watch_root=not self.fixed_queues)
             self.polling = self.burst or self.shared or not watching
@@ -188,6 +186,12 @@ class Worker:
         finally:
             self.record_pending()
             self.recounter.join()
+            if self.unwritten:  # a hard stop (or an error) while the disk refused them
+                log.error(
+                    "%d outcome(s) not written: their tasks stay claimed and run again once "
+                    "recovered (at least once)",
+                    len(self.unwritten),
+                )
             self.committer.close()
             if self.leases is not None:
                 self.leases.stop()
@@ -197,14 +201,55 @@ class Worker:
             self.lock.release()
             log.info("worker %s stopped", self.worker_id)
 
+    def start_on_disk(self) -> list[str] | None:
+        """Make the directories, take the lock, write the info file: the queues to serve.
+
+        A full or failing disk is logged once and tried again with a growing pause (a worker
+        never exits for it, so Supervisor never gives up on it); None if stopped meanwhile.
+        """
+        backoff, complaint = Backoff(cap=10.0), Complaint()
+        while True:
+            try:
+                os.makedirs(self.settings.root, exist_ok=True)
+                queues = self.fixed_queues or existing_queues(self.settings.root)
+                queues = queues or [DEFAULT_QUEUE]
+                for queue in queues:
+                    queue_dirs(self.settings.root, queue).create()
+                self.lock.acquire(self.start_info(queues))
+                if backoff.failures:
+                    log.info("the disk takes writes again: starting")
+                return queues
+            except OSError as exc:
+                if not is_disk_fault(exc):
+                    raise
+                if complaint.due(time.time()):
+                    log.error(
+                        "cannot start: %s; trying again until the disk takes writes", describe(exc)
+                    )
+                if self.stopping.wait(backoff.next_pause()):
+                    self.lock.release_if_held()
+                    return None
+
+    def start_info(self, queues: list[str]) -> dict[str, object]:
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": time.time(),
+            "queues": queues,
+            **({"shared": True} if self.shared else {}),
+        }
+
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.stopping.is_set() or signum == signal.SIGQUIT:
             self.hard_stop = True  # (before `stopping`: the loop sees both or the hard stop)
             self.stopping.set()
             log.warning(
-                "%s: stopping now; the running task goes back to incoming/",
+                "%s: stopping now; %s",
                 name if signum == signal.SIGQUIT else f"second {name}",
+                "outcomes not written stay claimed"
+                if self.unwritten
+                else "the running task goes back to incoming/",
             )
         else:
             self.stopping.set()
@@ -254,6 +299,8 @@ class Worker:
                 log.error("cannot look at the spool: %s", exc)
                 self.stopping.wait(ERROR_PAUSE_SECONDS)
                 continue
+            if self.outcomes_waiting():  # a full disk: claim nothing until they are written
+                continue
             taken = self.claim_next()
             if taken is not None:
                 try:
@@ -279,6 +326,7 @@ class Worker:
                 continue
             self.wakeup.wait(self.sleep_seconds(time.time()))
         self.record_pending()
+        self.write_before_stopping()
         return 0
 
     def absorb_hints(self) -> None:
@@ -438,32 +486,23 @@ class Worker:
         self.pending = Pending(taken, task, outcome, policy, fields)
 
     def record_pending(self) -> None:
-        """Record the last attempt's outcome, if not yet done."""
+        """Record the last attempt's outcome, if not yet done (if the disk refuses it, it is
+        kept: see keep_unwritten)."""
         if self.pending is None:
             return
-        claimed, task, outcome, policy, fields = self.pending.unpack()
-        self.pending = None
+        pending, self.pending = self.pending, None
+        self.record(pending)
+
+    def record(self, pending: Pending) -> bool:
+        """Write an attempt's outcome and count it; False if the disk refused (it is kept)."""
         try:
-            # The fence: the claim is renamed before the outcome is written. If a recoverer
-            # took it (this worker's lease ran out), the rename fails and the outcome is
-            # dropped: the recoverer's outcome stands.
-            taken = claimed.hide()
-        except FileNotFoundError:
-            self.unhold(claimed)
-            log.warning("lost the claim of %s to recovery: this outcome is dropped", fields)
-            return
+            state = self.write_outcome(pending)
         except OSError as exc:
-            self.give_back(claimed, f"cannot record the outcome of {fields}: {exc}")
-            return
-        # (the hidden claim needs no renewal: its name is new to the sweepers, so they wait a
-        # whole lease, and its outcome is written right now; a recoverer then drops it)
-        self.unhold(claimed)
-        try:
-            state = finish(taken, task, outcome, policy, self.outbox, self.stats)
-            self.committer.add(taken.path)
-        except OSError as exc:  # a full or failing disk: the task runs again later
-            self.give_back(taken, f"cannot record the outcome of {fields}: {exc}")
-            return
+            self.keep_unwritten(pending, exc)
+            return False
+        if state is None:
+            return True
+        outcome, fields = pending.outcome, pending.fields
         if state == "done":
             log.info("done %s duration=%.3fs", fields, outcome.duration)
         else:
@@ -476,6 +515,110 @@ class Worker:
                 error.get("type"),
                 error.get("message"),
             )
+        return True
+
+    def write_outcome(self, pending: Pending) -> str | None:
+        """Hide the claim, write the outcome, hand the claim to the committer; return the state
+        written, or None when the claim was lost to recovery (the outcome is dropped).
+
+        Raises: OSError; `pending` then keeps how far it got, and a call again goes on.
+        """
+        if not self.fence(pending):
+            self.unhold(pending.taken)
+            log.warning("lost the claim of %s to recovery: this outcome is dropped", pending.fields)
+            return None
+        if pending.verdict is None:
+            pending.verdict = verdict_of(
+                pending.taken, pending.task, pending.outcome, pending.policy
+            )
+        write_verdict(pending.taken, pending.outcome, pending.verdict, self.outbox, self.stats)
+        self.unhold(pending.taken)  # (held only while the outcome waited for the disk)
+        self.committer.add(pending.taken.path)
+        return pending.verdict.state
+
+    def fence(self, pending: Pending) -> bool:
+        """Whether the claim is still this worker's, hidden before its outcome is written.
+
+        The fence: the claim is renamed before the outcome is written. If a recoverer took it
+        (this worker's lease ran out), the rename fails and the outcome is dropped: the
+        recoverer's outcome stands. (The hidden claim needs no renewal: its name is new to the
+        sweepers, so they wait a whole lease, and its outcome is written right now; a
+        recoverer then drops it. If the disk refuses the outcome, keep_unwritten shows the
+        claim again and holds its lease while it waits.) Raises: OSError other than ENOENT.
+        """
+        claimed = pending.taken
+        if claimed.committed:  # a try again, after the outcome was written (or unhide failed)
+            written = pending.verdict is not None and pending.verdict.written
+            return written or os.path.lexists(claimed.path)
+        try:
+            pending.taken = claimed.hide()
+        except FileNotFoundError:
+            return False
+        self.unhold(claimed)
+        return True
+
+    def keep_unwritten(self, pending: Pending, exc: OSError) -> None:
+        """The disk refused an outcome: keep it in memory (the handler is not run again), keep
+        the claim (and, in shared mode, its lease), claim nothing new, and try again later."""
+        if not self.unwritten:
+            self.lock.show_waiting(True)  # for status and metrics
+        if pending not in self.unwritten:
+            self.unwritten.append(pending)
+        written = pending.verdict is not None and pending.verdict.written
+        if pending.taken.committed and not written:  # counted as processing while it waits
+            with contextlib.suppress(OSError):
+                pending.taken = pending.taken.unhide()
+        if self.leases is not None:
+            self.leases.hold(pending.taken.path)
+        self.write_again_at = time.monotonic() + self.write_backoff.next_pause()
+        if self.write_complaint.due(time.time()):
+            log.error(
+                "cannot record the outcome of %s: %s; it is kept and written once the disk "
+                "takes it (%d waiting; no new claims meanwhile)",
+                pending.fields,
+                describe(exc) if is_disk_fault(exc) else exc,
+                len(self.unwritten),
+            )
+
+    def write_unwritten(self) -> bool:
+        """Try again to write the outcomes the disk refused, once their pause is over; True
+        while some still wait."""
+        if not self.unwritten:
+            return False
+        if time.monotonic() < self.write_again_at:
+            return True
+        while self.unwritten:
+            if not self.record(self.unwritten[0]):
+                return True
+            self.unwritten.pop(0)
+        self.write_backoff.reset()
+        self.write_complaint.clear()
+        self.lock.show_waiting(False)
+        log.info("the disk takes writes again: the waiting outcomes are written")
+        return False
+
+    def outcomes_waiting(self) -> bool:
+        """While outcomes the disk refused wait (a full disk), claim nothing: try them again
+        when due and sleep until the next try; True while they wait."""
+        if not self.unwritten:
+            return False
+        self.record_pending()  # (an attempt that ended meanwhile joins them, in order)
+        if not self.write_unwritten():
+            return False
+        self.stopping.wait(max(0.001, self.write_again_at - time.monotonic()))
+        return True
+
+    def write_before_stopping(self) -> None:
+        """Stopping with outcomes the disk refused: keep trying until they are written or a
+        hard stop comes (their claims stay then: recovery runs those tasks again)."""
+        if self.unwritten:
+            log.warning(
+                "stopping: %d outcome(s) wait for the disk; a second signal stops without them",
+                len(self.unwritten),
+            )
+        while self.write_unwritten() and not self.hard_stop:
+            self.wakeup.wait(max(0.001, self.write_again_at - time.monotonic()))
+            self.wakeup.clear()
 
     def give_back(self, taken: Claim, why: str) -> None:
         """Put a claimed task back after an I/O error, and pause a moment before going on."""

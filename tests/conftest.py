@@ -207,3 +207,21 @@ def hostbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
         except RuntimeError as exc:
             errors.append(exc)
     assert not errors, errors
+
+
+@pytest.fixture
+def full_disk(spool_root: Path) -> Iterator[object]:
+    """A 1 MiB tmpfs mounted on the spool root (see tests.fulldisk): `full_disk.fill()`,
+    `.free()`, `.full_for(seconds)`. Unmounted at the end; skipped where it cannot be mounted
+    (not root)."""
+    from tests.fulldisk import FullDisk, Unavailable
+
+    disk = FullDisk(spool_root)
+    try:
+        disk.mount()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield disk
+    finally:
+        disk.unmount()

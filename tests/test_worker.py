@@ -434,7 +434,7 @@ def test_competing_workers_run_every_task_exactly_once(
     assert len(worker_pids) >= 2  # they did compete
 
 
-def test_a_worker_that_cannot_record_an_outcome_gives_the_task_back_and_lives(
+def test_a_worker_that_cannot_record_an_outcome_keeps_it_writes_it_later_and_lives(
     app: Spool,
     spool_root: Path,
     tmp_path: Path,
