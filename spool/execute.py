@@ -33,6 +33,7 @@ from spool.errors import ConfigError, error_dict
 
 CHILD_CODE = "from spool.execute import child_main; child_main()"
 START_TIMEOUT_SECONDS = 120.0
+START_TRIES = 3  # a child killed before its first message is started again this often
 POLL_SLICE_SECONDS = 0.1
 HEADER = struct.Struct("!I")
 
@@ -108,7 +109,26 @@ class Executor:
         self.tasks: dict[str, dict[str, Any]] = {}
 
     def start(self) -> dict[str, dict[str, Any]]:
-        """Start the child; return the tasks it registered. Raises: ConfigError."""
+        """Start the child; return the tasks it registered. Raises: ConfigError.
+
+        A child that dies before it says anything (killed while it imports: the OOM killer, an
+        operator's kill) is started again, up to START_TRIES times; a module that does not
+        import is a ConfigError at once.
+        """
+        for _ in range(START_TRIES):
+            hello = self.spawn()
+            if hello is not None:
+                break
+        if hello is None or "error" in hello:
+            reason = hello["error"] if hello else "it exited or did not answer"
+            self.kill()
+            raise ConfigError(f"cannot start the handler process: {reason}")
+        self.tasks = hello["tasks"]
+        return self.tasks
+
+    def spawn(self) -> dict[str, Any] | None:
+        """Start a child process and return its first message (None: it died or is silent)."""
+        self.kill()  # (a child that died before its first message)
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         payload = json.dumps({"modules": list(self.tasks_modules), "project_dir": self.project_dir})
@@ -126,13 +146,7 @@ class Executor:
         if self.on_spawn is not None:
             self.on_spawn(self.proc.pid)  # its process group, for cleanup if the worker dies
         self.channel = Channel(from_child_r, to_child_w)
-        hello = self.receive(START_TIMEOUT_SECONDS)
-        if hello is None or "error" in hello:
-            reason = hello["error"] if hello else "it exited or did not answer"
-            self.kill()
-            raise ConfigError(f"cannot start the handler process: {reason}")
-        self.tasks = hello["tasks"]
-        return self.tasks
+        return self.receive(START_TIMEOUT_SECONDS)
 
     def receive(self, timeout: float) -> dict[str, Any] | None:
         assert self.channel is not None

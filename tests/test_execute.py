@@ -4,11 +4,14 @@ run again because of a late signal."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from spool.errors import ConfigError
 from spool.execute import Executor
 from tests.conftest import PROJECT_DIR
 
@@ -58,3 +61,28 @@ def test_a_stop_while_the_handler_runs_ends_the_attempt(executor: Executor) -> N
 def test_a_timeout_while_the_handler_runs_fails_the_attempt(executor: Executor) -> None:
     outcome = executor.run({"task": "sleep_then_return", "args": [30]}, 0.2, lambda: False)
     assert not outcome.ok and outcome.error is not None and outcome.error["type"] == "Timeout"
+
+
+def test_a_handler_process_killed_before_it_answers_is_started_again() -> None:
+    spawned: list[int] = []
+
+    def kill_the_first(pid: int) -> None:  # before it has imported anything
+        spawned.append(pid)
+        if len(spawned) == 1:
+            os.kill(pid, signal.SIGKILL)
+
+    executor = Executor(["tests.tasks"], str(PROJECT_DIR), on_spawn=kill_the_first)
+    try:
+        assert "echo" in executor.start()
+        assert len(spawned) == 2
+        assert executor.run({"task": "echo", "args": [1]}, 10, lambda: False).result == 1
+    finally:
+        executor.kill()
+
+
+def test_a_module_that_does_not_import_is_not_started_again() -> None:
+    spawned: list[int] = []
+    executor = Executor(["no_such_module_here"], str(PROJECT_DIR), on_spawn=spawned.append)
+    with pytest.raises(ConfigError, match="no_such_module_here"):
+        executor.start()
+    assert len(spawned) == 1
