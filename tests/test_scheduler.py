@@ -460,3 +460,19 @@ def test_schedule_run_of_an_unknown_entry_is_a_usage_error_naming_the_entries(
     assert result.exit_code == 2
     assert "no schedule entry 'tock' (entries: tick)" in result.stderr
     assert not (spool_root / "default").exists()
+
+
+def test_a_schedule_without_a_queue_goes_to_the_queue_its_task_declares(
+    spool_root: Path, config_path: Path, start_worker: Any
+) -> None:
+    config = write_config(
+        config_path, {"mailer": {"task": "send_mail", "args": ["ops@b.c"], "every": "1h"}}
+    )
+    start_worker("-q", "mail")
+    wait_until(lambda: any(spool_root.joinpath(".tasks").glob("*.json")), timeout=30)
+    listed = invoke(spool_root, config, "schedule", "ls")
+    assert "mailer: send_mail on mail, every 3600s" in listed.stdout
+    fired = invoke(spool_root, config, "schedule", "run", "mailer")
+    assert fired.exit_code == 0, fired.output
+    done = spool_root / "mail" / "done"
+    wait_until(lambda: done.is_dir() and len(list(done.glob("*.json"))) == 1, timeout=30)
