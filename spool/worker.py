@@ -1,7 +1,7 @@
 """The worker loop: wake or rescan, promote due tasks, claim the next one, run it, finish it.
 
 One worker process serves one or more queues (all of them by default), one attempt at a time,
-through its handler process (see execute). It holds its liveness lock (see claim) from start to
+through its handler process (see execute). It holds its liveness lock (see workers) from start to
 exit (in shared mode, several hosts: it renews the lease of each claim instead, and lists
 incoming/ every poll interval; see spool.cluster). Signals: the first SIGTERM/SIGINT stops
 claiming and lets the running attempt finish (bounded by its timeout), then the worker exits 0;
@@ -31,15 +31,7 @@ from types import FrameType
 from typing import Any
 
 from spool import envelope, signals
-from spool.claim import (
-    Claim,
-    WorkerLock,
-    claim,
-    is_alive,
-    new_worker_id,
-    release,
-    worker_ids,
-)
+from spool.claim import Claim, claim, release
 from spool.cluster import is_shared
 from spool.config import Settings
 from spool.counts import Recounter
@@ -61,6 +53,7 @@ from spool.settle import Settling
 from spool.signature import binding_error, render
 from spool.stats import WorkerStats
 from spool.watch import Watcher
+from spool.workers import WorkerLock, is_alive, new_worker_id, worker_ids
 
 log = logging.getLogger(__name__)
 REAP_SECONDS = 30.0
