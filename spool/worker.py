@@ -31,21 +31,22 @@ from types import FrameType
 from typing import Any
 
 from spool import envelope, signals
-from spool.claim import Claim, claim, release
+from spool.claim import Claim, release
 from spool.cluster import is_shared
 from spool.config import Settings
 from spool.counts import Recounter
 from spool.envelope import FieldError, NotJSON, TaskDict
 from spool.errors import ConfigError
 from spool.events import Outbox
-from spool.execute import Executor, Outcome
+from spool.execute import Executor
 from spool.faults import Backoff, Complaint, describe, is_disk_fault
-from spool.finish import Committer, RetryPolicy, Verdict, reject, verdict_of, write_verdict
+from spool.finish import Committer, RetryPolicy, reject
 from spool.fsio import UnreadableFile, read_regular
-from spool.index import QueueIndex
 from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
 from spool.lease import LeaseKeeper
 from spool.manifest import CatalogCache, publish, unknown_fate
+from spool.queues import Queues
+from spool.recorder import Pending, Recorder
 from spool.recovery import Recovery
 from spool.reload import task_changes
 from spool.retention import Retention
@@ -53,7 +54,7 @@ from spool.settle import Settling
 from spool.signature import binding_error, render
 from spool.stats import WorkerStats
 from spool.watch import Watcher
-from spool.workers import WorkerLock, is_alive, new_worker_id, worker_ids
+from spool.workers import WorkerLock, is_alive, new_worker_id
 
 log = logging.getLogger(__name__)
 REAP_SECONDS = 30.0
@@ -62,18 +63,6 @@ RETENTION_SECONDS = 1.0
 ERROR_PAUSE_SECONDS = 1.0  # when filesystem events are unavailable
 RESCAN_COST_FACTOR = 20.0
 HOLD_UNKNOWN_SECONDS = 10.0  # a task only other workers know is looked at again after this
-
-
-@dataclass
-class Pending:
-    """An attempt that ended, waiting to be recorded (see Worker.record_pending)."""
-
-    taken: Claim  # hidden (committed) once the outcome is being written
-    task: TaskDict
-    outcome: Outcome
-    policy: RetryPolicy
-    fields: str
-    verdict: Verdict | None = None  # decided at the first try to write it; kept if it fails
 
 
 @dataclass
@@ -102,8 +91,15 @@ class Worker:
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.hard_stop = False
-        self.indexes: dict[str, QueueIndex] = {}
         self.watcher = Watcher(settings.root, self.wakeup)
+        self.queues = Queues(
+            settings.root,
+            self.fixed_queues,
+            self.worker_id,
+            settings.max_file_bytes,
+            self.watcher,
+            self.shared,
+        )
         self.executor = self.new_executor()
         self.committer = Committer(settings.root)
         self.lock = WorkerLock(settings.root, self.worker_id)
@@ -134,11 +130,7 @@ class Worker:
         self.polling = False
         self.poll_base = settings.poll_seconds if self.shared else POLL_SECONDS
         self.poll_gap = self.poll_base
-        self.pending: Pending | None = None  # an attempt whose outcome is not recorded yet
-        self.unwritten: list[Pending] = []  # outcomes the disk refused, tried again (in order)
-        self.write_backoff = Backoff()
-        self.write_again_at = 0.0  # (monotonic) the next try of the unwritten outcomes
-        self.write_complaint = Complaint()
+        self.recorder = Recorder(self.committer, self.outbox, self.stats, self.lock, self.leases)
         self.settling = Settling(trust_mtime=not self.shared)
         self.catalogs = CatalogCache(settings.root)
 
@@ -166,7 +158,7 @@ class Worker:
             watching = self.watcher.start(queues, watch_root=not self.fixed_queues)
             self.polling = self.burst or self.shared or not watching
             for queue in queues:
-                self.add_queue(queue)
+                self.queues.add(queue)
             log.info(
                 "worker %s started: queues %s, tasks %s",
                 self.worker_id,
@@ -174,16 +166,16 @@ class Worker:
                 ", ".join(sorted(self.tasks)) or "none",
             )
             self.recovery.last = time.time()
-            self.recoverer.run(self.indexes.values())
+            self.recoverer.run(self.queues)
             return self.loop()
         finally:
-            self.record_pending()
+            self.recorder.record_pending()
             self.recounter.join()
-            if self.unwritten:  # a hard stop (or an error) while the disk refused them
+            if self.recorder.unwritten:  # a hard stop (or an error) while the disk refused them
                 log.error(
                     "%d outcome(s) not written: their tasks stay claimed and run again once "
                     "recovered (at least once)",
-                    len(self.unwritten),
+                    len(self.recorder.unwritten),
                 )
             self.committer.close()
             if self.leases is not None:
@@ -241,7 +233,7 @@ class Worker:
                 "%s: stopping now; %s",
                 name if signum == signal.SIGQUIT else f"second {name}",
                 "outcomes not written stay claimed"
-                if self.unwritten
+                if self.recorder.unwritten
                 else "the running task goes back to incoming/",
             )
         else:
@@ -260,15 +252,6 @@ class Worker:
         log.info("SIGHUP: loading the task code again (after the running attempt, if any)")
         self.wakeup.set()
 
-    def add_queue(self, queue: str) -> None:
-        if queue in self.indexes:
-            return
-        dirs = queue_dirs(self.settings.root, queue).create()
-        index = QueueIndex(dirs, self.settings.max_file_bytes, stale_listings=self.shared)
-        index.rescan()
-        self.indexes[queue] = index
-        self.watcher.add(queue)
-
     # ---- the loop --------------------------------------------------------------------
 
     def loop(self) -> int:
@@ -283,19 +266,24 @@ class Worker:
             now = time.time()
             try:
                 self.stats.flush(now)
-                self.absorb_hints()
+                if self.queues.absorb(self.watcher.hints):  # events were lost: look now
+                    self.rescan_all(time.time())
                 self.housekeeping(now)
-                self.promote_due(now)
+                self.queues.promote_due(now)
             except OSError as exc:  # e.g. a directory made unreadable: log, wait, go on
                 if self.burst:
                     raise
                 log.error("cannot look at the spool: %s", exc)
                 self.stopping.wait(ERROR_PAUSE_SECONDS)
                 continue
-            if self.outcomes_waiting():  # a full disk: claim nothing until they are written
+            waiting = self.recorder.outcomes_waiting()
+            if waiting is not None:  # a full disk: claim nothing until they are written
+                self.stopping.wait(waiting)
                 continue
-            taken = self.claim_next()
+            taken = self.queues.claim_next()
             if taken is not None:
+                if self.leases is not None:
+                    self.leases.hold(taken.path)
                 try:
                     self.process(taken)
                 except OSError as exc:  # the disk failed, or (shared) the claim was taken
@@ -306,9 +294,9 @@ class Worker:
                     self.give_back(taken, f"cannot run {taken.name}: {exc}")
                 fresh = False
                 continue
-            self.record_pending()  # nothing to run next: record the last outcome now
+            self.recorder.record_pending()  # nothing to run next: record the last outcome now
             if self.burst:
-                put_back = self.put_back_wait()
+                put_back = self.queues.put_back_wait()
                 if put_back is not None:  # files being written in place: wait for them
                     self.stopping.wait(max(0.001, put_back))
                     continue
@@ -318,29 +306,9 @@ class Worker:
                 fresh = True
                 continue
             self.wakeup.wait(self.sleep_seconds(time.time()))
-        self.record_pending()
+        self.recorder.record_pending()
         self.write_before_stopping()
         return 0
-
-    def absorb_hints(self) -> None:
-        hints = self.watcher.hints
-        while hints.arrived:
-            queue, state, name = hints.arrived.popleft()
-            index = self.indexes.get(queue)
-            if index is None:
-                continue
-            if state == "incoming":
-                index.add_ready(name)
-            elif state == "delayed":
-                index.add_delayed(name)
-            else:
-                index.paused = index.dirs.is_paused()
-        if hints.new_queue:
-            hints.new_queue = False
-            self.discover_queues()
-        if hints.rescan:  # events were lost: look at the directories now
-            hints.rescan = False
-            self.rescan_all(time.time())
 
     def housekeeping(self, now: float) -> None:
         # (a burst worker rescans when it runs dry, in the loop; never in the middle of work)
@@ -349,10 +317,10 @@ class Worker:
             self.rescan_all(now)
         if self.recovery.due(now):
             self.recovery.last = now
-            self.recoverer.run(self.indexes.values())
+            self.recoverer.run(self.queues)
         if self.retention is not None and self.retention_timer.due(now):
             self.retention_timer.last = now
-            deleted = self.retention.step(list(self.indexes))
+            deleted = self.retention.step(self.queues.names())
             for (queue, state), n in deleted.items():
                 for _ in range(n):
                     self.stats.record(queue, f"{state}_removed")
@@ -360,87 +328,24 @@ class Worker:
         if self.reaping.due(now):
             self.reaping.last = now
             self.recoverer.reap(now)
-            self.recounter.maybe_start(list(self.indexes), now)
+            self.recounter.maybe_start(self.queues.names(), now)
 
     def rescan_all(self, now: float) -> None:
-        self.discover_queues()
-        shard = self.shard() if self.shared else None
-        for index in self.indexes.values():
-            index.set_shard(shard)
-            index.rescan()
+        self.queues.rescan_all()
         # a rescan of a huge backlog is not free: keep it under 5% of the time
         took = time.time() - now
         self.rescan.every = max(self.settings.rescan_seconds, RESCAN_COST_FACTOR * took)
         self.poll_gap = max(self.poll_base, RESCAN_COST_FACTOR * took)
         self.rescan.last = time.time()
 
-    def shard(self) -> tuple[int, int] | None:
-        """Shared mode: this worker's share of the ready tasks (slot, live workers), so that
-        workers on several hosts do not all race for the same names (see QueueIndex.choose)."""
-        live = worker_ids(self.settings.root)
-        if self.worker_id not in live:
-            return None
-        return live.index(self.worker_id), len(live)
-
-    def discover_queues(self) -> None:
-        if self.fixed_queues:
-            return
-        for queue in existing_queues(self.settings.root):
-            self.add_queue(queue)
-
     def sleep_seconds(self, now: float) -> float:
         waits = [self.rescan.left(now), self.recovery.left(now)]
         if self.polling:
             waits.append(self.poll_gap)
-        for index in self.indexes.values():
-            due = index.next_due_us()
-            if due is not None:
-                waits.append(max(0.0, due / 1_000_000 - now))
-        put_back = self.put_back_wait()
-        if put_back is not None:
-            waits.append(put_back)
+        due = self.queues.next_wait(now)
+        if due is not None:
+            waits.append(due)
         return max(0.001, min(waits))
-
-    def put_back_wait(self) -> float | None:
-        """Seconds until the first file put back (spool.settle) is to be read again, if any."""
-        times = [min(index.later.values()) for index in self.indexes.values() if index.later]
-        return min(times) - time.monotonic() if times else None
-
-    def promote_due(self, now: float) -> None:
-        """Make ready what has fallen due: delayed tasks, and files put back (spool.settle)."""
-        now_us, now_mono = int(now * 1_000_000), time.monotonic()
-        for index in self.indexes.values():
-            index.return_later(now_mono)
-            for entry in index.pop_due(now_us):
-                name = entry.partition("@")[2]
-                try:
-                    os.rename(index.dirs.delayed / entry, index.dirs.incoming / name)
-                except FileNotFoundError:  # RACE: another worker promoted or cancelled it
-                    continue
-                index.add_ready(name)
-
-    def claim_next(self) -> Claim | None:
-        """Claim the best ready task over all queues: higher priority, then first enqueued."""
-        while True:
-            best: QueueIndex | None = None
-            for index in self.indexes.values():
-                key = index.peek_ready()
-                if key is not None and index.paused:
-                    continue
-                if key is not None and (best is None or key < (best.peek_ready() or "")):
-                    best = index
-            if best is None:
-                return None
-            name = best.pop_ready()
-            if name is None:
-                continue
-            taken = claim(best.dirs, name, self.worker_id)
-            if taken is None:
-                best.forget(name)
-                continue
-            if self.leases is not None:
-                self.leases.hold(taken.path)
-            return taken
 
     def unhold(self, taken: Claim) -> None:
         if self.leases is not None:
@@ -466,151 +371,25 @@ class Worker:
             "kwargs": task.get("kwargs", {}),
         }
         outcome = self.executor.run(
-            request, self.timeout_for(task), lambda: self.hard_stop, self.record_pending
+            request, self.timeout_for(task), lambda: self.hard_stop, self.recorder.record_pending
         )
         if outcome.interrupted:
             self.unhold(taken)
             release(taken)
             log.warning("released %s (stopped during the attempt)", fields)
             return
-        # Recorded while the next attempt runs (or before the worker waits or stops): the
-        # outcome's write, sync batch, stats and log line overlap with the next handler.
-        self.record_pending()  # (already done, unless the handler process was found dead)
-        self.pending = Pending(taken, task, outcome, policy, fields)
-
-    def record_pending(self) -> None:
-        """Record the last attempt's outcome, if not yet done (if the disk refuses it, it is
-        kept: see keep_unwritten)."""
-        if self.pending is None:
-            return
-        pending, self.pending = self.pending, None
-        self.record(pending)
-
-    def record(self, pending: Pending) -> bool:
-        """Write an attempt's outcome and count it; False if the disk refused (it is kept)."""
-        try:
-            state = self.write_outcome(pending)
-        except OSError as exc:
-            self.keep_unwritten(pending, exc)
-            return False
-        if state is None:
-            return True
-        outcome, fields = pending.outcome, pending.fields
-        if state == "done":
-            log.info("done %s duration=%.3fs", fields, outcome.duration)
-        else:
-            error = outcome.error
-            log.warning(
-                "%s %s duration=%.3fs error=%s: %s",
-                state,
-                fields,
-                outcome.duration,
-                error.get("type"),
-                error.get("message"),
-            )
-        return True
-
-    def write_outcome(self, pending: Pending) -> str | None:
-        """Hide the claim, write the outcome, hand the claim to the committer; return the state
-        written, or None when the claim was lost to recovery (the outcome is dropped).
-
-        Raises: OSError; `pending` then keeps how far it got, and a call again goes on.
-        """
-        if not self.fence(pending):
-            self.unhold(pending.taken)
-            log.warning("lost the claim of %s to recovery: this outcome is dropped", pending.fields)
-            return None
-        if pending.verdict is None:
-            pending.verdict = verdict_of(
-                pending.taken, pending.task, pending.outcome, pending.policy
-            )
-        write_verdict(pending.taken, pending.outcome, pending.verdict, self.outbox, self.stats)
-        self.unhold(pending.taken)  # (held only while the outcome waited for the disk)
-        self.committer.add(pending.taken.path)
-        return pending.verdict.state
-
-    def fence(self, pending: Pending) -> bool:
-        """Whether the claim is still this worker's, hidden before its outcome is written.
-
-        The fence: the claim is renamed before the outcome is written. If a recoverer took it
-        (this worker's lease ran out), the rename fails and the outcome is dropped: the
-        recoverer's outcome stands. (The hidden claim needs no renewal: its name is new to the
-        sweepers, so they wait a whole lease, and its outcome is written right now; a
-        recoverer then drops it. If the disk refuses the outcome, keep_unwritten shows the
-        claim again and holds its lease while it waits.) Raises: OSError other than ENOENT.
-        """
-        claimed = pending.taken
-        if claimed.committed:  # a try again, after the outcome was written (or unhide failed)
-            written = pending.verdict is not None and pending.verdict.written
-            return written or os.path.lexists(claimed.path)
-        try:
-            pending.taken = claimed.hide()
-        except FileNotFoundError:
-            return False
-        self.unhold(claimed)
-        return True
-
-    def keep_unwritten(self, pending: Pending, exc: OSError) -> None:
-        """The disk refused an outcome: keep it in memory (the handler is not run again), keep
-        the claim (and, in shared mode, its lease), claim nothing new, and try again later."""
-        if not self.unwritten:
-            self.lock.show_waiting(True)  # for status and metrics
-        if pending not in self.unwritten:
-            self.unwritten.append(pending)
-        written = pending.verdict is not None and pending.verdict.written
-        if pending.taken.committed and not written:  # counted as processing while it waits
-            with contextlib.suppress(OSError):
-                pending.taken = pending.taken.unhide()
-        if self.leases is not None:
-            self.leases.hold(pending.taken.path)
-        self.write_again_at = time.monotonic() + self.write_backoff.next_pause()
-        if self.write_complaint.due(time.time()):
-            log.error(
-                "cannot record the outcome of %s: %s; it is kept and written once the disk "
-                "takes it (%d waiting; no new claims meanwhile)",
-                pending.fields,
-                describe(exc) if is_disk_fault(exc) else exc,
-                len(self.unwritten),
-            )
-
-    def write_unwritten(self) -> bool:
-        """Try again to write the outcomes the disk refused, once their pause is over; True
-        while some still wait."""
-        if not self.unwritten:
-            return False
-        if time.monotonic() < self.write_again_at:
-            return True
-        while self.unwritten:
-            if not self.record(self.unwritten[0]):
-                return True
-            self.unwritten.pop(0)
-        self.write_backoff.reset()
-        self.write_complaint.clear()
-        self.lock.show_waiting(False)
-        log.info("the disk takes writes again: the waiting outcomes are written")
-        return False
-
-    def outcomes_waiting(self) -> bool:
-        """While outcomes the disk refused wait (a full disk), claim nothing: try them again
-        when due and sleep until the next try; True while they wait."""
-        if not self.unwritten:
-            return False
-        self.record_pending()  # (an attempt that ended meanwhile joins them, in order)
-        if not self.write_unwritten():
-            return False
-        self.stopping.wait(max(0.001, self.write_again_at - time.monotonic()))
-        return True
+        self.recorder.defer(Pending(taken, task, outcome, policy, fields))  # (see recorder)
 
     def write_before_stopping(self) -> None:
         """Stopping with outcomes the disk refused: keep trying until they are written or a
         hard stop comes (their claims stay then: recovery runs those tasks again)."""
-        if self.unwritten:
+        if self.recorder.unwritten:
             log.warning(
                 "stopping: %d outcome(s) wait for the disk; a second signal stops without them",
-                len(self.unwritten),
+                len(self.recorder.unwritten),
             )
-        while self.write_unwritten() and not self.hard_stop:
-            self.wakeup.wait(max(0.001, self.write_again_at - time.monotonic()))
+        while self.recorder.write_unwritten() and not self.hard_stop:
+            self.wakeup.wait(self.recorder.next_try())
             self.wakeup.clear()
 
     def give_back(self, taken: Claim, why: str) -> None:
@@ -683,7 +462,7 @@ class Worker:
             return
         self.unhold(taken)
         release(taken)
-        self.indexes[taken.dirs.name].hold(taken.name, wait)
+        self.queues[taken.dirs.name].hold(taken.name, wait)
         log.info(
             "left queue=%s file=%s task=%s to the workers that know it (again in %.0f s)",
             taken.dirs.name,
@@ -712,7 +491,7 @@ class Worker:
         """Return a claimed file to incoming/ and leave it there for `seconds`."""
         self.unhold(taken)
         release(taken)
-        self.indexes[taken.dirs.name].look_again(taken.name, seconds)
+        self.queues[taken.dirs.name].look_again(taken.name, seconds)
         log.debug(
             "%s/%s is not JSON yet: read again in %.2f s", taken.dirs.name, taken.name, seconds
         )
@@ -738,7 +517,7 @@ class Worker:
         entry = delayed_name(due_us, taken.name)
         self.unhold(taken)
         os.rename(taken.path, taken.dirs.delayed / entry)
-        self.indexes[taken.dirs.name].add_delayed(entry)
+        self.queues[taken.dirs.name].add_delayed(entry)
 
     def policy_for(self, task: TaskDict) -> RetryPolicy:
         options = self.tasks.get(task["task"], {})
@@ -781,7 +560,7 @@ class Worker:
         """Load the task modules again in a new handler process and swap it in; if they do not
         load, say why in one line and keep the old handler process serving."""
         self.reload_wanted = False  # (a SIGHUP during the import asks for one more reload)
-        self.record_pending()  # first: a reload never overlaps an attempt or its recording
+        self.recorder.record_pending()  # first: a reload never overlaps an attempt or its recording
         fresh = self.new_executor()
         try:
             tasks = fresh.start()
