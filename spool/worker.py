@@ -28,7 +28,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
 from spool import envelope, signals
 from spool.claim import Claim, release
@@ -38,23 +37,20 @@ from spool.counts import Recounter
 from spool.envelope import FieldError, NotJSON, TaskDict
 from spool.errors import ConfigError
 from spool.events import Outbox
-from spool.execute import Executor
 from spool.faults import Backoff, Complaint, describe, is_disk_fault
-from spool.finish import Committer, RetryPolicy, reject
+from spool.finish import Committer, reject
 from spool.fsio import UnreadableFile, read_regular
 from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
 from spool.lease import LeaseKeeper
-from spool.manifest import CatalogCache, publish, unknown_fate
 from spool.queues import Queues
 from spool.recorder import Pending, Recorder
 from spool.recovery import Recovery
-from spool.reload import task_changes
 from spool.retention import Retention
 from spool.settle import Settling
-from spool.signature import binding_error, render
 from spool.stats import WorkerStats
+from spool.taskcode import TaskCode
 from spool.watch import Watcher
-from spool.workers import WorkerLock, is_alive, new_worker_id
+from spool.workers import WorkerLock, new_worker_id
 
 log = logging.getLogger(__name__)
 REAP_SECONDS = 30.0
@@ -62,7 +58,6 @@ POLL_SECONDS = 0.25
 RETENTION_SECONDS = 1.0
 ERROR_PAUSE_SECONDS = 1.0  # when filesystem events are unavailable
 RESCAN_COST_FACTOR = 20.0
-HOLD_UNKNOWN_SECONDS = 10.0  # a task only other workers know is looked at again after this
 
 
 @dataclass
@@ -100,9 +95,9 @@ class Worker:
             self.watcher,
             self.shared,
         )
-        self.executor = self.new_executor()
         self.committer = Committer(settings.root)
         self.lock = WorkerLock(settings.root, self.worker_id)
+        self.code = TaskCode(settings, self.worker_id, self.lock)
         self.stats = WorkerStats(settings.root, self.worker_id)
         self.retention = (
             Retention(settings.root, settings.retention) if settings.retention else None
@@ -115,15 +110,13 @@ class Worker:
             settings.root,
             self.worker_id,
             settings.max_file_bytes,
-            self.known_policy,
+            self.code.known_policy,
             self.stats,
             self.outbox,
             settings.lease_seconds if self.shared else None,
         )
-        self.tasks: dict[str, dict[str, Any]] = {}
         self.reload_wanted = False  # SIGHUP: load the task modules again between attempts
         self.terminal = signals.Terminal(attached=False, nohup=False)
-        self.reloads = 0
         self.rescan = Timer(settings.rescan_seconds)
         self.recovery = Timer(settings.recover_seconds)
         self.reaping = Timer(REAP_SECONDS)
@@ -132,7 +125,6 @@ class Worker:
         self.poll_gap = self.poll_base
         self.recorder = Recorder(self.committer, self.outbox, self.stats, self.lock, self.leases)
         self.settling = Settling(trust_mtime=not self.shared)
-        self.catalogs = CatalogCache(settings.root)
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -151,8 +143,7 @@ class Worker:
                 # removed by a sweeper after a partition longer than the lease: write it again
                 self.leases.hold(self.lock.info_path, on_lost=self.lock.write_info)
                 self.leases.start()
-            self.tasks = self.executor.start()
-            self.tasks_loaded({}, self.tasks)
+            self.code.start()
             self.committer.start()
             # watch before the first scan: a file arriving in between is not missed
             watching = self.watcher.start(queues, watch_root=not self.fixed_queues)
@@ -163,7 +154,7 @@ class Worker:
                 "worker %s started: queues %s, tasks %s",
                 self.worker_id,
                 ", ".join(queues) if self.fixed_queues else "all",
-                ", ".join(sorted(self.tasks)) or "none",
+                ", ".join(sorted(self.code.tasks)) or "none",
             )
             self.recovery.last = time.time()
             self.recoverer.run(self.queues)
@@ -181,7 +172,7 @@ class Worker:
             if self.leases is not None:
                 self.leases.stop()
             self.stats.flush(time.time(), force=True)
-            self.executor.stop()
+            self.code.executor.stop()
             self.watcher.stop()
             self.lock.release()
             log.info("worker %s stopped", self.worker_id)
@@ -261,8 +252,8 @@ class Worker:
             self.wakeup.clear()  # clear before looking: an event during the look is kept
             if self.reload_wanted:  # between attempts: none runs, none waits to be recorded
                 self.reload_tasks()
-            elif self.executor.tasks is not self.tasks:
-                self.follow_restart()
+            else:
+                self.code.follow_restart()
             now = time.time()
             try:
                 self.stats.flush(now)
@@ -361,7 +352,7 @@ class Worker:
         if envelope.due_at(task) > time.time():
             self.put_off(taken, task)
             return
-        policy = self.policy_for(task)
+        policy = self.code.policy_for(task)
         attempt = int(task.get("attempts", 0)) + 1
         fields = self.log_fields(taken, task, attempt)
         log.info("claimed %s", fields)
@@ -370,8 +361,11 @@ class Worker:
             "args": task.get("args", []),
             "kwargs": task.get("kwargs", {}),
         }
-        outcome = self.executor.run(
-            request, self.timeout_for(task), lambda: self.hard_stop, self.recorder.record_pending
+        outcome = self.code.executor.run(
+            request,
+            self.code.timeout_for(task),
+            lambda: self.hard_stop,
+            self.recorder.record_pending,
         )
         if outcome.interrupted:
             self.unhold(taken)
@@ -425,14 +419,12 @@ class Worker:
             self.reject(taken, str(exc))
             return None
         self.settling.settled(key)
-        name = task["task"]
-        if name not in self.tasks:
-            self.unknown(taken, name)
+        if task["task"] not in self.code.tasks:
+            self.unknown(taken, task["task"])
             return None
-        params = self.tasks[name].get("params")
-        unbound = binding_error(params, task.get("args", []), task.get("kwargs", {}))
+        unbound = self.code.unbound(task)
         if unbound is not None:
-            self.reject(taken, f"BadArguments: {name}{render(params)}: {unbound}")
+            self.reject(taken, unbound)
             return None
         task.setdefault("id", envelope.id_of_name(taken.name, st.st_mtime))
         task.setdefault("enqueued_at", st.st_mtime)
@@ -442,21 +434,7 @@ class Worker:
     def unknown(self, taken: Claim, name: str) -> None:
         """A task this worker cannot run: leave it for the workers that know it (a deploy
         under way), or reject it when none has known it for the grace (see spool.manifest)."""
-        alive: dict[str, bool] = {}
-
-        def is_live(worker_id: str) -> bool:
-            if worker_id not in alive:
-                alive[worker_id] = is_alive(self.settings.root, worker_id)
-            return alive[worker_id]
-
-        wait = unknown_fate(
-            self.catalogs.current(time.monotonic()),
-            name,
-            is_live,
-            time.time(),
-            self.settings.unknown_task_grace_seconds,
-            HOLD_UNKNOWN_SECONDS,
-        )
+        wait = self.code.wait_for_unknown(name, time.time())
         if wait is None:
             self.reject(taken, f"unknown task {name!r}: no configured tasks module registers it")
             return
@@ -470,22 +448,6 @@ class Worker:
             name,
             wait,
         )
-
-    def publish_tasks(self, now: float) -> None:
-        """Publish what this worker serves in the task manifest (see spool.manifest)."""
-        root = self.settings.root
-        try:
-            publish(
-                root,
-                self.worker_id,
-                self.tasks,
-                now,
-                is_worker=True,
-                is_live=lambda worker_id: is_alive(root, worker_id),
-                grace_seconds=self.settings.unknown_task_grace_seconds,
-            )
-        except OSError as exc:  # producers then route by older manifests, or not at all
-            log.error("cannot publish the task manifest: %s", exc)
 
     def put_back(self, taken: Claim, seconds: float) -> None:
         """Return a claimed file to incoming/ and leave it there for `seconds`."""
@@ -519,91 +481,16 @@ class Worker:
         os.rename(taken.path, taken.dirs.delayed / entry)
         self.queues[taken.dirs.name].add_delayed(entry)
 
-    def policy_for(self, task: TaskDict) -> RetryPolicy:
-        options = self.tasks.get(task["task"], {})
-        s = self.settings
-        max_retries = first(task.get("max_retries"), options.get("max_retries"), s.max_retries)
-        backoff = first(options.get("retry_backoff"), s.retry_backoff_seconds)
-        max_lost = first(task.get("max_lost"), options.get("max_lost"), s.max_lost)
-        return RetryPolicy(
-            int(max_retries),
-            float(backoff),
-            s.retry_backoff_max_seconds,
-            s.retry_jitter,
-            max_lost=int(max_lost),
-            at_most_once=bool(options.get("at_most_once", False)),
-        )
-
-    def known_policy(self, task: TaskDict) -> RetryPolicy | None:
-        """The retry policy of a task this worker can run; None for an unknown task."""
-        return self.policy_for(task) if task["task"] in self.tasks else None
-
-    def timeout_for(self, task: TaskDict) -> float:
-        options = self.tasks.get(task["task"], {})
-        return float(
-            first(task.get("timeout"), options.get("timeout"), self.settings.timeout_seconds)
-        )
-
     def log_fields(self, taken: Claim, task: TaskDict, attempt: int) -> str:
         return f"queue={taken.dirs.name} id={task['id']} task={task['task']} attempt={attempt}"
 
     # ---- task code -------------------------------------------------------------------
 
-    def new_executor(self) -> Executor:
-        return Executor(
-            self.settings.tasks,
-            str(self.settings.project_dir),
-            on_spawn=lambda pid: self.lock.update(handler_pid=pid),
-        )
-
     def reload_tasks(self) -> None:
-        """Load the task modules again in a new handler process and swap it in; if they do not
-        load, say why in one line and keep the old handler process serving."""
+        """Load the task code again (see TaskCode.reload), between two attempts."""
         self.reload_wanted = False  # (a SIGHUP during the import asks for one more reload)
         self.recorder.record_pending()  # first: a reload never overlaps an attempt or its recording
-        fresh = self.new_executor()
-        try:
-            tasks = fresh.start()
-        except (ConfigError, OSError) as exc:
-            fresh.kill()
-            if self.executor.proc is not None:  # its group, for cleanup if the worker dies
-                with contextlib.suppress(OSError):
-                    self.lock.update(handler_pid=self.executor.proc.pid)
-            why = " ".join(str(exc).splitlines())
-            log.error("reload failed, the previous task code keeps serving: %s", why)
-            return
-        old_executor, self.executor = self.executor, fresh
-        old_executor.stop()
-        old, self.tasks = self.tasks, tasks
-        self.reloads += 1
-        self.tasks_loaded(old, tasks)
-
-    def follow_restart(self) -> None:
-        """The handler process was started again (after a timeout or a crash) and imported the
-        modules as they are now: serve what it registered, and say so if that changed."""
-        old, self.tasks = self.tasks, self.executor.tasks
-        if task_changes(old, self.tasks):
-            self.reloads += 1
-            self.tasks_loaded(old, self.tasks)
-
-    def tasks_loaded(self, old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> None:
-        """The tasks this worker serves are now `new` (at start-up `old` is {}, and the
-        "started" line names them): publish them, and log what a reload changed."""
-        self.publish_tasks(time.time())
-        if not self.reloads:
-            return
-        changes = task_changes(old, new)
-        log.info(
-            "reloaded the task code: %s",
-            "; ".join(changes) or "same tasks, same options",
-        )
-
-    # ---- dead workers ------------------------------------------------------------------
-
-
-def first(*values: Any) -> Any:
-    """The first value that is not None."""
-    return next(v for v in values if v is not None)
+        self.code.reload()
 
 
 def run_worker(settings: Settings, queues: Sequence[str] = (), burst: bool = False) -> int:
