@@ -12,7 +12,7 @@ with the loss of the terminal the worker started on (a hang-up: it stops as for 
 
 A full or failing disk (see spool.faults) never ends a worker: at start-up it tries again until
 it can write its files (start_on_disk); an outcome it cannot write waits in memory, its claim
-held, and no new task is claimed until it is written (keep_unwritten); a stop signal then
+held, and no new task is claimed until it is written (see recorder); a stop signal then
 waits for it too, and a second one leaves the claim to recovery (at least once).
 """
 
@@ -31,15 +31,15 @@ from types import FrameType
 
 from spool import envelope, signals
 from spool.claim import Claim, release
+from spool.claimed import NotRunnable, read_claimed
 from spool.cluster import is_shared
 from spool.config import Settings
 from spool.counts import Recounter
-from spool.envelope import FieldError, NotJSON, TaskDict
+from spool.envelope import TaskDict
 from spool.errors import ConfigError
-from spool.events import Outbox
+from spool.events import outbox_for
 from spool.faults import Backoff, Complaint, describe, is_disk_fault
 from spool.finish import Committer, reject
-from spool.fsio import UnreadableFile, read_regular
 from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
 from spool.lease import LeaseKeeper
 from spool.queues import Queues
@@ -104,8 +104,7 @@ class Worker:
         )
         self.retention_timer = Timer(RETENTION_SECONDS)
         self.recounter = Recounter(settings.root)
-        notify = settings.notify
-        self.outbox = Outbox(settings.root, notify.on_retry) if notify.enabled else None
+        self.outbox = outbox_for(settings)
         self.recoverer = Recovery(
             settings.root,
             self.worker_id,
@@ -254,18 +253,7 @@ class Worker:
                 self.reload_tasks()
             else:
                 self.code.follow_restart()
-            now = time.time()
-            try:
-                self.stats.flush(now)
-                if self.queues.absorb(self.watcher.hints):  # events were lost: look now
-                    self.rescan_all(time.time())
-                self.housekeeping(now)
-                self.queues.promote_due(now)
-            except OSError as exc:  # e.g. a directory made unreadable: log, wait, go on
-                if self.burst:
-                    raise
-                log.error("cannot look at the spool: %s", exc)
-                self.stopping.wait(ERROR_PAUSE_SECONDS)
+            if not self.look(time.time()):
                 continue
             waiting = self.recorder.outcomes_waiting()
             if waiting is not None:  # a full disk: claim nothing until they are written
@@ -273,33 +261,53 @@ class Worker:
                 continue
             taken = self.queues.claim_next()
             if taken is not None:
-                if self.leases is not None:
-                    self.leases.hold(taken.path)
-                try:
-                    self.process(taken)
-                except OSError as exc:  # the disk failed, or (shared) the claim was taken
-                    self.give_back(taken, f"cannot process {taken.name}: {exc}")
-                except ConfigError as exc:
-                    # the handler process had to start again (after a timeout or a crash) and a
-                    # tasks module no longer imports: the task waits in incoming/, the worker lives
-                    self.give_back(taken, f"cannot run {taken.name}: {exc}")
+                self.run_claimed(taken)
                 fresh = False
                 continue
             self.recorder.record_pending()  # nothing to run next: record the last outcome now
-            if self.burst:
-                put_back = self.queues.put_back_wait()
-                if put_back is not None:  # files being written in place: wait for them
-                    self.stopping.wait(max(0.001, put_back))
-                    continue
-                if fresh:  # nothing due, even right after a full rescan
-                    break
+            if not self.burst:
+                self.wakeup.wait(self.sleep_seconds(time.time()))
+                continue
+            put_back = self.queues.put_back_wait()
+            if put_back is not None:  # files being written in place: wait for them
+                self.stopping.wait(max(0.001, put_back))
+            elif fresh:  # nothing due, even right after a full rescan
+                break
+            else:
                 self.rescan_all(time.time())
                 fresh = True
-                continue
-            self.wakeup.wait(self.sleep_seconds(time.time()))
         self.recorder.record_pending()
         self.write_before_stopping()
         return 0
+
+    def look(self, now: float) -> bool:
+        """Take in the hints, do what is due (rescans, recovery, retention), promote due tasks;
+        False after an I/O error (logged, and paused on)."""
+        try:
+            self.stats.flush(now)
+            if self.queues.absorb(self.watcher.hints):  # events were lost: look now
+                self.rescan_all(time.time())
+            self.housekeeping(now)
+            self.queues.promote_due(now)
+        except OSError as exc:  # e.g. a directory made unreadable: log, wait, go on
+            if self.burst:
+                raise
+            log.error("cannot look at the spool: %s", exc)
+            self.stopping.wait(ERROR_PAUSE_SECONDS)
+            return False
+        return True
+
+    def run_claimed(self, taken: Claim) -> None:
+        if self.leases is not None:
+            self.leases.hold(taken.path)
+        try:
+            self.process(taken)
+        except OSError as exc:  # the disk failed, or (shared) the claim was taken
+            self.give_back(taken, f"cannot process {taken.name}: {exc}")
+        except ConfigError as exc:
+            # the handler process had to start again (after a timeout or a crash) and a
+            # tasks module no longer imports: the task waits in incoming/, the worker lives
+            self.give_back(taken, f"cannot run {taken.name}: {exc}")
 
     def housekeeping(self, now: float) -> None:
         # (a burst worker rescans when it runs dry, in the loop; never in the middle of work)
@@ -395,41 +403,18 @@ class Worker:
         self.stopping.wait(ERROR_PAUSE_SECONDS)
 
     def read_claimed(self, taken: Claim) -> TaskDict | None:
-        """The claimed file as a runnable task, or None after rejecting it to failed/ (or
-        putting it back: not JSON yet, maybe still being written)."""
-        key = (taken.dirs.name, taken.name)
-        try:
-            data, st = read_regular(taken.path, self.settings.max_file_bytes)
-        except UnreadableFile as exc:
-            self.reject(taken, str(exc))
-            return None
-        except OSError as exc:
-            self.reject(taken, f"cannot read: {exc.strerror}")
-            return None
-        try:
-            task = envelope.parse_task_bytes(data)
-        except NotJSON as exc:
-            wait = self.settling.wait_for(key, data, st.st_mtime_ns)
-            if wait > 0:  # maybe still being written in place: read it again later
-                self.put_back(taken, wait)
-            else:
-                self.reject(taken, str(exc))
-            return None
-        except FieldError as exc:
-            self.reject(taken, str(exc))
-            return None
-        self.settling.settled(key)
-        if task["task"] not in self.code.tasks:
-            self.unknown(taken, task["task"])
-            return None
-        unbound = self.code.unbound(task)
-        if unbound is not None:
-            self.reject(taken, unbound)
-            return None
-        task.setdefault("id", envelope.id_of_name(taken.name, st.st_mtime))
-        task.setdefault("enqueued_at", st.st_mtime)
-        task.setdefault("attempts", 0)
-        return task
+        """The claimed file as a runnable task, or None after setting it aside (see claimed):
+        rejected to failed/, put back to read again, or left to the workers that know it."""
+        read = read_claimed(taken, self.settings.max_file_bytes, self.settling, self.code)
+        if not isinstance(read, NotRunnable):
+            return read
+        if read.unknown is not None:
+            self.unknown(taken, read.unknown)
+        elif read.read_again_in > 0:
+            self.put_back(taken, read.read_again_in)
+        else:
+            self.reject(taken, read.reason)
+        return None
 
     def unknown(self, taken: Claim, name: str) -> None:
         """A task this worker cannot run: leave it for the workers that know it (a deploy
