@@ -861,9 +861,9 @@ def up(ctx: click.Context, workers: int | None) -> None:
 @click.pass_context
 def tasks_command(ctx: click.Context, as_json: bool) -> None:
     """Load the configured task modules, publish them, and list every published task."""
-    from spool.claim import is_alive
     from spool.execute import Executor
     from spool.manifest import loader_id, publish, task_table
+    from spool.workers import is_alive
 
     settings = settings_of(ctx)
     failed = False

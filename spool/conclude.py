@@ -5,7 +5,8 @@ Whoever ends a task first puts its file in place (a rename or an atomic write):
 
     done       the handler returned                            worker (finish.finish)
     failed     failed for good, or lost too often              worker, recovery (finish.recover)
-    rejected   the file is no runnable task                    worker (finish.reject)
+    rejected   the file is no runnable task                    worker (finish.reject),
+                                                               MQTT intake (keep_rejected)
     cancelled  an operator took it out before it started       manage.cancel
 
 and then calls `conclude`, which does the rest the same way for each: the completion event (when
@@ -13,20 +14,25 @@ events are on; a rejected file is no task and has none), the counter (see stats)
 release of the unique key the task held. A task can also go round again instead of ending:
 `retry` (a failed attempt, to delayed/ for its backoff) and `lost` (its worker or handler
 process died: it runs again at once); these get their event and counter too, and keep the key.
+
+A rejected file is kept in failed/ as it came, under its own name (or a free variant of it),
+with <stem>.error.json beside it saying why; `keep_rejected` writes both, for whoever rejects.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from spool.envelope import TaskDict
+from spool.envelope import JSON, TaskDict
 from spool.events import Outbox
-from spool.fsio import write_atomic
-from spool.layout import QueueDirs, cancelled_marker
-from spool.producer import release_unique_key
+from spool.fsio import fsync_dir, write_atomic
+from spool.layout import ERROR_SUFFIX, QueueDirs, cancelled_marker
 from spool.stats import WorkerStats
+from spool.unique import release_unique_key
 
 COUNTER = {
     "done": "done",
@@ -98,3 +104,55 @@ def mark_cancelled(dirs: QueueDirs, task: TaskDict) -> None:
     reason = error.get("message") if isinstance(error, dict) else None
     data = json.dumps({"cancelled_at": task.get("cancelled_at"), "reason": reason}).encode()
     write_atomic(data, dirs.tmp, marker)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a file is no runnable task, as its note in failed/ says."""
+
+    file: str  # its name as it came
+    reason: str
+    by: str  # who rejected it: a worker's id, or "mqtt-intake"
+    rejected_at: float
+    more: Mapping[str, JSON] = field(default_factory=dict)  # e.g. the MQTT topic
+
+
+def keep_rejected(
+    dirs: QueueDirs,
+    rejection: Rejection,
+    name: str,
+    put: Callable[[Path], None],
+    counts: WorkerStats | None,
+) -> Path:
+    """Keep a rejected file in failed/ as `name` (or a free variant, see free_name), with its
+    note beside it, and conclude it; return where it is. `put(dest)` puts the file there
+    (a rename of the claimed file, or a write of a message as it came). Raises: OSError."""
+    dest = free_name(dirs.failed, name)
+    put(dest)
+    note: dict[str, JSON] = {
+        "file": rejection.file,
+        "stored_as": dest.name,
+        "reason": rejection.reason,
+        **rejection.more,
+        "rejected_at": rejection.rejected_at,
+        "worker": rejection.by,
+    }
+    write_atomic(json.dumps(note, indent=2).encode(), dirs.tmp, dirs.failed / note_name(dest.name))
+    fsync_dir(dirs.failed)
+    conclude(dirs, None, Ending("rejected", rejection.rejected_at), None, counts)
+    return dest
+
+
+def free_name(directory: Path, name: str) -> Path:
+    """`name` in `directory`, or `<stem>.<n>.json` when that (or its note) is taken."""
+    stem = name.removesuffix(".json")
+    candidate, n = name, 1
+    while any(os.path.lexists(directory / c) for c in (candidate, note_name(candidate))):
+        n += 1
+        candidate = f"{stem}.{n}.json"
+    return directory / candidate
+
+
+def note_name(stored_as: str) -> str:
+    """The name of the rejection note beside the file stored as `stored_as`."""
+    return stored_as.removesuffix(".json") + ERROR_SUFFIX

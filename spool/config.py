@@ -100,6 +100,18 @@ def parse_duration(value: object) -> float:
     raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 7d)")
 
 
+def config_stamp(settings: Settings) -> tuple[int, int] | None:
+    """The config file's (mtime in ns, size), to notice that it changed; None without one."""
+    path = settings.config_path
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
 def resolve_config_path(config_flag: str | None, env: Mapping[str, str]) -> Path | None:
     if config_flag:
         return Path(config_flag)

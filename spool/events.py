@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from spool.envelope import JSON, TaskDict
 from spool.fsio import write_atomic
-from spool.layout import QueueDirs, ensure_dir
+from spool.layout import ensure_dir
 
 if TYPE_CHECKING:
     from spool.config import Settings
@@ -128,47 +128,23 @@ class Outbox:
         write_atomic(data, self.dir, self.dir / name, durable=durable)
         return True
 
-    def reemit(self, dirs: QueueDirs, name: str, task: TaskDict) -> bool:
-        """Write (durably) the event of a claimed task whose outcome is already written, unless
-        it exists or was delivered; True if written. For recovery after a worker died between
-        the outcome and its event."""
-        found = written_outcome(dirs, name, task)
-        if found is None:
-            return False
-        status, outcome = found
+    def reemit(self, queue: str, status: str, outcome: TaskDict) -> bool:
+        """Write (durably) the event of an outcome already written (see finish.written_outcome),
+        unless it exists or was delivered; True if written. For recovery after a worker died
+        between the outcome and its event."""
         history = outcome.get("history") or [{}]
         last = history[-1] if isinstance(history[-1], dict) else {}
         finished = outcome.get("finished_at", last.get("finished_at"))
         started = outcome.get("started_at", last.get("started_at"))
         if not isinstance(finished, int | float):
             return False
-        return self.emit(
-            dirs.name, outcome, status, started, float(finished), durable=True, check=True
-        )
+        return self.emit(queue, outcome, status, started, float(finished), durable=True, check=True)
 
 
 def outbox_for(settings: Settings) -> Outbox | None:
     """The outbox of a process that ends tasks, when the config's [notify] asks for events."""
     notify = settings.notify
     return Outbox(settings.root, notify.on_retry) if notify.enabled else None
-
-
-def written_outcome(dirs: QueueDirs, name: str, task: TaskDict) -> tuple[str, TaskDict] | None:
-    """(status, content) of the outcome a claimed task's attempt already wrote, or None."""
-    task_id = task.get("id")
-    for status, path in (("done", dirs.done / f"{task_id}.json"),
-                         ("failed", dirs.failed / f"{task_id}.json")):  # fmt: skip
-        outcome = read_json(path)
-        if outcome is not None and outcome.get("enqueued_at") == task.get("enqueued_at"):
-            if outcome.get("cancelled_at") is not None:  # (see conclude.is_cancelled)
-                return "cancelled", outcome
-            return status, outcome
-    for entry in os.listdir(dirs.delayed):
-        if entry.endswith("@" + name):
-            outcome = read_json(dirs.delayed / entry)
-            if outcome is not None:
-                return "retry", outcome
-    return None
 
 
 def read_json(path: Path) -> TaskDict | None:

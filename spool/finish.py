@@ -18,7 +18,6 @@ beside it saying why.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -29,14 +28,14 @@ from pathlib import Path
 
 from spool import envelope
 from spool.claim import Claim
-from spool.conclude import Ending, conclude, is_cancelled, mark_cancelled
+from spool.conclude import Ending, Rejection, conclude, is_cancelled, keep_rejected, mark_cancelled
 from spool.envelope import JSON, TaskDict
 from spool.errors import error_dict
 from spool.events import Outbox, read_json
 from spool.execute import Outcome
 from spool.faults import Complaint
-from spool.fsio import fsync_dir, list_names, sync_filesystem, write_atomic
-from spool.layout import ERROR_SUFFIX, QueueDirs, delayed_name
+from spool.fsio import list_names, sync_filesystem, write_atomic
+from spool.layout import QueueDirs, delayed_name
 from spool.stats import WorkerStats
 
 log = logging.getLogger(__name__)
@@ -205,62 +204,53 @@ def write_verdict(
 
 
 def reject(taken: Claim, reason: str, worker_id: str, counts: WorkerStats | None = None) -> Path:
-    """Move a file that is not a runnable task to failed/ unchanged, with the reason beside it.
+    """Move a file that is not a runnable task to failed/ unchanged, with the reason beside it
+    (see conclude.keep_rejected). Raises: OSError.
 
     It is stored as <id>.json, the id its name stands for (so `spool show ID` finds it).
     """
-    dirs = taken.dirs
     try:
         mtime = os.lstat(taken.path).st_mtime
     except OSError:
         mtime = time.time()
-    dest = free_name(dirs.failed, envelope.id_of_name(taken.name, mtime) + ".json")
-    os.rename(taken.path, dest)  # the file itself, even a symlink or a directory: never read
-    stem = stem_of(dest.name)
-    sidecar: dict[str, JSON] = {
-        "file": taken.name,
-        "stored_as": dest.name,
-        "reason": reason,
-        "rejected_at": (now := time.time()),
-        "worker": worker_id,
-    }
-    write_atomic(
-        json.dumps(sidecar, indent=2).encode(), dirs.tmp, dirs.failed / (stem + ERROR_SUFFIX)
-    )
-    fsync_dir(dirs.failed)
-    conclude(dirs, None, Ending("rejected", now), None, counts)
-    return dest
+    rejection = Rejection(taken.name, reason, worker_id, time.time())
+    name = envelope.id_of_name(taken.name, mtime) + ".json"
+
+    def move(dest: Path) -> None:
+        os.rename(taken.path, dest)  # the file itself, even a symlink or a directory: never read
+
+    return keep_rejected(taken.dirs, rejection, name, move, counts)
 
 
-def free_name(directory: Path, name: str) -> Path:
-    """`name` in `directory`, or `<stem>.<n>.json` when that (or its sidecar) is taken."""
-    stem = name.removesuffix(".json")
-    candidate, n = name, 1
-    while any(
-        os.path.lexists(directory / c) for c in (candidate, stem_of(candidate) + ERROR_SUFFIX)
-    ):
-        n += 1
-        candidate = f"{stem}.{n}.json"
-    return directory / candidate
+@dataclass(frozen=True)
+class Written:
+    """An outcome already written for a claimed task: its status (done, failed, cancelled or
+    retry) and content (None for a retry in delayed/ that cannot be read)."""
+
+    status: str
+    content: TaskDict | None
 
 
-def stem_of(name: str) -> str:
-    return name.removesuffix(".json")
+def written_outcome(dirs: QueueDirs, name: str, task: TaskDict) -> Written | None:
+    """The outcome this claim's attempt (or a cancel) already wrote to done/, failed/ or
+    delayed/, or None: the one answer to "is this outcome already written".
 
-
-def already_finished(dirs: QueueDirs, name: str, task: TaskDict) -> bool:
-    """Whether a claimed task's outcome already reached done/, failed/ or delayed/.
-
-    True after a worker died between writing the outcome and dropping its claim.
+    Found after a worker died between writing the outcome and dropping its claim.
     """
     task_id = task.get("id")
-    for path in (dirs.done / f"{task_id}.json", dirs.failed / f"{task_id}.json"):
-        other = read_json(path)  # None: absent, or torn by a power loss: run the task again
-        if other is not None and other.get("enqueued_at") == task.get("enqueued_at"):
-            if is_cancelled(other):  # a cancel that died before it dropped its claim
-                return True
-            return int(other.get("attempts", 0)) > int(task.get("attempts", 0))
-    return any(entry.endswith("@" + name) for entry in list_names(dirs.delayed))
+    for status in ("done", "failed"):
+        other = read_json(dirs.state(status) / f"{task_id}.json")
+        if other is None or other.get("enqueued_at") != task.get("enqueued_at"):
+            continue  # absent, torn by a power loss (run the task again), or another task's
+        if is_cancelled(other):  # a cancel that died before it dropped its claim
+            return Written("cancelled", other)
+        if int(other.get("attempts", 0)) > int(task.get("attempts", 0)):
+            return Written(status, other)
+        return None  # an earlier attempt's outcome: this one wrote nothing, run the task again
+    for entry in list_names(dirs.delayed):
+        if entry.endswith("@" + name):
+            return Written("retry", read_json(dirs.delayed / entry))
+    return None
 
 
 def recover(
@@ -278,12 +268,12 @@ def recover(
     next claim rejects it with the reason.
     """
     dirs = taken.dirs
-    if task is not None and already_finished(dirs, taken.name, task):
-        if outbox is not None:  # the worker may have died before writing the event
-            outbox.reemit(dirs, taken.name, task)
-        cancelled = read_json(dirs.failed / f"{task.get('id')}.json")
-        if cancelled is not None and is_cancelled(cancelled):
-            mark_cancelled(dirs, cancelled)
+    written = written_outcome(dirs, taken.name, task) if task is not None else None
+    if written is not None:
+        if outbox is not None and written.content is not None:  # the worker may have died
+            outbox.reemit(dirs.name, written.status, written.content)  # before the event
+        if written.status == "cancelled" and written.content is not None:
+            mark_cancelled(dirs, written.content)
         taken.path.unlink(missing_ok=True)
         return "finished"
     if task is None or policy is None:

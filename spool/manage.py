@@ -28,15 +28,15 @@ from spool.layout import (
     ERROR_SUFFIX,
     QueueDirs,
     cancelled_marker,
-    canonical_name,
     existing_queues,
     is_cancelled_marker,
     marked_cancelled,
     split_delayed,
 )
 from spool.lookup import READ_LIMIT, Found, locate
-from spool.producer import CLOCK, Prepared, take_unique_key
+from spool.producer import stamp
 from spool.retention import is_older, remove
+from spool.unique import take_unique_key
 
 FINISHED_KEYS = (
     "result",
@@ -102,15 +102,13 @@ def retry_failed(dirs: QueueDirs, found: Found) -> None:
     for field in FINISHED_KEYS:
         task.pop(field, None)
     task["attempts"] = 0
-    task["retried_at"] = time.time()
-    enqueued_us = CLOCK.next_us(time.time())
-    task["enqueued_at"] = enqueued_us / 1_000_000
+    task["retried_at"] = now = time.time()
     task.pop("delay", None)
     task.pop("not_before", None)
-    name = canonical_name(envelope.priority_of(task), enqueued_us, str(task["id"]))
+    name = stamp(task, now)
     key = task.get("unique_key")
     if isinstance(key, str):  # pending again, so it holds its key again (released on failing)
-        holder = take_unique_key(dirs, key, Prepared(dirs, task, dirs.incoming / name))
+        holder = take_unique_key(dirs, key, str(task["id"]), name)
         if holder is not None:
             raise NotRetryable(
                 f"task {task['id']} is not retried: task {holder} holds its unique key {key!r}"
@@ -184,7 +182,7 @@ def cancel(
         task = {"task": None}
     now = time.time()
     task.setdefault("id", task_id)
-    with contextlib.suppress(OSError):  # as recovery will see it (see finish.already_finished)
+    with contextlib.suppress(OSError):  # as recovery will see it (see finish.written_outcome)
         task.setdefault("enqueued_at", os.lstat(taken.path).st_mtime)
     task["error"] = {"type": "Cancelled", "message": reason, "traceback": ""}
     task["finished_at"] = now

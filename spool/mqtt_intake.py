@@ -12,7 +12,8 @@ level in place of {queue} (`spool/enqueue/{queue}` subscribes to `spool/enqueue/
 that is not a valid task (not UTF-8, bad JSON, not an object, a wrong field, an invalid queue
 name, too big) is kept in the queue's failed/ (or `invalid_queue`'s, when the queue name is the
 problem) as it came, with `<name>.error.json` beside it giving the reason and the topic, as a
-rejected file is; it is acknowledged too and never stops the intake.
+rejected file is (see conclude.keep_rejected: the same note, the same `rejected` counter); it is
+acknowledged too and never stops the intake.
 
 Redelivery: a message redelivered after its task was written (a crash between the write and
 the acknowledgement) is written again, unless it carries an `id` and a task with that id is
@@ -21,7 +22,6 @@ already in its queue; give messages ids to make the intake exactly-once.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import threading
@@ -32,18 +32,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from spool import envelope, producer, signals
-from spool.config import Settings
+from spool import envelope, producer, signals, stats
+from spool.conclude import Rejection, keep_rejected
+from spool.config import Settings, config_stamp
 from spool.envelope import FieldError
 from spool.errors import ConfigError, InvalidQueueName, InvalidTask
-from spool.finish import free_name, stem_of
-from spool.fsio import fsync_dir, write_atomic, write_many_atomic
-from spool.layout import DEFAULT_QUEUE, ERROR_SUFFIX, QueueDirs, queue_dirs
+from spool.fsio import write_atomic
+from spool.layout import DEFAULT_QUEUE, queue_dirs
 from spool.lookup import locate
 from spool.manifest import Catalog, CatalogCache
-from spool.notify import config_stamp
 from spool.notify_config import IntakeSettings
 from spool.sinks import KEEPALIVE_SECONDS, close_client, new_client
+from spool.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 IDLE_SECONDS = 2.0
@@ -101,46 +101,31 @@ def judge(
 
 def write_batch(settings: Settings, verdicts: list[Verdict]) -> None:
     """Make every task and rejection of the batch durable. Raises: OSError."""
-    items: list[tuple[bytes, Path]] = []
-    created: set[QueueDirs] = set()
-    tmp_dir: Path | None = None
-    for verdict in verdicts:
-        prepared = verdict.prepared
-        if prepared is None:
-            if verdict.reason:
-                store_rejected(settings, verdict)
-            continue
-        if prepared.dirs not in created:
-            created.add(prepared.dirs.create())
-        key = prepared.task.get("unique_key")
-        if key is not None and producer.take_unique_key(prepared.dirs, key, prepared):
-            continue  # held by a pending task: not enqueued, as with enqueue
-        items.append((envelope.dump(prepared.task), prepared.dest))
-        tmp_dir = tmp_dir or prepared.dirs.tmp
-    if items and tmp_dir is not None:
-        write_many_atomic(items, tmp_dir)
+    rejected = [verdict for verdict in verdicts if verdict.prepared is None and verdict.reason]
+    if rejected:
+        counts = stats.command_stats(settings.root)
+        for verdict in rejected:
+            store_rejected(settings, verdict, counts)
+        counts.flush(0.0, force=True)
+    # a task whose unique_key a pending task holds is not written, as with enqueue
+    producer.write_batch(settings, [v.prepared for v in verdicts if v.prepared is not None])
 
 
-def store_rejected(settings: Settings, verdict: Verdict) -> Path:
-    """Keep a message that is not a task in failed/, as it came, with the reason beside it."""
+def store_rejected(settings: Settings, verdict: Verdict, counts: WorkerStats) -> Path:
+    """Keep a message that is not a task in failed/, as it came, with the reason beside it
+    (see conclude.keep_rejected)."""
     dirs = queue_dirs(settings.root, verdict.queue).create()
     now = time.time()
     name = f"mqtt-{envelope.format_compact(now)}-{secrets.token_hex(4)}.json"
-    dest = free_name(dirs.failed, name)
-    write_atomic(verdict.message.payload, dirs.tmp, dest)
-    sidecar = {
-        "file": name,
-        "stored_as": dest.name,
-        "reason": verdict.reason,
-        "topic": verdict.message.topic,
-        "rejected_at": now,
-        "worker": "mqtt-intake",
-    }
-    note = dirs.failed / (stem_of(dest.name) + ERROR_SUFFIX)
-    write_atomic(json.dumps(sidecar, indent=2).encode(), dirs.tmp, note)
-    fsync_dir(dirs.failed)
+    topic = verdict.message.topic
+    rejection = Rejection(name, verdict.reason, "mqtt-intake", now, {"topic": topic})
+
+    def write(dest: Path) -> None:
+        write_atomic(verdict.message.payload, dirs.tmp, dest)
+
+    dest = keep_rejected(dirs, rejection, name, write, counts)
     log.warning("rejected message topic=%s stored=%s/failed/%s reason=%s",
-                verdict.message.topic, dirs.name, dest.name, verdict.reason)  # fmt: skip
+                topic, dirs.name, dest.name, verdict.reason)  # fmt: skip
     return dest
 
 

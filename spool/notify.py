@@ -31,7 +31,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from spool import signals
-from spool.config import Settings
+from spool.config import Settings, config_stamp
 from spool.errors import ConfigError
 from spool.events import events_dir, is_event_name, partial_dir, sent_dir
 from spool.fsio import list_names, write_atomic
@@ -288,17 +288,6 @@ def prune_sent(root: Path, now: float) -> int:
         (directory / name).unlink(missing_ok=True)
         removed += 1
     return removed
-
-
-def config_stamp(settings: Settings) -> tuple[int, int] | None:
-    path = settings.config_path
-    if path is None:
-        return None
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_mtime_ns, info.st_size
 
 
 def run_notifier(settings: Settings, reload: Callable[[], Settings]) -> int:

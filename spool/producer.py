@@ -5,20 +5,15 @@ after, so a task exists completely or not at all and survives a crash once enque
 Bulk enqueue writes every file, syncs the filesystem once, renames them all, and syncs each
 target directory once: the same guarantee at a fraction of the cost per task.
 
-unique_key: a key file in .unique/ created with O_EXCL names the owning task; the worker
-removes it when that task ends. A key whose owner is nowhere (a crash between the key and the
-task file, or before the release) is taken over under a lock.
+unique_key: the task holds its key (see spool.unique) from before its file is written; a task
+whose key another pending task holds is not written, and its producer gets the holder's id.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,13 +25,13 @@ from spool.config import Settings
 from spool.envelope import FieldError, TaskDict
 from spool.errors import BadArguments, InvalidTask, Refused, UnknownTaskName
 from spool.faults import reported_as
-from spool.fsio import list_names, server_now, write_atomic, write_file, write_many_atomic
+from spool.fsio import write_atomic, write_many_atomic
 from spool.layout import DEFAULT_QUEUE, QueueDirs, canonical_name, delayed_name, queue_dirs
 from spool.manifest import Catalog
 from spool.signature import binding_error, render
+from spool.unique import release_unique_key, take_unique_key
 
 OPTION_FIELDS = ("id", "priority", "delay", "not_before", "max_retries", "timeout", "unique_key")
-STALE_KEY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -119,17 +114,23 @@ def prepare(settings: Settings, task: Mapping[str, Any], queue: str | None, now:
         envelope.validate_fields(stamped)
     except FieldError as exc:
         raise InvalidTask(str(exc)) from None
-    enqueued_us = CLOCK.next_us(now)
-    stamped["enqueued_at"] = enqueued_us / 1_000_000
-    stamped.setdefault("id", envelope.new_id(now))
-    stamped.setdefault("attempts", 0)
-    name = canonical_name(envelope.priority_of(stamped), enqueued_us, stamped["id"])
+    name = stamp(stamped, now)
     due = envelope.due_at(stamped)
     if due > stamped["enqueued_at"]:
         dest = dirs.delayed / delayed_name(int(due * 1_000_000), name)
     else:
         dest = dirs.incoming / name
     return Prepared(dirs, stamped, dest)
+
+
+def stamp(task: TaskDict, now: float) -> str:
+    """Stamp `task` as enqueued now (an instant that strictly increases in this process), with
+    an id and attempts when it has none; return its name in incoming/."""
+    enqueued_us = CLOCK.next_us(now)
+    task["enqueued_at"] = enqueued_us / 1_000_000
+    task.setdefault("id", envelope.new_id(now))
+    task.setdefault("attempts", 0)
+    return canonical_name(envelope.priority_of(task), enqueued_us, str(task["id"]))
 
 
 _MADE: set[Path] = set()  # queue directories this process created or found complete
@@ -165,7 +166,7 @@ def enqueue(
         data = envelope.dump(prepared.task)
         key = prepared.task.get("unique_key")
         if key is not None:
-            holder = take_unique_key(dirs, key, prepared)
+            holder = take_for(prepared, key)
             if holder is not None:
                 return holder
         with keys_released_on_error([prepared]):
@@ -227,7 +228,7 @@ def write_batch(settings: Settings, batch: list[Prepared]) -> list[str]:
             if prepared.dirs not in created:
                 created.add(prepared.dirs.create())
             key = prepared.task.get("unique_key")
-            holder = take_unique_key(prepared.dirs, key, prepared) if key is not None else None
+            holder = take_for(prepared, key) if key is not None else None
             if holder is not None:
                 ids.append(holder)
                 continue
@@ -240,80 +241,7 @@ def write_batch(settings: Settings, batch: list[Prepared]) -> list[str]:
     return ids
 
 
-def unique_key_path(dirs: QueueDirs, key: str) -> Path:
-    return dirs.unique / hashlib.sha256(key.encode()).hexdigest()[:40]
-
-
-def take_unique_key(dirs: QueueDirs, key: str, prepared: Prepared) -> str | None:
-    """Hold `key` for this task and return None, or return the id of the task holding it."""
-    path = unique_key_path(dirs, key)
-    owner = {"id": prepared.task["id"], "name": prepared.dest.name.rpartition("@")[2], "key": key}
-    data = json.dumps(owner).encode()
-    try:
-        write_file(path, data, durable=True)
-        return None
-    except FileExistsError:
-        pass
-    from filelock import FileLock  # (here: the CLI's start-up need not pay for it)
-
-    with FileLock(str(path) + ".lock", timeout=10):  # (one host; across hosts, see below)
-        holder = read_key(path)
-        if holder is not None and not is_stale_key(dirs, path, holder):
-            return str(holder.get("id"))
-        retire_key(path, holder)
-        try:
-            write_file(path, data, durable=True)
-        except FileExistsError:  # RACE: a producer on another host took it after us
-            holder = read_key(path)
-            return str(holder.get("id")) if holder is not None else None
-    return None
-
-
-def retire_key(path: Path, judged: Mapping[str, Any] | None) -> None:
-    """Remove a stale key file by renaming it aside first: of producers on several hosts
-    racing to retire it, one wins the rename; if what it moved is no longer the key judged
-    stale (another producer replaced it meanwhile), it is put back."""
-    aside = path.with_name(f"{path.name}.retired-{uuid.uuid4().hex}")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return
-    if read_key(aside) != judged:
-        with contextlib.suppress(OSError):
-            os.rename(aside, path)
-        return
-    aside.unlink(missing_ok=True)
-
-
-def read_key(path: Path) -> dict[str, Any] | None:
-    try:
-        holder = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-def is_stale_key(dirs: QueueDirs, path: Path, holder: Mapping[str, Any]) -> bool:
-    """Whether the key's owning task has ended or exists nowhere."""
-    task_id, name = str(holder.get("id")), str(holder.get("name"))
-    if (dirs.done / f"{task_id}.json").exists() or (dirs.failed / f"{task_id}.json").exists():
-        return True
-    if (dirs.incoming / name).exists():
-        return False
-    if any(entry.startswith(name + "@") for entry in list_names(dirs.processing)):
-        return False
-    if any(entry.endswith("@" + name) for entry in list_names(dirs.delayed)):
-        return False
-    try:
-        age = server_now(dirs.unique) - os.stat(path).st_mtime  # one clock, also across hosts
-    except FileNotFoundError:
-        return True
-    return age > STALE_KEY_SECONDS  # CRASH: the owner's file may still be on its way
-
-
-def release_unique_key(dirs: QueueDirs, key: str, task_id: str) -> None:
-    """Drop `key` if this task holds it (called when the task ends for good)."""
-    path = unique_key_path(dirs, key)
-    holder = read_key(path)
-    if holder is not None and holder.get("id") == task_id:
-        path.unlink(missing_ok=True)
+def take_for(prepared: Prepared, key: str) -> str | None:
+    """Hold `key` for a prepared task (None), or return the id of the task that holds it."""
+    name = prepared.dest.name.rpartition("@")[2]  # (its name in incoming/, also when delayed)
+    return take_unique_key(prepared.dirs, key, str(prepared.task["id"]), name)

@@ -18,14 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from spool import envelope, stats
-from spool.claim import (
-    Claim,
-    abandoned,
-    is_alive,
-    kill_orphans,
-    reap_dead_workers,
-    reap_expired_workers,
-)
+from spool.claim import Claim, abandoned
 from spool.envelope import FieldError, TaskDict
 from spool.events import Outbox
 from spool.faults import Complaint
@@ -35,6 +28,7 @@ from spool.index import QueueIndex
 from spool.layout import QueueDirs, existing_queues, split_processing
 from spool.lease import LeaseWatch
 from spool.stats import WorkerStats
+from spool.workers import is_alive, kill_orphans, reap_dead_workers, reap_expired_workers
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ A worker takes SIGHUP as "load the task modules again": between two attempts it 
 handler process, and only once that one has imported every module does it replace the old one
 (see Worker.reload_tasks); a module that does not import leaves the old handler process serving.
 `spool reload` sends that signal to every live worker of a root on this host: a worker names its
-pid and host in its info file (see spool.claim), and holds its lock while it lives, so a stale
+pid and host in its info file (see spool.workers), and holds its lock while it lives, so a stale
 info file (a dead worker, its pid maybe reused) is never signalled.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spool.claim import holds_lock, is_alive, read_info, worker_ids
+from spool.workers import holds_lock, is_alive, read_info, worker_ids
 
 TaskOptions = dict[str, dict[str, Any]]
 

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spool.claim import live_workers, waiting_since
 from spool.counts import count_exact, finished_count
 from spool.layout import CANONICAL_RE, QueueDirs, existing_queues
 from spool.stats import QueueStats, load_all
+from spool.workers import live_workers, waiting_since
 
 
 def waiting(incoming: Path) -> tuple[int, float | None]:

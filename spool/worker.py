@@ -1,7 +1,7 @@
 """The worker loop: wake or rescan, promote due tasks, claim the next one, run it, finish it.
 
 One worker process serves one or more queues (all of them by default), one attempt at a time,
-through its handler process (see execute). It holds its liveness lock (see claim) from start to
+through its handler process (see execute). It holds its liveness lock (see workers) from start to
 exit (in shared mode, several hosts: it renews the lease of each claim instead, and lists
 incoming/ every poll interval; see spool.cluster). Signals: the first SIGTERM/SIGINT stops
 claiming and lets the running attempt finish (bounded by its timeout), then the worker exits 0;
@@ -12,7 +12,7 @@ with the loss of the terminal the worker started on (a hang-up: it stops as for 
 
 A full or failing disk (see spool.faults) never ends a worker: at start-up it tries again until
 it can write its files (start_on_disk); an outcome it cannot write waits in memory, its claim
-held, and no new task is claimed until it is written (keep_unwritten); a stop signal then
+held, and no new task is claimed until it is written (see recorder); a stop signal then
 waits for it too, and a second one leaves the claim to recovery (at least once).
 """
 
@@ -28,39 +28,29 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
 from spool import envelope, signals
-from spool.claim import (
-    Claim,
-    WorkerLock,
-    claim,
-    is_alive,
-    new_worker_id,
-    release,
-    worker_ids,
-)
+from spool.claim import Claim, release
+from spool.claimed import NotRunnable, read_claimed
 from spool.cluster import is_shared
 from spool.config import Settings
 from spool.counts import Recounter
-from spool.envelope import FieldError, NotJSON, TaskDict
+from spool.envelope import TaskDict
 from spool.errors import ConfigError
-from spool.events import Outbox
-from spool.execute import Executor, Outcome
+from spool.events import outbox_for
 from spool.faults import Backoff, Complaint, describe, is_disk_fault
-from spool.finish import Committer, RetryPolicy, Verdict, reject, verdict_of, write_verdict
-from spool.fsio import UnreadableFile, read_regular
-from spool.index import QueueIndex
+from spool.finish import Committer, reject
 from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
 from spool.lease import LeaseKeeper
-from spool.manifest import CatalogCache, publish, unknown_fate
+from spool.queues import Queues
+from spool.recorder import Pending, Recorder
 from spool.recovery import Recovery
-from spool.reload import task_changes
 from spool.retention import Retention
 from spool.settle import Settling
-from spool.signature import binding_error, render
 from spool.stats import WorkerStats
+from spool.taskcode import TaskCode
 from spool.watch import Watcher
+from spool.workers import WorkerLock, new_worker_id
 
 log = logging.getLogger(__name__)
 REAP_SECONDS = 30.0
@@ -68,19 +58,6 @@ POLL_SECONDS = 0.25
 RETENTION_SECONDS = 1.0
 ERROR_PAUSE_SECONDS = 1.0  # when filesystem events are unavailable
 RESCAN_COST_FACTOR = 20.0
-HOLD_UNKNOWN_SECONDS = 10.0  # a task only other workers know is looked at again after this
-
-
-@dataclass
-class Pending:
-    """An attempt that ended, waiting to be recorded (see Worker.record_pending)."""
-
-    taken: Claim  # hidden (committed) once the outcome is being written
-    task: TaskDict
-    outcome: Outcome
-    policy: RetryPolicy
-    fields: str
-    verdict: Verdict | None = None  # decided at the first try to write it; kept if it fails
 
 
 @dataclass
@@ -109,45 +86,44 @@ class Worker:
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.hard_stop = False
-        self.indexes: dict[str, QueueIndex] = {}
         self.watcher = Watcher(settings.root, self.wakeup)
-        self.executor = self.new_executor()
+        self.queues = Queues(
+            settings.root,
+            self.fixed_queues,
+            self.worker_id,
+            settings.max_file_bytes,
+            self.watcher,
+            self.shared,
+        )
         self.committer = Committer(settings.root)
         self.lock = WorkerLock(settings.root, self.worker_id)
+        self.code = TaskCode(settings, self.worker_id, self.lock)
         self.stats = WorkerStats(settings.root, self.worker_id)
         self.retention = (
             Retention(settings.root, settings.retention) if settings.retention else None
         )
         self.retention_timer = Timer(RETENTION_SECONDS)
         self.recounter = Recounter(settings.root)
-        notify = settings.notify
-        self.outbox = Outbox(settings.root, notify.on_retry) if notify.enabled else None
+        self.outbox = outbox_for(settings)
         self.recoverer = Recovery(
             settings.root,
             self.worker_id,
             settings.max_file_bytes,
-            self.known_policy,
+            self.code.known_policy,
             self.stats,
             self.outbox,
             settings.lease_seconds if self.shared else None,
         )
-        self.tasks: dict[str, dict[str, Any]] = {}
         self.reload_wanted = False  # SIGHUP: load the task modules again between attempts
         self.terminal = signals.Terminal(attached=False, nohup=False)
-        self.reloads = 0
         self.rescan = Timer(settings.rescan_seconds)
         self.recovery = Timer(settings.recover_seconds)
         self.reaping = Timer(REAP_SECONDS)
         self.polling = False
         self.poll_base = settings.poll_seconds if self.shared else POLL_SECONDS
         self.poll_gap = self.poll_base
-        self.pending: Pending | None = None  # an attempt whose outcome is not recorded yet
-        self.unwritten: list[Pending] = []  # outcomes the disk refused, tried again (in order)
-        self.write_backoff = Backoff()
-        self.write_again_at = 0.0  # (monotonic) the next try of the unwritten outcomes
-        self.write_complaint = Complaint()
+        self.recorder = Recorder(self.committer, self.outbox, self.stats, self.lock, self.leases)
         self.settling = Settling(trust_mtime=not self.shared)
-        self.catalogs = CatalogCache(settings.root)
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -166,37 +142,36 @@ class Worker:
                 # removed by a sweeper after a partition longer than the lease: write it again
                 self.leases.hold(self.lock.info_path, on_lost=self.lock.write_info)
                 self.leases.start()
-            self.tasks = self.executor.start()
-            self.tasks_loaded({}, self.tasks)
+            self.code.start()
             self.committer.start()
             # watch before the first scan: a file arriving in between is not missed
             watching = self.watcher.start(queues, watch_root=not self.fixed_queues)
             self.polling = self.burst or self.shared or not watching
             for queue in queues:
-                self.add_queue(queue)
+                self.queues.add(queue)
             log.info(
                 "worker %s started: queues %s, tasks %s",
                 self.worker_id,
                 ", ".join(queues) if self.fixed_queues else "all",
-                ", ".join(sorted(self.tasks)) or "none",
+                ", ".join(sorted(self.code.tasks)) or "none",
             )
             self.recovery.last = time.time()
-            self.recoverer.run(self.indexes.values())
+            self.recoverer.run(self.queues)
             return self.loop()
         finally:
-            self.record_pending()
+            self.recorder.record_pending()
             self.recounter.join()
-            if self.unwritten:  # a hard stop (or an error) while the disk refused them
+            if self.recorder.unwritten:  # a hard stop (or an error) while the disk refused them
                 log.error(
                     "%d outcome(s) not written: their tasks stay claimed and run again once "
                     "recovered (at least once)",
-                    len(self.unwritten),
+                    len(self.recorder.unwritten),
                 )
             self.committer.close()
             if self.leases is not None:
                 self.leases.stop()
             self.stats.flush(time.time(), force=True)
-            self.executor.stop()
+            self.code.executor.stop()
             self.watcher.stop()
             self.lock.release()
             log.info("worker %s stopped", self.worker_id)
@@ -248,7 +223,7 @@ class Worker:
                 "%s: stopping now; %s",
                 name if signum == signal.SIGQUIT else f"second {name}",
                 "outcomes not written stay claimed"
-                if self.unwritten
+                if self.recorder.unwritten
                 else "the running task goes back to incoming/",
             )
         else:
@@ -267,15 +242,6 @@ class Worker:
         log.info("SIGHUP: loading the task code again (after the running attempt, if any)")
         self.wakeup.set()
 
-    def add_queue(self, queue: str) -> None:
-        if queue in self.indexes:
-            return
-        dirs = queue_dirs(self.settings.root, queue).create()
-        index = QueueIndex(dirs, self.settings.max_file_bytes, stale_listings=self.shared)
-        index.rescan()
-        self.indexes[queue] = index
-        self.watcher.add(queue)
-
     # ---- the loop --------------------------------------------------------------------
 
     def loop(self) -> int:
@@ -285,69 +251,63 @@ class Worker:
             self.wakeup.clear()  # clear before looking: an event during the look is kept
             if self.reload_wanted:  # between attempts: none runs, none waits to be recorded
                 self.reload_tasks()
-            elif self.executor.tasks is not self.tasks:
-                self.follow_restart()
-            now = time.time()
-            try:
-                self.stats.flush(now)
-                self.absorb_hints()
-                self.housekeeping(now)
-                self.promote_due(now)
-            except OSError as exc:  # e.g. a directory made unreadable: log, wait, go on
-                if self.burst:
-                    raise
-                log.error("cannot look at the spool: %s", exc)
-                self.stopping.wait(ERROR_PAUSE_SECONDS)
+            else:
+                self.code.follow_restart()
+            if not self.look(time.time()):
                 continue
-            if self.outcomes_waiting():  # a full disk: claim nothing until they are written
+            waiting = self.recorder.outcomes_waiting()
+            if waiting is not None:  # a full disk: claim nothing until they are written
+                self.stopping.wait(waiting)
                 continue
-            taken = self.claim_next()
+            taken = self.queues.claim_next()
             if taken is not None:
-                try:
-                    self.process(taken)
-                except OSError as exc:  # the disk failed, or (shared) the claim was taken
-                    self.give_back(taken, f"cannot process {taken.name}: {exc}")
-                except ConfigError as exc:
-                    # the handler process had to start again (after a timeout or a crash) and a
-                    # tasks module no longer imports: the task waits in incoming/, the worker lives
-                    self.give_back(taken, f"cannot run {taken.name}: {exc}")
+                self.run_claimed(taken)
                 fresh = False
                 continue
-            self.record_pending()  # nothing to run next: record the last outcome now
-            if self.burst:
-                put_back = self.put_back_wait()
-                if put_back is not None:  # files being written in place: wait for them
-                    self.stopping.wait(max(0.001, put_back))
-                    continue
-                if fresh:  # nothing due, even right after a full rescan
-                    break
+            self.recorder.record_pending()  # nothing to run next: record the last outcome now
+            if not self.burst:
+                self.wakeup.wait(self.sleep_seconds(time.time()))
+                continue
+            put_back = self.queues.put_back_wait()
+            if put_back is not None:  # files being written in place: wait for them
+                self.stopping.wait(max(0.001, put_back))
+            elif fresh:  # nothing due, even right after a full rescan
+                break
+            else:
                 self.rescan_all(time.time())
                 fresh = True
-                continue
-            self.wakeup.wait(self.sleep_seconds(time.time()))
-        self.record_pending()
+        self.recorder.record_pending()
         self.write_before_stopping()
         return 0
 
-    def absorb_hints(self) -> None:
-        hints = self.watcher.hints
-        while hints.arrived:
-            queue, state, name = hints.arrived.popleft()
-            index = self.indexes.get(queue)
-            if index is None:
-                continue
-            if state == "incoming":
-                index.add_ready(name)
-            elif state == "delayed":
-                index.add_delayed(name)
-            else:
-                index.paused = index.dirs.is_paused()
-        if hints.new_queue:
-            hints.new_queue = False
-            self.discover_queues()
-        if hints.rescan:  # events were lost: look at the directories now
-            hints.rescan = False
-            self.rescan_all(time.time())
+    def look(self, now: float) -> bool:
+        """Take in the hints, do what is due (rescans, recovery, retention), promote due tasks;
+        False after an I/O error (logged, and paused on)."""
+        try:
+            self.stats.flush(now)
+            if self.queues.absorb(self.watcher.hints):  # events were lost: look now
+                self.rescan_all(time.time())
+            self.housekeeping(now)
+            self.queues.promote_due(now)
+        except OSError as exc:  # e.g. a directory made unreadable: log, wait, go on
+            if self.burst:
+                raise
+            log.error("cannot look at the spool: %s", exc)
+            self.stopping.wait(ERROR_PAUSE_SECONDS)
+            return False
+        return True
+
+    def run_claimed(self, taken: Claim) -> None:
+        if self.leases is not None:
+            self.leases.hold(taken.path)
+        try:
+            self.process(taken)
+        except OSError as exc:  # the disk failed, or (shared) the claim was taken
+            self.give_back(taken, f"cannot process {taken.name}: {exc}")
+        except ConfigError as exc:
+            # the handler process had to start again (after a timeout or a crash) and a
+            # tasks module no longer imports: the task waits in incoming/, the worker lives
+            self.give_back(taken, f"cannot run {taken.name}: {exc}")
 
     def housekeeping(self, now: float) -> None:
         # (a burst worker rescans when it runs dry, in the loop; never in the middle of work)
@@ -356,10 +316,10 @@ class Worker:
             self.rescan_all(now)
         if self.recovery.due(now):
             self.recovery.last = now
-            self.recoverer.run(self.indexes.values())
+            self.recoverer.run(self.queues)
         if self.retention is not None and self.retention_timer.due(now):
             self.retention_timer.last = now
-            deleted = self.retention.step(list(self.indexes))
+            deleted = self.retention.step(self.queues.names())
             for (queue, state), n in deleted.items():
                 for _ in range(n):
                     self.stats.record(queue, f"{state}_removed")
@@ -367,87 +327,24 @@ class Worker:
         if self.reaping.due(now):
             self.reaping.last = now
             self.recoverer.reap(now)
-            self.recounter.maybe_start(list(self.indexes), now)
+            self.recounter.maybe_start(self.queues.names(), now)
 
     def rescan_all(self, now: float) -> None:
-        self.discover_queues()
-        shard = self.shard() if self.shared else None
-        for index in self.indexes.values():
-            index.set_shard(shard)
-            index.rescan()
+        self.queues.rescan_all()
         # a rescan of a huge backlog is not free: keep it under 5% of the time
         took = time.time() - now
         self.rescan.every = max(self.settings.rescan_seconds, RESCAN_COST_FACTOR * took)
         self.poll_gap = max(self.poll_base, RESCAN_COST_FACTOR * took)
         self.rescan.last = time.time()
 
-    def shard(self) -> tuple[int, int] | None:
-        """Shared mode: this worker's share of the ready tasks (slot, live workers), so that
-        workers on several hosts do not all race for the same names (see QueueIndex.choose)."""
-        live = worker_ids(self.settings.root)
-        if self.worker_id not in live:
-            return None
-        return live.index(self.worker_id), len(live)
-
-    def discover_queues(self) -> None:
-        if self.fixed_queues:
-            return
-        for queue in existing_queues(self.settings.root):
-            self.add_queue(queue)
-
     def sleep_seconds(self, now: float) -> float:
         waits = [self.rescan.left(now), self.recovery.left(now)]
         if self.polling:
             waits.append(self.poll_gap)
-        for index in self.indexes.values():
-            due = index.next_due_us()
-            if due is not None:
-                waits.append(max(0.0, due / 1_000_000 - now))
-        put_back = self.put_back_wait()
-        if put_back is not None:
-            waits.append(put_back)
+        due = self.queues.next_wait(now)
+        if due is not None:
+            waits.append(due)
         return max(0.001, min(waits))
-
-    def put_back_wait(self) -> float | None:
-        """Seconds until the first file put back (spool.settle) is to be read again, if any."""
-        times = [min(index.later.values()) for index in self.indexes.values() if index.later]
-        return min(times) - time.monotonic() if times else None
-
-    def promote_due(self, now: float) -> None:
-        """Make ready what has fallen due: delayed tasks, and files put back (spool.settle)."""
-        now_us, now_mono = int(now * 1_000_000), time.monotonic()
-        for index in self.indexes.values():
-            index.return_later(now_mono)
-            for entry in index.pop_due(now_us):
-                name = entry.partition("@")[2]
-                try:
-                    os.rename(index.dirs.delayed / entry, index.dirs.incoming / name)
-                except FileNotFoundError:  # RACE: another worker promoted or cancelled it
-                    continue
-                index.add_ready(name)
-
-    def claim_next(self) -> Claim | None:
-        """Claim the best ready task over all queues: higher priority, then first enqueued."""
-        while True:
-            best: QueueIndex | None = None
-            for index in self.indexes.values():
-                key = index.peek_ready()
-                if key is not None and index.paused:
-                    continue
-                if key is not None and (best is None or key < (best.peek_ready() or "")):
-                    best = index
-            if best is None:
-                return None
-            name = best.pop_ready()
-            if name is None:
-                continue
-            taken = claim(best.dirs, name, self.worker_id)
-            if taken is None:
-                best.forget(name)
-                continue
-            if self.leases is not None:
-                self.leases.hold(taken.path)
-            return taken
 
     def unhold(self, taken: Claim) -> None:
         if self.leases is not None:
@@ -463,7 +360,7 @@ class Worker:
         if envelope.due_at(task) > time.time():
             self.put_off(taken, task)
             return
-        policy = self.policy_for(task)
+        policy = self.code.policy_for(task)
         attempt = int(task.get("attempts", 0)) + 1
         fields = self.log_fields(taken, task, attempt)
         log.info("claimed %s", fields)
@@ -472,152 +369,29 @@ class Worker:
             "args": task.get("args", []),
             "kwargs": task.get("kwargs", {}),
         }
-        outcome = self.executor.run(
-            request, self.timeout_for(task), lambda: self.hard_stop, self.record_pending
+        outcome = self.code.executor.run(
+            request,
+            self.code.timeout_for(task),
+            lambda: self.hard_stop,
+            self.recorder.record_pending,
         )
         if outcome.interrupted:
             self.unhold(taken)
             release(taken)
             log.warning("released %s (stopped during the attempt)", fields)
             return
-        # Recorded while the next attempt runs (or before the worker waits or stops): the
-        # outcome's write, sync batch, stats and log line overlap with the next handler.
-        self.record_pending()  # (already done, unless the handler process was found dead)
-        self.pending = Pending(taken, task, outcome, policy, fields)
-
-    def record_pending(self) -> None:
-        """Record the last attempt's outcome, if not yet done (if the disk refuses it, it is
-        kept: see keep_unwritten)."""
-        if self.pending is None:
-            return
-        pending, self.pending = self.pending, None
-        self.record(pending)
-
-    def record(self, pending: Pending) -> bool:
-        """Write an attempt's outcome and count it; False if the disk refused (it is kept)."""
-        try:
-            state = self.write_outcome(pending)
-        except OSError as exc:
-            self.keep_unwritten(pending, exc)
-            return False
-        if state is None:
-            return True
-        outcome, fields = pending.outcome, pending.fields
-        if state == "done":
-            log.info("done %s duration=%.3fs", fields, outcome.duration)
-        else:
-            error = outcome.error
-            log.warning(
-                "%s %s duration=%.3fs error=%s: %s",
-                state,
-                fields,
-                outcome.duration,
-                error.get("type"),
-                error.get("message"),
-            )
-        return True
-
-    def write_outcome(self, pending: Pending) -> str | None:
-        """Hide the claim, write the outcome, hand the claim to the committer; return the state
-        written, or None when the claim was lost to recovery (the outcome is dropped).
-
-        Raises: OSError; `pending` then keeps how far it got, and a call again goes on.
-        """
-        if not self.fence(pending):
-            self.unhold(pending.taken)
-            log.warning("lost the claim of %s to recovery: this outcome is dropped", pending.fields)
-            return None
-        if pending.verdict is None:
-            pending.verdict = verdict_of(
-                pending.taken, pending.task, pending.outcome, pending.policy
-            )
-        write_verdict(pending.taken, pending.outcome, pending.verdict, self.outbox, self.stats)
-        self.unhold(pending.taken)  # (held only while the outcome waited for the disk)
-        self.committer.add(pending.taken.path)
-        return pending.verdict.state
-
-    def fence(self, pending: Pending) -> bool:
-        """Whether the claim is still this worker's, hidden before its outcome is written.
-
-        The fence: the claim is renamed before the outcome is written. If a recoverer took it
-        (this worker's lease ran out), the rename fails and the outcome is dropped: the
-        recoverer's outcome stands. (The hidden claim needs no renewal: its name is new to the
-        sweepers, so they wait a whole lease, and its outcome is written right now; a
-        recoverer then drops it. If the disk refuses the outcome, keep_unwritten shows the
-        claim again and holds its lease while it waits.) Raises: OSError other than ENOENT.
-        """
-        claimed = pending.taken
-        if claimed.committed:  # a try again, after the outcome was written (or unhide failed)
-            written = pending.verdict is not None and pending.verdict.written
-            return written or os.path.lexists(claimed.path)
-        try:
-            pending.taken = claimed.hide()
-        except FileNotFoundError:
-            return False
-        self.unhold(claimed)
-        return True
-
-    def keep_unwritten(self, pending: Pending, exc: OSError) -> None:
-        """The disk refused an outcome: keep it in memory (the handler is not run again), keep
-        the claim (and, in shared mode, its lease), claim nothing new, and try again later."""
-        if not self.unwritten:
-            self.lock.show_waiting(True)  # for status and metrics
-        if pending not in self.unwritten:
-            self.unwritten.append(pending)
-        written = pending.verdict is not None and pending.verdict.written
-        if pending.taken.committed and not written:  # counted as processing while it waits
-            with contextlib.suppress(OSError):
-                pending.taken = pending.taken.unhide()
-        if self.leases is not None:
-            self.leases.hold(pending.taken.path)
-        self.write_again_at = time.monotonic() + self.write_backoff.next_pause()
-        if self.write_complaint.due(time.time()):
-            log.error(
-                "cannot record the outcome of %s: %s; it is kept and written once the disk "
-                "takes it (%d waiting; no new claims meanwhile)",
-                pending.fields,
-                describe(exc) if is_disk_fault(exc) else exc,
-                len(self.unwritten),
-            )
-
-    def write_unwritten(self) -> bool:
-        """Try again to write the outcomes the disk refused, once their pause is over; True
-        while some still wait."""
-        if not self.unwritten:
-            return False
-        if time.monotonic() < self.write_again_at:
-            return True
-        while self.unwritten:
-            if not self.record(self.unwritten[0]):
-                return True
-            self.unwritten.pop(0)
-        self.write_backoff.reset()
-        self.write_complaint.clear()
-        self.lock.show_waiting(False)
-        log.info("the disk takes writes again: the waiting outcomes are written")
-        return False
-
-    def outcomes_waiting(self) -> bool:
-        """While outcomes the disk refused wait (a full disk), claim nothing: try them again
-        when due and sleep until the next try; True while they wait."""
-        if not self.unwritten:
-            return False
-        self.record_pending()  # (an attempt that ended meanwhile joins them, in order)
-        if not self.write_unwritten():
-            return False
-        self.stopping.wait(max(0.001, self.write_again_at - time.monotonic()))
-        return True
+        self.recorder.defer(Pending(taken, task, outcome, policy, fields))  # (see recorder)
 
     def write_before_stopping(self) -> None:
         """Stopping with outcomes the disk refused: keep trying until they are written or a
         hard stop comes (their claims stay then: recovery runs those tasks again)."""
-        if self.unwritten:
+        if self.recorder.unwritten:
             log.warning(
                 "stopping: %d outcome(s) wait for the disk; a second signal stops without them",
-                len(self.unwritten),
+                len(self.recorder.unwritten),
             )
-        while self.write_unwritten() and not self.hard_stop:
-            self.wakeup.wait(max(0.001, self.write_again_at - time.monotonic()))
+        while self.recorder.write_unwritten() and not self.hard_stop:
+            self.wakeup.wait(self.recorder.next_try())
             self.wakeup.clear()
 
     def give_back(self, taken: Claim, why: str) -> None:
@@ -629,68 +403,29 @@ class Worker:
         self.stopping.wait(ERROR_PAUSE_SECONDS)
 
     def read_claimed(self, taken: Claim) -> TaskDict | None:
-        """The claimed file as a runnable task, or None after rejecting it to failed/ (or
-        putting it back: not JSON yet, maybe still being written)."""
-        key = (taken.dirs.name, taken.name)
-        try:
-            data, st = read_regular(taken.path, self.settings.max_file_bytes)
-        except UnreadableFile as exc:
-            self.reject(taken, str(exc))
-            return None
-        except OSError as exc:
-            self.reject(taken, f"cannot read: {exc.strerror}")
-            return None
-        try:
-            task = envelope.parse_task_bytes(data)
-        except NotJSON as exc:
-            wait = self.settling.wait_for(key, data, st.st_mtime_ns)
-            if wait > 0:  # maybe still being written in place: read it again later
-                self.put_back(taken, wait)
-            else:
-                self.reject(taken, str(exc))
-            return None
-        except FieldError as exc:
-            self.reject(taken, str(exc))
-            return None
-        self.settling.settled(key)
-        name = task["task"]
-        if name not in self.tasks:
-            self.unknown(taken, name)
-            return None
-        params = self.tasks[name].get("params")
-        unbound = binding_error(params, task.get("args", []), task.get("kwargs", {}))
-        if unbound is not None:
-            self.reject(taken, f"BadArguments: {name}{render(params)}: {unbound}")
-            return None
-        task.setdefault("id", envelope.id_of_name(taken.name, st.st_mtime))
-        task.setdefault("enqueued_at", st.st_mtime)
-        task.setdefault("attempts", 0)
-        return task
+        """The claimed file as a runnable task, or None after setting it aside (see claimed):
+        rejected to failed/, put back to read again, or left to the workers that know it."""
+        read = read_claimed(taken, self.settings.max_file_bytes, self.settling, self.code)
+        if not isinstance(read, NotRunnable):
+            return read
+        if read.unknown is not None:
+            self.unknown(taken, read.unknown)
+        elif read.read_again_in > 0:
+            self.put_back(taken, read.read_again_in)
+        else:
+            self.reject(taken, read.reason)
+        return None
 
     def unknown(self, taken: Claim, name: str) -> None:
         """A task this worker cannot run: leave it for the workers that know it (a deploy
         under way), or reject it when none has known it for the grace (see spool.manifest)."""
-        alive: dict[str, bool] = {}
-
-        def is_live(worker_id: str) -> bool:
-            if worker_id not in alive:
-                alive[worker_id] = is_alive(self.settings.root, worker_id)
-            return alive[worker_id]
-
-        wait = unknown_fate(
-            self.catalogs.current(time.monotonic()),
-            name,
-            is_live,
-            time.time(),
-            self.settings.unknown_task_grace_seconds,
-            HOLD_UNKNOWN_SECONDS,
-        )
+        wait = self.code.wait_for_unknown(name, time.time())
         if wait is None:
             self.reject(taken, f"unknown task {name!r}: no configured tasks module registers it")
             return
         self.unhold(taken)
         release(taken)
-        self.indexes[taken.dirs.name].hold(taken.name, wait)
+        self.queues[taken.dirs.name].hold(taken.name, wait)
         log.info(
             "left queue=%s file=%s task=%s to the workers that know it (again in %.0f s)",
             taken.dirs.name,
@@ -699,27 +434,11 @@ class Worker:
             wait,
         )
 
-    def publish_tasks(self, now: float) -> None:
-        """Publish what this worker serves in the task manifest (see spool.manifest)."""
-        root = self.settings.root
-        try:
-            publish(
-                root,
-                self.worker_id,
-                self.tasks,
-                now,
-                is_worker=True,
-                is_live=lambda worker_id: is_alive(root, worker_id),
-                grace_seconds=self.settings.unknown_task_grace_seconds,
-            )
-        except OSError as exc:  # producers then route by older manifests, or not at all
-            log.error("cannot publish the task manifest: %s", exc)
-
     def put_back(self, taken: Claim, seconds: float) -> None:
         """Return a claimed file to incoming/ and leave it there for `seconds`."""
         self.unhold(taken)
         release(taken)
-        self.indexes[taken.dirs.name].look_again(taken.name, seconds)
+        self.queues[taken.dirs.name].look_again(taken.name, seconds)
         log.debug(
             "%s/%s is not JSON yet: read again in %.2f s", taken.dirs.name, taken.name, seconds
         )
@@ -745,93 +464,18 @@ class Worker:
         entry = delayed_name(due_us, taken.name)
         self.unhold(taken)
         os.rename(taken.path, taken.dirs.delayed / entry)
-        self.indexes[taken.dirs.name].add_delayed(entry)
-
-    def policy_for(self, task: TaskDict) -> RetryPolicy:
-        options = self.tasks.get(task["task"], {})
-        s = self.settings
-        max_retries = first(task.get("max_retries"), options.get("max_retries"), s.max_retries)
-        backoff = first(options.get("retry_backoff"), s.retry_backoff_seconds)
-        max_lost = first(task.get("max_lost"), options.get("max_lost"), s.max_lost)
-        return RetryPolicy(
-            int(max_retries),
-            float(backoff),
-            s.retry_backoff_max_seconds,
-            s.retry_jitter,
-            max_lost=int(max_lost),
-            at_most_once=bool(options.get("at_most_once", False)),
-        )
-
-    def known_policy(self, task: TaskDict) -> RetryPolicy | None:
-        """The retry policy of a task this worker can run; None for an unknown task."""
-        return self.policy_for(task) if task["task"] in self.tasks else None
-
-    def timeout_for(self, task: TaskDict) -> float:
-        options = self.tasks.get(task["task"], {})
-        return float(
-            first(task.get("timeout"), options.get("timeout"), self.settings.timeout_seconds)
-        )
+        self.queues[taken.dirs.name].add_delayed(entry)
 
     def log_fields(self, taken: Claim, task: TaskDict, attempt: int) -> str:
         return f"queue={taken.dirs.name} id={task['id']} task={task['task']} attempt={attempt}"
 
     # ---- task code -------------------------------------------------------------------
 
-    def new_executor(self) -> Executor:
-        return Executor(
-            self.settings.tasks,
-            str(self.settings.project_dir),
-            on_spawn=lambda pid: self.lock.update(handler_pid=pid),
-        )
-
     def reload_tasks(self) -> None:
-        """Load the task modules again in a new handler process and swap it in; if they do not
-        load, say why in one line and keep the old handler process serving."""
+        """Load the task code again (see TaskCode.reload), between two attempts."""
         self.reload_wanted = False  # (a SIGHUP during the import asks for one more reload)
-        self.record_pending()  # first: a reload never overlaps an attempt or its recording
-        fresh = self.new_executor()
-        try:
-            tasks = fresh.start()
-        except (ConfigError, OSError) as exc:
-            fresh.kill()
-            if self.executor.proc is not None:  # its group, for cleanup if the worker dies
-                with contextlib.suppress(OSError):
-                    self.lock.update(handler_pid=self.executor.proc.pid)
-            why = " ".join(str(exc).splitlines())
-            log.error("reload failed, the previous task code keeps serving: %s", why)
-            return
-        old_executor, self.executor = self.executor, fresh
-        old_executor.stop()
-        old, self.tasks = self.tasks, tasks
-        self.reloads += 1
-        self.tasks_loaded(old, tasks)
-
-    def follow_restart(self) -> None:
-        """The handler process was started again (after a timeout or a crash) and imported the
-        modules as they are now: serve what it registered, and say so if that changed."""
-        old, self.tasks = self.tasks, self.executor.tasks
-        if task_changes(old, self.tasks):
-            self.reloads += 1
-            self.tasks_loaded(old, self.tasks)
-
-    def tasks_loaded(self, old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> None:
-        """The tasks this worker serves are now `new` (at start-up `old` is {}, and the
-        "started" line names them): publish them, and log what a reload changed."""
-        self.publish_tasks(time.time())
-        if not self.reloads:
-            return
-        changes = task_changes(old, new)
-        log.info(
-            "reloaded the task code: %s",
-            "; ".join(changes) or "same tasks, same options",
-        )
-
-    # ---- dead workers ------------------------------------------------------------------
-
-
-def first(*values: Any) -> Any:
-    """The first value that is not None."""
-    return next(v for v in values if v is not None)
+        self.recorder.record_pending()  # first: a reload never overlaps an attempt or its recording
+        self.code.reload()
 
 
 def run_worker(settings: Settings, queues: Sequence[str] = (), burst: bool = False) -> int:

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,13 @@ from typing import Any
 import pytest
 
 from spool import Spool
+from spool.config import Settings
 from spool.errors import DiskFault, SpoolError
 from spool.faults import Backoff, Complaint, reported_as
 from spool.layout import QueueDirs
 from spool.manage import resume
+from spool.mqtt_intake import Received, Verdict, write_batch
+from spool.producer import prepare
 from spool.stats import WorkerStats, load_all
 from tests.conftest import PROJECT_DIR, TEST_CONFIG, spool_command, wait_until
 from tests.fulldisk import FullDisk
@@ -406,3 +410,23 @@ def test_an_outcome_that_waited_for_the_disk_has_exactly_one_event(
     wait_until(lambda: app.state_of(task_id) == "done", timeout=30)
     events = [n for n in every_entry(app.root / ".events") if n.endswith(".json")]
     assert len(events) == 1 and task_id in events[0] and events[0].endswith("_done.json")
+
+
+def test_an_mqtt_batch_the_full_disk_refuses_leaves_its_unique_keys_free(
+    spool_root: Path, full_disk: FullDisk
+) -> None:
+    settings = Settings(root=spool_root)
+    dirs = QueueDirs(spool_root, "default").create()
+    spare = spool_root / "spare"
+    spare.write_bytes(b"x")  # one page of the tmpfs, given back once it is full:
+    full_disk.fill()  # room for the key file, none for the task file
+    spare.unlink()
+    task = {"task": "echo", "args": ["x"], "id": "m1", "unique_key": "k"}
+    prepared = prepare(settings, task, "default", time.time())
+    message = Received(1, 1, "spool/enqueue/default", b"", dup=False)
+    batch = [Verdict(message, prepared=prepared, queue="default")]
+    with pytest.raises(OSError):
+        write_batch(settings, batch)  # (the intake keeps the messages and writes them again)
+    full_disk.free()
+    write_batch(settings, batch)
+    assert every_entry(dirs.incoming) == [prepared.dest.name]  # not skipped as held by itself

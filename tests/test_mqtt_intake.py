@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from spool.layout import CANONICAL_RE, queue_dirs
+from spool.stats import load_all
 from tests.conftest import Popen, names, wait_until
 from tests.mosquitto import Broker
 from tests.mqtt_clients import Publisher
@@ -105,6 +106,21 @@ def test_invalid_messages_are_kept_in_failed_with_the_reason(
     kept = {(mail.failed / n).read_bytes() for n in stored}
     assert kept == {payload for topic, payload in bad if topic.endswith("mail")}
     assert all(note["topic"].startswith("spool/enqueue/") for note in notes)
+
+
+def test_rejected_messages_count_as_rejected_like_rejected_task_files(
+    spool_root: Path, config: Path, publisher: Publisher, start_intake: Any
+) -> None:
+    start_intake(config)
+    mids = [publisher.publish("spool/enqueue/mail", payload) for payload in (b"{", b"[]")]
+    publisher.wait_acked(mids)
+    wait_until(lambda: len(names(queue_dirs(spool_root, "mail").failed)) == 4, timeout=20)
+
+    def rejected() -> int:
+        counted = load_all(spool_root).get("mail")
+        return counted.counts["rejected"] if counted is not None else 0
+
+    wait_until(lambda: rejected() == 2, timeout=10)
 
 
 def test_intake_killed_mid_stream_loses_no_acknowledged_message(
