@@ -185,8 +185,9 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
 @pytest.fixture
 def hostbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Start a `tests.hostbed.HostBed` (simulated hosts sharing a directory over sshfs):
-    `hostbed(hosts=2, cache=False)` returns it started; all stop at the end. Skipped where
-    the bed cannot run (not root, no sshfs/sshd, no network namespaces)."""
+    `hostbed(hosts=2, cache=False)` returns it started (`fsname="mfs#..."`: mounts that look
+    like MooseFS's); all stop at the end. Skipped where the bed cannot run (not root, no
+    sshfs/sshd, no network namespaces)."""
     from tests.hostbed import HostBed, available
 
     reason = available()
@@ -194,8 +195,8 @@ def hostbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
         pytest.skip(reason)
     beds: list[HostBed] = []
 
-    def start(hosts: int = 2, cache: bool = False) -> HostBed:
-        bed = HostBed(tmp_path / f"hostbed{len(beds)}", hosts=hosts, cache=cache)
+    def start(hosts: int = 2, cache: bool = False, fsname: str | None = None) -> HostBed:
+        bed = HostBed(tmp_path / f"hostbed{len(beds)}", hosts=hosts, cache=cache, fsname=fsname)
         beds.append(bed)
         return bed.start()
 
