@@ -211,6 +211,33 @@ def hostbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
 
 
 @pytest.fixture
+def glusterbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Start a `tests.glusterbed.GlusterBed` (a one-brick GlusterFS volume served from one
+    network namespace, FUSE clients in others): `glusterbed(clients=2)` returns it started;
+    all stop at the end. Skipped where it cannot run (not root, GlusterFS not installed)."""
+    from tests.glusterbed import GlusterBed, available
+
+    reason = available()
+    if reason is not None:
+        pytest.skip(reason)
+    beds: list[GlusterBed] = []
+
+    def start(clients: int = 2) -> GlusterBed:
+        bed = GlusterBed(tmp_path / f"glusterbed{len(beds)}", clients=clients)
+        beds.append(bed)
+        return bed.start()
+
+    yield start
+    errors = []
+    for bed in beds:
+        try:
+            bed.stop()
+        except RuntimeError as exc:
+            errors.append(exc)
+    assert not errors, errors
+
+
+@pytest.fixture
 def full_disk(spool_root: Path) -> Iterator[object]:
     """A 1 MiB tmpfs mounted on the spool root (see tests.fulldisk): `full_disk.fill()`,
     `.free()`, `.full_for(seconds)`. Unmounted at the end; skipped where it cannot be mounted

@@ -1,0 +1,285 @@
+"""A test bed of simulated hosts sharing one GlusterFS volume (Debian's glusterfs 10.3).
+
+Layout (names carry a random tag, so beds never clash):
+
+* network namespace ``gsrv-<tag>``: a bridge ``br0`` with ``10.<x>.<y>.1/24`` (a random /24);
+  ``glusterd`` runs there in the foreground (``-N``) with its own ``glusterd.vol``: working
+  directory ``<tmp>/glusterd``, CLI socket ``<tmp>/glusterd.socket``, listening only on the
+  bridge address. It serves one volume ``sp<tag>`` of one brick ``<tmp>/brick`` (``volume
+  create ... force``: the brick may sit on the root filesystem), started by glusterd as
+  ``glusterfsd`` in the same namespace;
+* per client i a namespace ``gcl<i>-<tag>`` whose ``eth0`` (``.2``, ``.3``, ...) is a veth
+  pair with ``port<i>`` on the bridge;
+* per client a FUSE mount at ``mount(i)`` (``<tmp>/mnt/client<i>``, type ``fuse.glusterfs``),
+  made by ``nsenter --net=/run/netns/gcl<i>-<tag> glusterfs -N ...``: its traffic crosses its
+  own namespace while the mount stays visible to every process (``ip netns exec`` would hide it
+  in a private mount namespace). Each client has its own caches; the volume's defaults are
+  kept (FUSE attribute and entry timeouts of 1 s, the performance translators on).
+
+Write only through the mounts, never into the brick. glusterfsd keeps its pid file and socket
+under /var/run/gluster and its log under /var/log/glusterfs/bricks (their names derive from
+the volume and brick path, so beds do not clash); stop() removes them.
+
+stop() SIGKILLs the clients, glusterd and everything in the bed's namespaces, lazily unmounts
+every mount point, deletes the namespaces, and raises at the end if something could not be
+cleaned up; it is idempotent. Every wait has a deadline, every helper command a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tests.hostbed import _detach, _kill_group, _mount_layers, _reap, _run
+
+START_TIMEOUT = 30.0
+FSTYPE = "fuse.glusterfs"
+MARKER = ".glusterbed"
+TOOLS = ("ip", "nsenter", "glusterd", "gluster", "glusterfs", "glusterfsd")
+
+Popen = subprocess.Popen[Any]
+
+
+@functools.cache
+def available() -> str | None:
+    """None if a bed can run on this machine, else the reason it cannot."""
+    if os.geteuid() != 0:
+        return "the GlusterFS bed needs root (network namespaces, FUSE mounts)"
+    for tool in TOOLS:
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install glusterfs-server glusterfs-client)"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    probe = f"gprobe-{secrets.token_hex(3)}"
+    try:
+        _run(["ip", "netns", "add", probe])
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        return f"cannot create a network namespace: {exc}"
+    _run(["ip", "netns", "del", probe], check=False)
+    return None
+
+
+def _socket_of(pid: int) -> list[Path]:
+    """The unix socket a glusterfsd was told to listen on (`-S PATH`), if `pid` is one."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
+    return [Path(argv[i + 1]) for i, arg in enumerate(argv[:-1]) if arg == "-S"]
+
+
+class GlusterBed:
+    """A server namespace running glusterd with a one-brick volume, and `clients` client
+    namespaces whose FUSE mounts of it are at `mount(i)`. See the module docstring."""
+
+    def __init__(self, tmp_dir: Path, clients: int = 2) -> None:
+        if not 1 <= clients <= 9:
+            raise ValueError("clients must be 1..9")
+        self.tmp_dir = Path(tmp_dir).resolve()
+        self.clients = clients
+        self.tag = secrets.token_hex(3)
+        self.server_ns = f"gsrv-{self.tag}"
+        self.client_ns = [f"gcl{i}-{self.tag}" for i in range(clients)]
+        self.subnet = f"10.{1 + secrets.randbelow(254)}.{secrets.randbelow(256)}"
+        self.server_ip = f"{self.subnet}.1"
+        self.volume = f"sp{self.tag}"
+        self.brick = self.tmp_dir / "brick"
+        self.logs = self.tmp_dir / "logs"
+        self._state = self.tmp_dir / "glusterd"
+        self._socket = self.tmp_dir / "glusterd.socket"
+        self._mounts = [self.tmp_dir / "mnt" / f"client{i}" for i in range(clients)]
+        self._namespaces: list[str] = []
+        self._glusterd: Popen | None = None
+        self._clients: list[Popen] = []
+        self._started = False
+
+    def mount(self, i: int) -> Path:
+        """Where client i sees the volume."""
+        if not 0 <= i < self.clients:
+            raise IndexError(f"no client {i} (clients: {self.clients})")
+        return self._mounts[i]
+
+    def start(self) -> GlusterBed:
+        if self._started:
+            raise RuntimeError("a GlusterBed starts once")
+        self._started = True
+        try:
+            for directory in (self.logs, self.brick, self._state, *self._mounts):
+                directory.mkdir(parents=True, exist_ok=True)
+            self._make_network()
+            self._start_glusterd()
+            self._create_volume()
+            for i in range(self.clients):
+                self._mount_client(i)
+            self._check_shared()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to see
+                self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Kill everything, unmount, delete the namespaces. Idempotent."""
+        errors: list[str] = []
+        for proc in self._clients:
+            _kill_group(proc)
+        killed = list(self._clients)
+        if self._glusterd is not None:
+            _kill_group(self._glusterd)
+            killed.append(self._glusterd)
+        sockets: list[Path] = []
+        for ns in self._namespaces:  # glusterfsd (the brick) and anything else left there
+            with contextlib.suppress(OSError, RuntimeError, subprocess.TimeoutExpired):
+                for pid in _run(["ip", "netns", "pids", ns]).split():
+                    sockets += _socket_of(int(pid))
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), 9)
+        if _reap(killed, 10.0):
+            errors.append("GlusterFS processes still alive after SIGKILL")
+        for path in self._mounts:
+            for _ in range(3):
+                if not _mount_layers(path):
+                    break
+                try:
+                    _detach(path)
+                except OSError as exc:
+                    errors.append(f"unmount: {exc}")
+                    break
+        for ns in list(self._namespaces):
+            try:
+                _run(["ip", "netns", "del", ns])
+                self._namespaces.remove(ns)
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+                errors.append(str(exc))
+        shutil.rmtree(Path("/var/run/gluster/vols") / self.volume, ignore_errors=True)
+        for socket in sockets:
+            socket.unlink(missing_ok=True)
+        brick_log = str(self.brick).strip("/").replace("/", "-") + ".log"
+        (Path("/var/log/glusterfs/bricks") / brick_log).unlink(missing_ok=True)
+        if errors:
+            raise RuntimeError("GlusterBed.stop: " + "; ".join(errors))
+
+    def __enter__(self) -> GlusterBed:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _add_namespace(self, name: str) -> None:
+        _run(["ip", "netns", "add", name])
+        self._namespaces.append(name)
+        _run(["ip", "-n", name, "link", "set", "lo", "up"])
+
+    def _make_network(self) -> None:
+        srv = ["ip", "-n", self.server_ns]
+        self._add_namespace(self.server_ns)
+        _run([*srv, "link", "add", "br0", "type", "bridge"])
+        _run([*srv, "addr", "add", f"{self.server_ip}/24", "dev", "br0"])
+        _run([*srv, "link", "set", "br0", "up"])
+        for i, ns in enumerate(self.client_ns):
+            self._add_namespace(ns)
+            peer = ["peer", "name", f"port{i}", "netns", self.server_ns]
+            _run(["ip", "link", "add", "name", "eth0", "netns", ns, "type", "veth", *peer])
+            _run([*srv, "link", "set", f"port{i}", "master", "br0", "up"])
+            _run(["ip", "-n", ns, "addr", "add", f"{self.subnet}.{i + 2}/24", "dev", "eth0"])
+            _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+
+    def _start_glusterd(self) -> None:
+        config = self.tmp_dir / "glusterd.vol"
+        config.write_text(
+            "volume management\n"
+            "    type mgmt/glusterd\n"
+            f"    option working-directory {self._state}\n"
+            f"    option glusterd-sockfile {self._socket}\n"
+            "    option transport-type socket\n"
+            f"    option transport.socket.bind-address {self.server_ip}\n"
+            "    option ping-timeout 0\n"
+            "    option event-threads 1\n"
+            "end-volume\n"
+        )
+        argv = ["ip", "netns", "exec", self.server_ns, "glusterd", "-N", "-f", str(config)]
+        argv += ["-p", str(self.tmp_dir / "glusterd.pid"), "-l", str(self.logs / "glusterd.log")]
+        with open(self.logs / "glusterd.out", "wb") as out:
+            self._glusterd = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _gluster(self, *args: str) -> str:
+        argv = ["ip", "netns", "exec", self.server_ns, "gluster", "--mode=script"]
+        return _run([*argv, f"--glusterd-sock={self._socket}", *args], timeout=START_TIMEOUT)
+
+    def _create_volume(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:  # glusterd answers once its socket is up
+            try:
+                self._gluster("volume", "list")
+                break
+            except RuntimeError:
+                if self._glusterd is not None and self._glusterd.poll() is not None:
+                    raise RuntimeError("glusterd exited: see glusterd.log") from None
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self._gluster("volume", "create", self.volume, f"{self.server_ip}:{self.brick}", "force")
+        self._gluster("volume", "start", self.volume)
+
+    def _mount_client(self, i: int) -> None:
+        mountpoint = self._mounts[i]
+        argv = ["nsenter", f"--net=/run/netns/{self.client_ns[i]}", "glusterfs", "-N"]
+        argv += [f"--volfile-server={self.server_ip}", f"--volfile-id={self.volume}"]
+        argv += [f"--log-file={self.logs / f'client{i}.log'}", str(mountpoint)]
+        with open(self.logs / f"client{i}.out", "wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._clients.append(proc)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"glusterfs client {i} exited: see client{i}.log")
+            if FSTYPE in _mount_layers(mountpoint):
+                with contextlib.suppress(OSError):
+                    os.stat(mountpoint)
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"client {i} not mounted within {START_TIMEOUT} s")
+            time.sleep(0.05)
+
+    def _check_shared(self) -> None:
+        """A file written through mount 0 is read back through every mount."""
+        text = f"glusterbed {self.tag}\n"
+        (self._mounts[0] / MARKER).write_text(text)
+        deadline = time.monotonic() + 10
+        for path in self._mounts:
+            while True:
+                with contextlib.suppress(OSError):
+                    if (path / MARKER).read_text() == text:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{MARKER} written through mount 0 not seen in {path}")
+                time.sleep(0.05)

@@ -1,0 +1,84 @@
+"""Shared mode on a real distributed filesystem: a GlusterFS volume (tests/glusterbed.py), one
+brick served from its own network namespace, two FUSE clients each in theirs: separate client
+caches, the volume's default caches and performance translators."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from spool import Spool
+from spool.config import load_settings
+from tests.conftest import PROJECT_DIR, TEST_CONFIG, names, spool_command, wait_until
+from tests.glusterbed import GlusterBed
+from tests.test_hosts import runs_of
+
+
+def shared_config(directory: Path) -> Path:
+    path = directory / "gluster.toml"
+    path.write_text(TEST_CONFIG.read_text() + "\n[cluster]\nshared = true\n")
+    return path
+
+
+def test_two_shared_mode_workers_on_two_glusterfs_clients_run_300_tasks_each_once(
+    glusterbed: Callable[..., GlusterBed], tmp_path: Path
+) -> None:
+    bed = glusterbed(clients=2)
+    config = shared_config(tmp_path)
+    roots = [bed.mount(i) / "spool" for i in (0, 1)]
+    roots[0].mkdir()
+    producer = Spool(settings=load_settings(str(roots[0]), str(config), env={}))
+    record = tmp_path / "runs.txt"
+    ids = producer.enqueue_many(
+        [{"task": "record", "args": [str(record), f"t{i}"]} for i in range(300)]
+    )
+    started = time.monotonic()
+    workers = [
+        subprocess.Popen(
+            spool_command(root, "worker", "--burst", config=config),
+            cwd=PROJECT_DIR,
+            stderr=subprocess.DEVNULL,
+        )
+        for root in roots
+    ]
+    try:
+        wait_until(lambda: all(w.poll() is not None for w in workers), 120, 0.1)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait(timeout=10)
+    took = time.monotonic() - started
+    assert [w.returncode for w in workers] == [0, 0]
+    done_dir = roots[1] / "default" / "done"
+    done = {
+        n.removesuffix(".json"): json.loads((done_dir / n).read_bytes()) for n in names(done_dir)
+    }
+    assert sorted(done) == sorted(ids)
+    assert all(task["attempts"] == 1 for task in done.values())
+    assert set(runs_of(record).values()) == {1}  # no body ran twice
+    by_worker = {str(task["worker"]) for task in done.values()}
+    print(f"\nGlusterFS, 2 clients: 300 tasks in {took:.1f} s by {len(by_worker)} workers")
+    assert len(by_worker) == 2  # both clients took part
+
+
+def test_the_worker_and_doctor_see_a_glusterfs_mount_as_shared(
+    glusterbed: Callable[..., GlusterBed], tmp_path: Path
+) -> None:
+    bed = glusterbed(clients=1)
+    (bed.mount(0) / "spool").mkdir()
+    done = subprocess.run(
+        spool_command(bed.mount(0) / "spool", "doctor", "--json"),
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    fs = json.loads(done.stdout)["filesystem"]
+    assert fs["fstype"] == "fuse.glusterfs" and fs["network"]
+    assert "GlusterFS" in fs["why"]
