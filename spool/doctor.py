@@ -52,8 +52,12 @@ COMMON_TARGET_WARNING = (
     "still safe (their targets are unique per worker), but nothing may elect a winner by "
     "renaming to a common name here (use unique names or O_EXCL)"
 )
-# where the project runs its shared-mode tests (tests/test_hosts.py and the beds they use)
-TESTED_SHARED = "sshfs 3.7.3 (two hosts in network namespaces, tests/hostbed.py)"
+# where the project's CI runs shared mode (tests/test_hosts.py, tests/test_gluster.py)
+TESTED_SHARED = (
+    "sshfs 3.7.3 (drains, dead and cut-off hosts, schedulers, unique keys, pause) and "
+    "GlusterFS 10.3 (a drain over two clients); not MooseFS, JuiceFS, NFS or CephFS yet: "
+    "check those with --other-mount and a trial drain"
+)
 RACE_NAMES = 200
 COMMON_SLOT = 0.01  # seconds per round of the common-target race: both racers start each round
 FSYNC_ROUNDS = 50
