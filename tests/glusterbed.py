@@ -20,9 +20,14 @@ Write only through the mounts, never into the brick. glusterfsd keeps its pid fi
 under /var/run/gluster and its log under /var/log/glusterfs/bricks (their names derive from
 the volume and brick path, so beds do not clash); stop() removes them.
 
-stop() SIGKILLs the clients, glusterd and everything in the bed's namespaces, lazily unmounts
-every mount point, deletes the namespaces, and raises at the end if something could not be
-cleaned up; it is idempotent. Every wait has a deadline, every helper command a timeout.
+spawn(i, argv) starts a process "on client i"; kill_client(i) SIGKILLs those and client i's
+glusterfs: its mount stays in place, dead (ENOTCONN), so nothing of that host can write to a
+local directory by mistake.
+
+stop() SIGKILLs spawned processes, the clients, glusterd and everything in the bed's
+namespaces, lazily unmounts every mount point, deletes the namespaces, and raises at the end
+if something could not be cleaned up; it is idempotent. Every wait has a deadline, every
+helper command a timeout.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class GlusterBed:
         self._namespaces: list[str] = []
         self._glusterd: Popen | None = None
         self._clients: list[Popen] = []
+        self._procs: list[list[Popen]] = [[] for _ in range(clients)]
         self._started = False
 
     def mount(self, i: int) -> Path:
@@ -106,6 +112,25 @@ class GlusterBed:
         if not 0 <= i < self.clients:
             raise IndexError(f"no client {i} (clients: {self.clients})")
         return self._mounts[i]
+
+    def spawn(self, i: int, argv: list[str], **popen_kwargs: Any) -> Popen:
+        """Start a process "on client i" (one meant to use only mount(i)); killed with the
+        client, and at stop()."""
+        self.mount(i)
+        popen_kwargs["start_new_session"] = True  # kill_client() kills its process group
+        proc = subprocess.Popen(argv, **popen_kwargs)
+        self._procs[i].append(proc)
+        return proc
+
+    def kill_client(self, i: int, timeout: float = 10.0) -> None:
+        """Client i's host dies: SIGKILL every process spawned on it, then its glusterfs. The
+        mount stays in place, dead (ENOTCONN), until stop()."""
+        self.mount(i)
+        for proc in [*self._procs[i], self._clients[i]]:
+            _kill_group(proc)
+        left = _reap([*self._procs[i], self._clients[i]], timeout)
+        if left:
+            raise RuntimeError(f"client {i}: processes still alive after SIGKILL: {left}")
 
     def start(self) -> GlusterBed:
         if self._started:
@@ -129,9 +154,9 @@ class GlusterBed:
     def stop(self) -> None:
         """Kill everything, unmount, delete the namespaces. Idempotent."""
         errors: list[str] = []
-        for proc in self._clients:
+        killed = [proc for procs in self._procs for proc in procs] + self._clients
+        for proc in killed:
             _kill_group(proc)
-        killed = list(self._clients)
         if self._glusterd is not None:
             _kill_group(self._glusterd)
             killed.append(self._glusterd)

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from subprocess import Popen
 
 from spool import Spool
 from spool.config import load_settings
@@ -21,6 +22,13 @@ def shared_config(directory: Path) -> Path:
     path = directory / "gluster.toml"
     path.write_text(TEST_CONFIG.read_text() + "\n[cluster]\nshared = true\n")
     return path
+
+
+def start_worker(bed: GlusterBed, client: int, config: Path, logs: Path) -> Popen[bytes]:
+    """A worker on `client`'s mount, its log in a file under `logs`."""
+    command = spool_command(bed.mount(client) / "spool", "worker", config=config)
+    with open(logs / f"worker-{client}.log", "ab") as log:
+        return bed.spawn(client, command, cwd=PROJECT_DIR, stderr=log)
 
 
 def test_two_shared_mode_workers_on_two_glusterfs_clients_run_300_tasks_each_once(
@@ -109,3 +117,46 @@ def test_doctor_warns_that_renames_to_a_common_name_can_both_succeed_on_glusterf
     assert probes["other_mount"]["locks"] == "shared"
     assert len(report["warnings"]) == 1 and "common name" in report["warnings"][0]
     assert report["safe"]
+
+
+def test_a_dead_clients_claim_is_recovered_by_the_other_client_after_the_lease(
+    glusterbed: Callable[..., GlusterBed], tmp_path: Path
+) -> None:
+    """GlusterFS shows another client's renewal after about 1 s (FUSE attribute cache), so a
+    5 s lease holds (the doctor's margin is 3 s)."""
+    lease = 5.0
+    bed = glusterbed(clients=2)
+    config = tmp_path / "gluster.toml"
+    config.write_text(TEST_CONFIG.read_text() + f"\n[cluster]\nshared = true\nlease = {lease}\n")
+    roots = [bed.mount(i) / "spool" for i in (0, 1)]
+    roots[0].mkdir()
+    producer = Spool(settings=load_settings(str(roots[0]), str(config), env={}))
+    record = tmp_path / "runs.txt"
+    ids = producer.enqueue_many(
+        [{"task": "record", "args": [str(record), f"t{i}"]} for i in range(100)]
+        + [{"task": "sleep_then_return", "args": [0.1]} for _ in range(100)]
+    )
+    done_dir, processing = (roots[1] / "default" / state for state in ("done", "processing"))
+    doomed = start_worker(bed, 0, config, tmp_path)
+    wait_until(lambda: len(names(done_dir)) >= 120, 60, 0.05)
+    start_worker(bed, 1, config, tmp_path)
+    owner = f"-{doomed.pid}-"
+    wait_until(lambda: any(owner in n for n in names(processing)), 10, 0.005)
+    bed.kill_client(0)
+    killed = time.monotonic()
+    stuck = [n for n in names(processing) if owner in n]
+    assert stuck, "client 0 held no claim when it died"
+    wait_until(lambda: not any(owner in n for n in names(processing)), 2 * lease + 10, 0.05)
+    recovered_after = time.monotonic() - killed
+    wait_until(lambda: len(names(done_dir)) == 200, 120, 0.1)
+    done = {
+        n.removesuffix(".json"): json.loads((done_dir / n).read_bytes()) for n in names(done_dir)
+    }
+    assert sorted(done) == sorted(ids)
+    lost = [t for t in done.values() if t.get("history")]
+    assert len(lost) == len(stuck)
+    assert all(t["history"][0]["error"]["type"] == "WorkerLost" for t in lost)
+    assert recovered_after >= lease * 0.9
+    print(
+        f"\nGlusterFS client 0 killed (lease {lease:g} s): recovered after {recovered_after:.1f} s"
+    )
