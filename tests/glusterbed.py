@@ -20,6 +20,8 @@ Write only through the mounts, never into the brick. glusterfsd keeps its pid fi
 under /var/run/gluster and its log under /var/log/glusterfs/bricks (their names derive from
 the volume and brick path, so beds do not clash); stop() removes them.
 
+partition(i) / heal(i) set client i's switch port down / up (its operations hang meanwhile;
+past the volume's network.ping-timeout, 42 s by default, the client gives up with ENOTCONN).
 spawn(i, argv) starts a process "on client i"; kill_client(i) SIGKILLs those and client i's
 glusterfs: its mount stays in place, dead (ENOTCONN), so nothing of that host can write to a
 local directory by mistake.
@@ -131,6 +133,16 @@ class GlusterBed:
         left = _reap([*self._procs[i], self._clients[i]], timeout)
         if left:
             raise RuntimeError(f"client {i}: processes still alive after SIGKILL: {left}")
+
+    def partition(self, i: int) -> None:
+        """Cut client i off the network (its switch port goes down); nothing is killed."""
+        self.mount(i)
+        _run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "down"])
+
+    def heal(self, i: int) -> None:
+        """Reconnect client i's switch port."""
+        self.mount(i)
+        _run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "up"])
 
     def start(self) -> GlusterBed:
         if self._started:

@@ -160,3 +160,41 @@ def test_a_dead_clients_claim_is_recovered_by_the_other_client_after_the_lease(
     print(
         f"\nGlusterFS client 0 killed (lease {lease:g} s): recovered after {recovered_after:.1f} s"
     )
+
+
+def test_a_client_cut_off_past_its_lease_does_not_commit_over_the_recoverer(
+    glusterbed: Callable[..., GlusterBed], tmp_path: Path
+) -> None:
+    """Client 0 runs a task and is cut off for 20 s (below GlusterFS's 42 s ping timeout):
+    client 1 recovers the claim after the lease and finishes it; once healed, client 0 finds
+    its claim gone and drops its outcome."""
+    bed = glusterbed(clients=2)
+    config = tmp_path / "gluster.toml"
+    config.write_text(TEST_CONFIG.read_text() + "\n[cluster]\nshared = true\nlease = 5\n")
+    roots = [bed.mount(i) / "spool" for i in (0, 1)]
+    roots[0].mkdir()
+    producer = Spool(settings=load_settings(str(roots[0]), str(config), env={}))
+    pid_file = tmp_path / "pid"
+    task_id = producer.enqueue("write_pid_then_sleep", [str(pid_file), 2.0])
+    done_dir, processing = (roots[1] / "default" / state for state in ("done", "processing"))
+    start_worker(bed, 0, config, tmp_path)
+    wait_until(pid_file.exists, 20, 0.01)  # client 0 runs it
+    recoverer = start_worker(bed, 1, config, tmp_path)
+    bed.partition(0)
+    cut = time.monotonic()
+    try:
+        wait_until(lambda: names(done_dir) == [f"{task_id}.json"], 60, 0.1)
+        recovered_in = time.monotonic() - cut
+        time.sleep(max(0.0, 20 - (time.monotonic() - cut)))  # 20 s cut off in all
+    finally:
+        bed.heal(0)
+    log = tmp_path / "worker-0.log"
+    wait_until(lambda: "lost the claim" in log.read_text(), 60, 0.2)
+    task = json.loads((done_dir / f"{task_id}.json").read_bytes())
+    assert task["attempts"] == 2
+    assert task["history"][0]["error"]["type"] == "WorkerLost"
+    assert f"-{recoverer.pid}-" in str(task["worker"])
+    wait_until(lambda: names(processing) == [], 20, 0.1)
+    assert names(done_dir) == [f"{task_id}.json"]
+    assert json.loads((done_dir / f"{task_id}.json").read_bytes()) == task
+    print(f"\nGlusterFS partition: client 1 finished the task {recovered_in:.1f} s after the cut")
