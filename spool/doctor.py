@@ -55,8 +55,8 @@ COMMON_TARGET_WARNING = (
 # where the project's CI runs shared mode (tests/test_hosts.py, tests/test_gluster.py)
 TESTED_SHARED = (
     "sshfs 3.7.3 (drains, dead and cut-off hosts, schedulers, unique keys, pause) and "
-    "GlusterFS 10.3 (a drain over two clients); not MooseFS, JuiceFS, NFS or CephFS yet: "
-    "check those with --other-mount and a trial drain"
+    "GlusterFS 10.3 (a drain, a dead and a cut-off client); not MooseFS, JuiceFS, NFS or "
+    "CephFS yet: check those with --other-mount and a trial drain"
 )
 RACE_NAMES = 200
 COMMON_SLOT = 0.01  # seconds per round of the common-target race: both racers start each round
@@ -118,24 +118,27 @@ def make_race_files(work: Path) -> tuple[Path, Path]:
     return src, dst
 
 
-def probe_rename_race(work: Path) -> Probe:
+def probe_rename_race(work: Path, other: Path | None = None) -> Probe:
     src, dst = make_race_files(work)
-    answers = race_renames((src, src), (dst, dst), common=False)
+    there = work if other is None else other / work.parent.name / work.name
+    answers = race_renames((src, there / "src"), (dst, there / "dst"), common=False)
     winners = Counter(name.partition("@")[0] for name in os.listdir(dst))
     lost = sum(a["enoent"] for a in answers)
-    other = [e for a in answers for e in a["other_errors"]]
-    ok = len(winners) == RACE_NAMES and set(winners.values()) == {1} and not other
+    errors = [e for a in answers for e in a["other_errors"]]
+    ok = len(winners) == RACE_NAMES and set(winners.values()) == {1} and not errors
     ok = ok and lost == RACE_NAMES * 2 - sum(a["won"] for a in answers)
     summary = (
-        f"each of {RACE_NAMES} names: one winner, the loser got ENOENT"
+        f"each of {RACE_NAMES} names: one winner, the loser got ENOENT "
+        f"({answers[0]['won']}/{answers[1]['won']} wins)"
         if ok
-        else f"{len(winners)} of {RACE_NAMES} names moved, errors {other[:3]}"
+        else f"{len(winners)} of {RACE_NAMES} names moved, errors {errors[:3]}"
     )
     return {
         "ok": ok,
         "names": RACE_NAMES,
+        "wins": [answers[0]["won"], answers[1]["won"]],
         "enoent": lost,
-        "other_errors": other,
+        "other_errors": errors,
         "summary": summary,
     }
 
@@ -426,6 +429,9 @@ def run_probes(root: Path, other: Path | None) -> dict[str, Probe]:
         if other is not None:
             results["other_mount"] = run_probe(
                 lambda work: probe_other_mount(work, other), scratch / "other"
+            )
+            results["rename_race_other_mount"] = run_probe(
+                lambda work: probe_rename_race(work, other), scratch / "race-other"
             )
             results["common_target_other_mount"] = run_probe(
                 lambda work: probe_common_target(work, other), scratch / "common-other"

@@ -117,6 +117,7 @@ def test_renames_of_one_file_to_a_common_name_have_one_winner_on_local_disk(
         assert sum(race["wins"]) == race["rounds"] == 200
         assert min(race["wins"]) > 0, race  # both processes won rounds: they raced
         assert "warning" not in race
+    assert report["probes"]["rename_race_other_mount"]["ok"]
     assert report["warnings"] == []
     assert "tested_shared_on" not in report  # a local disk: shared mode is not the question
 
