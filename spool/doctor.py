@@ -52,11 +52,11 @@ COMMON_TARGET_WARNING = (
     "still safe (their targets are unique per worker), but nothing may elect a winner by "
     "renaming to a common name here (use unique names or O_EXCL)"
 )
-# where the project's CI runs shared mode (tests/test_hosts.py, tests/test_gluster.py)
+# where the project's CI runs shared mode (tests/test_hosts.py, tests/test_dfs.py)
 TESTED_SHARED = (
-    "sshfs 3.7.3 (drains, dead and cut-off hosts, schedulers, unique keys, pause) and "
-    "GlusterFS 10.3 (a drain, a dead and a cut-off client); not MooseFS, JuiceFS, NFS or "
-    "CephFS yet: check those with --other-mount and a trial drain"
+    "sshfs 3.7.3 (drains, dead and cut-off hosts, schedulers, unique keys, pause); "
+    "GlusterFS 10.3 and MooseFS 3.0.117 (a drain, a dead and a cut-off client); not JuiceFS, "
+    "NFS or CephFS yet: check those with --other-mount and a trial drain"
 )
 RACE_NAMES = 200
 COMMON_SLOT = 0.01  # seconds per round of the common-target race: both racers start each round

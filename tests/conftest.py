@@ -211,19 +211,22 @@ def hostbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
 
 
 @pytest.fixture
-def glusterbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
-    """Start a `tests.glusterbed.GlusterBed` (a one-brick GlusterFS volume served from one
-    network namespace, FUSE clients in others): `glusterbed(clients=2)` returns it started;
-    all stop at the end. Skipped where it cannot run (not root, GlusterFS not installed)."""
-    from tests.glusterbed import GlusterBed, available
+def dfsbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Start a `tests.dfsbed` bed of a real distributed filesystem (servers in one network
+    namespace, FUSE clients in others): `dfsbed("glusterfs", clients=2)` or
+    `dfsbed("moosefs")` returns it started; all stop at the end. Skipped where it cannot run
+    (not root, the engine's packages not installed)."""
+    from tests.dfsbed import DfsBed, GlusterBed, MooseBed
 
-    reason = available()
-    if reason is not None:
-        pytest.skip(reason)
-    beds: list[GlusterBed] = []
+    engines: dict[str, type[DfsBed]] = {"glusterfs": GlusterBed, "moosefs": MooseBed}
+    beds: list[DfsBed] = []
 
-    def start(clients: int = 2) -> GlusterBed:
-        bed = GlusterBed(tmp_path / f"glusterbed{len(beds)}", clients=clients)
+    def start(engine: str, clients: int = 2) -> DfsBed:
+        kind = engines[engine]
+        reason = kind.available()
+        if reason is not None:
+            pytest.skip(reason)
+        bed = kind(tmp_path / f"{engine}{len(beds)}", clients=clients)
         beds.append(bed)
         return bed.start()
 
