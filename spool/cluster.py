@@ -11,7 +11,8 @@ network filesystem neither crosses hosts, so in shared mode:
 - a worker's info file is alive while present: sweepers delete it once its lease runs out.
 
 Shared mode is on with `[cluster] shared = true`, off with `shared = false`, and otherwise
-("auto", the default) on when the root is on a network or FUSE filesystem, with a warning.
+("auto", the default) on when the root's filesystem may be shared with other hosts (network and
+cluster types, and every FUSE mount not proven local: see spool.mounts), with a warning.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ def is_shared(settings: Settings, warn: bool = True) -> bool:
     fs = filesystem_of(Path(settings.root))
     if fs["network"] and warn:
         log.warning(
-            "the spool root is on %s (%s), which other hosts may mount: running in shared "
+            "the spool root is on %s (%s; %s), which other hosts may mount: running in shared "
             "mode; set [cluster] shared = true (or false) to choose and silence this",
             fs["fstype"],
             fs["mount_point"],
+            fs["why"],
         )
     return bool(fs["network"])

@@ -9,10 +9,17 @@ that raised is `ok: false` with the `error`.
 On a network filesystem inotify does not see other hosts' changes and locks may be
 host-local: there the verdict is shared mode (see spool.cluster), which relies only on what the
 probes check on the server — one winner per rename, exclusive creates.
+
+A probe may add a `warning` without failing: the common-target race (two processes, or a
+process on each mount with --other-mount, rename the same file to the same name, one name per
+10 ms round) finds filesystems where both renames succeed (issue 17 measured it on GlusterFS,
+MooseFS and JuiceFS). Claims do not care, their targets are unique per worker; anything that
+elects a winner by renaming to a common name would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -40,7 +47,19 @@ SEVERAL_HOSTS = (
     "several hosts: safe in shared mode ([cluster] shared, automatic on this filesystem): "
     "workers poll and hold leases; set [cluster] lease above the mount's attribute cache time"
 )
+COMMON_TARGET_WARNING = (
+    "renames of one file to a common name can both succeed on this filesystem: claims are "
+    "still safe (their targets are unique per worker), but nothing may elect a winner by "
+    "renaming to a common name here (use unique names or O_EXCL)"
+)
+# where the project's CI runs shared mode (tests/test_hosts.py, tests/test_dfs.py)
+TESTED_SHARED = (
+    "sshfs 3.7.3 (drains, dead and cut-off hosts, schedulers, unique keys, pause); "
+    "GlusterFS 10.3 and MooseFS 3.0.117 (a drain, a dead and a cut-off client); not JuiceFS, "
+    "NFS or CephFS yet: check those with --other-mount and a trial drain"
+)
 RACE_NAMES = 200
+COMMON_SLOT = 0.01  # seconds per round of the common-target race: both racers start each round
 FSYNC_ROUNDS = 50
 CHILD_TIMEOUT = 10.0
 EVENT_WAIT = 1.0
@@ -65,46 +84,93 @@ def run_child(*args: str) -> Any:
     return json.loads(done.stdout)
 
 
-def probe_rename_race(work: Path) -> Probe:
-    src, dst = work / "src", work / "dst"
-    src.mkdir()
-    dst.mkdir()
-    for i in range(RACE_NAMES):
-        (src / f"{i:04d}.json").touch()
-    n = str(RACE_NAMES)
+def race_renames(
+    src: tuple[Path, Path], dst: tuple[Path, Path], common: bool
+) -> list[dict[str, Any]]:
+    """Two processes rename the same RACE_NAMES files of src (seen through src[0] and src[1])
+    into dst, to tagged or to common target names; their answers."""
     start_at = f"{time.time() + 0.5:.6f}"  # both children start together, after their imports
+    mode = "common" if common else "tagged"
+    argv = [sys.executable, "-m", "spool.doctor", "race"]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "spool.doctor", "race", str(src), str(dst), tag, start_at, n],
+            [*argv, str(src[i]), str(dst[i]), tag, start_at, str(RACE_NAMES), mode],
             stdout=subprocess.PIPE,
             text=True,
         )
-        for tag in ("a", "b")
+        for i, tag in enumerate(("a", "b"))
     ]
     try:
-        answers = [json.loads(proc.communicate(timeout=CHILD_TIMEOUT)[0]) for proc in procs]
+        return [json.loads(proc.communicate(timeout=CHILD_TIMEOUT)[0]) for proc in procs]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=5)
+
+
+def make_race_files(work: Path) -> tuple[Path, Path]:
+    src, dst = work / "src", work / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for i in range(RACE_NAMES):
+        (src / f"{i:04d}.json").touch()
+    return src, dst
+
+
+def probe_rename_race(work: Path, other: Path | None = None) -> Probe:
+    src, dst = make_race_files(work)
+    there = work if other is None else other / work.parent.name / work.name
+    answers = race_renames((src, there / "src"), (dst, there / "dst"), common=False)
     winners = Counter(name.partition("@")[0] for name in os.listdir(dst))
     lost = sum(a["enoent"] for a in answers)
-    other = [e for a in answers for e in a["other_errors"]]
-    ok = len(winners) == RACE_NAMES and set(winners.values()) == {1} and not other
+    errors = [e for a in answers for e in a["other_errors"]]
+    ok = len(winners) == RACE_NAMES and set(winners.values()) == {1} and not errors
     ok = ok and lost == RACE_NAMES * 2 - sum(a["won"] for a in answers)
     summary = (
-        f"each of {RACE_NAMES} names: one winner, the loser got ENOENT"
+        f"each of {RACE_NAMES} names: one winner, the loser got ENOENT "
+        f"({answers[0]['won']}/{answers[1]['won']} wins)"
         if ok
-        else f"{len(winners)} of {RACE_NAMES} names moved, errors {other[:3]}"
+        else f"{len(winners)} of {RACE_NAMES} names moved, errors {errors[:3]}"
     )
     return {
         "ok": ok,
         "names": RACE_NAMES,
+        "wins": [answers[0]["won"], answers[1]["won"]],
         "enoent": lost,
-        "other_errors": other,
+        "other_errors": errors,
         "summary": summary,
     }
+
+
+def probe_common_target(work: Path, other: Path | None = None) -> Probe:
+    """Two processes (through two mounts, with `other`) rename the same file to the same
+    target name: both succeeding means "rename to a common name and see who wins" elects two
+    winners here. A warning, not a failure: spool's claims rename to names unique per worker."""
+    src, dst = make_race_files(work)
+    there = work if other is None else other / work.parent.name / work.name
+    answers = race_renames((src, there / "src"), (dst, there / "dst"), common=True)
+    both = sorted(set(answers[0]["won_names"]) & set(answers[1]["won_names"]))
+    errors = [e for a in answers for e in a["other_errors"]]
+    through = "two processes" if other is None else f"a process here and one via {other}"
+    split = f"{answers[0]['won']}/{answers[1]['won']} wins"
+    summary = (
+        f"{through}: each of {RACE_NAMES} renames to a common name had one winner ({split})"
+        if not both
+        else f"{through}: both renames to a common name succeeded in {len(both)} of "
+        f"{RACE_NAMES} rounds ({split})"
+    )
+    result: Probe = {
+        "ok": True,
+        "rounds": RACE_NAMES,
+        "wins": [answers[0]["won"], answers[1]["won"]],
+        "both_won": len(both),
+        "other_errors": errors,
+        "summary": summary + (f"; errors {errors[:3]}" if errors else ""),
+    }
+    if both:
+        result["warning"] = COMMON_TARGET_WARNING
+    return result
 
 
 def errno_of(action: Callable[[], object]) -> str | None:
@@ -324,6 +390,7 @@ def renewal_seen_after(here: Path, there: Path) -> float | None:
 
 PROBES: dict[str, Callable[[Path], Probe]] = {
     "rename_race": probe_rename_race,
+    "common_target": probe_common_target,
     "o_excl": probe_o_excl,
     "no_replace": probe_no_replace,
     "locks": probe_locks,
@@ -362,6 +429,12 @@ def run_probes(root: Path, other: Path | None) -> dict[str, Probe]:
         if other is not None:
             results["other_mount"] = run_probe(
                 lambda work: probe_other_mount(work, other), scratch / "other"
+            )
+            results["rename_race_other_mount"] = run_probe(
+                lambda work: probe_rename_race(work, other), scratch / "race-other"
+            )
+            results["common_target_other_mount"] = run_probe(
+                lambda work: probe_common_target(work, other), scratch / "common-other"
             )
         return results
     finally:
@@ -415,8 +488,11 @@ def examine(
         "verdict": line,
         "safe": safe,
     }
+    if fs["network"]:
+        report["tested_shared_on"] = TESTED_SHARED
     if probes is not None:
         report["probes"] = probes
+        report["warnings"] = sorted({str(p["warning"]) for p in probes.values() if "warning" in p})
     return report
 
 
@@ -428,11 +504,14 @@ def render(report: dict[str, JSON]) -> str:
         f"root: {report['root']}",
         f"config: {report['config'] or 'none'}",
         f"queues: {shown_queues(report['queues'])}",
-        f"filesystem: {fs['fstype']} on {fs['mount_point']} ({kind})",
+        f"filesystem: {fs['fstype']} on {fs['mount_point']} ({kind}: {fs['why']})",
     ]
     for name, result in report.get("probes", {}).items():
-        mark = "ok  " if result["ok"] else "FAIL"
+        mark = "FAIL" if not result["ok"] else "WARN" if "warning" in result else "ok  "
         lines.append(f"  {mark} {name}: {result['summary']}")
+    lines += [f"warning: {text}" for text in report.get("warnings", [])]
+    if fs["network"]:
+        lines.append(f"shared mode is tested on: {report['tested_shared_on']}")
     lines.append(f"verdict: {report['verdict']}")
     return "\n".join(lines)
 
@@ -444,18 +523,28 @@ def shown_queues(queues: list[str], most: int = 10) -> str:
     return ", ".join(queues[:most]) + more
 
 
-def child_race(src: str, dst: str, tag: str, start_at: str, count: str) -> dict[str, JSON]:
-    time.sleep(max(0.0, float(start_at) - time.time()))
-    won, enoent, other = 0, 0, []
-    for name in (f"{i:04d}.json" for i in range(int(count))):
+def child_race(
+    src: str, dst: str, tag: str, start_at: str, count: str, common: str = "tagged"
+) -> dict[str, JSON]:
+    """Rename each source to a target of its own (`NAME@tag`) as fast as it can, or to the
+    common `NAME`, one name per COMMON_SLOT, so that both processes try each name together."""
+    names = [f"{i:04d}.json" for i in range(int(count))]
+    for name in names:  # the other host may have these cached: so does this one
+        with contextlib.suppress(OSError):
+            os.stat(os.path.join(src, name))
+    slot = COMMON_SLOT if common == "common" else 0.0
+    won, enoent, other = [], 0, []
+    for i, name in enumerate(names):
+        time.sleep(max(0.0, float(start_at) + i * slot - time.time()))
+        target = name if common == "common" else f"{name}@{tag}"
         try:
-            os.rename(os.path.join(src, name), os.path.join(dst, f"{name}@{tag}"))
-            won += 1
+            os.rename(os.path.join(src, name), os.path.join(dst, target))
+            won.append(name)
         except FileNotFoundError:  # RACE: the other process renamed it first
             enoent += 1
         except OSError as exc:
             other.append(errno.errorcode.get(exc.errno or 0, str(exc.errno)))
-    return {"won": won, "enoent": enoent, "other_errors": other}
+    return {"won": len(won), "won_names": won, "enoent": enoent, "other_errors": other}
 
 
 def child_lock(path: str) -> dict[str, JSON]:

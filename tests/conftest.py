@@ -185,8 +185,9 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
 @pytest.fixture
 def hostbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Start a `tests.hostbed.HostBed` (simulated hosts sharing a directory over sshfs):
-    `hostbed(hosts=2, cache=False)` returns it started; all stop at the end. Skipped where
-    the bed cannot run (not root, no sshfs/sshd, no network namespaces)."""
+    `hostbed(hosts=2, cache=False)` returns it started (`fsname="mfs#..."`: mounts that look
+    like MooseFS's); all stop at the end. Skipped where the bed cannot run (not root, no
+    sshfs/sshd, no network namespaces)."""
     from tests.hostbed import HostBed, available
 
     reason = available()
@@ -194,8 +195,38 @@ def hostbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
         pytest.skip(reason)
     beds: list[HostBed] = []
 
-    def start(hosts: int = 2, cache: bool = False) -> HostBed:
-        bed = HostBed(tmp_path / f"hostbed{len(beds)}", hosts=hosts, cache=cache)
+    def start(hosts: int = 2, cache: bool = False, fsname: str | None = None) -> HostBed:
+        bed = HostBed(tmp_path / f"hostbed{len(beds)}", hosts=hosts, cache=cache, fsname=fsname)
+        beds.append(bed)
+        return bed.start()
+
+    yield start
+    errors = []
+    for bed in beds:
+        try:
+            bed.stop()
+        except RuntimeError as exc:
+            errors.append(exc)
+    assert not errors, errors
+
+
+@pytest.fixture
+def dfsbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Start a `tests.dfsbed` bed of a real distributed filesystem (servers in one network
+    namespace, FUSE clients in others): `dfsbed("glusterfs", clients=2)` or
+    `dfsbed("moosefs")` returns it started; all stop at the end. Skipped where it cannot run
+    (not root, the engine's packages not installed)."""
+    from tests.dfsbed import DfsBed, GlusterBed, MooseBed
+
+    engines: dict[str, type[DfsBed]] = {"glusterfs": GlusterBed, "moosefs": MooseBed}
+    beds: list[DfsBed] = []
+
+    def start(engine: str, clients: int = 2) -> DfsBed:
+        kind = engines[engine]
+        reason = kind.available()
+        if reason is not None:
+            pytest.skip(reason)
+        bed = kind(tmp_path / f"{engine}{len(beds)}", clients=clients)
         beds.append(bed)
         return bed.start()
 

@@ -39,6 +39,12 @@ sshfs 3.7.3 options (``sshfs -f root@10.x.y.1:<export> <mount> -F /dev/null -o .
   shows the old size for about 20 s; after A unlinks a file B has stat'ed, B still sees it
   for about 21 s. Reading a file replaced by rename shows the new content at once.
 
+``fsname="mfs#10.0.0.9:9421"``: every host's mount shows in mountinfo as MooseFS's client
+mounts, with the bare type ``fuse`` and that source (``mfs\\043...``), not as ``fuse.sshfs``:
+the bed makes the FUSE mount itself (``mount(2)`` with ``fd=N`` of an open ``/dev/fuse``) and
+hands sshfs ``/dev/fd/N`` as its mount point (libfuse 3 serves a mount made by its caller).
+Only the name differs; the files, caches and partitions are sshfs's.
+
 Timings measured here (2 cores, kernel 6.18): start() of 2-3 hosts 0.5-0.9 s (one sshfs mount
 0.15-0.3 s); stop() 0.03-0.06 s.
 
@@ -95,6 +101,7 @@ MARKER = ".hostbed"  # written through mount 0 at start, read back through every
 
 Popen = subprocess.Popen[Any]
 _MNT_DETACH = 2
+_MS_NOSUID, _MS_NODEV = 2, 4
 
 
 def _run(argv: list[str], *, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> str:
@@ -158,6 +165,20 @@ def _detach(path: Path) -> None:
         raise OSError(err, os.strerror(err), str(path))
 
 
+def _mount_bare_fuse(source: str, path: Path) -> int:
+    """Mount FUSE at `path` with the bare type `fuse` and `source` (as mfsmount does); the
+    /dev/fuse descriptor to hand to the daemon that will serve it."""
+    fd = os.open("/dev/fuse", os.O_RDWR)
+    libc = ctypes.CDLL(None, use_errno=True)
+    data = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
+    flags = ctypes.c_ulong(_MS_NOSUID | _MS_NODEV)
+    if libc.mount(source.encode(), os.fsencode(path), b"fuse", flags, data) != 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, os.strerror(err), str(path))
+    return fd
+
+
 def _kill_group(proc: Popen) -> None:
     """SIGKILL a process started with start_new_session, and its process group."""
     if proc.poll() is None:
@@ -186,6 +207,7 @@ class HostBed:
         tmp_dir: Path,
         hosts: int = 2,
         cache: bool = False,
+        fsname: str | None = None,
         server_alive: tuple[int, int] = (ALIVE_INTERVAL, ALIVE_COUNT),
     ) -> None:
         if not 1 <= hosts <= 9:
@@ -193,6 +215,8 @@ class HostBed:
         self.tmp_dir = Path(tmp_dir).resolve()
         self.hosts = hosts
         self.cache = cache
+        self.fsname = fsname
+        self.fstype = "fuse.sshfs" if fsname is None else "fuse"
         self.server_alive = server_alive
         self.tag = secrets.token_hex(3)
         self.server_ns = f"spsrv-{self.tag}"
@@ -219,7 +243,7 @@ class HostBed:
     def mounted(self, i: int) -> bool:
         """Whether host i's sshfs mount is (still) in place; a killed one stays, dead, until
         stop(); one whose ssh gave up is gone."""
-        return "fuse.sshfs" in _mount_layers(self.mount(i))
+        return self.fstype in _mount_layers(self.mount(i))
 
     def start(self) -> HostBed:
         if self._started:
@@ -423,23 +447,32 @@ class HostBed:
         _run(
             ["mount", "-t", "tmpfs", "-o", "ro,size=4k,mode=0555", "hostbed-gone", str(mountpoint)]
         )
-        argv = ["sshfs", "-f", f"root@{self.server_ip}:{self.export}", str(mountpoint)]
+        target, fds = str(mountpoint), []
+        if self.fsname is not None:
+            fds = [_mount_bare_fuse(self.fsname, mountpoint)]
+            target = f"/dev/fd/{fds[0]}"  # libfuse 3 serves a mount made by its caller
+        argv = ["sshfs", "-f", f"root@{self.server_ip}:{self.export}", target]
         argv += ["-F", "/dev/null", "-o", ",".join(self._sshfs_options(i))]
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        try:
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=fds,
+                )
+        finally:
+            for fd in fds:
+                os.close(fd)
         self._sshfs[i] = proc
         # sshfs 3.7 mounts first and connects then: wait until the server answers through it
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"sshfs for host {i} exited: {log_path.read_text()}")
-            if "fuse.sshfs" in _mount_layers(mountpoint):
+            if self.fstype in _mount_layers(mountpoint):
                 with contextlib.suppress(OSError):
                     os.stat(mountpoint)
                     return

@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from spool.doctor import COMMON_TARGET_WARNING, TESTED_SHARED, render, verdict
+from spool.envelope import JSON
 from spool.mounts import is_network, mount_of, parse_mountinfo
 from tests.conftest import PROJECT_DIR, spool_command
 
@@ -101,3 +103,53 @@ def test_a_missing_other_mount_is_a_one_line_usage_error(tmp_path: Path) -> None
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
     assert "--other-mount" in done.stderr
+
+
+def test_renames_of_one_file_to_a_common_name_have_one_winner_on_local_disk(
+    tmp_path: Path,
+) -> None:
+    done = doctor(tmp_path, "--fs", "--json", "--other-mount", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    for name in ("common_target", "common_target_other_mount"):
+        race = report["probes"][name]
+        assert race["both_won"] == 0 and race["other_errors"] == [], race
+        assert sum(race["wins"]) == race["rounds"] == 200
+        assert min(race["wins"]) > 0, race  # both processes won rounds: they raced
+        assert "warning" not in race
+    assert report["probes"]["rename_race_other_mount"]["ok"]
+    assert report["warnings"] == []
+    assert "tested_shared_on" not in report  # a local disk: shared mode is not the question
+
+
+def test_a_probe_warning_is_shown_without_making_the_verdict_unsafe() -> None:
+    fs: dict[str, JSON] = {
+        "fstype": "fuse.glusterfs",
+        "mount_point": "/mnt/gv0",
+        "source": "gfs1:/gv0",
+        "network": True,
+        "why": "FUSE mount of GlusterFS (source gfs1:/gv0)",
+    }
+    race: dict[str, JSON] = {
+        "ok": True,
+        "summary": "both renames to a common name succeeded in 63 of 200 rounds",
+        "warning": COMMON_TARGET_WARNING,
+    }
+    safe, line = verdict(fs, {"common_target": race})
+    assert safe and line.startswith("several hosts: safe in shared mode")
+    report: dict[str, JSON] = {
+        "root": "/mnt/gv0/spool",
+        "config": None,
+        "queues": [],
+        "filesystem": fs,
+        "verdict": line,
+        "safe": safe,
+        "tested_shared_on": TESTED_SHARED,
+        "probes": {"common_target": race},
+        "warnings": [COMMON_TARGET_WARNING],
+    }
+    text = render(report)
+    assert "  WARN common_target: both renames to a common name succeeded in 63" in text
+    assert f"warning: {COMMON_TARGET_WARNING}" in text
+    assert f"shared mode is tested on: {TESTED_SHARED}" in text
+    assert text.splitlines()[-1] == f"verdict: {line}"
