@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,6 +202,11 @@ def hostbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
         return bed.start()
 
     yield start
+    stop_beds(beds)
+
+
+def stop_beds(beds: list[Any]) -> None:
+    """Stop every bed (each stop is tried), then fail if one could not be cleaned up."""
     errors = []
     for bed in beds:
         try:
@@ -231,13 +237,7 @@ def dfsbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
         return bed.start()
 
     yield start
-    errors = []
-    for bed in beds:
-        try:
-            bed.stop()
-        except RuntimeError as exc:
-            errors.append(exc)
-    assert not errors, errors
+    stop_beds(beds)
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.hostbed import _detach, _kill_group, _mount_layers, _reap, _run
+from tests.hostbed import detach, kill_group, make_switch, mount_layers, reap, run
 
 START_TIMEOUT = 30.0
 MARKER = ".dfsbed"
@@ -109,10 +109,10 @@ class DfsBed:
             return "/dev/fuse is missing"
         probe = f"dprobe-{secrets.token_hex(3)}"
         try:
-            _run(["ip", "netns", "add", probe])
+            run(["ip", "netns", "add", probe])
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
             return f"cannot create a network namespace: {exc}"
-        _run(["ip", "netns", "del", probe], check=False)
+        run(["ip", "netns", "del", probe], check=False)
         return None
 
     def mount(self, i: int) -> Path:
@@ -135,20 +135,20 @@ class DfsBed:
         The mount stays in place, dead (ENOTCONN), until stop()."""
         self.mount(i)
         for proc in [*self._procs[i], self._clients[i]]:
-            _kill_group(proc)
-        left = _reap([*self._procs[i], self._clients[i]], timeout)
+            kill_group(proc)
+        left = reap([*self._procs[i], self._clients[i]], timeout)
         if left:
             raise RuntimeError(f"client {i}: processes still alive after SIGKILL: {left}")
 
     def partition(self, i: int) -> None:
         """Cut client i off the network (its switch port goes down); nothing is killed."""
         self.mount(i)
-        _run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "down"])
+        run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "down"])
 
     def heal(self, i: int) -> None:
         """Reconnect client i's switch port."""
         self.mount(i)
-        _run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "up"])
+        run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "up"])
 
     def start(self) -> DfsBed:
         if self._started:
@@ -174,28 +174,28 @@ class DfsBed:
         killed = [proc for procs in self._procs for proc in procs]
         killed += self._clients + self._servers
         for proc in killed:
-            _kill_group(proc)
+            kill_group(proc)
         sockets: list[Path] = []
         for ns in self._namespaces:  # servers' children and anything else left there
             with contextlib.suppress(OSError, RuntimeError, subprocess.TimeoutExpired):
-                for pid in _run(["ip", "netns", "pids", ns]).split():
+                for pid in run(["ip", "netns", "pids", ns]).split():
                     sockets += _socket_of(int(pid))
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), 9)
-        if _reap(killed, 10.0):
+        if reap(killed, 10.0):
             errors.append(f"{self.ENGINE} processes still alive after SIGKILL")
         for path in self._mounts:
             for _ in range(3):
-                if not _mount_layers(path):
+                if not mount_layers(path):
                     break
                 try:
-                    _detach(path)
+                    detach(path)
                 except OSError as exc:
                     errors.append(f"unmount: {exc}")
                     break
         for ns in list(self._namespaces):
             try:
-                _run(["ip", "netns", "del", ns])
+                run(["ip", "netns", "del", ns])
                 self._namespaces.remove(ns)
             except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
                 errors.append(str(exc))
@@ -229,24 +229,8 @@ class DfsBed:
 
     # -- setup ------------------------------------------------------------------------------
 
-    def _add_namespace(self, name: str) -> None:
-        _run(["ip", "netns", "add", name])
-        self._namespaces.append(name)
-        _run(["ip", "-n", name, "link", "set", "lo", "up"])
-
     def _make_network(self) -> None:
-        srv = ["ip", "-n", self.server_ns]
-        self._add_namespace(self.server_ns)
-        _run([*srv, "link", "add", "br0", "type", "bridge"])
-        _run([*srv, "addr", "add", f"{self.server_ip}/24", "dev", "br0"])
-        _run([*srv, "link", "set", "br0", "up"])
-        for i, ns in enumerate(self.client_ns):
-            self._add_namespace(ns)
-            peer = ["peer", "name", f"port{i}", "netns", self.server_ns]
-            _run(["ip", "link", "add", "name", "eth0", "netns", ns, "type", "veth", *peer])
-            _run([*srv, "link", "set", f"port{i}", "master", "br0", "up"])
-            _run(["ip", "-n", ns, "addr", "add", f"{self.subnet}.{i + 2}/24", "dev", "eth0"])
-            _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        make_switch(self.server_ns, self.server_ip, self.subnet, self.client_ns, self._namespaces)
 
     def _start_server(self, name: str, argv: list[str]) -> Popen:
         """Start a server process in the server namespace, its output in logs/<name>.out."""
@@ -277,7 +261,7 @@ class DfsBed:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{self.ENGINE} client {i} exited: see logs/client{i}.*")
-            if self.FSTYPE in _mount_layers(mountpoint):
+            if self.FSTYPE in mount_layers(mountpoint):
                 with contextlib.suppress(OSError):
                     os.stat(mountpoint)
                     return
@@ -348,7 +332,7 @@ class GlusterBed(DfsBed):
 
     def _gluster(self, *args: str) -> str:
         argv = ["ip", "netns", "exec", self.server_ns, "gluster", "--mode=script"]
-        return _run([*argv, f"--glusterd-sock={self._socket}", *args], timeout=START_TIMEOUT)
+        return run([*argv, f"--glusterd-sock={self._socket}", *args], timeout=START_TIMEOUT)
 
     def _client_argv(self, i: int) -> list[str]:
         argv = ["glusterfs", "-N", f"--volfile-server={self.server_ip}"]

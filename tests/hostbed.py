@@ -104,7 +104,7 @@ _MNT_DETACH = 2
 _MS_NOSUID, _MS_NODEV = 2, 4
 
 
-def _run(argv: list[str], *, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> str:
+def run(argv: list[str], *, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> str:
     """Run a helper command with a timeout; its stdout, or RuntimeError with its stderr."""
     proc = subprocess.run(
         argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
@@ -128,21 +128,49 @@ def available() -> str | None:
         return "/dev/fuse is missing"
     probe = f"spprobe-{secrets.token_hex(3)}"
     try:
-        _run(["ip", "netns", "add", probe])
+        run(["ip", "netns", "add", probe])
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         return f"cannot create a network namespace: {exc}"
     try:
-        _run(["ip", "-n", probe, "link", "add", "br0", "type", "bridge"])
+        run(["ip", "-n", probe, "link", "add", "br0", "type", "bridge"])
         veth = ["link", "add", "name", "probe0", "type", "veth", "peer", "name", "probe1"]
-        _run(["ip", "-n", probe, *veth])
+        run(["ip", "-n", probe, *veth])
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         return f"cannot create a bridge or veth pair: {exc}"
     finally:
-        _run(["ip", "netns", "del", probe], check=False)
+        run(["ip", "netns", "del", probe], check=False)
     return None
 
 
-def _mount_layers(path: Path) -> list[str]:
+def add_namespace(name: str, added: list[str]) -> None:
+    """A new network namespace with its loopback up; its name is appended to `added`."""
+    run(["ip", "netns", "add", name])
+    added.append(name)
+    run(["ip", "-n", name, "link", "set", "lo", "up"])
+
+
+def make_switch(
+    server_ns: str, server_ip: str, subnet: str, host_ns: list[str], added: list[str]
+) -> None:
+    """A bridge br0 in `server_ns` with `server_ip`/24, and per host namespace an eth0
+    (`subnet`.2, .3, ...) veth-paired with port<i> on the bridge (partition: port<i> down).
+    Every namespace made is appended to `added`, for the teardown."""
+    srv = ["ip", "-n", server_ns]
+    add_namespace(server_ns, added)
+    run([*srv, "link", "add", "br0", "type", "bridge"])
+    run([*srv, "addr", "add", f"{server_ip}/24", "dev", "br0"])
+    run([*srv, "link", "set", "br0", "up"])
+    for i, ns in enumerate(host_ns):
+        add_namespace(ns, added)
+        # both ends are created directly in their namespaces: no names in the root one
+        peer = ["peer", "name", f"port{i}", "netns", server_ns]
+        run(["ip", "link", "add", "name", "eth0", "netns", ns, "type", "veth", *peer])
+        run([*srv, "link", "set", f"port{i}", "master", "br0", "up"])
+        run(["ip", "-n", ns, "addr", "add", f"{subnet}.{i + 2}/24", "dev", "eth0"])
+        run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+
+
+def mount_layers(path: Path) -> list[str]:
     """File system types mounted at `path` (bottom first), from our mountinfo."""
     wanted = os.fsencode(path)
     layers = []
@@ -157,7 +185,7 @@ def _mount_layers(path: Path) -> list[str]:
     return layers
 
 
-def _detach(path: Path) -> None:
+def detach(path: Path) -> None:
     """Lazily unmount the top mount at `path` (umount -l); works on dead FUSE mounts too."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
@@ -179,14 +207,14 @@ def _mount_bare_fuse(source: str, path: Path) -> int:
     return fd
 
 
-def _kill_group(proc: Popen) -> None:
+def kill_group(proc: Popen) -> None:
     """SIGKILL a process started with start_new_session, and its process group."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _reap(procs: list[Popen], timeout: float) -> list[Popen]:
+def reap(procs: list[Popen], timeout: float) -> list[Popen]:
     """Wait for killed processes; those still not dead after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     left = []
@@ -243,7 +271,7 @@ class HostBed:
     def mounted(self, i: int) -> bool:
         """Whether host i's sshfs mount is (still) in place; a killed one stays, dead, until
         stop(); one whose ssh gave up is gone."""
-        return self.fstype in _mount_layers(self.mount(i))
+        return self.fstype in mount_layers(self.mount(i))
 
     def start(self) -> HostBed:
         if self._started:
@@ -280,9 +308,9 @@ class HostBed:
         with ENOTCONN (stop() unmounts it)."""
         self._check_host(i)
         for proc in self._procs[i]:
-            _kill_group(proc)
+            kill_group(proc)
         procs = self._kill_sshfs(i)
-        left = _reap(procs + self._procs[i], timeout)
+        left = reap(procs + self._procs[i], timeout)
         if left:
             raise RuntimeError(f"host {i}: processes still alive after SIGKILL: {left}")
 
@@ -291,12 +319,12 @@ class HostBed:
         file operations hang while TCP retransmits; see the module docstring for when the
         connection recovers and when ssh gives up."""
         self._check_host(i)
-        _run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "down"])
+        run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "down"])
 
     def heal(self, i: int) -> None:
         """Reconnect host i's switch port."""
         self._check_host(i)
-        _run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "up"])
+        run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "up"])
 
     def stop(self) -> None:
         """Kill everything, unmount, delete the namespaces. Idempotent; raises at the end if
@@ -304,7 +332,7 @@ class HostBed:
         errors: list[str] = []
         spawned = [proc for procs in self._procs for proc in procs]
         for proc in spawned:
-            _kill_group(proc)
+            kill_group(proc)
         mounters: list[Popen] = []
         for i in range(self.hosts):
             try:
@@ -312,28 +340,28 @@ class HostBed:
             except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
                 errors.append(f"host {i}: {exc}")
         # a process stuck in a request to a partitioned mount dies once its sshfs is dead
-        left = _reap(spawned + mounters, 10.0)
+        left = reap(spawned + mounters, 10.0)
         if left:
             errors.append(f"processes still alive after SIGKILL: {left}")
         for path in self._mounts:
             for _ in range(4):
-                if not _mount_layers(path):
+                if not mount_layers(path):
                     break
                 try:
-                    _detach(path)
+                    detach(path)
                 except OSError as exc:
                     errors.append(f"unmount: {exc}")
                     break
         if self._sshd is not None:
-            _kill_group(self._sshd)
+            kill_group(self._sshd)
         if self.server_ns in self._namespaces:
             with contextlib.suppress(OSError, RuntimeError, subprocess.TimeoutExpired):
                 self._kill_namespace_pids(self.server_ns)  # sshd's sessions: own sessions
-        if self._sshd is not None and _reap([self._sshd], 10.0):
+        if self._sshd is not None and reap([self._sshd], 10.0):
             errors.append("sshd still alive after SIGKILL")
         for ns in list(self._namespaces):
             try:
-                _run(["ip", "netns", "del", ns])
+                run(["ip", "netns", "del", ns])
                 self._namespaces.remove(ns)
             except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
                 errors.append(str(exc))
@@ -363,28 +391,11 @@ class HostBed:
         for name in ("host_key", "client_key"):
             key = self._keys / name
             if not key.exists():
-                _run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", str(key)])
+                run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", str(key)])
         (self._keys / "authorized_keys").write_text((self._keys / "client_key.pub").read_text())
 
-    def _add_namespace(self, name: str) -> None:
-        _run(["ip", "netns", "add", name])
-        self._namespaces.append(name)
-        _run(["ip", "-n", name, "link", "set", "lo", "up"])
-
     def _make_network(self) -> None:
-        srv = ["ip", "-n", self.server_ns]
-        self._add_namespace(self.server_ns)
-        _run([*srv, "link", "add", "br0", "type", "bridge"])
-        _run([*srv, "addr", "add", f"{self.server_ip}/24", "dev", "br0"])
-        _run([*srv, "link", "set", "br0", "up"])
-        for i, ns in enumerate(self.host_ns):
-            self._add_namespace(ns)
-            # both ends are created directly in their namespaces: no names in the root one
-            peer = ["peer", "name", f"port{i}", "netns", self.server_ns]
-            _run(["ip", "link", "add", "name", "eth0", "netns", ns, "type", "veth", *peer])
-            _run([*srv, "link", "set", f"port{i}", "master", "br0", "up"])
-            _run(["ip", "-n", ns, "addr", "add", f"{self.subnet}.{i + 2}/24", "dev", "eth0"])
-            _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        make_switch(self.server_ns, self.server_ip, self.subnet, self.host_ns, self._namespaces)
 
     def _start_sshd(self) -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
@@ -444,9 +455,7 @@ class HostBed:
         log_path = self.logs / f"sshfs{i}.log"
         # Underneath the sshfs mount, an empty read-only file system: if sshfs ever exits on
         # its own (ssh gave up), the path must not silently become a local directory.
-        _run(
-            ["mount", "-t", "tmpfs", "-o", "ro,size=4k,mode=0555", "hostbed-gone", str(mountpoint)]
-        )
+        run(["mount", "-t", "tmpfs", "-o", "ro,size=4k,mode=0555", "hostbed-gone", str(mountpoint)])
         target, fds = str(mountpoint), []
         if self.fsname is not None:
             fds = [_mount_bare_fuse(self.fsname, mountpoint)]
@@ -472,7 +481,7 @@ class HostBed:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"sshfs for host {i} exited: {log_path.read_text()}")
-            if self.fstype in _mount_layers(mountpoint):
+            if self.fstype in mount_layers(mountpoint):
                 with contextlib.suppress(OSError):
                     os.stat(mountpoint)
                     return
@@ -497,7 +506,7 @@ class HostBed:
     # -- teardown ---------------------------------------------------------------------------
 
     def _kill_namespace_pids(self, ns: str) -> list[int]:
-        pids = [int(pid) for pid in _run(["ip", "netns", "pids", ns]).split()]
+        pids = [int(pid) for pid in run(["ip", "netns", "pids", ns]).split()]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -507,7 +516,7 @@ class HostBed:
         """SIGKILL host i's sshfs and its ssh (which runs in the host's namespace)."""
         proc = self._sshfs[i]
         if proc is not None:
-            _kill_group(proc)  # sshfs and the ssh it started share its process group
+            kill_group(proc)  # sshfs and the ssh it started share its process group
         if self.host_ns[i] in self._namespaces:
             self._kill_namespace_pids(self.host_ns[i])
         return [proc] if proc is not None else []

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import wait_until
-from tests.hostbed import HostBed, _mount_layers
+from tests.hostbed import HostBed, mount_layers
 
 StartBed = Callable[..., HostBed]
 
@@ -52,7 +52,7 @@ def assert_cleaned_up(bed: HostBed) -> None:
     ).stdout
     assert bed.tag not in namespaces
     for i in range(bed.hosts):
-        assert _mount_layers(bed.mount(i)) == []
+        assert mount_layers(bed.mount(i)) == []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
