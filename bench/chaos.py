@@ -55,8 +55,8 @@ from typing import Any
 
 from spool import Spool
 from spool.config import load_settings
+from spool.deploy.supervisor import WorkerProgram, command_value, render_conf, value
 from spool.layout import QueueDirs
-from spool.supervisor import WorkerProgram, command_value, render_conf, value
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 QUEUE = "default"

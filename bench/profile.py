@@ -225,7 +225,7 @@ def profile_drain(lab: Lab, tasks: int, rate: int, idle: bool) -> list[str]:
         "run_worker",
         "Worker.run",
         "Worker.loop",
-        "cli.py",
+        "cli/",
     )
     shown = 0
     for frame, n in inclusive.most_common():

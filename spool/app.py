@@ -10,11 +10,11 @@ from typing import Any, ParamSpec, TypeVar, overload
 from spool import producer
 from spool.config import Settings, load_settings
 from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
+from spool.inspect.status import spool_status
 from spool.layout import QueueDirs
 from spool.lookup import finished, locate, read_found
 from spool.manifest import Catalog, CatalogCache
 from spool.registry import Registry, Task, TaskOptions
-from spool.status import spool_status
 
 P = ParamSpec("P")
 R = TypeVar("R")

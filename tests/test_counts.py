@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from spool import counts, stats
 from spool.cli import cli
+from spool.inspect.status import spool_status
 from spool.layout import QueueDirs
-from spool.status import spool_status
 
 
 @pytest.fixture

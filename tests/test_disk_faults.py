@@ -23,8 +23,8 @@ from spool.errors import DiskFault, SpoolError
 from spool.faults import Backoff, Complaint, reported_as
 from spool.layout import QueueDirs
 from spool.manage import resume
-from spool.mqtt_intake import Received, Verdict, write_batch
 from spool.producer import prepare
+from spool.services.mqtt_intake import Received, Verdict, write_batch
 from spool.stats import WorkerStats, load_all
 from tests.conftest import PROJECT_DIR, TEST_CONFIG, spool_command, wait_until
 from tests.fulldisk import FullDisk

@@ -426,9 +426,9 @@ def test_cancel_writes_a_completion_event_with_status_cancelled(
 def test_a_cancel_killed_before_it_dropped_its_claim_is_completed_by_recovery_not_run(
     spool_root: Path, tmp_path: Path
 ) -> None:
+    from spool.inspect.status import spool_status
     from spool.lookup import locate
     from spool.manage import read_task, take_pending
-    from spool.status import spool_status
 
     config = write_config(tmp_path / "c.toml", "[notify]\nevents = true\n")
     task_id = producer(spool_root, config).enqueue("echo", args=["never"])

@@ -18,7 +18,7 @@ import pytest
 
 from spool.envelope import is_valid_id
 from spool.errors import ConfigError
-from spool.schedule import MAX_CATCH_UP, Entry, due_slots, parse_entry, parse_schedule
+from spool.services.schedule import MAX_CATCH_UP, Entry, due_slots, parse_entry, parse_schedule
 
 PARIS = ZoneInfo("Europe/Paris")
 SLOT = 1_780_000_000.0  # a whole second, so a slot of every 1s/2s/5s/10s/20s entry

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from spool.cli import cli
 from spool.config import load_settings
 from spool.envelope import id_of_name
-from spool.scheduler import Scheduler, load_entries
+from spool.services.scheduler import Scheduler, load_entries
 from tests.conftest import PROJECT_DIR, names, wait_until
 
 GRACE = 0.3

@@ -39,15 +39,15 @@ from filelock import FileLock
 from spool import Spool
 from spool.cli import cli
 from spool.config import load_settings
-from spool.layout import QueueDirs
-from spool.supervisor import (
+from spool.deploy.supervisor import (
     SHIPPED_CONF,
     read_conf,
     render_local_conf,
     render_program_block,
     render_shipped_conf,
 )
-from spool.up import scripts_dir, why_render
+from spool.deploy.up import scripts_dir, why_render
+from spool.layout import QueueDirs
 from tests.conftest import PROJECT_DIR, TEST_CONFIG, names, spool_command, wait_until
 
 pytestmark = pytest.mark.supervisor

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from spool import Spool
 from spool.cli import cli
-from spool.top import render, run, snapshot
+from spool.inspect.top import render, run, snapshot
 from tests.conftest import TEST_CONFIG, run_burst
 
 

@@ -19,12 +19,13 @@ import httpx
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
-from spool import Spool, paging
+from spool import Spool
 from spool.config import Settings, load_settings
+from spool.inspect import paging
+from spool.inspect.paging import Lister, PageQuery, task_page
 from spool.layout import QueueDirs
 from spool.manage import cancel
-from spool.paging import Lister, PageQuery, task_page
-from spool.web import create_app, is_loopback, loopback_hosts
+from spool.web.server import create_app, is_loopback, loopback_hosts
 from tests.conftest import PROJECT_DIR, TEST_CONFIG, names, run_burst, wait_until
 from tests.webserver import WebServer
 

@@ -42,10 +42,10 @@ from spool.layout import DEFAULT_QUEUE, queue_dirs
 from spool.lookup import locate
 from spool.manifest import Catalog, CatalogCache
 from spool.notify_config import IntakeSettings
-from spool.sinks import KEEPALIVE_SECONDS, close_client, new_client
+from spool.services.sinks import KEEPALIVE_SECONDS, close_client, new_client
 from spool.stats import WorkerStats
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spool.mqtt_intake")  # the name operators filter on
 IDLE_SECONDS = 2.0
 BACKOFF_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 10.0

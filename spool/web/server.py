@@ -31,10 +31,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spool.config import Settings
 from spool.errors import SpoolError
+from spool.inspect.paging import task_page
 from spool.layout import STATES, QueueDirs, check_queue_name
 from spool.lookup import locate, read_found
-from spool.paging import task_page
-from spool.webapi import WebState, api_routes, overview, page_query, web_state
+from spool.web.api import WebState, api_routes, overview, page_query, web_state
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}

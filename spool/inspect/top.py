@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from spool import stats
-from spool.listing import Filters, list_tasks
-from spool.status import spool_status
+from spool.inspect.listing import Filters, list_tasks
+from spool.inspect.status import spool_status
 
 COLUMNS = ("incoming", "delayed", "processing", "done", "failed")
 RECENT = 5

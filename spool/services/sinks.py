@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from spool.envelope import JSON
 from spool.notify_config import Broker, CommandSink, MqttSink, NotifySettings, WebhookSink
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spool.sinks")  # the name operators filter on
 KEEPALIVE_SECONDS = 30
 SIGNATURE_HEADER = "X-Spool-Signature"
 

@@ -55,7 +55,7 @@ SHIPPED_HEADER = """\
 ; they follow SPOOL_ROOT/SPOOL_CONFIG when set and conf/spool.toml otherwise. `spool` is looked
 ; up on supervisord's PATH: run supervisord from the project's virtualenv (its spool is beside
 ; its supervisord), or use `spool up`, which puts the running install first on PATH.
-; This file is render_shipped_conf() in spool/supervisor.py: change both (a test compares them).
+; This file is render_shipped_conf() of spool/deploy/supervisor.py: change both (a test checks).
 """
 
 RENDERED_HEADER = """\

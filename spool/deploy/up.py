@@ -1,7 +1,7 @@
 """`spool up`: supervisord in the foreground with the workers and the scheduler of this install.
 
 It runs the shipped conf/supervisord.conf when that fits what was asked (workers, stop wait),
-else a config rendered into var/ (see spool.supervisor); pins the root and the config in
+else a config rendered into var/ (see spool.deploy.supervisor); pins the root and the config in
 supervisord's environment and puts this install's scripts first on its PATH. Signals: the
 first Ctrl-C/SIGTERM shuts supervisord down in order (each worker finishes its running task),
 a second one makes the workers stop now (running tasks go back), a third kills everything.
@@ -33,9 +33,7 @@ from types import FrameType
 from typing import Any, cast
 
 from spool.config import Settings
-from spool.errors import SpoolError
-from spool.signals import Terminal
-from spool.supervisor import (
+from spool.deploy.supervisor import (
     PROGRAM,
     RENDERED_CONF,
     SHIPPED_CONF,
@@ -48,6 +46,8 @@ from spool.supervisor import (
     stop_wait_seconds,
     worker_count,
 )
+from spool.errors import SpoolError
+from spool.signals import Terminal
 
 MAX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes with the NUL
 RPC_TIMEOUT_SECONDS = 5.0

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from spool import stats
-from spool.status import spool_status
+from spool.inspect.status import spool_status
 
 STATES = ("incoming", "delayed", "processing", "done", "failed", "cancelled")
 COUNTER_HELP = {

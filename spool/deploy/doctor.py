@@ -2,7 +2,7 @@
 
 Every probe works in a scratch directory `<root>/.doctor-<pid>-<random>/` (a dot-name, so
 never a queue) that is removed afterwards, also on error. Probes that need a second process
-run this module as a child (`python -m spool.doctor ROLE ...`, one JSON line on stdout), each
+run this module as a child (`python -m spool.deploy.doctor ROLE ...`, one JSON line on stdout), each
 bounded by a timeout. A probe's result is a dict with `ok` and a one-line `summary`; a probe
 that raised is `ok: false` with the `error`.
 
@@ -73,7 +73,7 @@ Probe = dict[str, JSON]
 def run_child(*args: str) -> Any:
     """Run a probe role of this module in a new process; return its JSON answer."""
     done = subprocess.run(
-        [sys.executable, "-m", "spool.doctor", *args],
+        [sys.executable, "-m", "spool.deploy.doctor", *args],
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT,
@@ -91,7 +91,7 @@ def race_renames(
     into dst, to tagged or to common target names; their answers."""
     start_at = f"{time.time() + 0.5:.6f}"  # both children start together, after their imports
     mode = "common" if common else "tagged"
-    argv = [sys.executable, "-m", "spool.doctor", "race"]
+    argv = [sys.executable, "-m", "spool.deploy.doctor", "race"]
     procs = [
         subprocess.Popen(
             [*argv, str(src[i]), str(dst[i]), tag, start_at, str(RACE_NAMES), mode],

@@ -36,9 +36,9 @@ from spool.errors import ConfigError
 from spool.events import events_dir, is_event_name, partial_dir, sent_dir
 from spool.fsio import list_names, write_atomic
 from spool.layout import FILE_MODE, ensure_dir
-from spool.sinks import Event, Sink, make_sinks
+from spool.services.sinks import Event, Sink, make_sinks
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spool.notify")  # the name operators filter on
 BATCH = 256
 RESCAN_SECONDS = 2.0
 PRUNE_SECONDS = 60.0

@@ -37,9 +37,9 @@ from spool.errors import ConfigError, SpoolError
 from spool.fsio import fsync_dir, list_names, server_now, write_atomic, write_file
 from spool.layout import FILE_MODE, ensure_dir
 from spool.lookup import locate
-from spool.schedule import Entry, due_slots, parse_schedule, slot_text
+from spool.services.schedule import Entry, due_slots, parse_schedule, slot_text
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spool.scheduler")  # the name operators filter on
 RECOVER_AFTER_SECONDS = 10.0
 KEEP_MARKERS_SECONDS = 600.0
 HOUSEKEEPING_SECONDS = 30.0

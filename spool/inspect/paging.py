@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from spool.fsio import list_names
+from spool.inspect.listing import entry_time, row
 from spool.layout import ERROR_SUFFIX, QueueDirs
-from spool.listing import entry_time, row
 
 WINDOW = 10_000
 BIG_LISTING = 20_000  # names: below this a listing is cheap enough to make on every view

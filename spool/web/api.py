@@ -39,12 +39,12 @@ from spool.errors import (
     TaskNotFound,
 )
 from spool.events import outbox_for
+from spool.inspect.paging import Lister, PageQuery, task_page
+from spool.inspect.status import spool_status
+from spool.inspect.throughput import Throughput
 from spool.layout import STATES, QueueDirs, check_queue_name, existing_queues, split_processing
 from spool.lookup import locate, read_found
 from spool.manifest import Catalog, CatalogCache
-from spool.paging import Lister, PageQuery, task_page
-from spool.status import spool_status
-from spool.throughput import Throughput
 
 TOKEN_HELP = (
     "no token is configured, so changes are refused: set SPOOL_WEB_TOKEN or [web] token in "
@@ -343,14 +343,14 @@ async def purge_queue(request: Request) -> Response:
 
 
 async def get_metrics(request: Request) -> Response:
-    from spool.metrics import render
+    from spool.inspect.metrics import render
 
     text = await run_in_threadpool(render, web_state(request).settings.root)
     return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
 async def get_openapi(request: Request) -> Response:
-    from spool.openapi import document
+    from spool.web.openapi import document
 
     return JSONResponse(document())
 

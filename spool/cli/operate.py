@@ -1,0 +1,304 @@
+"""Commands for operators: look at the spool (`status`, `ls`, `show`, `top`, `metrics`) and act
+on tasks and queues at rest (`retry`, `cancel`, `purge`, `pause`, `resume`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from spool.app import Spool
+from spool.cli.common import (
+    UsageProblem,
+    apply_each,
+    duration_option,
+    queue_option,
+    settings_of,
+    user_errors,
+)
+from spool.layout import queue_dirs
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Per queue: incoming, delayed, processing, done, failed, cancelled; oldest waiting age;
+    live workers."""
+    from spool.inspect.status import spool_status
+
+    settings = settings_of(ctx)
+    with user_errors():
+        data = spool_status(settings.root)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(render_status(data))
+
+
+def render_status(data: dict[str, Any]) -> str:
+    columns = ["incoming", "delayed", "processing", "done", "failed"]
+    rows = [["queue", *columns, "cancelled", "oldest waiting"]]
+    for name, counts in data["queues"].items():
+        age = counts["oldest_waiting_seconds"]
+        failed = f"{counts['failed']}" + (
+            f" ({counts['rejected']} rejected)" if counts["rejected"] else ""
+        )
+        if counts.get("paused"):
+            name += " (paused)"
+        rows.append(
+            [
+                name,
+                *[str(counts[c]) for c in columns[:-1]],
+                failed,
+                str(counts.get("cancelled", 0)),
+                "-" if age is None else f"{age:.1f}s",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    if len(rows) == 1:
+        lines.append("(no queues yet)")
+    workers = data["workers"]
+    lines.append(
+        f"workers: {len(workers)} alive"
+        + "".join(
+            f"\n  {w['id']} pid={w.get('pid')} queues={','.join(w.get('queues', []))}"
+            + waiting_note(w)
+            for w in workers
+        )
+    )
+    lines.insert(0, f"root: {data['root']}")
+    return "\n".join(lines)
+
+
+def waiting_note(worker: dict[str, Any]) -> str:
+    if not worker.get("outcomes_waiting"):
+        return ""
+    return f" OUTCOMES WAITING for the disk ({worker['outcomes_waiting_seconds']:.0f}s; no claims)"
+
+
+@click.command("ls")
+@click.argument("state", type=click.Choice(["incoming", "delayed", "processing", "done", "failed"]))
+@click.option("--queue", "-q", metavar="Q", help="Only this queue.")
+@click.option("--task", "task_name", metavar="NAME", help="Only tasks of this name.")
+@click.option("--since", metavar="DURATION", help="Only entries at most this old (e.g. 1h).")
+@click.option("--older-than", metavar="DURATION", help="Only entries at least this old (e.g. 7d).")
+@click.option(
+    "--limit", type=click.IntRange(min=0), default=100, show_default=True, help="0 = all."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
+@click.pass_context
+def ls_command(
+    ctx: click.Context,
+    state: str,
+    queue: str | None,
+    task_name: str | None,
+    since: str | None,
+    older_than: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List the tasks of STATE: id, task, priority, age, attempts (and the error for failed)."""
+    from spool.inspect.listing import Filters, list_tasks
+
+    settings = settings_of(ctx)
+    filters = Filters(
+        queue=queue_option(queue),
+        task=task_name,
+        since_seconds=duration_option(since, "--since"),
+        older_than_seconds=duration_option(older_than, "--older-than"),
+        limit=limit or None,
+    )
+    with user_errors():
+        rows = list_tasks(settings.root, state, filters)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for item in rows:
+        line = (
+            f"{item['id']}  {item['task']}  q={item['queue']}  p={item['priority']}  "
+            f"attempts={item['attempts']}  age={item['age_seconds']:.1f}s"
+        )
+        if state == "failed":
+            line += f"  {item.get('error_type')}: {item.get('error_message')}"
+            line += "  (cancelled, not failed)" if item.get("cancelled") else ""
+        click.echo(line)
+    if not rows:
+        click.echo(f"no tasks in {state}", err=True)
+
+
+@click.command()
+@click.argument("task_ids", nargs=-1, metavar="ID...")
+@click.option("--all-failed", is_flag=True, help="Retry every failed task (of --queue/--task).")
+@click.option("--queue", "-q", metavar="Q", help="With --all-failed: only this queue.")
+@click.option("--task", "task_name", metavar="NAME", help="With --all-failed: only this task.")
+@click.option("--dry-run", is_flag=True, help="Say what would be retried; change nothing.")
+@click.pass_context
+def retry(
+    ctx: click.Context,
+    task_ids: tuple[str, ...],
+    all_failed: bool,
+    queue: str | None,
+    task_name: str | None,
+    dry_run: bool,
+) -> None:
+    """Move failed tasks back to incoming/ with attempts reset (their history is kept)."""
+    from spool.manage import failed_ids
+    from spool.manage import retry as retry_task
+
+    settings = settings_of(ctx)
+    if bool(task_ids) == all_failed:
+        raise UsageProblem("give task IDs or --all-failed (not both)")
+    if all_failed:
+        targets = [
+            task_id for _, task_id in failed_ids(settings.root, queue_option(queue), task_name)
+        ]
+    else:
+        targets = list(task_ids)
+    if dry_run:
+        for task_id in targets:
+            click.echo(f"would retry {task_id}")
+        click.echo(f"would retry {len(targets)} task(s)", err=True)
+        return
+    failures = apply_each(targets, lambda task_id: retry_task(settings.root, task_id), "retried")
+    if len(targets) > failures or not targets:  # (when none was retried, the errors say it all)
+        click.echo(f"retried {len(targets) - failures} task(s)", err=True)
+    ctx.exit(1 if failures else 0)
+
+
+@click.command()
+@click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
+@click.pass_context
+def cancel(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
+    """Cancel tasks that have not started (kept in failed/ as Cancelled, counted as cancelled)."""
+    from spool.events import outbox_for
+    from spool.manage import cancel as cancel_task
+
+    settings = settings_of(ctx)
+    outbox = outbox_for(settings)
+    failures = apply_each(
+        task_ids,
+        lambda task_id: cancel_task(settings.root, task_id, outbox=outbox),
+        "cancelled",
+    )
+    ctx.exit(1 if failures else 0)
+
+
+@click.command()
+@click.argument("state", type=click.Choice(["done", "failed"]))
+@click.option(
+    "--older-than", metavar="DURATION", help="Only tasks finished at least this long ago."
+)
+@click.option("--queue", "-q", metavar="Q", help="Only this queue.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.pass_context
+def purge(
+    ctx: click.Context, state: str, older_than: str | None, queue: str | None, dry_run: bool
+) -> None:
+    """Delete finished tasks (done or failed), e.g. purge done --older-than 7d."""
+    from spool.manage import purge as purge_tasks
+
+    settings = settings_of(ctx)
+    age = duration_option(older_than, "--older-than")
+    hidden = not sys.stderr.isatty()
+    bar = click.progressbar(length=0, label="purging", file=sys.stderr, hidden=hidden)
+    with bar, user_errors():
+        result = purge_tasks(settings.root, state, age, queue_option(queue), dry_run, bar.update)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {result.matched if dry_run else result.deleted} {state} entr(y/ies)")
+
+
+@click.command()
+@click.argument("queue")
+@click.option("--reason", default="", help="Shown by spool status.")
+@click.pass_context
+def pause(ctx: click.Context, queue: str, reason: str) -> None:
+    """Pause QUEUE: workers (on any host) claim nothing from it until resumed."""
+    from spool.manage import pause as pause_queue
+
+    settings = settings_of(ctx)
+    with user_errors():
+        pause_queue(queue_dirs(settings.root, queue), reason)
+    click.echo(f"paused {queue}")
+
+
+@click.command()
+@click.argument("queue")
+@click.pass_context
+def resume(ctx: click.Context, queue: str) -> None:
+    """Resume a paused QUEUE."""
+    from spool.manage import resume as resume_queue
+
+    settings = settings_of(ctx)
+    with user_errors():
+        was = resume_queue(queue_dirs(settings.root, queue))
+    click.echo(f"resumed {queue}" if was else f"{queue} was not paused")
+
+
+@click.command()
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and logs).")
+@click.pass_context
+def top(ctx: click.Context, interval: float, once: bool) -> None:
+    """A live view: depth per queue and state, throughput per minute, recent failures."""
+    from spool.inspect.top import run
+
+    settings = settings_of(ctx)
+    in_place = sys.stdout.isatty() and not once
+
+    def show(frame: str) -> None:
+        if in_place:
+            click.clear()
+        click.echo(frame)
+
+    with user_errors(), contextlib.suppress(KeyboardInterrupt):
+        run(settings.root, interval, show, frames=1 if once else None)
+
+
+@click.command()
+@click.option(
+    "--textfile",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="Write to PATH atomically (node_exporter textfile collector) instead of printing.",
+)
+@click.pass_context
+def metrics(ctx: click.Context, textfile: str | None) -> None:
+    """Queue depths, oldest waiting age, done/failed counters, durations: Prometheus text."""
+    from spool.inspect.metrics import render, write_textfile
+
+    settings = settings_of(ctx)
+    with user_errors():
+        if textfile is None:
+            click.echo(render(settings.root), nl=False)
+        else:
+            try:
+                write_textfile(settings.root, Path(textfile))
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {textfile}: {exc.strerror}") from exc
+
+
+@click.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="One line of JSON (default: indented).")
+@click.pass_context
+def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Show one task's file with its queue, state and outcome (any queue, any state), as JSON."""
+    app = Spool(settings=settings_of(ctx))
+    with user_errors():
+        shown = app.show(task_id)
+    click.echo(json.dumps(shown, ensure_ascii=False, indent=None if as_json else 2))
