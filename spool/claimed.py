@@ -30,7 +30,12 @@ class NotRunnable:
 
 
 def read_claimed(
-    taken: Claim, max_file_bytes: int, settling: Settling, code: TaskCode
+    taken: Claim,
+    max_file_bytes: int,
+    settling: Settling,
+    code: TaskCode,
+    now: float,
+    now_mono: float,
 ) -> TaskDict | NotRunnable:
     """The claimed file as a runnable task (with its id, enqueued_at and attempts), or why not."""
     key = (taken.dirs.name, taken.name)
@@ -43,7 +48,7 @@ def read_claimed(
     try:
         task = envelope.parse_task_bytes(data)
     except NotJSON as exc:
-        wait = settling.wait_for(key, data, st.st_mtime_ns)
+        wait = settling.wait_for(key, data, st.st_mtime_ns, now, now_mono)
         return NotRunnable(str(exc), read_again_in=wait)  # (> 0: maybe still being written)
     except FieldError as exc:
         return NotRunnable(str(exc))

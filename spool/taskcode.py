@@ -116,7 +116,7 @@ class TaskCode:
         unbound = binding_error(params, task.get("args", []), task.get("kwargs", {}))
         return None if unbound is None else f"BadArguments: {name}{render(params)}: {unbound}"
 
-    def wait_for_unknown(self, name: str, now: float) -> float | None:
+    def wait_for_unknown(self, name: str, now: float, now_mono: float) -> float | None:
         """A task this worker cannot run: seconds to leave it for the workers that know it (a
         deploy under way), or None to reject it when none has known it for the grace (see
         manifest.unknown_fate)."""
@@ -128,7 +128,7 @@ class TaskCode:
             return alive[worker_id]
 
         return unknown_fate(
-            self.catalogs.current(time.monotonic()),
+            self.catalogs.current(now_mono),
             name,
             is_live,
             now,

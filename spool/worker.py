@@ -148,7 +148,7 @@ class Worker:
             watching = self.watcher.start(queues, watch_root=not self.fixed_queues)
             self.polling = self.burst or self.shared or not watching
             for queue in queues:
-                self.queues.add(queue)
+                self.queues.add(queue, time.time(), time.monotonic())
             log.info(
                 "worker %s started: queues %s, tasks %s",
                 self.worker_id,
@@ -253,42 +253,42 @@ class Worker:
                 self.reload_tasks()
             else:
                 self.code.follow_restart()
-            if not self.look(time.time()):
+            if not self.look(time.time(), time.monotonic()):
                 continue
             waiting = self.recorder.outcomes_waiting()
             if waiting is not None:  # a full disk: claim nothing until they are written
                 self.stopping.wait(waiting)
                 continue
-            taken = self.queues.claim_next()
+            taken = self.queues.claim_next(time.monotonic())
             if taken is not None:
-                self.run_claimed(taken)
+                self.run_claimed(taken, time.time(), time.monotonic())
                 fresh = False
                 continue
             self.recorder.record_pending()  # nothing to run next: record the last outcome now
             if not self.burst:
-                self.wakeup.wait(self.sleep_seconds(time.time()))
+                self.wakeup.wait(self.sleep_seconds(time.time(), time.monotonic()))
                 continue
-            put_back = self.queues.put_back_wait()
+            put_back = self.queues.put_back_wait(time.monotonic())
             if put_back is not None:  # files being written in place: wait for them
                 self.stopping.wait(max(0.001, put_back))
             elif fresh:  # nothing due, even right after a full rescan
                 break
             else:
-                self.rescan_all(time.time())
+                self.rescan_all(time.time(), time.monotonic())
                 fresh = True
         self.recorder.record_pending()
         self.write_before_stopping()
         return 0
 
-    def look(self, now: float) -> bool:
+    def look(self, now: float, now_mono: float) -> bool:
         """Take in the hints, do what is due (rescans, recovery, retention), promote due tasks;
         False after an I/O error (logged, and paused on)."""
         try:
             self.stats.flush(now)
-            if self.queues.absorb(self.watcher.hints):  # events were lost: look now
-                self.rescan_all(time.time())
-            self.housekeeping(now)
-            self.queues.promote_due(now)
+            if self.queues.absorb(self.watcher.hints, now, now_mono):  # events were lost: look now
+                self.rescan_all(time.time(), time.monotonic())
+            self.housekeeping(now, now_mono)
+            self.queues.promote_due(now, now_mono)
         except OSError as exc:  # e.g. a directory made unreadable: log, wait, go on
             if self.burst:
                 raise
@@ -297,11 +297,11 @@ class Worker:
             return False
         return True
 
-    def run_claimed(self, taken: Claim) -> None:
+    def run_claimed(self, taken: Claim, now: float, now_mono: float) -> None:
         if self.leases is not None:
             self.leases.hold(taken.path)
         try:
-            self.process(taken)
+            self.process(taken, now, now_mono)
         except OSError as exc:  # the disk failed, or (shared) the claim was taken
             self.give_back(taken, f"cannot process {taken.name}: {exc}")
         except ConfigError as exc:
@@ -309,11 +309,11 @@ class Worker:
             # tasks module no longer imports: the task waits in incoming/, the worker lives
             self.give_back(taken, f"cannot run {taken.name}: {exc}")
 
-    def housekeeping(self, now: float) -> None:
+    def housekeeping(self, now: float, now_mono: float) -> None:
         # (a burst worker rescans when it runs dry, in the loop; never in the middle of work)
         polled = self.polling and now - self.rescan.last >= self.poll_gap
         if not self.burst and (self.rescan.due(now) or polled):
-            self.rescan_all(now)
+            self.rescan_all(now, now_mono)
         if self.recovery.due(now):
             self.recovery.last = now
             self.recoverer.run(self.queues)
@@ -329,19 +329,19 @@ class Worker:
             self.recoverer.reap(now)
             self.recounter.maybe_start(self.queues.names(), now)
 
-    def rescan_all(self, now: float) -> None:
-        self.queues.rescan_all()
+    def rescan_all(self, now: float, now_mono: float) -> None:
+        self.queues.rescan_all(now, now_mono)
         # a rescan of a huge backlog is not free: keep it under 5% of the time
         took = time.time() - now
         self.rescan.every = max(self.settings.rescan_seconds, RESCAN_COST_FACTOR * took)
         self.poll_gap = max(self.poll_base, RESCAN_COST_FACTOR * took)
         self.rescan.last = time.time()
 
-    def sleep_seconds(self, now: float) -> float:
+    def sleep_seconds(self, now: float, now_mono: float) -> float:
         waits = [self.rescan.left(now), self.recovery.left(now)]
         if self.polling:
             waits.append(self.poll_gap)
-        due = self.queues.next_wait(now)
+        due = self.queues.next_wait(now, now_mono)
         if due is not None:
             waits.append(due)
         return max(0.001, min(waits))
@@ -352,12 +352,13 @@ class Worker:
 
     # ---- one task ----------------------------------------------------------------------
 
-    def process(self, taken: Claim) -> None:
-        """Validate, run and finish one claimed task; nothing here may stop the worker."""
-        task = self.read_claimed(taken)
+    def process(self, taken: Claim, now: float, now_mono: float) -> None:
+        """Validate, run and finish one claimed task (claimed at `now`); nothing here may stop
+        the worker."""
+        task = self.read_claimed(taken, now, now_mono)
         if task is None:
             return
-        if envelope.due_at(task) > time.time():
+        if envelope.due_at(task) > now:
             self.put_off(taken, task)
             return
         policy = self.code.policy_for(task)
@@ -402,30 +403,32 @@ class Worker:
             release(taken)
         self.stopping.wait(ERROR_PAUSE_SECONDS)
 
-    def read_claimed(self, taken: Claim) -> TaskDict | None:
+    def read_claimed(self, taken: Claim, now: float, now_mono: float) -> TaskDict | None:
         """The claimed file as a runnable task, or None after setting it aside (see claimed):
         rejected to failed/, put back to read again, or left to the workers that know it."""
-        read = read_claimed(taken, self.settings.max_file_bytes, self.settling, self.code)
+        read = read_claimed(
+            taken, self.settings.max_file_bytes, self.settling, self.code, now, now_mono
+        )
         if not isinstance(read, NotRunnable):
             return read
         if read.unknown is not None:
-            self.unknown(taken, read.unknown)
+            self.unknown(taken, read.unknown, now, now_mono)
         elif read.read_again_in > 0:
-            self.put_back(taken, read.read_again_in)
+            self.put_back(taken, read.read_again_in, now_mono)
         else:
             self.reject(taken, read.reason)
         return None
 
-    def unknown(self, taken: Claim, name: str) -> None:
+    def unknown(self, taken: Claim, name: str, now: float, now_mono: float) -> None:
         """A task this worker cannot run: leave it for the workers that know it (a deploy
         under way), or reject it when none has known it for the grace (see spool.manifest)."""
-        wait = self.code.wait_for_unknown(name, time.time())
+        wait = self.code.wait_for_unknown(name, now, now_mono)
         if wait is None:
             self.reject(taken, f"unknown task {name!r}: no configured tasks module registers it")
             return
         self.unhold(taken)
         release(taken)
-        self.queues[taken.dirs.name].hold(taken.name, wait)
+        self.queues[taken.dirs.name].hold(taken.name, wait, now_mono)
         log.info(
             "left queue=%s file=%s task=%s to the workers that know it (again in %.0f s)",
             taken.dirs.name,
@@ -434,11 +437,11 @@ class Worker:
             wait,
         )
 
-    def put_back(self, taken: Claim, seconds: float) -> None:
+    def put_back(self, taken: Claim, seconds: float, now_mono: float) -> None:
         """Return a claimed file to incoming/ and leave it there for `seconds`."""
         self.unhold(taken)
         release(taken)
-        self.queues[taken.dirs.name].look_again(taken.name, seconds)
+        self.queues[taken.dirs.name].look_again(taken.name, seconds, now_mono)
         log.debug(
             "%s/%s is not JSON yet: read again in %.2f s", taken.dirs.name, taken.name, seconds
         )
