@@ -54,10 +54,10 @@ class Recovery:
         self.worker_leases = LeaseWatch(lease_seconds) if lease_seconds else None
         self.complaint = Complaint()  # a disk that refuses recovery: logged once a minute
 
-    def run(self, indexes: Iterable[QueueIndex]) -> None:
+    def run(self, indexes: Iterable[QueueIndex], now_mono: float) -> None:
         """Send the claims of dead workers back (or to failed/ when lost too often)."""
         if self.claim_leases is not None:
-            self.run_shared(list(indexes), self.claim_leases)
+            self.run_shared(list(indexes), self.claim_leases, now_mono)
             return
         alive: dict[str, bool] = {}
 
@@ -75,7 +75,7 @@ class Recovery:
                 self.orphans_killed.add(worker_id)
                 kill_orphans(self.root, worker_id)
 
-    def run_shared(self, indexes: list[QueueIndex], leases: LeaseWatch) -> None:
+    def run_shared(self, indexes: list[QueueIndex], leases: LeaseWatch, now_mono: float) -> None:
         """Recover the claims whose lease ran out, this worker's own included: a claim whose
         rename reply was lost is on the server but not held (nothing renews it)."""
         seen: list[str] = []
@@ -84,7 +84,7 @@ class Recovery:
             def is_dead(entry: str, owner: str) -> bool:
                 key = f"{dirs.name}/{entry}"
                 seen.append(key)
-                return leases.stat_expired(key, dirs.processing / entry)
+                return leases.stat_expired(key, dirs.processing / entry, now_mono)
 
             return is_dead
 
@@ -124,12 +124,12 @@ class Recovery:
         if state == "incoming":
             index.add_ready(taken.name)
 
-    def reap(self, now: float) -> None:
+    def reap(self, now: float, now_mono: float) -> None:
         """Delete dead workers' files once they own no claim; fold their counts."""
         busy = busy_worker_ids(self.root)
         reap_dead_workers(self.root, busy)
         if self.worker_leases is not None:
-            reap_expired_workers(self.root, busy, self.worker_leases)
+            reap_expired_workers(self.root, busy, self.worker_leases, now_mono)
         stale = stats.stale_files(self.root, now)
         stats.fold_dead(self.root, {w for w in stale if not is_alive(self.root, w)})
 

@@ -156,7 +156,7 @@ class Worker:
                 ", ".join(sorted(self.code.tasks)) or "none",
             )
             self.recovery.last = time.time()
-            self.recoverer.run(self.queues)
+            self.recoverer.run(self.queues, time.monotonic())
             return self.loop()
         finally:
             self.recorder.record_pending()
@@ -316,7 +316,7 @@ class Worker:
             self.rescan_all(now, now_mono)
         if self.recovery.due(now):
             self.recovery.last = now
-            self.recoverer.run(self.queues)
+            self.recoverer.run(self.queues, now_mono)
         if self.retention is not None and self.retention_timer.due(now):
             self.retention_timer.last = now
             deleted = self.retention.step(self.queues.names())
@@ -326,7 +326,7 @@ class Worker:
                 log.info("retention: deleted %d task(s) from %s/%s", n, queue, state)
         if self.reaping.due(now):
             self.reaping.last = now
-            self.recoverer.reap(now)
+            self.recoverer.reap(now, now_mono)
             self.recounter.maybe_start(self.queues.names(), now)
 
     def rescan_all(self, now: float, now_mono: float) -> None:

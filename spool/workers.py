@@ -222,7 +222,7 @@ def reap_dead_workers(root: Path, busy: set[str]) -> int:
     return reaped
 
 
-def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch) -> int:
+def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch, now_mono: float) -> int:
     """Shared mode: delete the files of workers whose info file's lease ran out; how many.
 
     A worker on another host touches its info file while it lives (see spool.lease); one that
@@ -234,7 +234,7 @@ def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch) -> int:
     for worker_id in worker_ids(root):
         name = f"{worker_id}.json"
         seen.append(name)
-        if worker_id in busy or not watch.stat_expired(name, directory / name):
+        if worker_id in busy or not watch.stat_expired(name, directory / name, now_mono):
             continue
         (directory / name).unlink(missing_ok=True)
         (directory / f"{worker_id}.lock").unlink(missing_ok=True)
