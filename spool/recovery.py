@@ -54,10 +54,10 @@ class Recovery:
         self.worker_leases = LeaseWatch(lease_seconds) if lease_seconds else None
         self.complaint = Complaint()  # a disk that refuses recovery: logged once a minute
 
-    def run(self, indexes: Iterable[QueueIndex], now_mono: float) -> None:
+    def run(self, indexes: Iterable[QueueIndex], now: float, now_mono: float) -> None:
         """Send the claims of dead workers back (or to failed/ when lost too often)."""
         if self.claim_leases is not None:
-            self.run_shared(list(indexes), self.claim_leases, now_mono)
+            self.run_shared(list(indexes), self.claim_leases, now, now_mono)
             return
         alive: dict[str, bool] = {}
 
@@ -69,13 +69,15 @@ class Recovery:
             return not alive[owner]
 
         for index in list(indexes):
-            self.recover_from(index, is_dead)
+            self.recover_from(index, is_dead, now)
         for worker_id, lives in alive.items():
             if not lives and worker_id not in self.orphans_killed:
                 self.orphans_killed.add(worker_id)
                 kill_orphans(self.root, worker_id)
 
-    def run_shared(self, indexes: list[QueueIndex], leases: LeaseWatch, now_mono: float) -> None:
+    def run_shared(
+        self, indexes: list[QueueIndex], leases: LeaseWatch, now: float, now_mono: float
+    ) -> None:
         """Recover the claims whose lease ran out, this worker's own included: a claim whose
         rename reply was lost is on the server but not held (nothing renews it)."""
         seen: list[str] = []
@@ -89,19 +91,21 @@ class Recovery:
             return is_dead
 
         for index in indexes:
-            self.recover_from(index, expired(index.dirs))
+            self.recover_from(index, expired(index.dirs), now)
         leases.keep_only(seen)
 
-    def recover_from(self, index: QueueIndex, is_dead: Callable[[str, str], bool]) -> None:
+    def recover_from(
+        self, index: QueueIndex, is_dead: Callable[[str, str], bool], now: float
+    ) -> None:
         for taken, dead in abandoned(index.dirs, self.worker_id, is_dead):
             try:
-                self.recover_one(index, taken, dead)
+                self.recover_one(index, taken, dead, now)
             except OSError as exc:  # e.g. a full disk: hand the claim back to try again later
                 if self.complaint.due(time.time()):
                     log.error("cannot recover %s (tried again later): %s", taken.name, exc)
                 hand_back(taken, dead)
 
-    def recover_one(self, index: QueueIndex, taken: Claim, dead: str) -> None:
+    def recover_one(self, index: QueueIndex, taken: Claim, dead: str, now: float) -> None:
         task: TaskDict | None
         try:
             data, _ = read_regular(taken.path, self.max_file_bytes)
@@ -113,7 +117,7 @@ class Recovery:
             task.setdefault("id", envelope.id_of_name(taken.name, mtime))
             task.setdefault("enqueued_at", mtime)
         policy = self.policy_for(task) if task is not None else None
-        state = recover(taken, task, dead, policy, self.outbox, self.counts)
+        state = recover(taken, task, dead, policy, now, self.outbox, self.counts)
         queue = index.dirs.name
         if state != "finished":
             self.counts.record(queue, "recovered")

@@ -156,7 +156,7 @@ class Worker:
                 ", ".join(sorted(self.code.tasks)) or "none",
             )
             self.recovery.last = time.time()
-            self.recoverer.run(self.queues, time.monotonic())
+            self.recoverer.run(self.queues, self.recovery.last, time.monotonic())
             return self.loop()
         finally:
             self.recorder.record_pending()
@@ -255,7 +255,7 @@ class Worker:
                 self.code.follow_restart()
             if not self.look(time.time(), time.monotonic()):
                 continue
-            waiting = self.recorder.outcomes_waiting()
+            waiting = self.recorder.outcomes_waiting(time.monotonic())
             if waiting is not None:  # a full disk: claim nothing until they are written
                 self.stopping.wait(waiting)
                 continue
@@ -316,7 +316,7 @@ class Worker:
             self.rescan_all(now, now_mono)
         if self.recovery.due(now):
             self.recovery.last = now
-            self.recoverer.run(self.queues, now_mono)
+            self.recoverer.run(self.queues, now, now_mono)
         if self.retention is not None and self.retention_timer.due(now):
             self.retention_timer.last = now
             deleted = self.retention.step(self.queues.names())
@@ -391,8 +391,8 @@ class Worker:
                 "stopping: %d outcome(s) wait for the disk; a second signal stops without them",
                 len(self.recorder.unwritten),
             )
-        while self.recorder.write_unwritten() and not self.hard_stop:
-            self.wakeup.wait(self.recorder.next_try())
+        while self.recorder.write_unwritten(time.monotonic()) and not self.hard_stop:
+            self.wakeup.wait(self.recorder.next_try(time.monotonic()))
             self.wakeup.clear()
 
     def give_back(self, taken: Claim, why: str) -> None:
@@ -416,7 +416,7 @@ class Worker:
         elif read.read_again_in > 0:
             self.put_back(taken, read.read_again_in, now_mono)
         else:
-            self.reject(taken, read.reason)
+            self.reject(taken, read.reason, now)
         return None
 
     def unknown(self, taken: Claim, name: str, now: float, now_mono: float) -> None:
@@ -424,7 +424,9 @@ class Worker:
         under way), or reject it when none has known it for the grace (see spool.manifest)."""
         wait = self.code.wait_for_unknown(name, now, now_mono)
         if wait is None:
-            self.reject(taken, f"unknown task {name!r}: no configured tasks module registers it")
+            self.reject(
+                taken, f"unknown task {name!r}: no configured tasks module registers it", now
+            )
             return
         self.unhold(taken)
         release(taken)
@@ -446,10 +448,10 @@ class Worker:
             "%s/%s is not JSON yet: read again in %.2f s", taken.dirs.name, taken.name, seconds
         )
 
-    def reject(self, taken: Claim, reason: str) -> None:
+    def reject(self, taken: Claim, reason: str, now: float) -> None:
         self.unhold(taken)
         try:
-            dest = reject(taken, reason, self.worker_id, self.stats)
+            dest = reject(taken, reason, self.worker_id, now, self.stats)
         except OSError as exc:
             log.error("cannot move rejected %s to failed/: %s", taken.name, exc)
             return

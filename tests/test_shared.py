@@ -265,8 +265,8 @@ def test_a_claim_under_the_sweepers_own_name_that_nothing_renews_is_recovered(
         lease_seconds=0.2,
     )
     index = QueueIndex(dirs, 1 << 20)
-    recovery.run([index], 100.0)  # the first sighting starts the lease period
+    recovery.run([index], time.time(), 100.0)  # the first sighting starts the lease period
     assert names(dirs.processing) == [f"{name}@{own}"]
-    recovery.run([index], 100.3)  # a lease period later (the time is passed in: no sleep)
+    recovery.run([index], time.time(), 100.3)  # a lease period later: no sleep
     assert names(dirs.processing) == [] and names(dirs.incoming) == [name]
     assert json.loads((dirs.incoming / name).read_bytes())["attempts"] == 1
