@@ -98,7 +98,7 @@ def admit(catalog: Catalog, task: Mapping[str, Any], queue: str | None, check: b
                 raise BadArguments(f"{name}{render(entry.params)}: {reason}")
     if not (queue or task.get("queue")):
         admitted["queue"] = entry.queue
-    if "priority" not in task and entry.priority is not None:
+    if "priority" not in task and envelope.is_int(entry.priority):
         admitted["priority"] = entry.priority
     return admitted
 
