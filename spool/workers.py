@@ -20,7 +20,6 @@ import os
 import secrets
 import signal
 import socket
-import time
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -177,7 +176,7 @@ def kill_orphans(root: Path, worker_id: str) -> None:
             pass
 
 
-def reap_dead_workers(root: Path, busy: set[str]) -> int:
+def reap_dead_workers(root: Path, busy: set[str], now: float) -> int:
     """Delete the lock and info files of dead workers that own no claim; return how many.
 
     A worker writes its info file only after it holds its lock, so a lock file without info
@@ -189,7 +188,6 @@ def reap_dead_workers(root: Path, busy: set[str]) -> int:
         names = os.listdir(directory)
     except FileNotFoundError:
         return 0
-    now = time.time()
     for name in names:
         if not name.endswith(".lock"):
             continue
