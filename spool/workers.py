@@ -20,12 +20,22 @@ import os
 import secrets
 import signal
 import socket
+import threading
+import time
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from spool.faults import Backoff, Complaint, describe, is_disk_fault
 from spool.fsio import list_names, write_atomic
-from spool.layout import FILE_MODE, ensure_dir, workers_dir
+from spool.layout import (
+    DEFAULT_QUEUE,
+    FILE_MODE,
+    ensure_dir,
+    existing_queues,
+    queue_dirs,
+    workers_dir,
+)
 from spool.lease import LeaseWatch
 
 log = logging.getLogger(__name__)
@@ -241,3 +251,46 @@ def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch, now_mono
         reaped += 1
     watch.keep_only(seen)
     return reaped
+
+
+def start_on_disk(
+    root: Path, fixed: list[str], lock: WorkerLock, shared: bool, stopping: threading.Event
+) -> list[str] | None:
+    """Make the queues' directories, take the worker's lock, write its info file: the queues
+    it serves (`fixed`, else every queue there is, else the default one).
+
+    A full or failing disk is logged once and tried again with a growing pause (a worker
+    never exits for it, so Supervisor never gives up on it); None if stopped meanwhile.
+    """
+    backoff, complaint = Backoff(cap=10.0), Complaint()
+    while True:
+        try:
+            os.makedirs(root, exist_ok=True)
+            queues = fixed or existing_queues(root) or [DEFAULT_QUEUE]
+            for queue in queues:
+                queue_dirs(root, queue).create()
+            lock.acquire(start_info(queues, shared))
+            if backoff.failures:
+                log.info("the disk takes writes again: starting")
+            return queues
+        except OSError as exc:
+            if not is_disk_fault(exc):
+                raise
+            if complaint.due(time.time()):
+                log.error(
+                    "cannot start: %s; trying again until the disk takes writes", describe(exc)
+                )
+            if stopping.wait(backoff.next_pause()):
+                lock.release_if_held()
+                return None
+
+
+def start_info(queues: list[str], shared: bool) -> dict[str, object]:
+    """The worker's info file at start: who it is (pid, host), since when, what it serves."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": time.time(),
+        "queues": queues,
+        **({"shared": True} if shared else {}),
+    }
