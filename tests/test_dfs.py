@@ -35,7 +35,9 @@ def test_the_doctor_sees_the_mount_as_shared_and_finds_locks_shared(
     netbed: StartBed, engine: str
 ) -> None:
     """Measured, renames through two clients: to unique names one winner each; to a common
-    name both succeeded in 34-77 rounds of 200 on GlusterFS, 16 on MooseFS (a warning)."""
+    name both succeeded in 34-77 rounds of 200 on GlusterFS, 16 on MooseFS (a warning). On
+    MooseFS one client once won all 200 unique-target renames (the two did not overlap), so
+    that they raced is asserted on GlusterFS only."""
     bed = netbed(engine, hosts=2)
     done = doctor(bed, "--fs", "--json", "--other-mount", str(bed.mount(1) / "spool"))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -43,11 +45,11 @@ def test_the_doctor_sees_the_mount_as_shared_and_finds_locks_shared(
     fs, probes = report["filesystem"], report["probes"]
     assert fs["fstype"] == bed.FSTYPE and fs["network"] and bed.ENGINE in fs["why"]
     assert probes["rename_race_other_mount"]["ok"]  # claims: one winner across clients
-    assert min(probes["rename_race_other_mount"]["wins"]) > 0  # the two clients raced
     assert probes["common_target"]["both_won"] == 0
     assert probes["other_mount"]["locks"] == "shared"
     assert report["safe"]
     common = probes["common_target_other_mount"]
     print(f"\n{bed.ENGINE}: {common['both_won']} of 200 common-target rounds had two winners")
     if engine == "glusterfs":  # 34-77 of 200 measured; MooseFS's few are not assured
+        assert min(probes["rename_race_other_mount"]["wins"]) > 0  # the two clients raced
         assert common["both_won"] > 0 and "common name" in report["warnings"][0]
