@@ -46,12 +46,14 @@ TICKS = os.sysconf("SC_CLK_TCK")
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise SystemExit(f"bench.hosts: {what} did not happen within {timeout:g} s")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 def count(directory: Path) -> int:
@@ -126,7 +128,16 @@ def bed_pids(bed: NetBed | None) -> tuple[list[int], list[int]]:
     clients = [int(p) for ns in bed.host_ns for p in run(["ip", "netns", "pids", ns]).split()]
     clients += [proc.pid for proc in bed._mounters if proc is not None]
     servers = [int(p) for p in run(["ip", "netns", "pids", bed.server_ns]).split()]
+    view = os.fsencode(bed.view())  # the bench's own client mount (dfs beds): not a server's
+    servers = [p for p in servers if view not in cmdline(p)]
     return sorted(set(clients)), sorted(set(servers) - set(clients))
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @dataclass
@@ -135,6 +146,7 @@ class Drain:
     rate: float  # tasks per second from then on
     busy: float  # share of the machine's CPU busy during the drain (1.0: both cores)
     split: tuple[float, float, float]  # CPU seconds: workers, FUSE clients, servers
+    other: float  # CPU seconds of everything else on the machine (this bench, other users)
 
 
 def drain(
@@ -163,16 +175,18 @@ def drain(
     first = time.monotonic()
     groups = CpuGroups(with_descendants([p.pid for p in procs]), *bed_pids(bed))
     cpu_before, machine_before = groups.seconds(), machine_busy()
-    wait_for(lambda: count(done) >= tasks, 900, "the drain")
+    wait_for(lambda: count(done) >= tasks, 900, "the drain", 0.25)  # (listing costs CPU too)
     took = time.monotonic() - first
     cpu_after, machine_after = groups.seconds(), machine_busy()
-    busy = (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1])
+    busy_seconds = machine_after[0] - machine_before[0]
+    busy = busy_seconds / (machine_after[1] - machine_before[1])
     split = tuple(b - a for a, b in zip(cpu_before, cpu_after, strict=True))
     for proc in procs:
         proc.terminate()
     for proc in procs:
         proc.wait(timeout=30)
-    return Drain(first - written, tasks / took, busy, split)  # type: ignore[arg-type]
+    other = busy_seconds - sum(split)
+    return Drain(first - written, tasks / took, busy, split, other)  # type: ignore[arg-type]
 
 
 def shared_config(directory: Path, lease: float | None) -> Path:
@@ -244,7 +258,7 @@ def report(what: str, args: argparse.Namespace, result: Drain) -> None:
         f"{what} x {args.workers} worker(s): first of {args.tasks} tasks done after "
         f"{result.seen:.2f} s, then {result.rate:,.0f} tasks/s; CPU {result.busy:.0%} of the "
         f"machine busy (CPU s: workers {workers:.1f}, FUSE clients {clients:.1f}, "
-        f"servers {servers:.1f})",
+        f"servers {servers:.1f}, everything else {result.other:.1f})",
         flush=True,
     )
 
