@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from spool.fsio import list_names, server_now, write_file
 from spool.layout import QueueDirs
 
 STALE_KEY_SECONDS = 2.0
+KEY_REREAD_SECONDS = 0.05
 
 
 def unique_key_path(dirs: QueueDirs, key: str) -> Path:
@@ -42,7 +44,7 @@ def take_unique_key(dirs: QueueDirs, key: str, task_id: str, name: str) -> str |
     from filelock import FileLock  # (here: the CLI's start-up need not pay for it)
 
     with FileLock(str(path) + ".lock", timeout=10):  # (one host; across hosts, see below)
-        holder = read_key(path)
+        holder = read_written_key(dirs, path)
         if holder is not None and not is_stale_key(dirs, path, holder):
             return str(holder.get("id"))
         retire_key(path, holder)
@@ -68,6 +70,28 @@ def retire_key(path: Path, judged: Mapping[str, Any] | None) -> None:
             os.rename(aside, path)
         return
     aside.unlink(missing_ok=True)
+
+
+def read_written_key(dirs: QueueDirs, path: Path) -> dict[str, Any] | None:
+    """The key file's holder, or None if it is gone or stays unreadable past the crash window.
+
+    RACE: a key file that another producer has created but not yet written reads empty; on a
+    network filesystem for longer (its fsync crosses the network, and this host's attribute
+    cache may show the size 0 for a while). Taking it for stale ran two tasks under one key
+    (seen on JuiceFS): it is read again until it is readable or older than STALE_KEY_SECONDS.
+    """
+    for _ in range(int(STALE_KEY_SECONDS / KEY_REREAD_SECONDS) + 20):  # bounded: clocks may lie
+        holder = read_key(path)
+        if holder is not None:
+            return holder
+        try:
+            age = server_now(dirs.unique) - os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+        if age > STALE_KEY_SECONDS:
+            return None
+        time.sleep(KEY_REREAD_SECONDS)
+    return None
 
 
 def read_key(path: Path) -> dict[str, Any] | None:

@@ -101,10 +101,19 @@ class WorkerLock:
             self.release()
 
     def release(self) -> None:
-        self.info_path.unlink(missing_ok=True)
-        self.waiting_path.unlink(missing_ok=True)
-        Path(self.lock.lock_file).unlink(missing_ok=True)
-        self.lock.release()
+        """Remove the info files, drop the lock. Best effort: a worker stopping on a mount that
+        went away, or whose GlusterFS client reconnected after a partition (its descriptors
+        from before give EBADFD), still stops cleanly; its files go with its lease."""
+        try:
+            self.info_path.unlink(missing_ok=True)
+            self.waiting_path.unlink(missing_ok=True)
+            Path(self.lock.lock_file).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove the worker's info file: %s", exc)
+        try:
+            self.lock.release()
+        except OSError as exc:
+            log.warning("cannot release the worker's lock: %s", exc)
 
 
 def read_info(root: Path, worker_id: str) -> dict[str, object] | None:

@@ -217,22 +217,27 @@ def stop_beds(beds: list[Any]) -> None:
 
 
 @pytest.fixture
-def dfsbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
-    """Start a `tests.dfsbed` bed of a real distributed filesystem (servers in one network
-    namespace, FUSE clients in others): `dfsbed("glusterfs", clients=2)` or
-    `dfsbed("moosefs")` returns it started; all stop at the end. Skipped where it cannot run
-    (not root, the engine's packages not installed)."""
-    from tests.dfsbed import DfsBed, GlusterBed, MooseBed
+def netbed(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Start a bed of simulated hosts sharing one directory (a `tests.netbed.NetBed`):
+    `netbed("sshfs", hosts=2, cache=False)` (tests.hostbed), `netbed("glusterfs")`,
+    `netbed("moosefs")` or `netbed("juicefs")` (tests.dfsbed: real distributed filesystems,
+    with the engine's default caches; `cache` is sshfs's only); all stop at the end. Skipped
+    with the reason where it cannot run (not root, the engine's packages not installed)."""
+    from tests.dfsbed import ENGINES
+    from tests.hostbed import HostBed, available
+    from tests.netbed import NetBed
 
-    engines: dict[str, type[DfsBed]] = {"glusterfs": GlusterBed, "moosefs": MooseBed}
-    beds: list[DfsBed] = []
+    beds: list[NetBed] = []
 
-    def start(engine: str, clients: int = 2) -> DfsBed:
-        kind = engines[engine]
-        reason = kind.available()
+    def start(engine: str, hosts: int = 2, cache: bool = False) -> NetBed:
+        reason = available() if engine == "sshfs" else ENGINES[engine].available()
         if reason is not None:
             pytest.skip(reason)
-        bed = kind(tmp_path / f"{engine}{len(beds)}", clients=clients)
+        directory = tmp_path / f"{engine}{len(beds)}"
+        if engine == "sshfs":
+            bed: NetBed = HostBed(directory, hosts=hosts, cache=cache)
+        else:
+            bed = ENGINES[engine](directory, hosts=hosts)
         beds.append(bed)
         return bed.start()
 

