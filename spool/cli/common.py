@@ -74,6 +74,29 @@ def queue_option(value: str | None) -> str | None:
         raise bad("--queue", str(exc)) from None
 
 
+class Duration(click.ParamType[float]):
+    """A time span option: 90s, 5m, 1h, 7d or a number of seconds (exit 2 otherwise)."""
+
+    name = "duration"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds < 0 or (self.positive and seconds == 0):
+            limit = "more than 0 s" if self.positive else "0 s or more"
+            self.fail(f"{value!r} must be {limit}", param, ctx)
+        return seconds
+
+
 def duration_option(value: str | None, hint: str) -> float | None:
     if value is None:
         return None

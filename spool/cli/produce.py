@@ -14,6 +14,7 @@ import click
 from spool import producer
 from spool.app import Spool
 from spool.cli.common import (
+    Duration,
     UsageProblem,
     bad,
     queue_option,
@@ -60,9 +61,9 @@ def parse_arg(text: str) -> Any:
 )
 @click.option(
     "--delay",
-    type=click.FloatRange(min=0),
-    metavar="S",
-    help="Run no earlier than S seconds from now.",
+    type=Duration(),
+    metavar="DURATION",
+    help="Run no earlier than this from now (90s, 5m, 1h, 7d or seconds).",
 )
 @click.option(
     "--at",
@@ -74,9 +75,9 @@ def parse_arg(text: str) -> Any:
 @click.option("--max-retries", type=click.IntRange(min=0), help="Retries after the first attempt.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="S",
-    help="Seconds one attempt may run.",
+    type=Duration(positive=True),
+    metavar="DURATION",
+    help="How long one attempt may run (90s, 5m, 1h or seconds).",
 )
 @click.option(
     "--unique", "unique_key", metavar="KEY", help="Skip if a task with KEY is pending or running."
@@ -228,7 +229,10 @@ def enqueue_from(
 @click.command()
 @click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0), metavar="S", help="Give up after S seconds (exit 3)."
+    "--timeout",
+    type=Duration(),
+    metavar="DURATION",
+    help="Give up after this long (exit 3); 90s, 5m, 1h or seconds.",
 )
 @click.pass_context
 def wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None) -> None:
