@@ -211,6 +211,7 @@ class Worker:
             "host": socket.gethostname(),
             "started_at": time.time(),
             "queues": queues,
+            "all_queues": not self.fixed_queues,  # it also serves the queues made after it
             **({"shared": True} if self.shared else {}),
         }
 

@@ -52,7 +52,7 @@ def test_counters_keep_counting_after_a_purge(app: Spool, spool_root: Path) -> N
     app.enqueue("echo")
     assert run_burst(spool_root).returncode == 0
     runner = CliRunner()
-    purged = runner.invoke(cli, ["--root", str(spool_root), "purge", "done"])
+    purged = runner.invoke(cli, ["--root", str(spool_root), "purge", "done", "--yes"])
     assert purged.exit_code == 0
     got = scrape(spool_root)
     assert got[("spool_tasks", (("queue", "default"), ("state", "done")))] == 0
