@@ -28,7 +28,7 @@ from spool.errors import (
     InvalidTask,
     SpoolError,
     TaskFailed,
-    WaitTimeout,
+    TaskNotFound,
 )
 from spool.manifest import Catalog
 
@@ -237,35 +237,45 @@ def enqueue_from(
 @click.pass_context
 def wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None) -> None:
     """Wait for tasks to finish; print each result as JSON. Exit 0 all done, 1 one failed (or is
-    unknown), 3 timed out. With one ID the result alone is printed; with several, one line each:
-    {"id", "state", "result" or "error"}."""
+    unknown), 3 timed out. With one ID the result alone is printed; with several, one line each,
+    in the order given: {"id", "state", "result" or "error"}."""
     app = Spool(settings=settings_of(ctx))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    code = 0
-    for task_id in task_ids:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            result = app.wait(task_id, left)
-            line: dict[str, Any] = {"id": task_id, "state": "done", "result": result}
-        except TaskFailed as exc:
-            line = {"id": task_id, "state": "failed", "error": exc.error}
-            click.echo(f"Error: {exc}", err=True)
-            code = max(code, 1)
-        except WaitTimeout:
-            line = {"id": task_id, "state": "waiting"}
-            click.echo(f"Error: task {task_id} did not finish in time", err=True)
-            code = 3
-        except SpoolError as exc:
-            line = {"id": task_id, "state": "unknown"}
-            click.echo(f"Error: {exc}", err=True)
-            code = max(code, 1)
-        if len(task_ids) > 1:
-            click.echo(json.dumps(line, ensure_ascii=False))
-        elif "result" in line:
-            click.echo(json.dumps(line["result"], ensure_ascii=False))
-        elif "error" in line:
-            click.echo(json.dumps(line["error"], indent=2, ensure_ascii=False))
-    ctx.exit(code)
+    lines: dict[str, dict[str, Any]] = {}
+    shown = 0
+    with user_errors():
+        for task_id, info in app.wait_many(task_ids, timeout):
+            lines[task_id] = wait_line(task_id, info)
+            while shown < len(task_ids) and task_ids[shown] in lines:  # in the order given
+                show_wait_line(lines[task_ids[shown]], several=len(task_ids) > 1)
+                shown += 1
+    states = {line["state"] for line in lines.values()}
+    ctx.exit(3 if "waiting" in states else 1 if states & {"failed", "unknown"} else 0)
+
+
+def wait_line(task_id: str, info: dict[str, Any] | None) -> dict[str, Any]:
+    """What `spool wait` says of one task, its error line printed on stderr."""
+    from spool.app import outcome_of
+
+    if info is None:
+        click.echo(f"Error: {TaskNotFound(task_id)}", err=True)
+        return {"id": task_id, "state": "unknown"}
+    if info["state"] == "waiting":
+        click.echo(f"Error: task {task_id} did not finish in time", err=True)
+        return {"id": task_id, "state": "waiting"}
+    try:
+        return {"id": task_id, "state": "done", "result": outcome_of(task_id, info)}
+    except TaskFailed as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return {"id": task_id, "state": "failed", "error": exc.error}
+
+
+def show_wait_line(line: dict[str, Any], several: bool) -> None:
+    if several:
+        click.echo(json.dumps(line, ensure_ascii=False))
+    elif "result" in line:
+        click.echo(json.dumps(line["result"], ensure_ascii=False))
+    elif "error" in line:
+        click.echo(json.dumps(line["error"], indent=2, ensure_ascii=False))
 
 
 @click.command("tasks")
