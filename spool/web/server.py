@@ -12,10 +12,13 @@ JSON {"error": ...} with its code, never a traceback; responses forbid framing a
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +249,27 @@ def serve(settings: Settings, host: str, port: int, sock: socket.socket) -> int:
         proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = quiet_server_class()(config)
     server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def quiet_server_class() -> type[Any]:
+    import uvicorn
+
+    class Quiet(uvicorn.Server):
+        """uvicorn's server, but INT and TERM end it with exit 0 instead of being raised again
+        once it has shut down: a process dead by SIGTERM is an unexpected stop to supervisord
+        (a WARN line at every `spool up` stop)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            caught = (signal.SIGINT, signal.SIGTERM)
+            previous = {signum: signal.signal(signum, self.handle_exit) for signum in caught}
+            try:
+                yield
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+
+    return Quiet
