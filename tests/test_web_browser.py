@@ -150,7 +150,7 @@ def test_live_view_updates_when_a_task_finishes(
     overview.evaluate("window.notReloaded = true")
     assert run_burst(spool_root).returncode == 0
     sync_api.expect(page.locator("[data-task-state]")).to_have_text("done")
-    sync_api.expect(page.locator("pre.result")).to_have_text("42")
+    sync_api.expect(page.locator("pre[data-result]")).to_have_text("42")
     sync_api.expect(count_cell(overview, "default", "done")).to_have_text("1")
     sync_api.expect(count_cell(overview, "default", "incoming")).to_have_text("0")
     assert page.evaluate("window.notReloaded") and overview.evaluate("window.notReloaded")

@@ -203,7 +203,14 @@ def running_by_worker(state: WebState) -> dict[str, list[dict[str, Any]]]:
                 continue
             worker = parts[1]
             running.setdefault(worker, []).append(
-                {"queue": queue, "id": item["id"], "task": item["task"], "file": parts[0]}
+                {
+                    "queue": queue,
+                    "id": item["id"],
+                    "task": item["task"],
+                    "file": parts[0],
+                    "attempt": item.get("attempt"),
+                    "running_seconds": item.get("running_seconds"),
+                }
             )
     return running
 

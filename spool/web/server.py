@@ -34,9 +34,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spool.config import Settings
 from spool.errors import SpoolError
+from spool.inspect.listing import running
 from spool.inspect.paging import task_page
+from spool.inspect.search import search
 from spool.layout import STATES, QueueDirs, check_queue_name
 from spool.lookup import locate, read_found
+from spool.web import views
 from spool.web.api import WebState, api_routes, overview, page_query, web_state
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -113,24 +116,10 @@ async def server_error(request: Request, exc: Exception) -> Response:
 def templates() -> Jinja2Templates:
     found = Jinja2Templates(directory=str(PACKAGE_DIR / "templates"))
     found.env.globals["states"] = STATES
-    found.env.filters["age"] = format_age
-    found.env.filters["when"] = format_instant
+    found.env.filters["age"] = views.duration
+    found.env.filters["when"] = views.instant
+    found.env.filters["pretty"] = views.pretty
     return found
-
-
-def format_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.1f}s"
-
-
-def format_instant(value: Any) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
 
 
 def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
@@ -143,7 +132,13 @@ def render(request: Request, name: str, context: dict[str, Any], status: int = 2
 
 async def overview_page(request: Request) -> Response:
     data = await run_in_threadpool(overview, web_state(request))
-    return render(request, "overview.html", {"data": data, "token_set": token_set(request)})
+    series = [q["finished_per_minute"] for q in data["queues"].values()]
+    top = views.shared_top(series)
+    charts = {
+        name: views.chart(q["finished_per_minute"], top) for name, q in data["queues"].items()
+    }
+    context = {"data": data, "charts": charts, "token_set": token_set(request)}
+    return render(request, "overview.html", context)
 
 
 async def queue_page(request: Request) -> Response:
@@ -176,7 +171,32 @@ async def task_detail_page(request: Request) -> Response:
     if found is None:
         return render(request, "task.html", {"task_id": task_id, "task": None}, 404)
     task = await run_in_threadpool(read_found, found)
-    return render(request, "task.html", {"task_id": task_id, "task": task})
+    attempts = views.attempts_of(task)
+    context = {
+        "task_id": task_id,
+        "task": task,
+        "attempts": attempts,
+        "error_in_history": views.final_error_is_last_attempt(task, attempts),
+        "took": views.task_duration(task),
+        "raw": await run_in_threadpool(views.raw_file, found.path) if found.note else None,
+    }
+    if found.state == "processing":
+        context["running"] = running(found.path, task.get("attempts"), time.time())
+    return render(request, "task.html", context)
+
+
+async def search_page(request: Request) -> Response:
+    text = request.query_params.get("q", "")
+    found = await run_in_threadpool(search, web_state(request).settings.root, text)
+    if len(found.rows) == 1 and found.rows[0]["id"] == text.strip():
+        return RedirectResponse(f"/tasks/{text.strip()}", status_code=303)
+    return render(request, "search.html", {"q": text, "found": found})
+
+
+async def api_page(request: Request) -> Response:
+    from spool.web.openapi import document
+
+    return render(request, "api.html", {"doc": document()})
 
 
 async def favicon(request: Request) -> Response:
@@ -196,6 +216,8 @@ def create_app(settings: Settings, allowed_hosts: set[str] | None = None) -> ASG
         Route("/", overview_page, methods=["GET"]),
         Route("/queues/{queue}", queue_page, methods=["GET"]),
         Route("/tasks/{task_id}", task_detail_page, methods=["GET"]),
+        Route("/search", search_page, methods=["GET"]),
+        Route("/docs/api", api_page, methods=["GET"]),
         Route("/favicon.ico", favicon, methods=["GET"]),
         *api_routes(),
         Mount("/static", StaticFiles(directory=str(PACKAGE_DIR / "static")), name="static"),
