@@ -19,7 +19,7 @@ from spool.layout import QueueDirs
 from spool.web import views
 from spool.web.openapi import document
 from tests.conftest import run_burst
-from tests.test_web import client_for, settings_for
+from tests.test_web import AUTH, client_for, settings_for
 
 
 @pytest.fixture
@@ -208,3 +208,39 @@ def test_the_api_page_renders_every_operation_of_the_openapi_document(client) ->
         for method in methods:
             assert f'data-endpoint="{method.upper()} {path}"' in page.text
     assert 'href="/docs/api"' in client.get("/").text
+
+
+def test_failed_tasks_are_grouped_by_task_and_error_and_a_group_is_retried_at_once(
+    client,
+    app: Spool,
+    spool_root: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    smtp = [app.enqueue("fail", args=["SMTP said 554"], max_retries=0) for _ in range(3)]
+    other = app.enqueue("fail", args=["disk"], max_retries=0, queue="default")
+    cancelled = app.enqueue("echo", delay=600)
+    assert client.delete(f"/api/tasks/{cancelled}", headers=AUTH).status_code == 200
+    (QueueDirs(spool_root, "default").incoming / "junk.json").write_text("not json")
+    assert run_burst(spool_root).returncode == 0
+    groups = client.get("/api/queues/default/failures").json()["groups"]
+    assert [(g["task"], g["error_type"], g["count"]) for g in groups] == [
+        ("fail", "RuntimeError", 4),
+        ("?", "Rejected", 1),
+    ]  # (the cancelled task is no failure)
+    page = client.get("/queues/default", params={"state": "failed"}).text
+    assert "retry all 4" in page and "fix the files first" in page
+    answer = client.post(
+        "/api/queues/default/retry", json={"task": "fail", "error_type": "RuntimeError"}
+    )
+    assert answer.status_code == 401  # a change: the token is needed
+    answer = client.post(
+        "/api/queues/default/retry",
+        json={"task": "fail", "error_type": "RuntimeError"},
+        headers=AUTH,
+    )
+    assert answer.status_code == 200 and answer.json()["retried"] == 4
+    assert {app.state_of(task_id) for task_id in [*smtp, other]} == {"incoming"}
+    assert app.state_of(cancelled) == "failed"
+    refused = client.post(
+        "/api/queues/default/retry", json={"task": "?", "error_type": "Rejected"}, headers=AUTH
+    )
+    assert refused.status_code == 409

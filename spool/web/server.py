@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spool.config import Settings
 from spool.errors import SpoolError
+from spool.inspect.failures import group_failures
 from spool.inspect.listing import running
 from spool.inspect.paging import task_page
 from spool.inspect.search import search
@@ -160,6 +161,8 @@ async def queue_page(request: Request) -> Response:
         return render(request, "queue.html", context, 400)
     status = await run_in_threadpool(overview, state)
     context["counts"] = status["queues"].get(name, {})
+    if wanted == "failed" and query.after is None and not query.filtered:
+        context["failures"] = await run_in_threadpool(group_failures, dirs)
     context["page"] = await run_in_threadpool(task_page, state.lister, dirs, query)
     context["query"] = query
     return render(request, "queue.html", context)
