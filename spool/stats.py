@@ -211,6 +211,24 @@ def histogram(stats: QueueStats) -> list[tuple[str, int]]:
     return pairs
 
 
+def quantile(buckets: list[int], q: float) -> float | None:
+    """The q-quantile (0 < q < 1) of the durations counted in `buckets` (per bucket, not
+    cumulative), interpolated inside its bucket as Prometheus' histogram_quantile does; None
+    without any count. A quantile in the last bucket (over 300 s) is given as 300 s."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank, running, lower = q * total, 0, 0.0
+    for bound, count in zip([*DURATION_BUCKETS, math.inf], buckets, strict=True):
+        if count and running + count >= rank:
+            if math.isinf(bound):
+                return float(DURATION_BUCKETS[-1])
+            return lower + (bound - lower) * (rank - running) / count
+        running += count
+        lower = float(bound) if not math.isinf(bound) else lower
+    return float(DURATION_BUCKETS[-1])
+
+
 def stale_files(root: Path, now: float, min_age: float = 60.0) -> set[str]:
     """Worker ids whose stats file was not written for `min_age` seconds (idle, or dead)."""
     directory = stats_dir(root)

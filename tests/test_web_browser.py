@@ -224,10 +224,15 @@ def test_the_dashboard_at_two_widths_shows_its_content_and_fits(
     page.goto(server.url + "/")
     expect(count_cell(page, "default", "done")).to_have_text("12")
     expect(count_cell(page, "mail", "done")).to_have_text("1")
-    tops = page.locator("svg.chart [data-top]")
+    tops = page.locator("td.chart-cell:not([data-runtime]) svg.chart [data-top]")
     expect(tops).to_have_count(2)
     expect(tops.nth(0)).to_have_text("20/min")  # one scale: the busiest queue's round top
     expect(tops.nth(1)).to_have_text("20/min")
+    expect(page.locator("td[data-runtime] svg.chart [data-top]")).to_have_count(2)
+    for n in range(8):  # tasks that finish while the dashboard watches: their runtimes show
+        app.enqueue("sleep_then_return", args=[0.01 * n, n], queue="mail")
+    assert run_burst(spool_root).returncode == 0
+    expect(page.locator('tr[data-queue="mail"] td[data-runtime] rect.p95').first).to_be_attached()
     expect(page.locator("#zone")).to_have_text("times: UTC")
     assert fits(page, width)
     picture(page, tmp_path, f"dashboard-overview-{size}")

@@ -57,7 +57,7 @@ def test_every_queue_is_charted_on_one_scale_with_numbers_on_its_axes(
     done_file(quiet, "q0", now - 5)
     page = client.get("/").text
     assert page.count("data-top>50/min</text>") == 2  # the same top for both queues
-    assert page.count(">now</text>") == 2 and page.count(">\u221260 min</text>") == 2
+    assert page.count(">now</text>") == 4 and page.count(">\u221260 min</text>") == 4
     heights = {
         queue: float(
             re.search(rf'data-queue="{queue}".*?<rect [^>]*height="([\d.]+)"', page, re.S)[1]
@@ -244,3 +244,39 @@ def test_failed_tasks_are_grouped_by_task_and_error_and_a_group_is_retried_at_on
         "/api/queues/default/retry", json={"task": "?", "error_type": "Rejected"}, headers=AUTH
     )
     assert refused.status_code == 409
+
+
+def test_runtime_p50_and_p95_per_minute_come_from_what_the_histogram_grew_by(
+    app: Spool, spool_root: Path
+) -> None:
+    from spool.inspect.throughput import Throughput
+
+    rates = Throughput(spool_root)
+    app.enqueue("echo")
+    assert run_burst(spool_root).returncode == 0
+    rates.sample()  # (what ran before the dashboard is not charted)
+    assert rates.runtimes("default")[-1] is None
+    for n in range(18):
+        app.enqueue("add", args=[n, n])
+    for _ in range(2):
+        app.enqueue("sleep_then_return", args=[0.15, "slow"])
+    assert run_burst(spool_root).returncode == 0
+    rates.sampled_at = float("-inf")  # (samples are at most every 2 s)
+    rates.sample()
+    point = rates.runtimes("default")[-1] or rates.runtimes("default", time.time() - 60)[-1]
+    assert point is not None
+    p50, p95 = point
+    assert p50 <= 0.05 and 0.1 <= p95 <= 0.25
+    chart = views.runtime_chart(rates.runtimes("default"), views.runtime_top([[point]]))
+    assert chart.top_label == "250 ms" and {bar.kind for bar in chart.bars} == {"p50", "p95"}
+
+
+def test_a_quantile_is_interpolated_inside_its_bucket() -> None:
+    from spool.stats import DURATION_BUCKETS, quantile
+
+    counts = [0] * (len(DURATION_BUCKETS) + 1)
+    assert quantile(counts, 0.5) is None
+    counts[DURATION_BUCKETS.index(1)] = 10  # ten attempts of 0.5 s to 1 s
+    assert quantile(counts, 0.5) == pytest.approx(0.75)
+    counts[-1] = 90  # and ninety over 300 s
+    assert quantile(counts, 0.95) == 300.0

@@ -222,6 +222,7 @@ def overview(state: WebState) -> dict[str, Any]:
     data = spool_status(state.settings.root)
     for queue, counts in data["queues"].items():
         counts["finished_per_minute"] = state.rates.series(queue)
+        counts["runtime_per_minute"] = state.rates.runtimes(queue)  # [p50, p95] or null
         counts["paused_info"] = manage.paused_info(QueueDirs(state.settings.root, queue))
     running = running_by_worker(state)
     for worker in data["workers"]:

@@ -133,12 +133,13 @@ def render(request: Request, name: str, context: dict[str, Any], status: int = 2
 
 async def overview_page(request: Request) -> Response:
     data = await run_in_threadpool(overview, web_state(request))
-    series = [q["finished_per_minute"] for q in data["queues"].values()]
-    top = views.shared_top(series)
-    charts = {
-        name: views.chart(q["finished_per_minute"], top) for name, q in data["queues"].items()
-    }
-    context = {"data": data, "charts": charts, "token_set": token_set(request)}
+    queues = data["queues"].items()
+    top = views.shared_top([q["finished_per_minute"] for _, q in queues])
+    charts = {name: views.chart(q["finished_per_minute"], top) for name, q in queues}
+    slowest = views.runtime_top([q["runtime_per_minute"] for _, q in queues])
+    runtimes = {name: views.runtime_chart(q["runtime_per_minute"], slowest) for name, q in queues}
+    context: dict[str, Any] = {"data": data, "charts": charts, "runtimes": runtimes}
+    context["token_set"] = token_set(request)
     return render(request, "overview.html", context)
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from markupsafe import Markup
 
+from spool.stats import DURATION_BUCKETS
+
 CHART_WIDTH, CHART_HEIGHT = 300, 64
 CHART_LEFT, CHART_BOTTOM = 40, 14  # room for the numbers of the y axis and the x axis
 RAW_LIMIT = 64 * 1024  # bytes of a rejected file shown
@@ -62,18 +64,17 @@ class Bar:
     x: float
     y: float
     height: float
-    count: int
-    minutes_ago: int
+    title: str  # what a pointer over it says
+    kind: str = "count"  # count, p95, p50 (a CSS class)
 
 
 @dataclass(frozen=True)
 class Chart:
-    """One queue's finished-per-minute bars on the scale every queue shares."""
+    """One queue's bars per minute over the last hour on the scale every queue shares."""
 
     bars: list[Bar]
-    top: int  # the value of the top of the y axis (per minute)
-    total: int
-    peak: int
+    top_label: str  # the value of the top of the y axis
+    summary: str
     width: int = CHART_WIDTH
     height: int = CHART_HEIGHT
     left: int = CHART_LEFT
@@ -96,18 +97,49 @@ def shared_top(series: list[list[int]]) -> int:
     return nice_top(max((max(s, default=0) for s in series), default=0))
 
 
+def bar_geometry(i: int, count: int, value: float, top: float) -> tuple[float, float, float]:
+    """(x, y, height) of the value in minute `i` of `count`, scaled to `top`."""
+    step = (CHART_WIDTH - CHART_LEFT) / max(count, 1)
+    height = max(1.0, (CHART_HEIGHT - CHART_BOTTOM - 2) * min(value, top) / top)
+    return CHART_LEFT + i * step, CHART_HEIGHT - CHART_BOTTOM - height, height
+
+
 def chart(series: list[int], top: int) -> Chart:
-    """The bars of `series` (one a minute, the oldest first) scaled to `top`."""
-    plot = CHART_WIDTH - CHART_LEFT
-    step = plot / max(len(series), 1)
-    usable = CHART_HEIGHT - CHART_BOTTOM - 2
+    """Tasks finished per minute (one a minute, the oldest first) scaled to `top`."""
     bars = []
     for i, count in enumerate(series):
         if count:
-            height = max(1.0, usable * count / top)
-            y = CHART_HEIGHT - CHART_BOTTOM - height
-            bars.append(Bar(CHART_LEFT + i * step, y, height, count, len(series) - 1 - i))
-    return Chart(bars, top, sum(series), max(series, default=0))
+            x, y, height = bar_geometry(i, len(series), count, top)
+            bars.append(Bar(x, y, height, f"{len(series) - 1 - i} min ago: {count} finished"))
+    total, peak = sum(series), max(series, default=0)
+    summary = f"{total} finished in the last hour, at most {peak} a minute"
+    return Chart(bars, f"{top}/min", summary)
+
+
+def runtime_top(series: list[list[tuple[float, float] | None]]) -> float:
+    """The smallest duration bucket bound at or above every queue's p95 (one scale)."""
+    peak = max((p[1] for s in series for p in s if p is not None), default=0.0)
+    return next((b for b in DURATION_BUCKETS if b >= peak), DURATION_BUCKETS[-1])
+
+
+def runtime_chart(series: list[tuple[float, float] | None], top: float) -> Chart:
+    """The p95 (light) and p50 (dark) of each minute's attempts, scaled to `top` seconds."""
+    bars = []
+    for i, point in enumerate(series):
+        if point is None:
+            continue
+        ago = len(series) - 1 - i
+        title = f"{ago} min ago: p50 {duration(point[0])}, p95 {duration(point[1])}"
+        for kind, value in (("p95", point[1]), ("p50", point[0])):
+            x, y, height = bar_geometry(i, len(series), value, top)
+            bars.append(Bar(x, y, height, title, kind))
+    known = [p for p in series if p is not None]
+    summary = (
+        f"last minute with tasks: p50 {duration(known[-1][0])}, p95 {duration(known[-1][1])}"
+        if known
+        else "no attempts finished since the dashboard started"
+    )
+    return Chart(bars, duration(top), summary)
 
 
 # ---- a task ---------------------------------------------------------------------------------
