@@ -1,6 +1,7 @@
 """spool web in a real headless Chromium (Playwright) against a real `spool web` server.
 
-Set SPOOL_SCREENSHOT_DIR to also save the overview's screenshot there (docs/ for the README).
+Set SPOOL_SCREENSHOT_DIR to also save the pages' pictures at two widths there (docs/, which
+docs/web.md shows).
 """
 
 from __future__ import annotations
@@ -93,10 +94,6 @@ def test_overview_shows_the_counts_of_the_spool(
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    if os.environ.get("SPOOL_SCREENSHOT_DIR"):
-        target = Path(os.environ["SPOOL_SCREENSHOT_DIR"])
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, target / "dashboard.png")
 
 
 def test_retry_button_asks_then_moves_the_failed_task(
