@@ -1035,3 +1035,23 @@ def test_spool_up_keeps_a_token_for_its_dashboard_streams_task_events_and_logs_n
     log = (short_dir / "var" / "log" / "supervisord.log").read_text()
     assert "without any HTTP authentication" not in log
     assert "WARN stopped" not in log and "stopped: spool-web (exit status 0)" in log
+
+
+def test_spool_up_quiet_shows_no_task_events(spool_root: Path, short_dir: Path) -> None:
+    env = supervised_env(spool_root, PYTHONPATH=str(PROJECT_DIR), SPOOL_WEB_TOKEN="chosen")
+    output = short_dir / "up.out"
+    up = start_up(["--workers", "1", "--quiet"], short_dir, env, output)
+    sv = Supervisord(short_dir / "var" / "supervisord.conf", env, short_dir / "unused.out")
+    try:
+        wait_until((short_dir / "var" / "supervisord.conf").exists, timeout=30)
+        sv.wait_running(1)
+        producer = Spool(root=spool_root)
+        assert producer.wait(producer.enqueue("add", args=[1, 1]), timeout=30) == 2
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    finally:
+        stop_tree(up, 60)
+    text = output.read_text()
+    assert "claimed" not in text and "done    default" not in text
+    assert "token    from SPOOL_WEB_TOKEN" in text  # (the variable wins: no file is made)
+    assert not (short_dir / "var" / "web-token").exists()
