@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -12,7 +12,7 @@ from spool.config import Settings, load_settings
 from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
 from spool.inspect.status import spool_status
 from spool.layout import QueueDirs
-from spool.lookup import finished, locate, read_found
+from spool.lookup import finished, locate, locate_many, read_found
 from spool.manifest import Catalog, CatalogCache
 from spool.registry import Registry, Task, TaskOptions
 
@@ -222,6 +222,43 @@ class Spool:
                 if time.monotonic() >= next_full_look:  # still anywhere? (cancelled, moved)
                     next_full_look = time.monotonic() + WAIT_FULL_LOOK_SECONDS
                     found = locate(self.root, task_id)
+
+    def wait_many(
+        self, task_ids: Iterable[str], timeout: float | None = None
+    ) -> Iterator[tuple[str, dict[str, Any] | None]]:
+        """Wait for many tasks at once; yield each id with its file (as `show` gives it) when
+        it finishes, None for an id found nowhere, and {"state": "waiting"} for those still
+        unfinished at the timeout. One watch and one listing serve every id."""
+        from spool.watch import FinishWatch
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wanted = list(dict.fromkeys(task_ids))
+        pending = locate_many(self.root, wanted)
+        yield from ((task_id, None) for task_id in wanted if task_id not in pending)
+        watched = [QueueDirs(self.root, q) for q in sorted({f.queue for f in pending.values()})]
+        if not watched:
+            return
+        with FinishWatch(*watched) as changed:
+            next_full_look = time.monotonic() + WAIT_FULL_LOOK_SECONDS
+            while pending:
+                changed.clear()  # (before looking: an arrival during the look is kept)
+                for task_id, found in list(pending.items()):
+                    if found.state not in ("done", "failed"):
+                        found = finished(QueueDirs(self.root, found.queue), task_id) or found
+                    if found.state in ("done", "failed"):
+                        del pending[task_id]
+                        yield task_id, read_found(found)
+                left = None if deadline is None else deadline - time.monotonic()
+                if pending and left is not None and left <= 0:
+                    yield from ((task_id, {"state": "waiting"}) for task_id in pending)
+                    return
+                if pending:
+                    changed.wait(WAIT_FULL_LOOK_SECONDS if left is None else min(left, 1.0))
+                if pending and time.monotonic() >= next_full_look:  # cancelled, moved, gone?
+                    next_full_look = time.monotonic() + WAIT_FULL_LOOK_SECONDS
+                    now_at = locate_many(self.root, pending)
+                    yield from ((task_id, None) for task_id in pending if task_id not in now_at)
+                    pending = now_at
 
     def eager_outcome(self, task_id: str) -> Any:
         outcome = self.eager_results.get(task_id)

@@ -85,7 +85,7 @@ def conclude(
             check=check,
         )
     if counts is not None:
-        counts.record(dirs.name, COUNTER[ending.state], ending.duration)
+        counts.record(dirs.name, COUNTER[ending.state], ending.duration, ending.finished_at)
     if task is not None and ending.state not in AGAIN and isinstance(task.get("unique_key"), str):
         release_unique_key(dirs, task["unique_key"], str(task["id"]))
 

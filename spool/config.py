@@ -8,7 +8,6 @@ Relative paths are taken from the current directory, like every other command-li
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from spool.notify_config import (
     parse_mqtt_intake,
     parse_notify,
 )
-from spool.tables import as_table, check_keys, want
+from spool.tables import as_table, check_keys, duration, want
+from spool.tables import parse_duration as parse_duration  # (the one reader of time spans)
 
 DEFAULT_ROOT = Path("var/spool")
 DEFAULT_CONFIG = Path("conf/spool.toml")
@@ -85,19 +85,6 @@ class Settings:
     def project_dir(self) -> Path:
         """The directory relative paths of the config refer to (where tasks modules live)."""
         return Path.cwd()
-
-
-DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*")
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from 30s, 5m, 1h, 7d, 2w, 250ms or a plain number. Raises: ValueError."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str) and (match := DURATION_RE.fullmatch(value)):
-        return float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"]
-    raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 7d)")
 
 
 def config_stamp(settings: Settings) -> tuple[int, int] | None:
@@ -166,36 +153,25 @@ def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str,
     defaults = table(data, "defaults", DEFAULTS_KEYS, where)
     workers = table(data, "workers", WORKERS_KEYS, where)
     log = table(data, "log", LOG_KEYS, where)
-    number: tuple[type, ...] = (int, float)
-    checks: list[tuple[str, str, type | tuple[type, ...]]] = [
+    checks: list[tuple[str, str, type | None]] = [  # None: a time span (5m, 1h or seconds)
         ("max_retries", "max_retries", int),
-        ("timeout", "timeout_seconds", number),
-        ("retry_backoff", "retry_backoff_seconds", number),
-        ("retry_backoff_max", "retry_backoff_max_seconds", number),
+        ("timeout", "timeout_seconds", None),
+        ("retry_backoff", "retry_backoff_seconds", None),
+        ("retry_backoff_max", "retry_backoff_max_seconds", None),
         ("retry_jitter", "retry_jitter", bool),
         ("max_file_bytes", "max_file_bytes", int),
         ("max_lost", "max_lost", int),
     ]
-    for key, name, kind in checks:
-        if key in defaults:
-            values[name] = non_negative(
-                want(defaults, key, kind, f"{where} [defaults]"), key, where
-            )
+    values.update(checked(defaults, checks, f"{where} [defaults]"))
     if values.get("max_lost") == 0:
         raise ConfigError(f"{where} [defaults]: max_lost must be at least 1")
-    worker_checks: list[tuple[str, str, type | tuple[type, ...]]] = [
+    worker_checks: list[tuple[str, str, type | None]] = [
         ("processes", "processes", int),
-        ("rescan_seconds", "rescan_seconds", number),
-        ("recover_seconds", "recover_seconds", number),
+        ("rescan_seconds", "rescan_seconds", None),
+        ("recover_seconds", "recover_seconds", None),
+        ("unknown_task_grace", "unknown_task_grace_seconds", None),
     ]
-    for key, name, kind in worker_checks:
-        if key in workers:
-            values[name] = non_negative(want(workers, key, kind, f"{where} [workers]"), key, where)
-    if "unknown_task_grace" in workers:
-        try:
-            values["unknown_task_grace_seconds"] = parse_duration(workers["unknown_task_grace"])
-        except ValueError as exc:
-            raise ConfigError(f"{where} [workers]: unknown_task_grace: {exc}") from None
+    values.update(checked(workers, worker_checks, f"{where} [workers]"))
     if "queues" in workers:
         queues = want(workers, "queues", list, f"{where} [workers]")
         if not all(isinstance(q, str) for q in queues):
@@ -268,6 +244,19 @@ def cluster_values(cluster: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def table(data: Mapping[str, Any], name: str, allowed: set[str], where: str) -> Mapping[str, Any]:
     return as_table(data.get(name, {}), allowed, f"{where} [{name}]")
+
+
+def checked(
+    data: Mapping[str, Any], checks: list[tuple[str, str, type | None]], where: str
+) -> dict[str, Any]:
+    """The keys of `checks` present in `data`, type-checked and not negative (kind None: a
+    time span, "90s", "5m", "1h", "7d" or a number of seconds)."""
+    values: dict[str, Any] = {}
+    for key, name, kind in checks:
+        if key in data:
+            value = duration(data, key, where) if kind is None else want(data, key, kind, where)
+            values[name] = non_negative(value, key, where)
+    return values
 
 
 def non_negative(value: Any, key: str, where: str) -> Any:

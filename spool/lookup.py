@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,29 @@ def locate(root: Path, task_id: str, queues: list[str] | None = None) -> Found |
         if found is not None:
             return found
     return None
+
+
+def locate_many(root: Path, task_ids: Iterable[str]) -> dict[str, Found]:
+    """Where each of these tasks is now (ids found nowhere are left out), with one listing of
+    each directory per pass instead of one per id; LOOKS passes, as `locate`."""
+    wanted = {task_id for task_id in task_ids if is_valid_id(task_id)}
+    found: dict[str, Found] = {}
+    queues = existing_queues(root)
+    for _ in range(LOOKS):
+        missing = wanted - found.keys()
+        if not missing:
+            break
+        for queue in queues:
+            dirs = QueueDirs(root, queue)
+            for state in PENDING_STATES:
+                for entry in list_names(dirs.state(state)):
+                    name = incoming_name(state, entry)
+                    if name is not None and (task_id := id_of_name(name)) in missing:
+                        found[task_id] = Found(queue, state, dirs.state(state) / entry)
+            for task_id in missing - found.keys():  # RACE: also those that finished meanwhile
+                if done := finished(dirs, task_id):
+                    found[task_id] = done
+    return found
 
 
 def look_once(root: Path, task_id: str, names: list[str]) -> Found | None:

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from spool.errors import ConfigError
-from spool.tables import as_table, want
+from spool.tables import as_table, duration, want
 
 SINKS = ("mqtt", "webhook", "command")
 NOTIFY_KEYS = {"sinks", "events", "on_retry", "retry_backoff", "retry_backoff_max", *SINKS}
@@ -258,7 +258,8 @@ def required(table: Mapping[str, Any], key: str, where: str) -> str:
 
 
 def positive(table: Mapping[str, Any], key: str, where: str) -> float:
-    value = table[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"{where}: {key} must be a number > 0, not {value!r}")
-    return float(value)
+    """A time span above zero: a number of seconds or "90s", "5m", "1h"."""
+    value = duration(table, key, where)
+    if value <= 0:
+        raise ConfigError(f"{where}: {key} must be more than 0 s, not {table[key]!r}")
+    return value

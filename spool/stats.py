@@ -28,6 +28,8 @@ COUNTERS = (
     "failed_removed", "lost", "cancelled_removed",
 )  # fmt: skip
 ARCHIVE = "archive.json"
+SLOT_SECONDS = 10  # finished tasks are also counted per 10-second slot, for rates
+RECENT_SECONDS = 600  # slots older than this are dropped
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 1.0
 
@@ -44,15 +46,34 @@ class QueueStats:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
     duration_sum: float = 0.0
+    # tasks finished (done or failed) per SLOT_SECONDS slot, by the slot's start (epoch s)
+    recent: dict[int, int] = field(default_factory=dict)
 
     def add(self, other: QueueStats) -> None:
         for key in COUNTERS:
             self.counts[key] += other.counts.get(key, 0)
         self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
         self.duration_sum += other.duration_sum
+        for slot, count in other.recent.items():
+            self.recent[slot] = self.recent.get(slot, 0) + count
+
+    def forget_before(self, slot: int) -> None:
+        for old in [s for s in self.recent if s < slot]:
+            del self.recent[old]
+
+    def finished_last_minute(self, now: float) -> int:
+        """Tasks finished in the last six whole slots before `now`'s: a count per minute
+        that lags by at most a slot, and needs no earlier sample."""
+        current = int(now // SLOT_SECONDS) * SLOT_SECONDS
+        return sum(n for slot, n in self.recent.items() if current - 60 <= slot < current)
 
     def to_json(self) -> dict[str, Any]:
-        return {"counts": self.counts, "buckets": self.buckets, "duration_sum": self.duration_sum}
+        return {
+            "counts": self.counts,
+            "buckets": self.buckets,
+            "duration_sum": self.duration_sum,
+            "recent": {str(slot): count for slot, count in self.recent.items()},
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> QueueStats:
@@ -68,6 +89,11 @@ class QueueStats:
             stats.buckets = [b if isinstance(b, int) else 0 for b in buckets]
         total = data.get("duration_sum", 0.0)
         stats.duration_sum = float(total) if isinstance(total, int | float) else 0.0
+        recent = data.get("recent")
+        if isinstance(recent, dict):
+            for slot, count in recent.items():
+                if str(slot).isdigit() and isinstance(count, int):
+                    stats.recent[int(slot)] = count
         return stats
 
 
@@ -89,12 +115,18 @@ class WorkerStats:
         self.written_at = 0.0
         self.complaint = Complaint()
 
-    def record(self, queue: str, what: str, duration: float | None = None) -> None:
+    def record(
+        self, queue: str, what: str, duration: float | None = None, at: float | None = None
+    ) -> None:
+        """Count one `what`; a task finished (done or failed) `at` also counts in its slot."""
         stats = self.queues.setdefault(queue, QueueStats())
         stats.counts[what] += 1
         if duration is not None:
             stats.buckets[bucket_of(duration)] += 1
             stats.duration_sum += duration
+        if at is not None and what in ("done", "failed"):
+            slot = int(at // SLOT_SECONDS) * SLOT_SECONDS
+            stats.recent[slot] = stats.recent.get(slot, 0) + 1
         self.dirty = True
 
     def flush(self, now: float, force: bool = False) -> None:
@@ -103,6 +135,8 @@ class WorkerStats:
         a worker or a command."""
         if not self.dirty or (not force and now - self.written_at < FLUSH_SECONDS):
             return
+        for stats in self.queues.values():
+            stats.forget_before(int(now) - RECENT_SECONDS)
         data = {queue: stats.to_json() for queue, stats in self.queues.items()}
         try:
             ensure_dir(self.path.parent)
@@ -154,6 +188,8 @@ def fold_dead(root: Path, dead_worker_ids: set[str]) -> None:
             archive = read_file(directory / ARCHIVE)
             for path in files:
                 merge(archive, read_file(path))
+            for stats in archive.values():  # (the slots matter only while recent)
+                stats.forget_before(max(stats.recent, default=0) - RECENT_SECONDS)
             data = {queue: stats.to_json() for queue, stats in archive.items()}
             # CRASH: the archive holds them before the files go; a crash in between counts a
             # dead worker twice until the next fold, never loses its counts
@@ -173,6 +209,24 @@ def histogram(stats: QueueStats) -> list[tuple[str, int]]:
         running += count
         pairs.append(("+Inf" if math.isinf(bound) else f"{bound:g}", running))
     return pairs
+
+
+def quantile(buckets: list[int], q: float) -> float | None:
+    """The q-quantile (0 < q < 1) of the durations counted in `buckets` (per bucket, not
+    cumulative), interpolated inside its bucket as Prometheus' histogram_quantile does; None
+    without any count. A quantile in the last bucket (over 300 s) is given as 300 s."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank, running, lower = q * total, 0, 0.0
+    for bound, count in zip([*DURATION_BUCKETS, math.inf], buckets, strict=True):
+        if count and running + count >= rank:
+            if math.isinf(bound):
+                return float(DURATION_BUCKETS[-1])
+            return lower + (bound - lower) * (rank - running) / count
+        running += count
+        lower = float(bound) if not math.isinf(bound) else lower
+    return float(DURATION_BUCKETS[-1])
 
 
 def stale_files(root: Path, now: float, min_age: float = 60.0) -> set[str]:

@@ -1,8 +1,10 @@
 """Checks of the config file's TOML tables shared by every section's parser: a table with
-known keys only, a value of the expected type; each failure a ConfigError naming where."""
+known keys only, a value of the expected type, a time span; each failure a ConfigError naming
+where. `parse_duration` is the one reader of time spans (config, command-line options, API)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,3 +35,24 @@ def want(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ConfigError(f"{where}: {key} must be {names}, not {type(value).__name__}")
     return value
+
+
+DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from 30s, 5m, 1h, 7d, 2w, 250ms or a plain number. Raises: ValueError."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and (match := DURATION_RE.fullmatch(value)):
+        return float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"]
+    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 5m, 1h, 7d)")
+
+
+def duration(data: Mapping[str, Any], key: str, where: str) -> float:
+    """`data[key]` as seconds: a number or a string such as "90s", "5m", "1h", "7d"."""
+    try:
+        return parse_duration(data[key])
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {key}: {exc}") from None

@@ -188,14 +188,15 @@ class TreeHints(FileSystemEventHandler):
 
 
 class FinishWatch:
-    """A context that sets an Event whenever a file arrives in a queue's done/ or failed/.
+    """A context that sets an Event whenever a file arrives in the done/ or failed/ of one or
+    more queues.
 
     Used by wait(): the waiter checks the task's file on each event (and on a slow timer, in
     case events are unavailable), instead of polling.
     """
 
-    def __init__(self, dirs: QueueDirs) -> None:
-        self.dirs = dirs
+    def __init__(self, dirs: QueueDirs, *more: QueueDirs) -> None:
+        self.queues = (dirs, *more)
         self.changed = threading.Event()
         self.observer: Any = None
 
@@ -208,7 +209,7 @@ class FinishWatch:
 
         try:
             observer = Observer()
-            for directory in (self.dirs.done, self.dirs.failed):
+            for directory in [d for dirs in self.queues for d in (dirs.done, dirs.failed)]:
                 ensure_dir(directory)
                 observer.schedule(
                     Arrived(), os.fspath(directory), recursive=False, event_filter=EVENTS

@@ -278,7 +278,7 @@ def start_on_disk(
             queues = fixed or existing_queues(root) or [DEFAULT_QUEUE]
             for queue in queues:
                 queue_dirs(root, queue).create()
-            lock.acquire(start_info(queues, shared))
+            lock.acquire(start_info(queues, shared, all_queues=not fixed))
             if backoff.failures:
                 log.info("the disk takes writes again: starting")
             return queues
@@ -294,12 +294,14 @@ def start_on_disk(
                 return None
 
 
-def start_info(queues: list[str], shared: bool) -> dict[str, object]:
-    """The worker's info file at start: who it is (pid, host), since when, what it serves."""
+def start_info(queues: list[str], shared: bool, all_queues: bool) -> dict[str, object]:
+    """The worker's info file at start: who it is (pid, host), since when, what it serves
+    (`all_queues`: also the queues made after it started)."""
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started_at": time.time(),
         "queues": queues,
+        "all_queues": all_queues,
         **({"shared": True} if shared else {}),
     }

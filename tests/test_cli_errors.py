@@ -29,9 +29,9 @@ ROOT_COMMANDS = [
     ("retry", "some-id"),
     ("cancel", "some-id"),
     ("wait", "some-id", "--timeout", "0"),
-    ("purge", "done"),
+    ("purge", "done", "--yes"),
     ("metrics",),
-    ("pause", "q"),
+    ("pause", "q", "--create"),
     ("top", "--once"),
 ]
 NOBODY = 65534

@@ -55,7 +55,9 @@ def test_config_flag_beats_spool_config_environment(tmp_path: Path) -> None:
         ("rooot = 'x'", "unknown key 'rooot'"),
         ("[defaults]\nmax_retries = 'three'", "max_retries must be int"),
         ("[defaults]\nmax_retries = -1", "must not be negative"),
-        ("[defaults]\ntimeout = true", "timeout must be"),
+        ("[defaults]\ntimeout = true", "timeout: not a duration"),
+        ("[defaults]\ntimeout = 'soon'", "timeout: not a duration: 'soon'"),
+        ("[defaults]\ntimeout = '-5m'", "timeout: not a duration"),
         ("[workers]\nqueues = 'mail'", "queues must be"),
         ("tasks = 'examples.tasks'", "tasks must be"),
         ("[log]\nformat = 'xml'", "format must be"),
@@ -82,3 +84,17 @@ def test_max_lost_is_read_from_defaults_and_must_be_at_least_one(tmp_path: Path)
     bad = write(tmp_path / "bad.toml", "[defaults]\nmax_lost = 0\n")
     with pytest.raises(ConfigError, match="max_lost must be at least 1"):
         load_settings(config_flag=str(bad), env={})
+
+
+def test_every_time_span_of_the_config_takes_a_duration_or_seconds(tmp_path: Path) -> None:
+    text = (
+        '[defaults]\ntimeout = "5m"\nretry_backoff = "90s"\nretry_backoff_max = "1h"\n'
+        '[workers]\nrescan_seconds = "250ms"\nrecover_seconds = 3\nunknown_task_grace = "1d"\n'
+        '[notify]\nsinks = ["webhook"]\n[notify.webhook]\nurl = "http://x/"\ntimeout = "2m"\n'
+    )
+    settings = load_settings(None, str(write(tmp_path / "c.toml", text)), env={})
+    assert settings.timeout_seconds == 300.0
+    assert (settings.retry_backoff_seconds, settings.retry_backoff_max_seconds) == (90.0, 3600.0)
+    assert (settings.rescan_seconds, settings.recover_seconds) == (0.25, 3)
+    assert settings.unknown_task_grace_seconds == 86400.0
+    assert settings.notify.webhook is not None and settings.notify.webhook.timeout == 120.0

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from spool import Spool
 from spool.cli import cli
-from tests.conftest import TEST_CONFIG, names, run_burst
+from tests.conftest import PROJECT_DIR, TEST_CONFIG, names, run_burst, spool_command, wait_until
 
 
 @pytest.fixture
@@ -309,7 +312,7 @@ def test_status_and_ls_count_cancelled_tasks_apart_from_failed_ones(
 def test_purge_takes_a_cancelled_tasks_marker_with_it(spool, app: Spool, spool_root: Path) -> None:
     task_id = app.enqueue("echo", delay=600)
     assert spool("cancel", task_id).exit_code == 0
-    purged = spool("purge", "failed")
+    purged = spool("purge", "failed", "--yes")
     assert purged.exit_code == 0 and "deleted 1" in purged.stdout
     assert os.listdir(spool_root / "default" / "failed") == []
     counts = json.loads(spool("status", "--json").stdout)["queues"]["default"]
@@ -322,3 +325,108 @@ def test_cancel_releases_the_unique_key_so_an_equal_task_can_be_enqueued(spool, 
     assert spool("cancel", first).exit_code == 0
     second = app.enqueue("echo", unique_key="nightly")
     assert second != first and app.state_of(second) == "incoming"
+
+
+# ---- tables, pause, purge (issue 21) ---------------------------------------------------------
+
+
+def test_ls_prints_a_header_and_aligned_columns(spool, app: Spool) -> None:
+    app.enqueue("echo", args=[1])
+    app.enqueue("add", args=[1, 2], priority=5, id="a-rather-long-custom-task-id")
+    lines = spool("ls", "incoming").stdout.splitlines()
+    assert lines[0].split() == ["id", "task", "queue", "priority", "attempts", "age"]
+    assert len(lines) == 3
+    for column in ("task", "queue"):  # every row's cell starts where its header does
+        start = lines[0].index(column)
+        assert all(line[start - 2 : start] == "  " and line[start] != " " for line in lines)
+    end = lines[0].index("attempts") + len("attempts")  # numbers end under their header
+    assert all(line[end - 1] == "0" for line in lines[1:])
+
+
+def test_ls_delayed_and_failed_have_their_own_column(spool, app: Spool, spool_root: Path) -> None:
+    app.enqueue("echo", delay=7200)
+    assert spool("ls", "delayed").stdout.splitlines()[0].split()[-2:] == ["due", "in"]
+    assert "1h59m" in spool("ls", "delayed").stdout.splitlines()[1]
+    app.enqueue("fail", args=["bad thing"], max_retries=0)
+    assert run_burst(spool_root).returncode == 0
+    header, row = spool("ls", "failed").stdout.splitlines()
+    assert header.split()[-1] == "error" and row.endswith("RuntimeError: bad thing")
+
+
+def test_pause_of_an_unknown_queue_is_refused_unless_create(spool, spool_root: Path) -> None:
+    result = spool("pause", "nosuchqueue")
+    assert result.exit_code == 2
+    assert "no queue 'nosuchqueue'" in result.stderr and "--create" in result.stderr
+    assert not (spool_root / "nosuchqueue").exists()
+    assert spool("pause", "nosuchqueue", "--create").exit_code == 0
+    assert json.loads(spool("status", "--json").stdout)["queues"]["nosuchqueue"]["paused"]
+
+
+def test_status_shows_the_reason_a_queue_was_paused(spool, app: Spool) -> None:
+    app.enqueue("echo")
+    assert spool("pause", "default", "--reason", "mail server down").exit_code == 0
+    text = spool("status").stdout
+    assert "default (paused)" in text
+    assert any(
+        line.startswith("paused: default since ") and line.endswith(": mail server down")
+        for line in text.splitlines()
+    )
+    pause = json.loads(spool("status", "--json").stdout)["queues"]["default"]["pause"]
+    assert pause["reason"] == "mail server down"
+
+
+def test_purge_without_older_than_off_a_terminal_needs_yes(
+    spool, app: Spool, spool_root: Path
+) -> None:
+    app.enqueue("echo")
+    assert run_burst(spool_root).returncode == 0
+    refused = spool("purge", "done")
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+    assert len(names(spool_root / "default" / "done")) == 1
+    done = spool("purge", "done", "--yes")
+    assert done.exit_code == 0 and "deleted 1" in done.stdout
+    assert names(spool_root / "default" / "done") == []
+
+
+@pytest.mark.parametrize(("answer", "left"), [("n", 1), ("y", 0)])
+def test_purge_without_older_than_asks_on_a_terminal(
+    app: Spool, spool_root: Path, answer: str, left: int
+) -> None:
+    app.enqueue("echo")
+    assert run_burst(spool_root).returncode == 0
+    output = run_on_terminal(spool_command(spool_root, "purge", "done"), answer + "\n")
+    assert "Delete all 1 done entr(y/ies) of every queue? [y/N]" in output
+    assert len(names(spool_root / "default" / "done")) == left
+
+
+def run_on_terminal(argv: list[str], typed: str) -> str:
+    """Run `argv` with a pseudo-terminal as stdin and stdout; type `typed` at its prompt."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, cwd=PROJECT_DIR)
+    os.close(terminal)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"[y/N]" not in seen and time.monotonic() < deadline:
+        if select.select([controller], [], [], 0.5)[0]:
+            seen += os.read(controller, 4096)
+    os.write(controller, typed.encode())
+    while proc.poll() is None or select.select([controller], [], [], 0)[0]:
+        try:
+            if select.select([controller], [], [], 0.5)[0]:
+                seen += os.read(controller, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+    proc.wait(timeout=30)
+    os.close(controller)
+    return seen.decode(errors="replace")
+
+
+def test_status_says_all_for_a_worker_that_serves_every_queue(
+    spool, start_worker, spool_root: Path
+) -> None:
+    start_worker()
+    start_worker("--queue", "mail")
+    wait_until(lambda: len(json.loads(spool("status", "--json").stdout)["workers"]) == 2)
+    text = spool("status").stdout
+    rows = text[text.index("workers: 2 alive") :].splitlines()[2:]
+    assert sorted(row.split()[-1] for row in rows) == ["all", "mail"]

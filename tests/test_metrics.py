@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -11,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spool import Spool, stats
 from spool.cli import cli
-from tests.conftest import TEST_CONFIG, run_burst
+from tests.conftest import PROJECT_DIR, TEST_CONFIG, run_burst
 
 
 def scrape(spool_root: Path, *args: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -52,7 +53,7 @@ def test_counters_keep_counting_after_a_purge(app: Spool, spool_root: Path) -> N
     app.enqueue("echo")
     assert run_burst(spool_root).returncode == 0
     runner = CliRunner()
-    purged = runner.invoke(cli, ["--root", str(spool_root), "purge", "done"])
+    purged = runner.invoke(cli, ["--root", str(spool_root), "purge", "done", "--yes"])
     assert purged.exit_code == 0
     got = scrape(spool_root)
     assert got[("spool_tasks", (("queue", "default"), ("state", "done")))] == 0
@@ -99,3 +100,32 @@ def test_cancelled_tasks_are_counted_as_cancelled_not_failed(app: Spool, spool_r
     assert got[("spool_tasks", (("queue", "default"), ("state", "cancelled")))] == 1
     assert got[("spool_tasks_failed_total", q)] == 1
     assert got[("spool_tasks_cancelled_total", q)] == 1
+
+
+# ---- the Grafana dashboard shipped in conf/ --------------------------------------------------
+
+SELECTOR = re.compile(r"\b(spool_[a-z_]+)\b(?:\{([^}]*)\})?")
+
+
+def test_every_query_of_the_grafana_dashboard_names_a_metric_spool_exports(
+    app: Spool, spool_root: Path
+) -> None:
+    app.enqueue("echo")
+    app.enqueue("fail", args=["x"], max_retries=0)
+    assert run_burst(spool_root).returncode == 0
+    exported: dict[str, set[str]] = {}
+    for (name, labels), _ in scrape(spool_root).items():
+        exported.setdefault(name, set()).update(key for key, _ in labels)
+    dashboard = json.loads((PROJECT_DIR / "conf" / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    exprs.append(dashboard["templating"]["list"][0]["query"]["query"])
+    assert len(exprs) > 15
+    for expr in exprs:
+        found = SELECTOR.findall(expr)
+        assert found, f"no spool metric in {expr!r}"
+        for name, selector in found:
+            assert name in exported, f"{expr!r}: spool metrics exports no {name}"
+            for key in re.findall(r"(\w+)\s*=~?", selector):
+                assert key in exported[name], f"{expr!r}: {name} has no label {key}"
+    panels = [panel["title"] for panel in dashboard["panels"]]
+    assert "Runtime p50 / p95" in panels and "Throughput per queue (per minute)" in panels

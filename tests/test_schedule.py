@@ -346,7 +346,8 @@ BAD_ENTRIES: list[tuple[dict[str, Any], str]] = [
     ({"task": "echo", "every": "1s", "priority": "high"}, "priority has the wrong type"),
     ({"task": "echo", "every": "1s", "priority": True}, "priority has the wrong type"),
     ({"task": "echo", "every": "1s", "priority": 10}, "priority must be 0-9"),
-    ({"task": "echo", "every": "1s", "grace": "1s"}, "grace has the wrong type"),
+    ({"task": "echo", "every": "1s", "grace": "soon"}, "grace: not a duration"),
+    ({"task": "echo", "every": "1s", "timeout": True}, "timeout: not a duration"),
     ({"task": "echo", "every": "1s", "grace": -1}, "grace must be >= 0"),
     ({"task": "echo", "every": "1s", "timeout": 0}, "timeout > 0"),
     ({"task": "echo", "every": "1s", "max_retries": "3"}, "max_retries has the wrong type"),
@@ -389,3 +390,8 @@ def test_the_error_names_the_bad_entry_among_good_ones() -> None:
     }
     with pytest.raises(ConfigError, match=r"^\[schedule\.broken\]: cron 'not a cron'"):
         parse_schedule(tables)
+
+
+def test_grace_and_timeout_of_an_entry_take_durations() -> None:
+    entry = parse_entry("tick", {"task": "echo", "every": "1h", "grace": "10m", "timeout": "90s"})
+    assert (entry.grace_seconds, entry.timeout) == (600.0, 90.0)

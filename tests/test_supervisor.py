@@ -45,6 +45,7 @@ from spool.deploy.supervisor import (
     render_local_conf,
     render_program_block,
     render_shipped_conf,
+    socket_credentials,
 )
 from spool.deploy.up import scripts_dir, why_render
 from spool.layout import QueueDirs
@@ -184,7 +185,8 @@ class Supervisord:
         """supervisor.getAllProcessInfo over the socket (exit status, spawn errors)."""
         from supervisor.xmlrpc import SupervisorTransport
 
-        transport = SupervisorTransport(None, None, f"unix://{self.socket_path}")
+        username, password = socket_credentials(self.conf)
+        transport = SupervisorTransport(username, password, f"unix://{self.socket_path}")
         try:
             proxy = xmlrpc.client.ServerProxy("http://localhost", transport=transport)
             infos: list[dict[str, Any]] = proxy.supervisor.getAllProcessInfo()
@@ -975,3 +977,81 @@ def test_chaos_random_kills_while_producers_enqueue_lose_nothing(
     assert names(dirs.incoming) == names(dirs.processing) == names(dirs.delayed) == []
     assert names(dirs.failed) == []
     assert len(kills) >= 5
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_answers(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_spool_up_keeps_a_token_for_its_dashboard_streams_task_events_and_logs_no_alarms(
+    spool_root: Path, short_dir: Path
+) -> None:
+    import urllib.request
+
+    port = free_port()
+    config = short_dir / "spool.toml"
+    config.write_text(TEST_CONFIG.read_text() + f"\n[web]\nport = {port}\n")
+    env = supervised_env(spool_root, PYTHONPATH=str(PROJECT_DIR), SPOOL_CONFIG=str(config))
+    env.pop("SPOOL_WEB_TOKEN", None)
+    output = short_dir / "up.out"
+    up = start_up(["--workers", "1"], short_dir, env, output)
+    sv = Supervisord(short_dir / "var" / "supervisord.conf", env, short_dir / "unused.out")
+    token_file = short_dir / "var" / "web-token"
+    try:
+        wait_until((short_dir / "var" / "supervisord.conf").exists, timeout=30)
+        sv.wait_running(1)
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        wait_until(lambda: port_answers(port), timeout=30)
+        producer = Spool(root=spool_root)
+        failing = producer.enqueue("fail", args=["on purpose"], max_retries=0)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/tasks",
+            data=json.dumps({"task": "add", "args": [2, 3]}).encode(),
+            headers={"Authorization": f"Bearer {token_file.read_text().strip()}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 202
+            added = json.loads(answer.read())["id"]
+        assert producer.wait(added, timeout=30) == 5
+        wait_until(lambda: f"failed  default  fail  {failing}" in output.read_text(), timeout=30)
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    finally:
+        stop_tree(up, 60)
+    text = output.read_text()
+    assert "spool-web.log" in text and f"http://127.0.0.1:{port}/" in text
+    assert "token    in var/web-token" in text and "$(cat var/web-token)" in text
+    assert token_file.read_text() not in text  # (the token itself is not printed)
+    assert f"claimed default  add  {added}  attempt 1 on" in text
+    assert f"done    default  add  {added}  in " in text
+    assert f"failed  default  fail  {failing}  RuntimeError: on purpose" in text
+    log = (short_dir / "var" / "log" / "supervisord.log").read_text()
+    assert "without any HTTP authentication" not in log
+    assert "WARN stopped" not in log and "stopped: spool-web (exit status 0)" in log
+
+
+def test_spool_up_quiet_shows_no_task_events(spool_root: Path, short_dir: Path) -> None:
+    env = supervised_env(spool_root, PYTHONPATH=str(PROJECT_DIR), SPOOL_WEB_TOKEN="chosen")
+    output = short_dir / "up.out"
+    up = start_up(["--workers", "1", "--quiet"], short_dir, env, output)
+    sv = Supervisord(short_dir / "var" / "supervisord.conf", env, short_dir / "unused.out")
+    try:
+        wait_until((short_dir / "var" / "supervisord.conf").exists, timeout=30)
+        sv.wait_running(1)
+        producer = Spool(root=spool_root)
+        assert producer.wait(producer.enqueue("add", args=[1, 1]), timeout=30) == 2
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    finally:
+        stop_tree(up, 60)
+    text = output.read_text()
+    assert "claimed" not in text and "done    default" not in text
+    assert "token    from SPOOL_WEB_TOKEN" in text  # (the variable wins: no file is made)
+    assert not (short_dir / "var" / "web-token").exists()

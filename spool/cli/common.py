@@ -74,6 +74,29 @@ def queue_option(value: str | None) -> str | None:
         raise bad("--queue", str(exc)) from None
 
 
+class Duration(click.ParamType[float]):
+    """A time span option: 90s, 5m, 1h, 7d or a number of seconds (exit 2 otherwise)."""
+
+    name = "duration"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds < 0 or (self.positive and seconds == 0):
+            limit = "more than 0 s" if self.positive else "0 s or more"
+            self.fail(f"{value!r} must be {limit}", param, ctx)
+        return seconds
+
+
 def duration_option(value: str | None, hint: str) -> float | None:
     if value is None:
         return None
@@ -94,3 +117,38 @@ def apply_each(task_ids: Iterable[str], action: Callable[[str], object], done: s
             click.echo(f"Error: {exc}", err=True)
             failures += 1
     return failures
+
+
+def render_table(rows: list[list[str]], right: frozenset[int] = frozenset()) -> list[str]:
+    """`rows` (the first one the header) as lines of aligned columns, two spaces apart; the
+    columns numbered in `right` (numbers) aligned to the right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def format_age(seconds: float) -> str:
+    """A short time span: 0.4s, 42s, 5m07s, 3h12m, 2d04h."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def queues_of(worker: dict[str, object]) -> str:
+    """The queues a worker serves: "all" for one that serves every queue (new ones too)."""
+    if worker.get("all_queues"):
+        return "all"
+    queues = worker.get("queues")
+    return ",".join(str(q) for q in queues) if isinstance(queues, list) else "?"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,14 @@ from spool.cli.common import (
     UsageProblem,
     apply_each,
     duration_option,
+    format_age,
     queue_option,
+    queues_of,
+    render_table,
     settings_of,
     user_errors,
 )
-from spool.layout import queue_dirs
+from spool.layout import DEFAULT_QUEUE, existing_queues, queue_dirs
 
 
 @click.command()
@@ -48,35 +52,41 @@ def render_status(data: dict[str, Any]) -> str:
         failed = f"{counts['failed']}" + (
             f" ({counts['rejected']} rejected)" if counts["rejected"] else ""
         )
-        if counts.get("paused"):
-            name += " (paused)"
         rows.append(
             [
-                name,
+                name + (" (paused)" if counts.get("paused") else ""),
                 *[str(counts[c]) for c in columns[:-1]],
                 failed,
                 str(counts.get("cancelled", 0)),
-                "-" if age is None else f"{age:.1f}s",
+                "-" if age is None else format_age(age),
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    lines = render_table(rows, right=frozenset(range(1, 8)))
     if len(rows) == 1:
         lines.append("(no queues yet)")
+    lines += paused_lines(data["queues"])
     workers = data["workers"]
-    lines.append(
-        f"workers: {len(workers)} alive"
-        + "".join(
-            f"\n  {w['id']} pid={w.get('pid')} queues={','.join(w.get('queues', []))}"
-            + waiting_note(w)
-            for w in workers
-        )
-    )
+    lines.append(f"workers: {len(workers)} alive")
+    if workers:
+        table = [["  worker", "pid", "host", "queues"]]
+        for w in workers:
+            host = str(w.get("host", "?"))
+            table.append([f"  {w['id']}", str(w.get("pid")), host, queues_of(w) + waiting_note(w)])
+        lines += render_table(table)
     lines.insert(0, f"root: {data['root']}")
     return "\n".join(lines)
+
+
+def paused_lines(queues: dict[str, Any]) -> list[str]:
+    """One line per paused queue: since when, and the reason given to `spool pause`."""
+    lines = []
+    for name, counts in queues.items():
+        pause = counts.get("pause")
+        if counts.get("paused") and isinstance(pause, dict):
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pause.get("paused_at", 0)))
+            reason = pause.get("reason") or "no reason given"
+            lines.append(f"paused: {name} since {since} ({time.strftime('%Z')}): {reason}")
+    return lines
 
 
 def waiting_note(worker: dict[str, Any]) -> str:
@@ -122,17 +132,29 @@ def ls_command(
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
-    for item in rows:
-        line = (
-            f"{item['id']}  {item['task']}  q={item['queue']}  p={item['priority']}  "
-            f"attempts={item['attempts']}  age={item['age_seconds']:.1f}s"
-        )
-        if state == "failed":
-            line += f"  {item.get('error_type')}: {item.get('error_message')}"
-            line += "  (cancelled, not failed)" if item.get("cancelled") else ""
-        click.echo(line)
     if not rows:
         click.echo(f"no tasks in {state}", err=True)
+        return
+    for line in render_table(listing_rows(state, rows), right=frozenset({3, 4, 5})):
+        click.echo(line)
+
+
+def listing_rows(state: str, rows: list[dict[str, Any]]) -> list[list[str]]:
+    """The table of `spool ls`: a header, then one row per task."""
+    extra = {"delayed": ["due in"], "failed": ["error"]}.get(state, [])
+    table = [["id", "task", "queue", "priority", "attempts", "age", *extra]]
+    now = time.time()
+    for item in rows:
+        cells = [str(item["id"]), str(item["task"]), str(item["queue"])]
+        cells += [str(item["priority"]), str(item["attempts"]), format_age(item["age_seconds"])]
+        if state == "delayed":
+            due = item.get("due_at")
+            cells.append("-" if due is None else format_age(max(0.0, due - now)))
+        if state == "failed":
+            error = f"{item.get('error_type')}: {item.get('error_message')}"
+            cells.append(error + ("  (cancelled, not failed)" if item.get("cancelled") else ""))
+        table.append(cells)
+    return table
 
 
 @click.command()
@@ -199,35 +221,77 @@ def cancel(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
 )
 @click.option("--queue", "-q", metavar="Q", help="Only this queue.")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Without --older-than: delete without asking.")
 @click.pass_context
 def purge(
-    ctx: click.Context, state: str, older_than: str | None, queue: str | None, dry_run: bool
+    ctx: click.Context,
+    state: str,
+    older_than: str | None,
+    queue: str | None,
+    dry_run: bool,
+    yes: bool,
 ) -> None:
-    """Delete finished tasks (done or failed), e.g. purge done --older-than 7d."""
+    """Delete finished tasks (done or failed), e.g. purge done --older-than 7d. Without
+    --older-than every one goes: asked on a terminal, refused elsewhere unless --yes."""
     from spool.manage import purge as purge_tasks
 
     settings = settings_of(ctx)
     age = duration_option(older_than, "--older-than")
+    queue = queue_option(queue)
+    if age is None and not dry_run and not yes:
+        confirm_purge_all(settings.root, state, queue)
     hidden = not sys.stderr.isatty()
     bar = click.progressbar(length=0, label="purging", file=sys.stderr, hidden=hidden)
     with bar, user_errors():
-        result = purge_tasks(settings.root, state, age, queue_option(queue), dry_run, bar.update)
+        result = purge_tasks(settings.root, state, age, queue, dry_run, bar.update)
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {result.matched if dry_run else result.deleted} {state} entr(y/ies)")
+
+
+def confirm_purge_all(root: Path, state: str, queue: str | None) -> None:
+    """Ask before deleting every task of `state`; off a terminal, refuse (exit 2)."""
+    from spool.manage import purge as purge_tasks
+
+    where = f"queue {queue}" if queue else "every queue"
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageProblem(
+            f"purge {state} without --older-than deletes every {state} task of {where}: "
+            "give --yes to do that (or --older-than 7d, or --dry-run)"
+        )
+    with user_errors():
+        count = purge_tasks(root, state, None, queue, True, lambda n: None).matched
+    if not click.confirm(f"Delete all {count} {state} entr(y/ies) of {where}?"):
+        raise click.ClickException("nothing deleted")
 
 
 @click.command()
 @click.argument("queue")
 @click.option("--reason", default="", help="Shown by spool status.")
+@click.option("--create", is_flag=True, help="Make QUEUE if it does not exist (paused from birth).")
 @click.pass_context
-def pause(ctx: click.Context, queue: str, reason: str) -> None:
+def pause(ctx: click.Context, queue: str, reason: str, create: bool) -> None:
     """Pause QUEUE: workers (on any host) claim nothing from it until resumed."""
     from spool.manage import pause as pause_queue
 
     settings = settings_of(ctx)
     with user_errors():
-        pause_queue(queue_dirs(settings.root, queue), reason)
-    click.echo(f"paused {queue}")
+        dirs = queue_dirs(settings.root, queue)
+        known = known_queues(settings.root)
+        if not create and dirs.name not in known and not dirs.base.is_dir():
+            raise UsageProblem(
+                f"QUEUE: no queue {queue!r} under {settings.root} (queues: {', '.join(known)}); "
+                "--create makes it paused"
+            )
+        pause_queue(dirs, reason)
+    click.echo(f"paused {queue}" + (f": {reason}" if reason else ""))
+
+
+def known_queues(root: Path) -> list[str]:
+    """The queues that exist, default, and those the published tasks' handlers declare."""
+    from spool.manifest import Catalog
+
+    declared = {options.queue for options in Catalog.load(root).by_name.values()}
+    return sorted({*existing_queues(root), DEFAULT_QUEUE, *declared})
 
 
 @click.command()

@@ -14,6 +14,7 @@ import click
 from spool import producer
 from spool.app import Spool
 from spool.cli.common import (
+    Duration,
     UsageProblem,
     bad,
     queue_option,
@@ -27,7 +28,7 @@ from spool.errors import (
     InvalidTask,
     SpoolError,
     TaskFailed,
-    WaitTimeout,
+    TaskNotFound,
 )
 from spool.manifest import Catalog
 
@@ -60,9 +61,9 @@ def parse_arg(text: str) -> Any:
 )
 @click.option(
     "--delay",
-    type=click.FloatRange(min=0),
-    metavar="S",
-    help="Run no earlier than S seconds from now.",
+    type=Duration(),
+    metavar="DURATION",
+    help="Run no earlier than this from now (90s, 5m, 1h, 7d or seconds).",
 )
 @click.option(
     "--at",
@@ -74,9 +75,9 @@ def parse_arg(text: str) -> Any:
 @click.option("--max-retries", type=click.IntRange(min=0), help="Retries after the first attempt.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="S",
-    help="Seconds one attempt may run.",
+    type=Duration(positive=True),
+    metavar="DURATION",
+    help="How long one attempt may run (90s, 5m, 1h or seconds).",
 )
 @click.option(
     "--unique", "unique_key", metavar="KEY", help="Skip if a task with KEY is pending or running."
@@ -228,40 +229,53 @@ def enqueue_from(
 @click.command()
 @click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0), metavar="S", help="Give up after S seconds (exit 3)."
+    "--timeout",
+    type=Duration(),
+    metavar="DURATION",
+    help="Give up after this long (exit 3); 90s, 5m, 1h or seconds.",
 )
 @click.pass_context
 def wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None) -> None:
     """Wait for tasks to finish; print each result as JSON. Exit 0 all done, 1 one failed (or is
-    unknown), 3 timed out. With one ID the result alone is printed; with several, one line each:
-    {"id", "state", "result" or "error"}."""
+    unknown), 3 timed out. With one ID the result alone is printed; with several, one line each,
+    in the order given: {"id", "state", "result" or "error"}."""
     app = Spool(settings=settings_of(ctx))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    code = 0
-    for task_id in task_ids:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            result = app.wait(task_id, left)
-            line: dict[str, Any] = {"id": task_id, "state": "done", "result": result}
-        except TaskFailed as exc:
-            line = {"id": task_id, "state": "failed", "error": exc.error}
-            click.echo(f"Error: {exc}", err=True)
-            code = max(code, 1)
-        except WaitTimeout:
-            line = {"id": task_id, "state": "waiting"}
-            click.echo(f"Error: task {task_id} did not finish in time", err=True)
-            code = 3
-        except SpoolError as exc:
-            line = {"id": task_id, "state": "unknown"}
-            click.echo(f"Error: {exc}", err=True)
-            code = max(code, 1)
-        if len(task_ids) > 1:
-            click.echo(json.dumps(line, ensure_ascii=False))
-        elif "result" in line:
-            click.echo(json.dumps(line["result"], ensure_ascii=False))
-        elif "error" in line:
-            click.echo(json.dumps(line["error"], indent=2, ensure_ascii=False))
-    ctx.exit(code)
+    lines: dict[str, dict[str, Any]] = {}
+    shown = 0
+    with user_errors():
+        for task_id, info in app.wait_many(task_ids, timeout):
+            lines[task_id] = wait_line(task_id, info)
+            while shown < len(task_ids) and task_ids[shown] in lines:  # in the order given
+                show_wait_line(lines[task_ids[shown]], several=len(task_ids) > 1)
+                shown += 1
+    states = {line["state"] for line in lines.values()}
+    ctx.exit(3 if "waiting" in states else 1 if states & {"failed", "unknown"} else 0)
+
+
+def wait_line(task_id: str, info: dict[str, Any] | None) -> dict[str, Any]:
+    """What `spool wait` says of one task, its error line printed on stderr."""
+    from spool.app import outcome_of
+
+    if info is None:
+        click.echo(f"Error: {TaskNotFound(task_id)}", err=True)
+        return {"id": task_id, "state": "unknown"}
+    if info["state"] == "waiting":
+        click.echo(f"Error: task {task_id} did not finish in time", err=True)
+        return {"id": task_id, "state": "waiting"}
+    try:
+        return {"id": task_id, "state": "done", "result": outcome_of(task_id, info)}
+    except TaskFailed as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return {"id": task_id, "state": "failed", "error": exc.error}
+
+
+def show_wait_line(line: dict[str, Any], several: bool) -> None:
+    if several:
+        click.echo(json.dumps(line, ensure_ascii=False))
+    elif "result" in line:
+        click.echo(json.dumps(line["result"], ensure_ascii=False))
+    elif "error" in line:
+        click.echo(json.dumps(line["error"], indent=2, ensure_ascii=False))
 
 
 @click.command("tasks")

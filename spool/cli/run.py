@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -226,14 +227,26 @@ def web(ctx: click.Context, host: str | None, port: int | None) -> None:
 @click.option(
     "--workers", type=click.IntRange(min=1), metavar="N", help="Worker processes (default: config)."
 )
+@click.option("--quiet", is_flag=True, help="No line per task event (claimed, done, failed).")
 @click.pass_context
-def up(ctx: click.Context, workers: int | None) -> None:
-    """Run supervisord in the foreground with the workers (and scheduler); Ctrl-C stops all."""
-    from spool.deploy.up import run_up
+def up(ctx: click.Context, workers: int | None, quiet: bool) -> None:
+    """Run supervisord in the foreground with the workers (and scheduler, dashboard); show a
+    line per task claimed, done or failed (unless --quiet); Ctrl-C stops all."""
+    from spool.deploy.up import run_up, say
+    from spool.inspect.stream import TaskStream
 
     settings = settings_of(ctx)
-    with user_errors():
-        code = run_up(settings, workers)
+    stopping = threading.Event()
+    stream = threading.Thread(
+        target=TaskStream(settings.root, say).run, args=(stopping,), daemon=True
+    )
+    try:
+        with user_errors():
+            code = run_up(settings, workers, started=None if quiet else stream.start)
+    finally:
+        stopping.set()
+        if stream.is_alive():
+            stream.join(timeout=10)
     ctx.exit(code)
 
 

@@ -40,6 +40,8 @@ SHIPPED_TIMEOUT_SECONDS = 300.0  # the config's default timeout
 SHIPPED_CONF = Path("conf/supervisord.conf")
 RENDERED_CONF = Path("var/supervisord.conf")
 SOCKET_NAME = "supervisor.sock"
+SOCKET_USER = "spool"
+SOCKET_PASSWORD = "spool-local-socket"  # (behind the socket's 0700: see DAEMON_SECTIONS)
 
 SHIPPED_HEADER = """\
 ; spool: the workers, kept resident by Supervisor. Shipped with the project; `spool up` runs it.
@@ -74,9 +76,16 @@ DAEMON_SECTIONS = """\
 [unix_http_server]
 file={var}/{socket}
 chmod=0700
+; the socket's mode keeps other users out; the name and password make supervisord check them
+; too (without them it logs a CRIT line at every start); supervisorctl and `spool up` read them
+; from [supervisorctl] below
+username={username}
+password={password}
 
 [supervisorctl]
 serverurl=unix://{var}/{socket}
+username={username}
+password={password}
 
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
@@ -255,7 +264,10 @@ def residents(
 
 def render_conf(header: str, var: str, program: WorkerProgram) -> str:
     """A whole supervisord.conf: control socket, daemon, the workers and the scheduler."""
-    sections = [header, DAEMON_SECTIONS.format(var=var, socket=SOCKET_NAME), program.render_all()]
+    daemon = DAEMON_SECTIONS.format(
+        var=var, socket=SOCKET_NAME, username=SOCKET_USER, password=SOCKET_PASSWORD
+    )
+    sections = [header, daemon, program.render_all()]
     return "\n".join(sections)
 
 
@@ -370,3 +382,15 @@ def read_conf(path: Path) -> configparser.RawConfigParser:
     except (OSError, UnicodeDecodeError, configparser.Error) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     return parser
+
+
+def socket_credentials(conf: Path) -> tuple[str | None, str | None]:
+    """The user name and password of a supervisord.conf's [supervisorctl] (None: none)."""
+    try:
+        parser = read_conf(conf)
+    except ConfigError:
+        return None, None
+    if not parser.has_section("supervisorctl"):
+        return None, None
+    section = parser["supervisorctl"]
+    return section.get("username"), section.get("password")

@@ -19,6 +19,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import re
+import secrets
 import shlex
 import signal
 import socket
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import sysconfig
 import xmlrpc.client
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -43,6 +45,7 @@ from spool.deploy.supervisor import (
     read_conf,
     render_local_conf,
     require_tasks,
+    socket_credentials,
     stop_wait_seconds,
     worker_count,
 )
@@ -51,6 +54,7 @@ from spool.signals import Terminal
 
 MAX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes with the NUL
 RPC_TIMEOUT_SECONDS = 5.0
+TOKEN_FILE = "web-token"  # in the project's var/
 WAIT_SLICE_SECONDS = 0.2
 
 
@@ -68,8 +72,11 @@ class Plan:
     longest_timeout: float
 
 
-def run_up(settings: Settings, workers: int | None) -> int:
-    """Run supervisord in the foreground with the workers until stopped. Raises: SpoolError."""
+def run_up(
+    settings: Settings, workers: int | None, started: Callable[[], None] | None = None
+) -> int:
+    """Run supervisord in the foreground with the workers until stopped; call `started` once
+    the banner is out (the command line starts its stream of task events). Raises: SpoolError."""
     processes = worker_count(settings, workers)
     require_tasks(settings)
     longest, _ = longest_timeout(settings)
@@ -80,8 +87,67 @@ def run_up(settings: Settings, workers: int | None) -> int:
     if plan.rendered is not None:
         plan.conf.write_text(plan.rendered)
     env = supervisord_env(settings, plan.scripts)
-    announce(settings, plan)
+    token = None
+    if runs_web(plan):
+        token = web_token(settings, Path.cwd() / "var", os.environ)
+        env["SPOOL_WEB_TOKEN"] = token.value  # (spool-web reads it; the env one wins anyway)
+    announce(settings, plan, token)
+    if started is not None:
+        started()
     return supervise(plan, env)
+
+
+@dataclass(frozen=True)
+class WebToken:
+    """The dashboard's token and where it comes from (the variable, the config, or a file)."""
+
+    value: str
+    source: str
+    file: Path | None = None
+
+
+def web_token(settings: Settings, var: Path, env: Mapping[str, str]) -> WebToken:
+    """SPOOL_WEB_TOKEN, else the config's [web] token, else the one kept in var/web-token
+    (made on the first `spool up`, mode 0600). Raises: SpoolError."""
+    if env.get("SPOOL_WEB_TOKEN"):
+        return WebToken(env["SPOOL_WEB_TOKEN"], "SPOOL_WEB_TOKEN")
+    if settings.web_token:
+        return WebToken(settings.web_token, f"[web] token of {settings.config_path}")
+    path = var / TOKEN_FILE
+    return WebToken(kept_token(path), shown_path(path), path)
+
+
+def kept_token(path: Path) -> str:
+    """The token in `path`, made first if there is none (random, readable by its owner only).
+    Raises: SpoolError."""
+    os.makedirs(path.parent, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return read_token(path)
+    except OSError as exc:
+        raise SpoolError(f"cannot make the dashboard token {path}: {exc.strerror}") from exc
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # (whatever the umask)
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return token
+
+
+def read_token(path: Path) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
+            if os.fstat(f.fileno()).st_mode & 0o077:
+                os.fchmod(f.fileno(), 0o600)  # a token others can read is no secret
+            token = f.read(4096).strip()
+    except OSError as exc:
+        raise SpoolError(f"cannot read the dashboard token {path}: {exc.strerror}") from exc
+    if not token or any(c.isspace() for c in token):
+        raise SpoolError(f"{path}: not a token (one line, no spaces); delete it to get a new one")
+    return token
 
 
 def make_plan(project: Path, processes: int, longest: float) -> Plan:
@@ -197,7 +263,7 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-def announce(settings: Settings, plan: Plan) -> None:
+def announce(settings: Settings, plan: Plan, token: WebToken | None) -> None:
     conf = shown_path(plan.conf)
     where = f"{conf}, rendered: {plan.why_rendered}" if plan.why_rendered else conf
     config = settings.config_path.absolute() if settings.config_path else "none"
@@ -206,25 +272,51 @@ def announce(settings: Settings, plan: Plan) -> None:
         f"  root     {settings.root.absolute()}",
         f"  config   {config} (tasks: {', '.join(settings.tasks)})",
         f"  socket   {plan.socket or 'see ' + conf}",
-        f"  logs     {plan.log_dir}/ (supervisord.log, {PROGRAM}-NN.log, spool-scheduler.log)",
+        f"  logs     {plan.log_dir}/ ({', '.join(log_names(plan))})",
         f"  control  {control_command(plan)} status",
-        *dashboard_line(settings, plan),
+        *dashboard_lines(settings, token),
         f"Ctrl-C stops the workers after their running tasks (up to "
         f"{stop_wait_seconds(plan.longest_timeout)} s); press it again to stop them now.",
     ]
     print("\n".join(lines), flush=True)
 
 
-def dashboard_line(settings: Settings, plan: Plan) -> list[str]:
-    """Where spool-web serves, when the config runs it."""
+def conf_text(plan: Plan) -> str:
     try:
-        text = plan.rendered if plan.rendered is not None else plan.conf.read_text()
+        return plan.rendered if plan.rendered is not None else plan.conf.read_text()
     except OSError:
-        return []
-    if "[program:spool-web]" not in text:
+        return ""
+
+
+def runs_web(plan: Plan) -> bool:
+    return "[program:spool-web]" in conf_text(plan)
+
+
+def log_names(plan: Plan) -> list[str]:
+    """The log files of supervisord and of each program the config runs."""
+    names = ["supervisord.log"]
+    for program in re.findall(r"^\[program:([^\]]+)\]", conf_text(plan), re.MULTILINE):
+        names.append(f"{program}-NN.log" if program == PROGRAM else f"{program}.log")
+    return names
+
+
+def dashboard_lines(settings: Settings, token: WebToken | None) -> list[str]:
+    """Where spool-web serves and how to use its token, when the config runs it."""
+    if token is None:
         return []
     host = settings.web_host if ":" not in settings.web_host else f"[{settings.web_host}]"
-    return [f"  web      http://{host}:{settings.web_port}/ (spool-web: dashboard and HTTP API)"]
+    url = f"http://{host}:{settings.web_port}/"
+    lines = [f"  web      {url} (spool-web: dashboard and HTTP API)"]
+    if token.file is None:
+        return [*lines, f"  token    from {token.source}"]
+    shown = shlex.quote(token.source)
+    return [
+        *lines,
+        f"  token    in {token.source} (yours only, kept; SPOOL_WEB_TOKEN overrides it): paste",
+        "           it in the dashboard's token field (top right) for its buttons; for the API:",
+        f'           curl -H "Authorization: Bearer $(cat {shown})" -d \'{{"task": "..."}}\' '
+        f"{url}api/tasks",
+    ]
 
 
 def supervise(plan: Plan, env: dict[str, str]) -> int:
@@ -293,11 +385,11 @@ def wait_forwarding(
             pass
         if reloads and not received:
             reloads.clear()
-            say(f"spool up: SIGHUP: {reload_workers(plan.socket)}")
+            say(f"spool up: SIGHUP: {reload_workers(plan.socket, plan.conf)}")
         while handled < len(received):
             handled += 1
             if handled == 1:
-                programs = program_pids(plan.socket) if plan.socket else []
+                programs = program_pids(plan.socket, plan.conf) if plan.socket else []
                 say(
                     "spool up: stopping; the workers finish their running tasks "
                     "(Ctrl-C again: put them back and stop now)"
@@ -306,7 +398,7 @@ def wait_forwarding(
             elif handled == 2:
                 say("spool up: stopping now; running tasks go back to their queues")
                 # (asked again: the first answer may be missing, supervisord was starting)
-                programs = (program_pids(plan.socket) if plan.socket else []) or programs
+                programs = (program_pids(plan.socket, plan.conf) if plan.socket else []) or programs
                 stop_workers_now(programs)
             else:
                 say("spool up: killing supervisord and the workers")
@@ -325,12 +417,13 @@ def stop_workers_now(programs: list[tuple[str, int]]) -> None:
 
 
 @contextlib.contextmanager
-def supervisor_rpc(socket_path: Path) -> Iterator[Any]:
-    """supervisord's XML-RPC interface over its unix socket (calls raise OSError or
-    xmlrpc.client.Error when it does not answer)."""
+def supervisor_rpc(socket_path: Path, conf: Path) -> Iterator[Any]:
+    """supervisord's XML-RPC interface over its unix socket, with the name and password of
+    `conf` (calls raise OSError or xmlrpc.client.Error when it does not answer)."""
     from supervisor.xmlrpc import SupervisorTransport
 
-    transport = SupervisorTransport(None, None, f"unix://{socket_path}")
+    username, password = socket_credentials(conf)
+    transport = SupervisorTransport(username, password, f"unix://{socket_path}")
     proxy = xmlrpc.client.ServerProxy("http://localhost", transport=transport)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(RPC_TIMEOUT_SECONDS)
@@ -341,24 +434,24 @@ def supervisor_rpc(socket_path: Path) -> Iterator[Any]:
         transport.close()
 
 
-def program_pids(socket_path: Path) -> list[tuple[str, int]]:
+def program_pids(socket_path: Path, conf: Path) -> list[tuple[str, int]]:
     """(group, pid) of supervisord's running programs, asked over its socket ([] if it does not
     answer)."""
     try:
-        with supervisor_rpc(socket_path) as rpc:
+        with supervisor_rpc(socket_path, conf) as rpc:
             infos = cast(list[dict[str, Any]], rpc.getAllProcessInfo())
     except (OSError, xmlrpc.client.Error):
         return []
     return [(str(info.get("group")), int(info["pid"])) for info in infos if info.get("pid")]
 
 
-def reload_workers(socket_path: Path | None) -> str:
+def reload_workers(socket_path: Path | None, conf: Path) -> str:
     """SIGHUP to the worker programs only (as `supervisorctl signal HUP spool-worker:*`);
     say what happened."""
     if socket_path is None:
         return "no control socket in the config: run `spool reload` to reload the workers"
     try:
-        with supervisor_rpc(socket_path) as rpc:
+        with supervisor_rpc(socket_path, conf) as rpc:
             rpc.signalProcessGroup(PROGRAM, "HUP")
     except (OSError, xmlrpc.client.Error) as exc:
         return f"cannot signal the workers ({exc}): run `spool reload`"

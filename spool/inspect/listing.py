@@ -1,6 +1,7 @@
 """`spool ls`: the tasks of one state, newest first for finished ones, in run order for waiting
 ones, filtered by queue, task name and age, at most `limit` of them. A row of failed/ says
-whether the task was cancelled (`cancelled`: true), which is no failure.
+whether the task was cancelled (`cancelled`: true), which is no failure; a row of processing/
+gives the attempt running and for how long (`attempt`, `claimed_at`, `running_seconds`).
 
 Names are listed without a stat; ages come from the names where they carry a time (waiting
 tasks, delayed due times) and from the file otherwise; files are read only for the rows shown.
@@ -104,9 +105,26 @@ def row(
         info["cancelled"] = os.path.lexists(directory / cancelled_marker(entry))
     if state == "done":
         info["finished_at"] = task.get("finished_at")
+    if state == "processing":
+        info.update(running(path, info["attempts"], now))
     if "unreadable" in task:
         info["unreadable"] = task["unreadable"]
     return info
+
+
+def running(path: Path, attempts: Any, now: float) -> dict[str, Any]:
+    """A claim's attempt number and how long it has run: the claim's rename set the file's
+    ctime (the file is not written while its handler runs; in shared mode a lease renewal
+    touches it, so there the time counts from the last renewal)."""
+    try:
+        claimed_at: float | None = os.lstat(path).st_ctime
+    except FileNotFoundError:  # RACE: it finished since the listing
+        claimed_at = None
+    return {
+        "attempt": (attempts if isinstance(attempts, int) else 0) + 1,
+        "claimed_at": claimed_at,
+        "running_seconds": None if claimed_at is None else round(max(0.0, now - claimed_at), 3),
+    }
 
 
 def list_tasks(

@@ -1,8 +1,12 @@
 """Pages of one queue's tasks in one state, cheap at a million files.
 
-Entries are paged by name with a cursor (the last name of the previous page), never by offset:
-waiting states in run order (their names sort that way), finished states by id, newest first
-for the ids spool assigns (they start with the enqueue time, so they sort by time). A page view
+Entries are paged with a cursor (the last entry of the previous page), never by offset:
+waiting states in run order (their names sort that way, the cursor is a name); finished states
+by the time they finished (entered done/ or failed/), newest first, the cursor being
+"<mtime ns>:<name>", while the directory holds fewer than BIG_LISTING entries; a bigger one is
+paged by id instead, newest first for the ids spool assigns (they start with the enqueue time),
+since sorting it by time would stat every entry on every view (`Page.by_finish` says which
+order a page is in). A page view
 lists names only and reads, or stats, just the entries it looks at: the rows it shows, or with
 a filter (task name, age) at most SCAN_BUDGET entries, after which the page ends early and its
 cursor continues the scan.
@@ -58,6 +62,7 @@ class Page:
     next_after: str | None  # cursor of the next page; None when this is the last
     scanned: int  # entries looked at
     scan_cut: bool  # the scan budget ended the page (more may match further on)
+    by_finish: bool = False  # finished tasks in the order they finished (else by name)
 
 
 @dataclass
@@ -125,11 +130,71 @@ class Lister:
         )
 
 
+def finish_order(directory: Path) -> list[tuple[int, str]] | None:
+    """(mtime ns, name) of every entry, newest first; None for a directory of BIG_LISTING
+    entries or more (its size in bytes tells before it is listed: ext4 and xfs grow it with
+    the names it holds)."""
+    try:
+        if os.stat(directory).st_size > BIG_LISTING * 64:
+            return None
+    except FileNotFoundError:
+        return []
+    names = [name for name in list_names(directory) if is_entry(name)]
+    if len(names) >= BIG_LISTING:
+        return None
+    stamped = []
+    for name in names:
+        try:
+            stamped.append((os.lstat(directory / name).st_mtime_ns, name))
+        except FileNotFoundError:  # RACE: purged or retried since the listing
+            continue
+    stamped.sort(reverse=True)
+    return stamped
+
+
+def finish_cursor(text: str | None) -> tuple[int, str] | None:
+    stamp, sep, name = (text or "").partition(":")
+    return (int(stamp), name) if sep and stamp.isdigit() else None
+
+
+def page_by_finish(
+    dirs: QueueDirs, stamped: list[tuple[int, str]], query: PageQuery, now: float
+) -> Page:
+    """A page of a finished state in the order its tasks finished, newest first."""
+    directory = dirs.state(query.state)
+    after = finish_cursor(query.after)
+    entries = [entry for entry in stamped if after is None or entry < after]
+    budget = SCAN_BUDGET if query.filtered else query.size
+    rows: list[dict[str, Any]] = []
+    scanned = 0
+    last: tuple[int, str] | None = None
+    for entry in entries:
+        if len(rows) >= query.size or scanned >= budget:
+            break
+        scanned += 1
+        last = entry
+        item = matching_row(dirs, directory, entry[1], query, now)
+        if item is not None:
+            rows.append(item)
+    more = last is not None and last != entries[-1]
+    return Page(
+        rows=rows,
+        next_after=f"{last[0]}:{last[1]}" if more and last is not None else None,
+        scanned=scanned,
+        scan_cut=query.filtered and scanned >= budget and len(rows) < query.size,
+        by_finish=True,
+    )
+
+
 def task_page(lister: Lister, dirs: QueueDirs, query: PageQuery, now: float | None = None) -> Page:
     """One page of the queue's tasks in `query.state` (see the module docstring for order)."""
     now = time.time() if now is None else now
     directory = dirs.state(query.state)
     descending = query.state in FINISHED
+    if descending and (query.after is None or finish_cursor(query.after) is not None):
+        stamped = finish_order(directory)
+        if stamped is not None:
+            return page_by_finish(dirs, stamped, query, now)
     budget = SCAN_BUDGET if query.filtered else query.size
     rows: list[dict[str, Any]] = []
     scanned = 0

@@ -13,6 +13,7 @@ from typing import Any
 
 from spool.counts import count_exact, finished_count
 from spool.layout import CANONICAL_RE, QueueDirs, existing_queues
+from spool.manage import paused_info
 from spool.stats import QueueStats, load_all
 from spool.workers import live_workers, waiting_since
 
@@ -53,6 +54,7 @@ def queue_status(dirs: QueueDirs, now: float, stats: QueueStats | None = None) -
     counts["cancelled"] = failed.cancelled  # beside the failed, in failed/ (not failures)
     counts["oldest_waiting_seconds"] = None if oldest is None else round(max(0.0, now - oldest), 3)
     counts["paused"] = dirs.is_paused()
+    counts["pause"] = paused_info(dirs) if counts["paused"] else None  # paused_at, reason
     return counts
 
 

@@ -1,6 +1,7 @@
 """`spool top`: a live view of the spool, refreshed in place: depth per queue and state (the
-cancelled tasks beside the failed ones), throughput per minute (from the workers' counters) and
-the most recent failures (cancelled tasks are none)."""
+cancelled tasks beside the failed ones), tasks finished in the last minute (the workers count
+them per 10-second slot, see stats, so one frame shows a true rate) and the most recent
+failures (cancelled tasks are none)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ COLUMNS = ("incoming", "delayed", "processing", "done", "failed")
 RECENT = 5
 
 
-def snapshot(root: Path) -> dict[str, Any]:
-    """What one frame shows, and the counters to compute rates from."""
+def snapshot(root: Path, now: float | None = None) -> dict[str, Any]:
+    """What one frame shows."""
+    now = time.time() if now is None else now
     totals = stats.load_all(root)
     return {
-        "at": time.monotonic(),
-        "status": spool_status(root),
-        "finished": {q: s.counts["done"] + s.counts["failed"] for q, s in totals.items()},
+        "at": now,
+        "status": spool_status(root, now),
+        "per_minute": {q: s.finished_last_minute(now) for q, s in totals.items()},
         "failures": recent_failures(root),
     }
 
@@ -34,23 +36,21 @@ def recent_failures(root: Path) -> list[dict[str, Any]]:
     return [row for row in rows if not row.get("cancelled")][:RECENT]
 
 
-def render(now: dict[str, Any], before: dict[str, Any] | None) -> str:
+def render(frame: dict[str, Any]) -> str:
     """One frame as text."""
-    status = now["status"]
+    status = frame["status"]
     workers = len(status["workers"])
-    lines = [f"spool top — {status['root']} — {time.strftime('%H:%M:%S')} — {workers} workers"]
+    clock = time.strftime("%H:%M:%S %Z", time.localtime(frame["at"]))
+    lines = [f"spool top — {status['root']} — {clock} — {workers} workers"]
     header = ["queue", *COLUMNS, "oldest", "per min"]
     rows = [header]
     for queue, counts in status["queues"].items():
-        rate = "-"
-        if before is not None and now["at"] > before["at"]:
-            delta = now["finished"].get(queue, 0) - before["finished"].get(queue, 0)
-            rate = f"{delta * 60 / (now['at'] - before['at']):.0f}"
         age = counts["oldest_waiting_seconds"]
         name = queue + (" (paused)" if counts["paused"] else "")
         cells = [str(counts[c]) for c in COLUMNS]
         if counts.get("cancelled"):  # beside the failed: cancelled tasks are no failures
             cells[-1] += f" (+{counts['cancelled']} cancelled)"
+        rate = str(frame["per_minute"].get(queue, 0))
         rows.append([name, *cells, "-" if age is None else f"{age:.0f}s", rate])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines += [
@@ -61,8 +61,8 @@ def render(now: dict[str, Any], before: dict[str, Any] | None) -> str:
         for row in rows
     ]
     lines.append("")
-    lines.append("recent failures:" if now["failures"] else "recent failures: none")
-    for item in now["failures"]:
+    lines.append("recent failures:" if frame["failures"] else "recent failures: none")
+    for item in frame["failures"]:
         error = f"{item.get('error_type')}: {item.get('error_message')}"
         lines.append(f"  {item['id']}  {item['task']}  {error}"[:160])
     return "\n".join(lines)
@@ -72,12 +72,9 @@ def run(
     root: Path, interval: float, show: Callable[[str], None], frames: int | None = None
 ) -> None:
     """Show a frame every `interval` seconds (`frames` of them, or until interrupted)."""
-    before: dict[str, Any] | None = None
     shown = 0
     while frames is None or shown < frames:
-        now = snapshot(root)
-        show(render(now, before))
+        show(render(snapshot(root)))
         shown += 1
-        before = now
         if frames is None or shown < frames:
             time.sleep(interval)

@@ -21,7 +21,7 @@ from spool.config import parse_duration
 from spool.envelope import format_compact
 from spool.errors import ConfigError
 from spool.layout import check_queue_name
-from spool.tables import as_table
+from spool.tables import as_table, duration
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MISFIRE_POLICIES = ("skip", "once", "all")
@@ -212,10 +212,11 @@ def typed(table: Mapping[str, Any], where: str) -> dict[str, Any]:
         ("kwargs", "kwargs", dict),
         ("queue", "queue", str),
         ("priority", "priority", int),
-        ("grace", "grace_seconds", (int, float)),
         ("max_retries", "max_retries", int),
-        ("timeout", "timeout", (int, float)),
     ]
+    for key, attr in (("grace", "grace_seconds"), ("timeout", "timeout")):  # 90s, 5m or seconds
+        if key in table:
+            values[attr] = duration(table, key, where)
     for key, attr, kind in checks:
         if key not in table:
             continue

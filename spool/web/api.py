@@ -39,6 +39,7 @@ from spool.errors import (
     TaskNotFound,
 )
 from spool.events import outbox_for
+from spool.inspect.failures import Failures, group_failures
 from spool.inspect.paging import Lister, PageQuery, task_page
 from spool.inspect.status import spool_status
 from spool.inspect.throughput import Throughput
@@ -203,7 +204,14 @@ def running_by_worker(state: WebState) -> dict[str, list[dict[str, Any]]]:
                 continue
             worker = parts[1]
             running.setdefault(worker, []).append(
-                {"queue": queue, "id": item["id"], "task": item["task"], "file": parts[0]}
+                {
+                    "queue": queue,
+                    "id": item["id"],
+                    "task": item["task"],
+                    "file": parts[0],
+                    "attempt": item.get("attempt"),
+                    "running_seconds": item.get("running_seconds"),
+                }
             )
     return running
 
@@ -214,6 +222,7 @@ def overview(state: WebState) -> dict[str, Any]:
     data = spool_status(state.settings.root)
     for queue, counts in data["queues"].items():
         counts["finished_per_minute"] = state.rates.series(queue)
+        counts["runtime_per_minute"] = state.rates.runtimes(queue)  # [p50, p95] or null
         counts["paused_info"] = manage.paused_info(QueueDirs(state.settings.root, queue))
     running = running_by_worker(state)
     for worker in data["workers"]:
@@ -342,6 +351,54 @@ async def purge_queue(request: Request) -> Response:
     return JSONResponse({"queue": dirs.name, "state": body["state"], "deleted": result.deleted})
 
 
+def failures_json(failures: Failures) -> dict[str, Any]:
+    groups = [
+        {
+            "task": g.task,
+            "error_type": g.error_type,
+            "count": g.count,
+            "message": g.message,
+            "newest_at": g.newest_at,
+            "retryable": g.retryable,
+        }
+        for g in failures.groups
+    ]
+    return {"groups": groups, "read": failures.read, "cut": failures.cut}
+
+
+async def get_failures(request: Request) -> Response:
+    dirs = queue_of(request)
+    return JSONResponse(failures_json(await run_in_threadpool(group_failures, dirs)))
+
+
+async def retry_group(request: Request) -> Response:
+    """Retry the failed tasks of one (task, error type) group; rejected files are refused."""
+    require_token(request)
+    dirs = queue_of(request)
+    body = parse_json(await read_body(request))
+    if not isinstance(body, dict) or not all(
+        isinstance(body.get(key), str) for key in ("task", "error_type")
+    ):
+        raise fail(400, 'body must be {"task": "...", "error_type": "..."}')
+    if body["error_type"] == "Rejected":
+        raise fail(409, "rejected files would be rejected again: fix them, then retry each")
+    root = web_state(request).settings.root
+
+    def retry_all() -> dict[str, Any]:
+        failures = group_failures(dirs)
+        wanted = (body["task"], body["error_type"])
+        ids = next((g.ids for g in failures.groups if (g.task, g.error_type) == wanted), [])
+        errors = []
+        for task_id in ids:
+            try:
+                manage.retry(root, task_id)
+            except SpoolError as exc:  # RACE: retried or purged meanwhile
+                errors.append({"id": task_id, "error": str(exc)})
+        return {"queue": dirs.name, "retried": len(ids) - len(errors), "errors": errors}
+
+    return JSONResponse(await run_in_threadpool(retry_all))
+
+
 async def get_metrics(request: Request) -> Response:
     from spool.inspect.metrics import render
 
@@ -366,6 +423,8 @@ def api_routes() -> list[Route]:
         Route("/api/queues/{queue}/pause", pause_queue, methods=["POST"]),
         Route("/api/queues/{queue}/resume", resume_queue, methods=["POST"]),
         Route("/api/queues/{queue}/purge", purge_queue, methods=["POST"]),
+        Route("/api/queues/{queue}/failures", get_failures, methods=["GET"]),
+        Route("/api/queues/{queue}/retry", retry_group, methods=["POST"]),
         Route("/metrics", get_metrics, methods=["GET"]),
         Route("/openapi.json", get_openapi, methods=["GET"]),
     ]

@@ -145,6 +145,32 @@ def paths() -> dict[str, Any]:
                 "responses": {"200": answer("Purged", {"type": "object"}), **ERRORS},
             }
         },
+        "/api/queues/{queue}/failures": {
+            "get": {
+                "summary": "The queue's failed tasks grouped by task and error type, "
+                "the biggest group first (cancelled tasks left out)",
+                "parameters": [QUEUE],
+                "responses": {"200": answer("Groups", {"type": "object"}), **ERRORS},
+            }
+        },
+        "/api/queues/{queue}/retry": {
+            "post": {
+                "summary": "Retry every failed task of one group: a task name and an error type",
+                "security": SECURED,
+                "parameters": [QUEUE],
+                "requestBody": json_body(
+                    {
+                        "type": "object",
+                        "required": ["task", "error_type"],
+                        "properties": {
+                            "task": {"type": "string"},
+                            "error_type": {"type": "string", "examples": ["TimeoutError"]},
+                        },
+                    }
+                ),
+                "responses": {"200": answer("Retried", {"type": "object"}), **ERRORS},
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus text (as `spool metrics`)",

@@ -12,10 +12,13 @@ JSON {"error": ...} with its code, never a traceback; responses forbid framing a
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +34,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spool.config import Settings
 from spool.errors import SpoolError
+from spool.inspect.failures import group_failures
+from spool.inspect.listing import running
 from spool.inspect.paging import task_page
+from spool.inspect.search import search
 from spool.layout import STATES, QueueDirs, check_queue_name
 from spool.lookup import locate, read_found
+from spool.web import views
 from spool.web.api import WebState, api_routes, overview, page_query, web_state
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -110,24 +117,10 @@ async def server_error(request: Request, exc: Exception) -> Response:
 def templates() -> Jinja2Templates:
     found = Jinja2Templates(directory=str(PACKAGE_DIR / "templates"))
     found.env.globals["states"] = STATES
-    found.env.filters["age"] = format_age
-    found.env.filters["when"] = format_instant
+    found.env.filters["age"] = views.duration
+    found.env.filters["when"] = views.instant
+    found.env.filters["pretty"] = views.pretty
     return found
-
-
-def format_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.1f}s"
-
-
-def format_instant(value: Any) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
 
 
 def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
@@ -140,7 +133,14 @@ def render(request: Request, name: str, context: dict[str, Any], status: int = 2
 
 async def overview_page(request: Request) -> Response:
     data = await run_in_threadpool(overview, web_state(request))
-    return render(request, "overview.html", {"data": data, "token_set": token_set(request)})
+    queues = data["queues"].items()
+    top = views.shared_top([q["finished_per_minute"] for _, q in queues])
+    charts = {name: views.chart(q["finished_per_minute"], top) for name, q in queues}
+    slowest = views.runtime_top([q["runtime_per_minute"] for _, q in queues])
+    runtimes = {name: views.runtime_chart(q["runtime_per_minute"], slowest) for name, q in queues}
+    context: dict[str, Any] = {"data": data, "charts": charts, "runtimes": runtimes}
+    context["token_set"] = token_set(request)
+    return render(request, "overview.html", context)
 
 
 async def queue_page(request: Request) -> Response:
@@ -162,6 +162,8 @@ async def queue_page(request: Request) -> Response:
         return render(request, "queue.html", context, 400)
     status = await run_in_threadpool(overview, state)
     context["counts"] = status["queues"].get(name, {})
+    if wanted == "failed" and query.after is None and not query.filtered:
+        context["failures"] = await run_in_threadpool(group_failures, dirs)
     context["page"] = await run_in_threadpool(task_page, state.lister, dirs, query)
     context["query"] = query
     return render(request, "queue.html", context)
@@ -173,7 +175,32 @@ async def task_detail_page(request: Request) -> Response:
     if found is None:
         return render(request, "task.html", {"task_id": task_id, "task": None}, 404)
     task = await run_in_threadpool(read_found, found)
-    return render(request, "task.html", {"task_id": task_id, "task": task})
+    attempts = views.attempts_of(task)
+    context = {
+        "task_id": task_id,
+        "task": task,
+        "attempts": attempts,
+        "error_in_history": views.final_error_is_last_attempt(task, attempts),
+        "took": views.task_duration(task),
+        "raw": await run_in_threadpool(views.raw_file, found.path) if found.note else None,
+    }
+    if found.state == "processing":
+        context["running"] = running(found.path, task.get("attempts"), time.time())
+    return render(request, "task.html", context)
+
+
+async def search_page(request: Request) -> Response:
+    text = request.query_params.get("q", "")
+    found = await run_in_threadpool(search, web_state(request).settings.root, text)
+    if len(found.rows) == 1 and found.rows[0]["id"] == text.strip():
+        return RedirectResponse(f"/tasks/{text.strip()}", status_code=303)
+    return render(request, "search.html", {"q": text, "found": found})
+
+
+async def api_page(request: Request) -> Response:
+    from spool.web.openapi import document
+
+    return render(request, "api.html", {"doc": document()})
 
 
 async def favicon(request: Request) -> Response:
@@ -193,6 +220,8 @@ def create_app(settings: Settings, allowed_hosts: set[str] | None = None) -> ASG
         Route("/", overview_page, methods=["GET"]),
         Route("/queues/{queue}", queue_page, methods=["GET"]),
         Route("/tasks/{task_id}", task_detail_page, methods=["GET"]),
+        Route("/search", search_page, methods=["GET"]),
+        Route("/docs/api", api_page, methods=["GET"]),
         Route("/favicon.ico", favicon, methods=["GET"]),
         *api_routes(),
         Mount("/static", StaticFiles(directory=str(PACKAGE_DIR / "static")), name="static"),
@@ -246,6 +275,27 @@ def serve(settings: Settings, host: str, port: int, sock: socket.socket) -> int:
         proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = quiet_server_class()(config)
     server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def quiet_server_class() -> type[Any]:
+    import uvicorn
+
+    class Quiet(uvicorn.Server):
+        """uvicorn's server, but INT and TERM end it with exit 0 instead of being raised again
+        once it has shut down: a process dead by SIGTERM is an unexpected stop to supervisord
+        (a WARN line at every `spool up` stop)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            caught = (signal.SIGINT, signal.SIGTERM)
+            previous = {signum: signal.signal(signum, self.handle_exit) for signum in caught}
+            try:
+                yield
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+
+    return Quiet
