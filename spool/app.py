@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
-from spool import producer
+from spool import context, producer
 from spool.config import Settings, load_settings
+from spool.context import context_fields
 from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
 from spool.inspect.status import spool_status
 from spool.layout import QueueDirs
@@ -168,12 +169,32 @@ class Spool:
         if handle is None:
             raise UnknownTask(task["task"], "not registered with this Spool (eager mode)")
         task_id = str(task.get("id") or f"eager-{len(self.eager_results) + 1}")
+        task["id"] = task_id
+        s = self.settings
+        max_retries = first(task.get("max_retries"), handle.options.max_retries, s.max_retries)
+        timeout = first(task.get("timeout"), handle.options.timeout, s.timeout_seconds)
+        fields = context_fields(
+            task,
+            handle.options.queue,
+            "eager",
+            int(max_retries),
+            float(timeout),
+            time.time(),
+            beside=None,
+            tmp=None,
+        )
+        fields["retries_left"] = 0  # (eager mode runs a task once)
+        token = context.begin(context.context_from(fields))
         try:
             result = handle.fn(*task.get("args", []), **task.get("kwargs", {}))
         except Exception as exc:
             self.eager_results[task_id] = {"error": error_dict(type(exc).__name__, str(exc))}
         else:
             self.eager_results[task_id] = {"result": result}
+        finally:
+            progress = context.end(token)
+        if progress is not None:
+            self.eager_results[task_id]["progress"] = progress
         return task_id
 
     # ---- reading ---------------------------------------------------------------------
@@ -242,3 +263,8 @@ def outcome_of(task_id: str, info: Mapping[str, Any]) -> Any:
         "message": (info.get("rejected") or {}).get("reason", "rejected"),
     }
     raise TaskFailed(task_id, error)
+
+
+def first(*values: Any) -> Any:
+    """The first value that is not None."""
+    return next(v for v in values if v is not None)

@@ -8,6 +8,16 @@ is a lost attempt (`Outcome.lost`): like a worker's death, it counts against the
 `max_lost`, not its `max_retries`. The child dies with the worker (PR_SET_PDEATHSIG on Linux).
 
 Worker and child speak length-framed JSON over two pipes; nothing is pickled.
+
+Output: the child's fds 1 and 2 point at its worker's scratch file (see layout.output_scratch),
+so print, sys.stderr, logging and whatever a handler's own child processes write land there,
+without a thread copying anything. When an attempt ends, its output (the last `output_limit`
+bytes) moves beside the task as <attempt>.log: the child does it before it replies, the worker
+after it stopped the child (timeout, cancel) or found it dead. While an attempt runs, the
+worker cuts the scratch back to its tail when it grows past OUTPUT_SLACK times the limit.
+
+Cancel: a `cancel` file beside the running task (see manage.cancel) stops the attempt like its
+timeout (the child's whole process group); the worker looks for it once per POLL_SLICE_SECONDS.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import json
+import logging
 import os
 import select
 import signal
@@ -26,16 +37,21 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from spool import context
 from spool.envelope import JSON
 from spool.errors import ConfigError, error_dict
+from spool.layout import CANCEL_FILE
 
 CHILD_CODE = "from spool.execute import child_main; child_main()"
 START_TIMEOUT_SECONDS = 120.0
 START_TRIES = 3  # a child killed before its first message is started again this often
 POLL_SLICE_SECONDS = 0.1
 HEADER = struct.Struct("!I")
+OUTPUT_LIMIT_BYTES = 64 * 1024
+OUTPUT_SLACK = 4  # the scratch may grow to this many times the limit before it is cut
 
 
 @dataclass
@@ -49,6 +65,10 @@ class Outcome:
     error: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False  # the worker was told to stop now: put the task back
     lost: bool = False  # the handler process died during the attempt (see finish.lose)
+    cancelled: bool = False  # an operator cancelled the running task (see manage.cancel)
+    asked: dict[str, JSON] | None = None  # what the handler raised for: spool.Retry or Fail
+    kinds: tuple[str, ...] = ()  # the error's type and its bases, by name (retry_on)
+    progress: JSON = None  # the last spool.progress() of the attempt
 
     @property
     def duration(self) -> float:
@@ -101,9 +121,12 @@ class Executor:
         tasks_modules: tuple[str, ...],
         project_dir: str,
         on_spawn: Callable[[int], None] | None = None,
+        output: Path | None = None,
+        output_limit: int = OUTPUT_LIMIT_BYTES,
     ) -> None:
         self.tasks_modules, self.project_dir = tasks_modules, project_dir
         self.on_spawn = on_spawn
+        self.output, self.output_limit = output, output_limit  # the scratch (see module doc)
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
         self.tasks: dict[str, dict[str, Any]] = {}
@@ -131,7 +154,11 @@ class Executor:
         self.kill()  # (a child that died before its first message)
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        payload = json.dumps({"modules": list(self.tasks_modules), "project_dir": self.project_dir})
+        settings: dict[str, JSON] = {"modules": list(self.tasks_modules)}
+        settings["project_dir"] = self.project_dir
+        settings["output"] = None if self.output is None else str(self.output)
+        settings["output_limit"] = self.output_limit
+        payload = json.dumps(settings)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", CHILD_CODE, str(to_child_r), str(from_child_w), payload],
@@ -164,50 +191,102 @@ class Executor:
         timeout: float | None,
         interrupted: Callable[[], bool],
         meanwhile: Callable[[], None] | None = None,
+        beside: Path | None = None,
     ) -> Outcome:
         """Run one attempt; never raises for what the handler does.
 
-        `meanwhile` is called once the request is on its way, while the handler runs.
+        `meanwhile` is called once the request is on its way, while the handler runs; `beside`
+        is the task's directory beside it, where a cancel request appears (see manage.cancel).
         """
         if self.channel is None:  # not started yet, or killed after the last attempt
             self.start()
         assert self.channel is not None
         started = time.time()
         deadline = None if timeout is None else time.monotonic() + timeout
+        log_path = request.get("log")
         try:
             self.channel.send(json.dumps(request).encode())
         except OSError:  # it died between attempts
-            return self.child_lost(started)
+            return self.child_lost(started, log_path)
         if meanwhile is not None:
             meanwhile()
+        cancel = None if beside is None else beside / CANCEL_FILE
+        first = True
         while True:
-            # A stop or the timeout ends the attempt only if no reply is waiting: a handler
-            # that has returned is never run again because of a late signal.
+            # A stop, a cancel or the timeout ends the attempt only if no reply is waiting: a
+            # handler that has returned is never run again because of a late signal.
             stop = interrupted()
+            # (looked for from the second slice on: a quick task costs no stat)
+            cancelled = not first and cancel is not None and os.path.exists(cancel)
             # (no timeout: a slice is always left)
             left = POLL_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
             over = left <= 0
-            slice_ = 0.0 if stop or over else min(POLL_SLICE_SECONDS, left)
+            slice_ = 0.0 if stop or over or cancelled else min(POLL_SLICE_SECONDS, left)
             try:
                 ready = self.channel.readable(slice_)
                 reply = json.loads(self.channel.receive()) if ready else None
             except (EOFError, OSError):
-                return self.child_lost(started)
+                return self.child_lost(started, log_path)
             if reply is not None:
-                finished = time.time()
-                if reply.get("ok"):
-                    return Outcome(True, started, finished, result=reply.get("result"))
-                return Outcome(False, started, finished, error=reply["error"])
+                return outcome_of(reply, started, time.time())
             if stop:
-                self.kill()
+                self.stop_attempt(log_path)
                 return Outcome(False, started, time.time(), interrupted=True)
+            if cancelled:
+                self.stop_attempt(log_path)
+                error = error_dict("Cancelled", "cancelled while it ran")
+                return Outcome(False, started, time.time(), error=error, cancelled=True)
             if over:
-                self.kill()
+                self.stop_attempt(log_path)
                 message = f"attempt stopped after its timeout of {timeout:g} s"
-                return Outcome(False, started, time.time(), error=error_dict("Timeout", message))
+                error = error_dict("Timeout", message)
+                kinds = ("Timeout", "TimeoutError")  # (retry_on=(TimeoutError,) takes it)
+                return Outcome(False, started, time.time(), error=error, kinds=kinds)
+            first = False
+            self.bound_output()
 
-    def child_lost(self, started: float) -> Outcome:
+    def stop_attempt(self, log_path: JSON) -> None:
+        """Kill the child and its group mid-attempt; keep what the attempt wrote."""
+        self.kill()
+        self.keep_output(log_path)
+
+    def keep_output(self, log_path: JSON) -> None:
+        if self.output is None or not isinstance(log_path, str):
+            return
+        try:
+            fd = os.open(self.output, os.O_RDWR | os.O_APPEND)
+        except OSError:
+            return
+        try:
+            keep_tail(fd, log_path, self.output_limit)
+        except OSError:  # the output is a help, never a reason to lose the outcome
+            pass
+        finally:
+            os.close(fd)
+
+    def bound_output(self) -> None:
+        """Cut the running attempt's output back to its tail when it grew too big."""
+        if self.output is None:
+            return
+        try:
+            if os.stat(self.output).st_size <= OUTPUT_SLACK * self.output_limit:
+                return
+            fd = os.open(self.output, os.O_RDWR | os.O_APPEND)
+        except OSError:
+            return
+        try:
+            tail = read_tail(fd, self.output_limit)
+            # RACE: what the handler writes between the read and the truncate is not kept
+            os.ftruncate(fd, 0)
+            os.write(fd, CUT_NOTE + tail)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def child_lost(self, started: float, log_path: JSON = None) -> Outcome:
         code = self.kill()
+        self.keep_output(log_path)
         if code is not None and code < 0:
             how = f"was killed by {signal.Signals(-code).name}"
         else:
@@ -235,6 +314,46 @@ class Executor:
         self.kill()
 
 
+def outcome_of(reply: dict[str, Any], started: float, finished: float) -> Outcome:
+    progress = reply.get("progress")
+    if reply.get("ok"):
+        return Outcome(True, started, finished, result=reply.get("result"), progress=progress)
+    return Outcome(
+        False,
+        started,
+        finished,
+        error=reply["error"],
+        asked=reply.get("asked"),
+        kinds=tuple(reply.get("kinds", ())),
+        progress=progress,
+    )
+
+
+CUT_NOTE = b"[spool: earlier output of this attempt was not kept]\n"
+
+
+def read_tail(fd: int, limit: int) -> bytes:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, limit, max(0, size - limit))
+
+
+def keep_tail(fd: int, dest: str, limit: int) -> None:
+    """Write the last `limit` bytes of the output file `fd` to `dest` (nothing when it is
+    empty) and empty it. Raises: OSError."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    tail = read_tail(fd, limit)
+    if size > limit:
+        tail = CUT_NOTE + tail
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    part = f"{dest}.part"
+    with open(part, "wb") as out:
+        out.write(tail)
+    os.rename(part, dest)
+    os.ftruncate(fd, 0)
+
+
 # ---- the child side ----------------------------------------------------------------------
 
 
@@ -259,6 +378,8 @@ def child_main() -> None:
     signal.signal(signal.SIGHUP, lambda signum, frame: None)
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
     settings = json.loads(sys.argv[3])
+    if settings.get("output"):
+        capture_output(settings["output"])
     from spool.registry import collect_tasks, import_task_modules
 
     try:
@@ -269,23 +390,76 @@ def child_main() -> None:
         return
     described = {name: task.describe() for name, task in tasks.items()}
     channel.send(json.dumps({"tasks": described}).encode())
+    limit = int(settings.get("output_limit", OUTPUT_LIMIT_BYTES))
     while True:
         try:
             request = json.loads(channel.receive())
         except EOFError:
             return
         reply = run_handler(tasks, request)
+        if settings.get("output"):
+            end_output(request.get("log"), limit)
         channel.send(encode_reply(reply))
+
+
+def capture_output(path: str) -> None:
+    """Point fds 1 and 2 at the scratch file, and `logging` at stderr (see module doc)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o660)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+def end_output(log_path: JSON, limit: int) -> None:
+    """Flush what the attempt wrote and move it beside the task."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if isinstance(log_path, str):
+        with contextlib.suppress(OSError):  # a full disk: the output is lost, not the outcome
+            keep_tail(1, log_path, limit)
 
 
 def run_handler(tasks: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     task = tasks[request["task"]]
+    fields = request.get("context")
+    token = context.begin(context.context_from(fields)) if fields is not None else None
     try:
         result = task.fn(*request.get("args", []), **request.get("kwargs", {}))
+    except (context.Retry, context.Fail) as exc:
+        kind = "Retry" if isinstance(exc, context.Retry) else "Fail"
+        reply = {"ok": False, "error": error_dict(kind, str(exc), user_traceback(exc))}
+        reply["asked"] = exc.asked()
     except Exception as exc:
-        kind = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
-        return {"ok": False, "error": error_dict(kind, str(exc), traceback.format_exc())}
-    return {"ok": True, "result": result}
+        error = error_dict(type_name(type(exc)), str(exc), user_traceback(exc))
+        kinds = [type_name(k) for k in type(exc).__mro__ if issubclass(k, BaseException)]
+        reply = {"ok": False, "error": error, "kinds": kinds}
+    else:
+        reply = {"ok": True, "result": result}
+    finally:
+        if token is not None:
+            progress = context.end(token)
+    if token is not None and progress is not None:
+        reply["progress"] = progress
+    return reply
+
+
+def type_name(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins.")
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback without spool's own frame (run_handler): the handler's frames only."""
+    tb = exc.__traceback__
+    return "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
 
 
 def encode_reply(reply: dict[str, Any]) -> bytes:

@@ -20,6 +20,7 @@ from spool.envelope import TaskDict
 from spool.errors import ConfigError
 from spool.execute import Executor
 from spool.finish import RetryPolicy
+from spool.layout import output_scratch
 from spool.manifest import CatalogCache, publish, unknown_fate
 from spool.reload import TaskOptions, task_changes
 from spool.signature import binding_error, render
@@ -44,6 +45,8 @@ class TaskCode:
             self.settings.tasks,
             str(self.settings.project_dir),
             on_spawn=lambda pid: self.lock.update(handler_pid=pid),
+            output=output_scratch(self.settings.root, self.worker_id),
+            output_limit=self.settings.output_limit_bytes,
         )
 
     def start(self) -> None:
