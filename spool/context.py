@@ -20,6 +20,7 @@ decision with its reason in the attempt's history entry and the completion event
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -210,7 +211,12 @@ def end(token: Token[Attempt | None]) -> dict[str, JSON] | None:
     """Leave the attempt begun with `token`; return its last progress (None if none)."""
     attempt = CURRENT.get()
     CURRENT.reset(token)
-    return None if attempt is None else attempt.reporter.last
+    if attempt is None:
+        return None
+    if attempt.reporter.writes and attempt.context.beside is not None:
+        with contextlib.suppress(OSError):  # (the last value goes into the task file)
+            os.unlink(os.path.join(attempt.context.beside, "progress.json"))
+    return attempt.reporter.last
 
 
 def context_from(fields: Mapping[str, JSON]) -> Context:

@@ -48,6 +48,8 @@ FINISHED_KEYS = (
     "result_is_repr",
     "cancelled_at",
     "lost",
+    "released",
+    "progress",
 )
 
 

@@ -1,5 +1,5 @@
-"""Commands for operators: look at the spool (`status`, `ls`, `show`, `top`, `metrics`) and act
-on tasks and queues at rest (`retry`, `cancel`, `purge`, `pause`, `resume`)."""
+"""Commands for operators: look at the spool (`status`, `ls`, `show`, `logs`, `top`, `metrics`)
+and act on tasks and queues at rest (`retry`, `cancel`, `purge`, `pause`, `resume`)."""
 
 from __future__ import annotations
 
@@ -302,3 +302,30 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
     with user_errors():
         shown = app.show(task_id)
     click.echo(json.dumps(shown, ensure_ascii=False, indent=None if as_json else 2))
+
+
+@click.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--attempt", type=click.IntRange(min=1), metavar="N", help="This attempt's output.")
+@click.option("--follow", "-f", is_flag=True, help="Follow a running attempt until it ends.")
+@click.pass_context
+def logs(ctx: click.Context, task_id: str, attempt: int | None, follow: bool) -> None:
+    """Print what a task's handler wrote (stdout, stderr, logging) during its last attempt, or
+    attempt N; with -f, follow the running attempt until it ends."""
+    from spool.inspect.beside import current_output, output_of
+    from spool.inspect.beside import follow as follow_output
+
+    settings = settings_of(ctx)
+
+    def write(data: bytes) -> None:
+        out = sys.stdout.buffer
+        out.write(data)
+        out.flush()
+
+    with user_errors():
+        where = output_of(settings.root, task_id, attempt)
+        if follow:
+            with contextlib.suppress(KeyboardInterrupt):
+                follow_output(settings.root, where, write)
+        else:
+            write(current_output(where))
