@@ -11,6 +11,7 @@ from spool import context, producer
 from spool.config import Settings, load_settings
 from spool.context import context_fields
 from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
+from spool.inspect.beside import progress_of
 from spool.inspect.status import spool_status
 from spool.layout import QueueDirs
 from spool.lookup import finished, locate, read_found
@@ -204,7 +205,12 @@ class Spool:
         found = locate(self.root, task_id)
         if found is None:
             raise TaskNotFound(task_id)
-        return read_found(found)
+        shown = read_found(found)
+        if found.state == "processing":  # its last progress while it runs (see spool.context)
+            progress = progress_of(QueueDirs(self.root, found.queue), shown)
+            if progress is not None:
+                shown["progress"] = progress
+        return shown
 
     def state_of(self, task_id: str) -> str | None:
         """incoming, delayed, processing, done or failed; None for an unknown id."""

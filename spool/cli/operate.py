@@ -107,6 +107,7 @@ def ls_command(
     as_json: bool,
 ) -> None:
     """List the tasks of STATE: id, task, priority, age, attempts (and the error for failed)."""
+    from spool.inspect.beside import describe_progress
     from spool.inspect.listing import Filters, list_tasks
 
     settings = settings_of(ctx)
@@ -130,6 +131,8 @@ def ls_command(
         if state == "failed":
             line += f"  {item.get('error_type')}: {item.get('error_message')}"
             line += "  (cancelled, not failed)" if item.get("cancelled") else ""
+        if item.get("progress"):
+            line += f"  progress={describe_progress(item['progress'])}"
         click.echo(line)
     if not rows:
         click.echo(f"no tasks in {state}", err=True)

@@ -144,3 +144,17 @@ def progress_of(dirs: QueueDirs, task: TaskDict) -> JSON:
     except (OSError, ValueError):
         return task.get("progress")
     return value if isinstance(value, dict) else task.get("progress")
+
+
+def describe_progress(progress: JSON) -> str:
+    """A progress record in words: "3/10 (30%) three done", or "" for none."""
+    if not isinstance(progress, dict):
+        return ""
+    done, total = progress.get("done"), progress.get("total")
+    text = f"{done:g}" if isinstance(done, int | float) else "?"
+    if isinstance(total, int | float) and total:
+        text += f"/{total:g}"
+        if isinstance(done, int | float):
+            text += f" ({100 * done / total:.0f}%)"
+    message = progress.get("message")
+    return f"{text} {message}" if message else text

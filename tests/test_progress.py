@@ -1,0 +1,56 @@
+"""spool.progress(): a throttled record beside the running task (see spool.context), shown by
+`spool show` and `spool ls processing` while it runs and kept in the final file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from spool import Spool
+from spool.cli import cli
+from spool.context import PROGRESS_EVERY_SECONDS
+from spool.layout import QueueDirs
+from tests.conftest import TEST_CONFIG, run_burst, wait_until
+
+Starter = Callable[..., subprocess.Popen[bytes]]
+
+
+def spool_cli(spool_root: Path, *args: str) -> str:
+    result = CliRunner().invoke(
+        cli, ["--root", str(spool_root), "--config", str(TEST_CONFIG), *args]
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_progress_is_shown_while_the_task_runs_and_kept_in_the_final_file(
+    app: Spool, spool_root: Path, start_worker: Starter, tmp_path: Path
+) -> None:
+    marker = tmp_path / "go-on"
+    task_id = app.enqueue("progress_then_wait", args=[str(marker)])
+    start_worker()
+    wait_until(lambda: app.show(task_id).get("progress", {}).get("done") == 3)
+    shown = json.loads(spool_cli(spool_root, "show", "--json", task_id))
+    assert shown["state"] == "processing"
+    assert (shown["progress"]["total"], shown["progress"]["message"]) == (10, "three done")
+    assert "progress=3/10 (30%) three done" in spool_cli(spool_root, "ls", "processing")
+    marker.touch()
+    wait_until(lambda: app.state_of(task_id) == "done")
+    final = app.show(task_id)["progress"]
+    assert (final["done"], final["total"], final["message"]) == (10, 10, "all done")
+    assert not (QueueDirs(spool_root, "default").beside(task_id) / "progress.json").exists()
+
+
+def test_progress_called_100000_times_writes_a_few_files_a_second(
+    app: Spool, spool_root: Path
+) -> None:
+    task_id = app.enqueue("count_progress_writes", args=[100_000])
+    assert run_burst(spool_root).returncode == 0
+    shown = app.show(task_id)
+    seconds = shown["finished_at"] - shown["started_at"]
+    assert 1 <= shown["result"] <= seconds / PROGRESS_EVERY_SECONDS + 2
+    assert shown["progress"]["done"] == 100_000
