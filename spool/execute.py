@@ -234,7 +234,8 @@ class Executor:
                 return Outcome(False, started, time.time(), interrupted=True)
             if cancelled:
                 self.stop_attempt(log_path)
-                error = error_dict("Cancelled", "cancelled while it ran")
+                assert cancel is not None
+                error = error_dict("Cancelled", cancel_reason(cancel))
                 return Outcome(False, started, time.time(), error=error, cancelled=True)
             if over:
                 self.stop_attempt(log_path)
@@ -312,6 +313,15 @@ class Executor:
     def stop(self) -> None:
         """End the child between attempts."""
         self.kill()
+
+
+def cancel_reason(request: Path) -> str:
+    """The reason a cancel request gives (see manage.ask_to_cancel)."""
+    try:
+        reason = json.loads(request.read_bytes()).get("reason")
+    except (OSError, ValueError, AttributeError):
+        reason = None
+    return f"{reason or 'cancelled'} (while it ran)"
 
 
 def outcome_of(reply: dict[str, Any], started: float, finished: float) -> Outcome:

@@ -181,7 +181,8 @@ def retry(
 @click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
 @click.pass_context
 def cancel(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
-    """Cancel tasks that have not started (kept in failed/ as Cancelled, counted as cancelled)."""
+    """Cancel tasks (kept in failed/ as Cancelled, counted as cancelled); a running one is
+    stopped by its worker (its handler's whole process group) within a second."""
     from spool.events import outbox_for
     from spool.manage import cancel as cancel_task
 
