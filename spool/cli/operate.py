@@ -298,14 +298,30 @@ def metrics(ctx: click.Context, textfile: str | None) -> None:
 
 @click.command()
 @click.argument("task_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="One line of JSON (default: indented).")
+@click.option("--json", "as_json", is_flag=True, help="The task's file as one line of JSON.")
 @click.pass_context
 def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
-    """Show one task's file with its queue, state and outcome (any queue, any state), as JSON."""
+    """Show one task (any queue, any state): its fields, each attempt with its error, decision
+    and traceback, then the result; --json gives the file with its queue, state and progress."""
     app = Spool(settings=settings_of(ctx))
     with user_errors():
         shown = app.show(task_id)
-    click.echo(json.dumps(shown, ensure_ascii=False, indent=None if as_json else 2))
+    if as_json:
+        click.echo(json.dumps(shown, ensure_ascii=False))
+        return
+    click.echo(render_show(app.root, shown))
+
+
+def render_show(root: Path, shown: dict[str, Any]) -> str:
+    """`spool show`'s human layout (see spool.inspect.taskview)."""
+    import time
+
+    from spool.inspect.beside import attempt_logs
+    from spool.inspect.taskview import render_task
+    from spool.layout import QueueDirs
+
+    kept = attempt_logs(QueueDirs(root, shown["queue"]), str(shown.get("id")))
+    return render_task(shown, time.time(), kept)
 
 
 @click.command()

@@ -230,11 +230,15 @@ def enqueue_from(
 @click.option(
     "--timeout", type=click.FloatRange(min=0), metavar="S", help="Give up after S seconds (exit 3)."
 )
+@click.option("--json", "as_json", is_flag=True, help="A failed task's error as JSON on stdout.")
 @click.pass_context
-def wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None) -> None:
+def wait(
+    ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None, as_json: bool
+) -> None:
     """Wait for tasks to finish; print each result as JSON. Exit 0 all done, 1 one failed (or is
-    unknown), 3 timed out. With one ID the result alone is printed; with several, one line each:
-    {"id", "state", "result" or "error"}."""
+    unknown), 3 timed out. A failed task's error and traceback go to stderr as text (--json: its
+    error object on stdout too). With several IDs, one line each: {"id", "state", "result" or
+    "error"}."""
     app = Spool(settings=settings_of(ctx))
     deadline = None if timeout is None else time.monotonic() + timeout
     code = 0
@@ -245,7 +249,7 @@ def wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None) -
             line: dict[str, Any] = {"id": task_id, "state": "done", "result": result}
         except TaskFailed as exc:
             line = {"id": task_id, "state": "failed", "error": exc.error}
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(failure_text(exc), err=True)
             code = max(code, 1)
         except WaitTimeout:
             line = {"id": task_id, "state": "waiting"}
@@ -259,9 +263,16 @@ def wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None) -
             click.echo(json.dumps(line, ensure_ascii=False))
         elif "result" in line:
             click.echo(json.dumps(line["result"], ensure_ascii=False))
-        elif "error" in line:
+        elif "error" in line and as_json:
             click.echo(json.dumps(line["error"], indent=2, ensure_ascii=False))
     ctx.exit(code)
+
+
+def failure_text(failed: TaskFailed) -> str:
+    """A failed task for a terminal: the one-line error, then its traceback as it was."""
+    tb = failed.error.get("traceback")
+    text = f"Error: {failed}"
+    return f"{text}\n{str(tb).rstrip()}" if isinstance(tb, str) and tb.strip() else text
 
 
 @click.command("tasks")
