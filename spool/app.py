@@ -185,7 +185,7 @@ class Spool:
             tmp=None,
         )
         fields["retries_left"] = 0  # (eager mode runs a task once)
-        token = context.begin(context.context_from(fields))
+        token = context.begin(fields)
         try:
             result = handle.fn(*task.get("args", []), **task.get("kwargs", {}))
         except Exception as exc:

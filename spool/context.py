@@ -33,6 +33,7 @@ from pathlib import Path
 from spool.envelope import JSON, TaskDict
 from spool.errors import SpoolError
 from spool.fsio import write_atomic
+from spool.layout import CANCEL_FILE, PROGRESS_FILE
 
 PROGRESS_EVERY_SECONDS = 0.25
 MAX_RELEASES = 100  # Retry(count=False) that do not spend a retry, per task
@@ -126,7 +127,7 @@ class Context:
     def cancelled(self) -> bool:
         """Whether an operator asked to cancel this task (`spool cancel`): stop at a safe
         point; the worker stops the attempt within a second anyway."""
-        return self.beside is not None and os.path.exists(os.path.join(self.beside, "cancel"))
+        return self.beside is not None and os.path.exists(os.path.join(self.beside, CANCEL_FILE))
 
     def to_json(self) -> dict[str, JSON]:
         return {k: v for k, v in self.__dict__.items() if k not in ("beside", "tmp")}
@@ -157,16 +158,33 @@ class Reporter:
         try:
             os.makedirs(beside, exist_ok=True)
             data = json.dumps(value).encode()
-            write_atomic(data, Path(tmp), Path(beside) / "progress.json", durable=False)
+            write_atomic(data, Path(tmp), Path(beside) / PROGRESS_FILE, durable=False)
             self.writes += 1
         except OSError:  # progress is a hint: a full disk must not fail the task
             pass
 
 
-@dataclass
 class Attempt:
-    context: Context
-    reporter: Reporter
+    """The running attempt in the handler process: its fields as the worker sent them, made a
+    Context and a Reporter only when the handler asks (a handler that does not pays nothing)."""
+
+    __slots__ = ("built", "fields", "reporter")
+
+    def __init__(self, fields: Mapping[str, JSON]) -> None:
+        self.fields = fields
+        self.built: Context | None = None
+        self.reporter: Reporter | None = None
+
+    @property
+    def context(self) -> Context:
+        if self.built is None:
+            self.built = Context(**self.fields)
+        return self.built
+
+    def report(self, done: float, total: float | None, message: str, now: float) -> None:
+        if self.reporter is None:
+            self.reporter = Reporter(self.context)
+        self.reporter.report(done, total, message, now)
 
 
 CURRENT: ContextVar[Attempt | None] = ContextVar("spool_current_attempt", default=None)
@@ -191,7 +209,7 @@ def progress(done: float, total: float | None = None, message: str = "") -> None
         raise NoContext()
     if not is_real(done) or (total is not None and not is_real(total)):
         raise ValueError("spool.progress(done, total): done and total must be numbers")
-    attempt.reporter.report(done, total, str(message), time.monotonic())
+    attempt.report(done, total, str(message), time.monotonic())
 
 
 def is_real(value: object) -> bool:
@@ -202,26 +220,24 @@ def is_real(value: object) -> bool:
     )
 
 
-def begin(context: Context) -> Token[Attempt | None]:
-    """Make `context` the current one (the handler process, or eager mode, before a handler)."""
-    return CURRENT.set(Attempt(context, Reporter(context)))
+def begin(fields: Mapping[str, JSON]) -> Token[Attempt | None]:
+    """Make the attempt of `fields` (see context_fields) the current one: the handler process,
+    or eager mode, before it calls a handler."""
+    return CURRENT.set(Attempt(fields))
 
 
 def end(token: Token[Attempt | None]) -> dict[str, JSON] | None:
     """Leave the attempt begun with `token`; return its last progress (None if none)."""
     attempt = CURRENT.get()
     CURRENT.reset(token)
-    if attempt is None:
+    reporter = None if attempt is None else attempt.reporter
+    if reporter is None:
         return None
-    if attempt.reporter.writes and attempt.context.beside is not None:
+    beside = reporter.context.beside
+    if reporter.writes and beside is not None:
         with contextlib.suppress(OSError):  # (the last value goes into the task file)
-            os.unlink(os.path.join(attempt.context.beside, "progress.json"))
-    return attempt.reporter.last
-
-
-def context_from(fields: Mapping[str, JSON]) -> Context:
-    """The Context the worker sent with the request (see context_fields)."""
-    return Context(**fields)
+            os.unlink(os.path.join(beside, PROGRESS_FILE))
+    return reporter.last
 
 
 def context_fields(

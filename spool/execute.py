@@ -191,7 +191,7 @@ class Executor:
         timeout: float | None,
         interrupted: Callable[[], bool],
         meanwhile: Callable[[], None] | None = None,
-        beside: Path | None = None,
+        beside: str | None = None,
     ) -> Outcome:
         """Run one attempt; never raises for what the handler does.
 
@@ -210,7 +210,7 @@ class Executor:
             return self.child_lost(started, log_path)
         if meanwhile is not None:
             meanwhile()
-        cancel = None if beside is None else beside / CANCEL_FILE
+        cancel = None if beside is None else f"{beside}/{CANCEL_FILE}"
         first = True
         while True:
             # A stop, a cancel or the timeout ends the attempt only if no reply is waiting: a
@@ -315,10 +315,11 @@ class Executor:
         self.kill()
 
 
-def cancel_reason(request: Path) -> str:
+def cancel_reason(request: str) -> str:
     """The reason a cancel request gives (see manage.ask_to_cancel)."""
     try:
-        reason = json.loads(request.read_bytes()).get("reason")
+        with open(request, "rb") as f:
+            reason = json.loads(f.read()).get("reason")
     except (OSError, ValueError, AttributeError):
         reason = None
     return f"{reason or 'cancelled'} (while it ran)"
@@ -441,7 +442,7 @@ def end_output(log_path: JSON, limit: int) -> None:
 def run_handler(tasks: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     task = tasks[request["task"]]
     fields = request.get("context")
-    token = context.begin(context.context_from(fields)) if fields is not None else None
+    token = context.begin(fields) if fields is not None else None
     try:
         result = task.fn(*request.get("args", []), **request.get("kwargs", {}))
     except (context.Retry, context.Fail) as exc:

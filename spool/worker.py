@@ -375,7 +375,7 @@ class Worker:
         log.info("claimed %s", fields)
         timeout = self.code.timeout_for(task)
         dirs = taken.dirs
-        beside = dirs.beside(str(task["id"]))
+        beside = f"{dirs.attempts}/{task['id']}"  # (dirs.beside, as text: a hot path)
         request = {
             "task": task["task"],
             "args": task.get("args", []),
@@ -387,7 +387,7 @@ class Worker:
                 policy.max_retries,
                 timeout,
                 time.time(),
-                str(beside),
+                beside,
                 str(dirs.tmp),
             ),
             "log": f"{beside}/{attempt}.log",
