@@ -185,6 +185,7 @@ def count_progress_writes(calls: int) -> int:
 def progress_then_wait(marker: str) -> str:
     """Report 3 of 10, then wait until `marker` exists; report 10 of 10 and return."""
     spool.progress(3, 10, message="three done")
+    print("three done so far")
     while not os.path.exists(marker):
         time.sleep(0.01)
     spool.progress(10, 10, message="all done")

@@ -1,5 +1,6 @@
 """spool.progress(): a throttled record beside the running task (see spool.context), shown by
-`spool show` and `spool ls processing` while it runs and kept in the final file."""
+`spool show`, `spool ls processing` and the dashboard's task page while it runs and kept in the
+final file."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from spool.cli import cli
 from spool.context import PROGRESS_EVERY_SECONDS
 from spool.layout import QueueDirs
 from tests.conftest import TEST_CONFIG, run_burst, wait_until
+from tests.test_web import client_for, settings_for
 
 Starter = Callable[..., subprocess.Popen[bytes]]
 
@@ -38,6 +40,11 @@ def test_progress_is_shown_while_the_task_runs_and_kept_in_the_final_file(
     assert shown["state"] == "processing"
     assert (shown["progress"]["total"], shown["progress"]["message"]) == (10, "three done")
     assert "progress=3/10 (30%) three done" in spool_cli(spool_root, "ls", "processing")
+    with client_for(settings_for(spool_root)) as client:
+        page = client.get(f"/tasks/{task_id}").text
+    assert "3/10 (30%) three done" in page
+    assert "Output of attempt 1 (running)" in page
+    assert "three done so far" in page
     marker.touch()
     wait_until(lambda: app.state_of(task_id) == "done")
     final = app.show(task_id)["progress"]

@@ -12,6 +12,7 @@ JSON {"error": ...} with its code, never a traceback; responses forbid framing a
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -31,12 +32,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spool.config import Settings
 from spool.errors import SpoolError
+from spool.inspect.beside import current_output, describe_progress, output_of, progress_of
 from spool.inspect.paging import task_page
 from spool.layout import STATES, QueueDirs, check_queue_name
-from spool.lookup import locate, read_found
+from spool.lookup import Found, locate, read_found
 from spool.web.api import WebState, api_routes, overview, page_query, web_state
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+OUTPUT_SHOWN_BYTES = 16 * 1024  # of the last attempt's output, on the task page
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -172,8 +175,23 @@ async def task_detail_page(request: Request) -> Response:
     found = await run_in_threadpool(locate, web_state(request).settings.root, task_id)
     if found is None:
         return render(request, "task.html", {"task_id": task_id, "task": None}, 404)
+    root = web_state(request).settings.root
     task = await run_in_threadpool(read_found, found)
-    return render(request, "task.html", {"task_id": task_id, "task": task})
+    beside = await run_in_threadpool(beside_view, root, found, task)
+    return render(request, "task.html", {"task_id": task_id, "task": task, **beside})
+
+
+def beside_view(root: Path, found: Found, task: dict[str, Any]) -> dict[str, Any]:
+    """The task page's progress and output sections (see spool.inspect.beside)."""
+    view: dict[str, Any] = {"progress": task.get("progress"), "output": None}
+    if found.state == "processing":
+        view["progress"] = progress_of(QueueDirs(root, found.queue), task)
+    with contextlib.suppress(SpoolError, OSError):
+        where = output_of(root, str(task.get("id", found.path.stem)))
+        text = current_output(where)[-OUTPUT_SHOWN_BYTES:].decode("utf-8", "replace")
+        view["output"] = {"attempt": where.attempt, "text": text, "running": bool(where.scratch)}
+    view["progress_text"] = describe_progress(view["progress"])
+    return view
 
 
 async def favicon(request: Request) -> Response:
