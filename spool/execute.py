@@ -44,6 +44,7 @@ from spool import context
 from spool.envelope import JSON
 from spool.errors import ConfigError, error_dict
 from spool.layout import CANCEL_FILE
+from spool.registry import TaskOptions
 
 CHILD_CODE = "from spool.execute import child_main; child_main()"
 START_TIMEOUT_SECONDS = 120.0
@@ -129,9 +130,9 @@ class Executor:
         self.output, self.output_limit = output, output_limit  # the scratch (see module doc)
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
-        self.tasks: dict[str, dict[str, Any]] = {}
+        self.tasks: dict[str, TaskOptions] = {}
 
-    def start(self) -> dict[str, dict[str, Any]]:
+    def start(self) -> dict[str, TaskOptions]:
         """Start the child; return the tasks it registered. Raises: ConfigError.
 
         A child that dies before it says anything (killed while it imports: the OOM killer, an
@@ -146,7 +147,7 @@ class Executor:
             reason = hello["error"] if hello else "it exited or did not answer"
             self.kill()
             raise ConfigError(f"cannot start the handler process: {reason}")
-        self.tasks = hello["tasks"]
+        self.tasks = {name: TaskOptions.from_json(name, t) for name, t in hello["tasks"].items()}
         return self.tasks
 
     def spawn(self) -> dict[str, Any] | None:
@@ -399,7 +400,7 @@ def child_main() -> None:
     except Exception as exc:
         channel.send(json.dumps({"error": str(exc)}).encode())
         return
-    described = {name: task.describe() for name, task in tasks.items()}
+    described = {name: task.describe().to_json() for name, task in tasks.items()}
     channel.send(json.dumps({"tasks": described}).encode())
     limit = int(settings.get("output_limit", OUTPUT_LIMIT_BYTES))
     while True:

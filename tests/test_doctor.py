@@ -6,7 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from spool.deploy.doctor import COMMON_TARGET_WARNING, TESTED_SHARED, render, verdict
+from spool.deploy.doctor import TESTED_SHARED, render, verdict
+from spool.deploy.races import COMMON_TARGET_WARNING
 from spool.envelope import JSON
 from spool.mounts import is_network, mount_of, parse_mountinfo
 from tests.conftest import PROJECT_DIR, spool_command

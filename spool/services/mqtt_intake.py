@@ -24,24 +24,23 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from spool import envelope, producer, signals, stats
+from spool import envelope, producer, stats
 from spool.conclude import Rejection, keep_rejected
-from spool.config import Settings, config_stamp
+from spool.config import Settings
 from spool.envelope import FieldError
-from spool.errors import ConfigError, InvalidQueueName, InvalidTask
+from spool.errors import InvalidQueueName, InvalidTask
 from spool.fsio import write_atomic
 from spool.layout import DEFAULT_QUEUE, queue_dirs
 from spool.lookup import locate
 from spool.manifest import Catalog, CatalogCache
 from spool.notify_config import IntakeSettings
+from spool.services.runner import Resident
 from spool.services.sinks import KEEPALIVE_SECONDS, close_client, new_client
 from spool.stats import WorkerStats
 
@@ -129,33 +128,33 @@ def store_rejected(settings: Settings, verdict: Verdict, counts: WorkerStats) ->
     return dest
 
 
-class Intake:
+class Intake(Resident):
     """The resident subscriber; idle while the config has no [mqtt_intake]."""
 
+    keeps, logger = "the current one", log.name
+
     def __init__(self, settings: Settings, reload: Callable[[], Settings]) -> None:
-        self.settings, self.reload = settings, reload
-        self.stopped = threading.Event()
-        self.reload_requested = False
+        super().__init__(settings, reload)
         self.pending: list[Received] = []
         self.failures = 0
         self.written = 0
         self.catalogs = CatalogCache(settings.root)
 
     def run(self) -> int:
-        signals.install(self.on_stop, self.on_hup)
-        stamp = config_stamp(self.settings)
+        self.start()
         if self.settings.mqtt_intake is None:
             log.info("mqtt intake: no [mqtt_intake] in the config; idle until it has one")
-        while not self.stopped.is_set():
-            intake = self.settings.mqtt_intake
-            if intake is None:
-                self.stopped.wait(IDLE_SECONDS)
-            else:
-                self.session(intake)
-            now_stamp = config_stamp(self.settings)
-            if self.reload_requested or now_stamp != stamp:
-                stamp = now_stamp
-                self.apply_reload()
+        try:
+            while not self.stopped.is_set():
+                self.wakeup.clear()
+                intake = self.settings.mqtt_intake
+                if intake is None:
+                    self.wakeup.wait(IDLE_SECONDS)
+                else:
+                    self.session(intake)
+                self.reload_if_asked()
+        finally:
+            self.finish()
         log.info("mqtt intake stopped")
         return 0
 
@@ -170,7 +169,6 @@ class Intake:
                         intake.broker.host, intake.broker.port, exc, delay)  # fmt: skip
             self.stopped.wait(delay)
             return
-        stamp = config_stamp(self.settings)
         next_check = time.monotonic() + IDLE_SECONDS
         try:
             while not self.stopped.is_set() and not self.reload_requested:
@@ -183,7 +181,7 @@ class Intake:
                     self.failures = 0
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + IDLE_SECONDS
-                    if config_stamp(self.settings) != stamp:
+                    if self.config_changed():
                         return
         finally:
             self.pending.clear()  # not acknowledged: the broker hands them over again
@@ -248,21 +246,10 @@ class Intake:
             if client.loop(0.05) != 0 or time.monotonic() > deadline or self.stopped.is_set():
                 raise ConnectionError(f"no answer from the broker ({key})")
 
-    def apply_reload(self) -> None:
-        self.reload_requested = False
-        try:
-            self.settings = self.reload()
-        except ConfigError as exc:
-            log.error("config not reloaded, keeping the current one: %s", exc)
-            return
-        self.catalogs = CatalogCache(self.settings.root)
+    def apply(self, settings: Settings) -> None:
+        self.settings = settings
+        self.catalogs = CatalogCache(settings.root)
         log.info("config reloaded")
-
-    def on_stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stopped.set()
-
-    def on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self.reload_requested = True
 
 
 def run_intake(settings: Settings, reload: Callable[[], Settings]) -> int:

@@ -21,21 +21,18 @@ import contextlib
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from spool import signals
-from spool.config import Settings, config_stamp
-from spool.errors import ConfigError
+from spool.config import Settings
 from spool.events import events_dir, is_event_name, partial_dir, sent_dir
 from spool.fsio import list_names, write_atomic
 from spool.layout import FILE_MODE, ensure_dir
+from spool.services.runner import Resident
 from spool.services.sinks import Event, Sink, make_sinks
 
 log = logging.getLogger("spool.notify")  # the name operators filter on
@@ -46,26 +43,24 @@ KEEP_SENT_SECONDS = 86400.0
 KEEP_SENT_MAX = 100_000
 
 
-class Notifier:
+class Notifier(Resident):
     """The resident delivery loop."""
 
+    keeps, logger = "the current sinks", log.name
+
     def __init__(self, settings: Settings, reload: Callable[[], Settings]) -> None:
-        self.settings, self.reload = settings, reload
+        super().__init__(settings, reload)
         self.dir = events_dir(settings.root)
         self.sinks: list[Sink] = make_sinks(settings.notify)
         self.accepted: dict[str, set[str]] = {}  # event name -> sinks that accepted it
-        self.wakeup = threading.Event()
-        self.stopped = threading.Event()
-        self.reload_requested = False
         self.failures = 0
         self.last_prune = 0.0
-        self.config_stamp = config_stamp(settings)
         self.delivered = 0
 
     # ---- life cycle ------------------------------------------------------------------
 
     def run(self) -> int:
-        signals.install(self.on_stop, self.on_hup)
+        self.start()
         for directory in (self.dir, sent_dir(self.settings.root), partial_dir(self.settings.root)):
             ensure_dir(directory)
         lock = FileLock(str(self.dir / ".notify.lock"), mode=FILE_MODE)
@@ -76,7 +71,7 @@ class Notifier:
         try:
             while not self.stopped.is_set():
                 self.wakeup.clear()  # before looking: an event during the pass is kept
-                self.maybe_reload()
+                self.reload_if_asked()
                 ok = self.deliver_pending() if self.sinks else True
                 now = time.time()
                 if now - self.last_prune >= PRUNE_SECONDS:
@@ -96,6 +91,7 @@ class Notifier:
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=5)
+            self.finish()
             lock.release()
         log.info("notifier stopped")
         return 0
@@ -127,29 +123,11 @@ class Notifier:
             min(notify.retry_backoff_max_seconds, notify.retry_backoff_seconds * 2.0**exponent)
         )
 
-    def on_stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stopped.set()
-        self.wakeup.set()
-
-    def on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self.reload_requested = True
-        self.wakeup.set()
-
-    def maybe_reload(self) -> None:
-        stamp = config_stamp(self.settings)
-        if not self.reload_requested and stamp == self.config_stamp:
-            return
-        self.reload_requested = False
-        self.config_stamp = stamp
-        try:
-            settings = self.reload()
-        except ConfigError as exc:
-            log.error("config not reloaded, keeping the current sinks: %s", exc)
-            return
+    def apply(self, settings: Settings) -> None:
+        sinks = make_sinks(settings.notify)
         for sink in self.sinks:
             sink.close()
-        self.settings = settings
-        self.sinks = make_sinks(settings.notify)
+        self.settings, self.sinks = settings, sinks
         self.accepted.clear()
         log.info("config reloaded")
         self.describe()

@@ -23,20 +23,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from spool import producer, signals
+from spool import producer
 from spool.config import Settings
 from spool.envelope import format_compact, parse_compact
 from spool.errors import ConfigError, SpoolError
 from spool.fsio import fsync_dir, list_names, server_now, write_atomic, write_file
 from spool.layout import FILE_MODE, ensure_dir
 from spool.lookup import locate
+from spool.services.runner import Resident
 from spool.services.schedule import Entry, due_slots, parse_schedule, slot_text
 
 log = logging.getLogger("spool.scheduler")  # the name operators filter on
@@ -44,8 +43,6 @@ RECOVER_AFTER_SECONDS = 10.0
 KEEP_MARKERS_SECONDS = 600.0
 HOUSEKEEPING_SECONDS = 30.0
 MAX_SLEEP_SECONDS = 60.0
-SETTLE_SECONDS = 0.1  # a config file must stay unchanged this long before it is reloaded
-SETTLE_MAX_SECONDS = 2.0
 
 
 def schedule_dir(root: Path, name: str) -> Path:
@@ -185,36 +182,31 @@ def prune_markers(root: Path, entry: Entry, now: float) -> None:
             (directory / name).unlink(missing_ok=True)
 
 
-class Scheduler:
+class Scheduler(Resident):
     """Runs the schedule until stopped: fire due slots, sleep until the next one."""
+
+    keeps, logger = "the current schedule", log.name
 
     def __init__(
         self, settings: Settings, entries: dict[str, Entry], reload: Callable[[], Settings]
     ) -> None:
-        self.settings, self.entries, self.reload = settings, entries, reload
+        super().__init__(settings, reload)
+        self.entries = entries
         self.scheduler_id = f"{os.uname().nodename}-{os.getpid()}"
-        self.wakeup = threading.Event()
-        self.stopping = False
-        self.reload_requested = False
         self.last_housekeeping = 0.0
 
     def run(self) -> int:
-        signals.install(self.on_stop, self.on_hup)
-        observer = self.watch_config()
+        self.start()
         names = ", ".join(f"{e.name} ({e.when})" for e in self.entries.values())
         log.info("scheduler started: %s", names or "no schedule entries")
         try:
-            while not self.stopping:
+            while not self.stopped.is_set():
                 self.wakeup.clear()
-                if self.reload_requested:
-                    self.apply_reload()
-                now = time.time()
-                self.tick(now)
+                self.reload_if_asked()
+                self.tick(time.time())
                 self.wakeup.wait(self.sleep_seconds(time.time()))
         finally:
-            if observer is not None:
-                observer.stop()
-                observer.join(timeout=5)
+            self.finish()
         log.info("scheduler stopped")
         return 0
 
@@ -254,76 +246,10 @@ class Scheduler:
         waits += [entry.next_slot(now) - now for entry in self.entries.values()]
         return max(0.001, min(waits))
 
-    def on_stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping = True
-        self.wakeup.set()
-
-    def on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self.reload_requested = True
-        self.wakeup.set()
-
-    def watch_config(self) -> Any:
-        path = self.settings.config_path
-        if path is None:
-            return None
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        target = os.path.abspath(path)
-        scheduler = self
-
-        class ConfigChanged(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                paths = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", ""))}
-                if target in paths and event.event_type in (
-                    "modified",
-                    "created",
-                    "moved",
-                    "closed",
-                ):
-                    scheduler.reload_requested = True
-                    scheduler.wakeup.set()
-
-        observer = Observer()
-        try:
-            observer.schedule(ConfigChanged(), os.path.dirname(target), recursive=False)
-            observer.daemon = True
-            observer.start()
-        except OSError as exc:
-            log.warning("not watching %s for changes (%s); send SIGHUP to reload", path, exc)
-            return None
-        return observer
-
-    def apply_reload(self) -> None:
-        self.wait_until_config_settles()
-        self.reload_requested = False
-        try:
-            settings = self.reload()
-            entries = load_entries(settings)
-        except ConfigError as exc:
-            log.error("config not reloaded, keeping the current schedule: %s", exc)
-            return
+    def apply(self, settings: Settings) -> None:
+        entries = load_entries(settings)
         self.settings, self.entries = settings, entries
         log.info("schedule reloaded: %s", ", ".join(entries) or "no entries")
-
-    def wait_until_config_settles(self) -> None:
-        """Let a writer finish: an editor's in-place save is seen first as an empty file, which
-        would load as a valid config with no schedule at all."""
-        path = self.settings.config_path
-        if path is None:
-            return
-        deadline = time.monotonic() + SETTLE_MAX_SECONDS
-        previous: tuple[int, int] | None = None
-        while not self.stopping and time.monotonic() < deadline:
-            try:
-                info = os.stat(path)
-                current: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
-            except OSError:
-                current = None
-            if current is not None and current == previous:
-                return
-            previous = current
-            time.sleep(SETTLE_SECONDS)
 
 
 def describe(
