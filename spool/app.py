@@ -16,7 +16,7 @@ from spool.inspect.status import spool_status
 from spool.layout import QueueDirs
 from spool.lookup import finished, locate, read_found
 from spool.manifest import Catalog, CatalogCache
-from spool.registry import Registry, Task, TaskOptions
+from spool.registry import Registry, Task, TaskOptions, exception_names
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -87,6 +87,8 @@ class Spool:
         priority: int | None = None,
         max_lost: int | None = None,
         at_most_once: bool = False,
+        retry_on: Iterable[type[BaseException] | str] = (),
+        no_retry_on: Iterable[type[BaseException] | str] = (),
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # (the overloads cover both decorator forms)
@@ -102,8 +104,18 @@ class Spool:
         priority: int | None = None,
         max_lost: int | None = None,
         at_most_once: bool = False,
+        retry_on: Iterable[type[BaseException] | str] = (),
+        no_retry_on: Iterable[type[BaseException] | str] = (),
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
-        """Register a handler (as `@app.task` or `@app.task(...)`); its name is the function's."""
+        """Register a handler (as `@app.task` or `@app.task(...)`); its name is the function's.
+
+        `retry_on`: only errors of these types (or their subclasses) are retried; `no_retry_on`:
+        these never are (types, or their names). Raises: TypeError (neither).
+        """
+        only, never = (
+            exception_names("retry_on", retry_on),
+            exception_names("no_retry_on", no_retry_on),
+        )
 
         def register(func: Callable[P, R]) -> Task[P, R]:
             options = TaskOptions(
@@ -115,6 +127,8 @@ class Spool:
                 priority=priority,
                 max_lost=max_lost,
                 at_most_once=at_most_once,
+                retry_on=only,
+                no_retry_on=never,
             )
             handle = Task(self, func, options)
             self.registry.add(handle)

@@ -68,6 +68,8 @@ SPOOL_FIELDS = frozenset(
         "finished_at",
         "worker",
         "cancelled_at",
+        "retry_on",
+        "no_retry_on",
     }
 )
 

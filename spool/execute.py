@@ -42,7 +42,7 @@ from typing import Any
 
 from spool import context
 from spool.envelope import JSON
-from spool.errors import ConfigError, error_dict
+from spool.errors import ConfigError, error_dict, exception_name
 from spool.layout import CANCEL_FILE
 from spool.registry import TaskOptions
 
@@ -451,8 +451,8 @@ def run_handler(tasks: dict[str, Any], request: dict[str, Any]) -> dict[str, Any
         reply = {"ok": False, "error": error_dict(kind, str(exc), user_traceback(exc))}
         reply["asked"] = exc.asked()
     except Exception as exc:
-        error = error_dict(type_name(type(exc)), str(exc), user_traceback(exc))
-        kinds = [type_name(k) for k in type(exc).__mro__ if issubclass(k, BaseException)]
+        error = error_dict(exception_name(type(exc)), str(exc), user_traceback(exc))
+        kinds = [exception_name(k) for k in type(exc).__mro__ if issubclass(k, BaseException)]
         reply = {"ok": False, "error": error, "kinds": kinds}
     else:
         reply = {"ok": True, "result": result}
@@ -462,10 +462,6 @@ def run_handler(tasks: dict[str, Any], request: dict[str, Any]) -> dict[str, Any
     if token is not None and progress is not None:
         reply["progress"] = progress
     return reply
-
-
-def type_name(kind: type) -> str:
-    return f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins.")
 
 
 def user_traceback(exc: BaseException) -> str:

@@ -83,12 +83,20 @@ class RetryPolicy:
         """Why an error of these types (its type first, then its bases) is not retried, or None."""
         if not kinds:
             return None
-        for kind in kinds:
-            if kind in self.no_retry_on:
-                return f"{kinds[0]} is not retried (no_retry_on {kind})"
-        if self.retry_on and not any(kind in self.retry_on for kind in kinds):
+        for name in self.no_retry_on:
+            if any(names_type(name, kind) for kind in kinds):
+                return f"{kinds[0]} is not retried (no_retry_on {name})"
+        if self.retry_on and not any(
+            names_type(name, kind) for name in self.retry_on for kind in kinds
+        ):
             return f"{kinds[0]} is not retried (retry_on: {', '.join(self.retry_on)})"
         return None
+
+
+def names_type(name: str, kind: str) -> bool:
+    """Whether `name` (as a task option or a task file gives it) names the type `kind`
+    (`module.Name`): in full, or by its last part (a file may say `MailboxFull`)."""
+    return name == kind or kind.rsplit(".", 1)[-1] == name
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from spool.config import Settings
-from spool.envelope import TaskDict
+from spool.envelope import JSON, TaskDict
 from spool.errors import ConfigError
 from spool.execute import Executor
 from spool.finish import RetryPolicy
@@ -157,6 +157,8 @@ class TaskCode:
             s.retry_jitter,
             max_lost=int(max_lost),
             at_most_once=options.at_most_once,
+            retry_on=type_names(task.get("retry_on"), options.retry_on),
+            no_retry_on=type_names(task.get("no_retry_on"), options.no_retry_on),
         )
 
     def known_policy(self, task: TaskDict) -> RetryPolicy | None:
@@ -166,6 +168,11 @@ class TaskCode:
     def timeout_for(self, task: TaskDict) -> float:
         options = self.options_of(task)
         return float(first(task.get("timeout"), options.timeout, self.settings.timeout_seconds))
+
+
+def type_names(own: JSON, registered: tuple[str, ...]) -> tuple[str, ...]:
+    """A task file's own retry_on / no_retry_on (a list of names, see envelope) wins."""
+    return tuple(own) if isinstance(own, list) else registered
 
 
 def first(*values: Any) -> Any:

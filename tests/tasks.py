@@ -242,3 +242,20 @@ def stop_when_cancelled(path: str) -> str:
     Path(path).write_text("saw the cancel")
     time.sleep(30)  # the worker stops the attempt anyway
     return "late"
+
+
+ERRORS: dict[str, type[Exception]] = {
+    "ConnectionRefusedError": ConnectionRefusedError,
+    "ValueError": ValueError,
+    "RuntimeError": RuntimeError,
+}
+
+
+@app.task(retry_on=(OSError, "TimeoutError"), max_retries=1)
+def only_os_errors_retried(kind: str) -> None:
+    raise ERRORS[kind](f"a {kind}")
+
+
+@app.task(no_retry_on=(ValueError,), max_retries=1)
+def value_errors_not_retried(kind: str) -> None:
+    raise ERRORS[kind](f"a {kind}")

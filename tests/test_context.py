@@ -17,6 +17,7 @@ from spool.events import build_event
 from spool.execute import Outcome
 from spool.finish import RetryPolicy, decide
 from spool.layout import QueueDirs, split_delayed
+from spool.manifest import Catalog
 from tests.conftest import names, wait_until
 
 Starter = Callable[..., object]
@@ -142,6 +143,8 @@ def test_retry_on_retries_only_the_named_types_and_their_subclasses() -> None:
     assert refused.reason == "ValueError is not retried (retry_on: OSError, TimeoutError)"
     sub = ("ConnectionRefusedError", "ConnectionError", "OSError", "Exception")
     assert decide({}, failed_outcome(sub[0], sub), policy).action == "retry"
+    timeout = failed_outcome("Timeout", ("Timeout", "TimeoutError"))  # (see execute)
+    assert decide({}, timeout, policy).action == "retry"
 
 
 def test_no_retry_on_fails_at_once_but_an_explicit_retry_wins() -> None:
@@ -175,3 +178,52 @@ def test_a_handler_traceback_leaves_out_spool_frames(app: Spool, start_worker: S
     assert "tests/tasks.py" in tb
     assert "run_handler" not in tb
     assert os.sep + "execute.py" not in tb
+
+
+@pytest.mark.parametrize(
+    ("task", "kind", "attempts", "reason"),
+    [
+        ("only_os_errors_retried", "ConnectionRefusedError", 2, "no retries left (max_retries 1)"),
+        (
+            "only_os_errors_retried",
+            "ValueError",
+            1,
+            "ValueError is not retried (retry_on: OSError, TimeoutError)",
+        ),
+        ("value_errors_not_retried", "ValueError", 1, "ValueError is not retried (no_retry_on "
+         "ValueError)"),
+        ("value_errors_not_retried", "RuntimeError", 2, "no retries left (max_retries 1)"),
+    ],
+)  # fmt: skip
+def test_retry_on_and_no_retry_on_choose_which_errors_are_retried(
+    app: Spool, start_worker: Starter, task: str, kind: str, attempts: int, reason: str
+) -> None:
+    task_id = app.enqueue(task, args=[kind])
+    start_worker()
+    wait_until(state_is(app, task_id, "failed"))
+    shown = app.show(task_id)
+    assert shown["attempts"] == attempts
+    assert shown["history"][-1]["decision"] == {"action": "fail", "reason": reason}
+
+
+def test_a_task_file_names_the_errors_it_does_not_retry(
+    app: Spool, spool_root: Path, start_worker: Starter
+) -> None:
+    (task_id,) = app.enqueue_many(
+        [{"task": "fail", "args": ["no"], "no_retry_on": ["RuntimeError"]}], check=False
+    )
+    start_worker()
+    wait_until(state_is(app, task_id, "failed"))
+    shown = app.show(task_id)
+    assert shown["attempts"] == 1
+    assert shown["history"][0]["decision"]["reason"] == (
+        "RuntimeError is not retried (no_retry_on RuntimeError)"
+    )
+    entry = Catalog.load(spool_root).entry("only_os_errors_retried")
+    assert entry is not None and entry.retry_on == ("OSError", "TimeoutError")
+
+
+def test_retry_on_takes_exception_types_or_names_only(tmp_path: Path) -> None:
+    other = Spool(root=tmp_path)
+    with pytest.raises(TypeError, match="retry_on: 42 is neither"):
+        other.task(retry_on=(42,))  # type: ignore[arg-type]
