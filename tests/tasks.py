@@ -259,3 +259,14 @@ def only_os_errors_retried(kind: str) -> None:
 @app.task(no_retry_on=(ValueError,), max_retries=1)
 def value_errors_not_retried(kind: str) -> None:
     raise ERRORS[kind](f"a {kind}")
+
+
+@app.task(max_retries=0)
+def talk_a_lot(chunks: int, size: int, pause: float) -> int:
+    """Write `chunks` lines of `size` bytes, `pause` seconds apart; then a last line."""
+    for n in range(chunks):
+        sys.stdout.write(f"{n:08d}" + "y" * (size - 9) + "\n")
+        sys.stdout.flush()
+        time.sleep(pause)
+    print("the last line")
+    return chunks * size

@@ -4,6 +4,7 @@ handler process (print, sys.stderr, logging, child processes), bounded, shown by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -118,3 +119,21 @@ def test_logs_follow_prints_a_running_attempt_until_it_ends(
     assert lines[-1] == "finished"
     assert lines[:-1] == [f"line {n}" for n in range(1, len(lines))]
     assert followed.read_bytes() == (beside(spool_root, task_id) / "1.log").read_bytes()
+
+
+def test_the_worker_keeps_a_running_attempts_output_bounded(
+    app: Spool, spool_root: Path, start_worker: Starter
+) -> None:
+    task_id = app.enqueue("talk_a_lot", args=[250, 20_000, 0.01])  # 5 MB in about 2.5 s
+    start_worker()
+    wait_until(lambda: app.state_of(task_id) == "processing")
+    biggest = 0
+    while app.state_of(task_id) == "processing":
+        for scratch in (spool_root / ".workers").glob("*.out"):
+            with contextlib.suppress(FileNotFoundError):
+                biggest = max(biggest, scratch.stat().st_size)
+        time.sleep(0.005)
+    wait_until(lambda: app.state_of(task_id) == "done")
+    assert 0 < biggest <= 1024 * 1024  # 4 x 64 KiB, plus what is written between two looks
+    log = (beside(spool_root, task_id) / "1.log").read_bytes()
+    assert log.endswith(b"the last line\n") and len(log) <= 64 * 1024 + 100

@@ -15,7 +15,7 @@ from spool import Spool
 from spool.cli import cli
 from spool.context import PROGRESS_EVERY_SECONDS
 from spool.layout import QueueDirs
-from tests.conftest import TEST_CONFIG, run_burst, wait_until
+from tests.conftest import PROJECT_DIR, TEST_CONFIG, run_burst, spool_command, wait_until
 from tests.test_web import client_for, settings_for
 
 Starter = Callable[..., subprocess.Popen[bytes]]
@@ -61,3 +61,29 @@ def test_progress_called_100000_times_writes_a_few_files_a_second(
     seconds = shown["finished_at"] - shown["started_at"]
     assert 1 <= shown["result"] <= seconds / PROGRESS_EVERY_SECONDS + 2
     assert shown["progress"]["done"] == 100_000
+
+
+def test_wait_with_progress_shows_it_then_prints_the_result(
+    app: Spool, spool_root: Path, start_worker: Starter, tmp_path: Path
+) -> None:
+    marker = tmp_path / "go-on"
+    task_id = app.enqueue("progress_then_wait", args=[str(marker)])
+    start_worker()
+    err_path = tmp_path / "wait.err"
+    with open(err_path, "wb") as err:
+        waiter = subprocess.Popen(
+            spool_command(spool_root, "wait", "--progress", "--timeout", "30", task_id),
+            cwd=PROJECT_DIR,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    try:
+        wait_until(lambda: f"{task_id} three done".encode() in err_path.read_bytes())
+        marker.touch()
+        out, _ = waiter.communicate(timeout=30)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+    assert waiter.returncode == 0
+    assert json.loads(out) == "ok"

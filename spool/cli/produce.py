@@ -29,6 +29,7 @@ from spool.errors import (
     TaskFailed,
     WaitTimeout,
 )
+from spool.inspect.beside import describe_progress
 from spool.manifest import Catalog
 
 BATCH = 10_000
@@ -225,15 +226,23 @@ def enqueue_from(
     click.echo(f"enqueued {total} tasks", err=True)
 
 
+PROGRESS_LOOK_SECONDS = 0.25  # (wait --progress)
+
+
 @click.command()
 @click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
 @click.option(
     "--timeout", type=click.FloatRange(min=0), metavar="S", help="Give up after S seconds (exit 3)."
 )
 @click.option("--json", "as_json", is_flag=True, help="A failed task's error as JSON on stdout.")
+@click.option("--progress", is_flag=True, help="Show each task's progress on stderr meanwhile.")
 @click.pass_context
 def wait(
-    ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None, as_json: bool
+    ctx: click.Context,
+    task_ids: tuple[str, ...],
+    timeout: float | None,
+    as_json: bool,
+    progress: bool,
 ) -> None:
     """Wait for tasks to finish; print each result as JSON. Exit 0 all done, 1 one failed (or is
     unknown), 3 timed out. A failed task's error and traceback go to stderr as text (--json: its
@@ -245,7 +254,10 @@ def wait(
     for task_id in task_ids:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            result = app.wait(task_id, left)
+            if progress:
+                result = wait_showing_progress(app, task_id, left)
+            else:
+                result = app.wait(task_id, left)
             line: dict[str, Any] = {"id": task_id, "state": "done", "result": result}
         except TaskFailed as exc:
             line = {"id": task_id, "state": "failed", "error": exc.error}
@@ -266,6 +278,42 @@ def wait(
         elif "error" in line and as_json:
             click.echo(json.dumps(line["error"], indent=2, ensure_ascii=False))
     ctx.exit(code)
+
+
+def wait_showing_progress(app: Spool, task_id: str, timeout: float | None) -> Any:
+    """app.wait, looking at the task's progress (see spool.progress) between short waits and
+    showing it on stderr: a click progress bar once a total is known, else a line.
+
+    Raises: as Spool.wait.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    bar: Any = None
+    said = ""
+    try:
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            step = PROGRESS_LOOK_SECONDS if left is None else min(left, PROGRESS_LOOK_SECONDS)
+            try:
+                return app.wait(task_id, step)
+            except WaitTimeout:
+                if left is not None and left <= step:
+                    raise WaitTimeout(task_id, timeout or 0.0) from None
+            value = app.show(task_id).get("progress")
+            if not isinstance(value, dict):
+                continue
+            done, total = value.get("done"), value.get("total")
+            if bar is None and isinstance(total, int | float) and total > 0:
+                bar = click.progressbar(length=int(total), label=task_id, file=sys.stderr)
+                bar.__enter__()
+            if bar is not None and isinstance(done, int | float):
+                bar.label = f"{task_id} {value.get('message') or ''}".rstrip()
+                bar.update(int(done) - bar.pos)
+            elif bar is None and describe_progress(value) != said:
+                said = describe_progress(value)
+                click.echo(f"{task_id}: {said}", err=True)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
 
 
 def failure_text(failed: TaskFailed) -> str:
