@@ -9,12 +9,9 @@ is a lost attempt (`Outcome.lost`): like a worker's death, it counts against the
 
 Worker and child speak length-framed JSON over two pipes; nothing is pickled.
 
-Output: the child's fds 1 and 2 point at its worker's scratch file (see layout.output_scratch),
-so print, sys.stderr, logging and whatever a handler's own child processes write land there,
-without a thread copying anything. When an attempt ends, its output (the last `output_limit`
-bytes) moves beside the task as <attempt>.log: the child does it before it replies, the worker
-after it stopped the child (timeout, cancel) or found it dead. While an attempt runs, the
-worker cuts the scratch back to its tail when it grows past OUTPUT_SLACK times the limit.
+Output: the child writes fds 1 and 2 to its worker's scratch file (see spool.output); when an
+attempt ends, the child moves its output beside the task before it replies, or the worker does
+after it stopped the child (timeout, cancel) or found it dead.
 
 Cancel: a `cancel` file beside the running task (see manage.cancel) stops the attempt like its
 timeout (the child's whole process group); the worker looks for it once per POLL_SLICE_SECONDS.
@@ -26,7 +23,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import json
-import logging
 import os
 import select
 import signal
@@ -37,13 +33,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from spool import context
 from spool.envelope import JSON
 from spool.errors import ConfigError, error_dict, exception_name
 from spool.layout import CANCEL_FILE
+from spool.output import OUTPUT_LIMIT_BYTES, Scratch, capture_output, end_output
 from spool.registry import TaskOptions
 
 CHILD_CODE = "from spool.execute import child_main; child_main()"
@@ -51,8 +47,6 @@ START_TIMEOUT_SECONDS = 120.0
 START_TRIES = 3  # a child killed before its first message is started again this often
 POLL_SLICE_SECONDS = 0.1
 HEADER = struct.Struct("!I")
-OUTPUT_LIMIT_BYTES = 64 * 1024
-OUTPUT_SLACK = 4  # the scratch may grow to this many times the limit before it is cut
 
 
 @dataclass
@@ -122,12 +116,11 @@ class Executor:
         tasks_modules: tuple[str, ...],
         project_dir: str,
         on_spawn: Callable[[int], None] | None = None,
-        output: Path | None = None,
-        output_limit: int = OUTPUT_LIMIT_BYTES,
+        output: Scratch | None = None,
     ) -> None:
         self.tasks_modules, self.project_dir = tasks_modules, project_dir
         self.on_spawn = on_spawn
-        self.output, self.output_limit = output, output_limit  # the scratch (see module doc)
+        self.output = output  # where the handler process writes (see spool.output)
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
         self.tasks: dict[str, TaskOptions] = {}
@@ -157,8 +150,8 @@ class Executor:
         from_child_r, from_child_w = os.pipe()
         settings: dict[str, JSON] = {"modules": list(self.tasks_modules)}
         settings["project_dir"] = self.project_dir
-        settings["output"] = None if self.output is None else str(self.output)
-        settings["output_limit"] = self.output_limit
+        settings["output"] = None if self.output is None else str(self.output.path)
+        settings["output_limit"] = None if self.output is None else self.output.limit
         payload = json.dumps(settings)
         try:
             self.proc = subprocess.Popen(
@@ -230,61 +223,33 @@ class Executor:
                 return self.child_lost(started, log_path)
             if reply is not None:
                 return outcome_of(reply, started, time.time())
-            if stop:
-                self.stop_attempt(log_path)
-                return Outcome(False, started, time.time(), interrupted=True)
-            if cancelled:
-                self.stop_attempt(log_path)
-                assert cancel is not None
-                error = error_dict("Cancelled", cancel_reason(cancel))
-                return Outcome(False, started, time.time(), error=error, cancelled=True)
-            if over:
-                self.stop_attempt(log_path)
-                message = f"attempt stopped after its timeout of {timeout:g} s"
-                error = error_dict("Timeout", message)
-                kinds = ("Timeout", "TimeoutError")  # (retry_on=(TimeoutError,) takes it)
-                return Outcome(False, started, time.time(), error=error, kinds=kinds)
+            why = "stop" if stop else "cancel" if cancelled else "timeout" if over else None
+            if why is not None:
+                return self.stopped(started, log_path, why, timeout, cancel)
             first = False
-            self.bound_output()
+            if self.output is not None:
+                self.output.bound()
 
-    def stop_attempt(self, log_path: JSON) -> None:
-        """Kill the child and its group mid-attempt; keep what the attempt wrote."""
+    def stopped(
+        self, started: float, log_path: JSON, why: str, timeout: float | None, cancel: str | None
+    ) -> Outcome:
+        """Kill the child and its group mid-attempt (`why`: stop, cancel or timeout), keep what
+        the attempt wrote, and say how it ended."""
         self.kill()
         self.keep_output(log_path)
+        now = time.time()
+        if why == "stop":
+            return Outcome(False, started, now, interrupted=True)
+        if why == "cancel" and cancel is not None:
+            error = error_dict("Cancelled", cancel_reason(cancel))
+            return Outcome(False, started, now, error=error, cancelled=True)
+        message = f"attempt stopped after its timeout of {timeout:g} s"
+        kinds = ("Timeout", "TimeoutError")  # (retry_on=(TimeoutError,) takes it)
+        return Outcome(False, started, now, error=error_dict("Timeout", message), kinds=kinds)
 
     def keep_output(self, log_path: JSON) -> None:
-        if self.output is None or not isinstance(log_path, str):
-            return
-        try:
-            fd = os.open(self.output, os.O_RDWR | os.O_APPEND)
-        except OSError:
-            return
-        try:
-            keep_tail(fd, log_path, self.output_limit)
-        except OSError:  # the output is a help, never a reason to lose the outcome
-            pass
-        finally:
-            os.close(fd)
-
-    def bound_output(self) -> None:
-        """Cut the running attempt's output back to its tail when it grew too big."""
-        if self.output is None:
-            return
-        try:
-            if os.stat(self.output).st_size <= OUTPUT_SLACK * self.output_limit:
-                return
-            fd = os.open(self.output, os.O_RDWR | os.O_APPEND)
-        except OSError:
-            return
-        try:
-            tail = read_tail(fd, self.output_limit)
-            # RACE: what the handler writes between the read and the truncate is not kept
-            os.ftruncate(fd, 0)
-            os.write(fd, CUT_NOTE + tail)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        if self.output is not None and isinstance(log_path, str):
+            self.output.keep(log_path)
 
     def child_lost(self, started: float, log_path: JSON = None) -> Outcome:
         code = self.kill()
@@ -341,31 +306,6 @@ def outcome_of(reply: dict[str, Any], started: float, finished: float) -> Outcom
     )
 
 
-CUT_NOTE = b"[spool: earlier output of this attempt was not kept]\n"
-
-
-def read_tail(fd: int, limit: int) -> bytes:
-    size = os.fstat(fd).st_size
-    return os.pread(fd, limit, max(0, size - limit))
-
-
-def keep_tail(fd: int, dest: str, limit: int) -> None:
-    """Write the last `limit` bytes of the output file `fd` to `dest` (nothing when it is
-    empty) and empty it. Raises: OSError."""
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return
-    tail = read_tail(fd, limit)
-    if size > limit:
-        tail = CUT_NOTE + tail
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    part = f"{dest}.part"
-    with open(part, "wb") as out:
-        out.write(tail)
-    os.rename(part, dest)
-    os.ftruncate(fd, 0)
-
-
 # ---- the child side ----------------------------------------------------------------------
 
 
@@ -402,7 +342,7 @@ def child_main() -> None:
         return
     described = {name: task.describe().to_json() for name, task in tasks.items()}
     channel.send(json.dumps({"tasks": described}).encode())
-    limit = int(settings.get("output_limit", OUTPUT_LIMIT_BYTES))
+    limit = int(settings.get("output_limit") or OUTPUT_LIMIT_BYTES)
     while True:
         try:
             request = json.loads(channel.receive())
@@ -412,32 +352,6 @@ def child_main() -> None:
         if settings.get("output"):
             end_output(request.get("log"), limit)
         channel.send(encode_reply(reply))
-
-
-def capture_output(path: str) -> None:
-    """Point fds 1 and 2 at the scratch file, and `logging` at stderr (see module doc)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o660)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    with contextlib.suppress(AttributeError, ValueError):
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-
-
-def end_output(log_path: JSON, limit: int) -> None:
-    """Flush what the attempt wrote and move it beside the task."""
-    with contextlib.suppress(OSError, ValueError):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    if isinstance(log_path, str):
-        with contextlib.suppress(OSError):  # a full disk: the output is lost, not the outcome
-            keep_tail(1, log_path, limit)
 
 
 def run_handler(tasks: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:

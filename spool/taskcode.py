@@ -22,6 +22,7 @@ from spool.execute import Executor
 from spool.finish import RetryPolicy
 from spool.layout import output_scratch
 from spool.manifest import CatalogCache, publish, unknown_fate
+from spool.output import Scratch
 from spool.registry import TaskOptions, task_changes
 from spool.signature import binding_error, render
 from spool.workers import WorkerLock, is_alive
@@ -45,8 +46,10 @@ class TaskCode:
             self.settings.tasks,
             str(self.settings.project_dir),
             on_spawn=lambda pid: self.lock.update(handler_pid=pid),
-            output=output_scratch(self.settings.root, self.worker_id),
-            output_limit=self.settings.output_limit_bytes,
+            output=Scratch(
+                output_scratch(self.settings.root, self.worker_id),
+                self.settings.output_limit_bytes,
+            ),
         )
 
     def start(self) -> None:
