@@ -43,7 +43,8 @@ class Scratch:
         try:
             keep_tail(fd, log_path, self.limit)
         except OSError:  # the output is a help, never a reason to lose the outcome
-            pass
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # (nor to mix it into the next attempt's)
         finally:
             os.close(fd)
 
@@ -113,6 +114,10 @@ def end_output(log_path: JSON, limit: int) -> None:
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
         sys.stderr.flush()
-    if isinstance(log_path, str):
-        with contextlib.suppress(OSError):  # a full disk: the output is lost, not the outcome
-            keep_tail(1, log_path, limit)
+    if not isinstance(log_path, str):
+        return
+    try:
+        keep_tail(1, log_path, limit)
+    except OSError:  # a full disk: the output is lost, not the outcome
+        with contextlib.suppress(OSError):
+            os.ftruncate(1, 0)  # (nor mixed into the next attempt's)
