@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+import spool
 from spool import Spool
 
 app = Spool.from_config()
@@ -28,7 +29,7 @@ def echo(x: object) -> object:
 def send_email(to: str, subject: str = "", body: str = "") -> str:
     """'Send' a mail by writing it to var/outbox/ (one JSON file per mail)."""
     if "@" not in to:
-        raise ValueError(f"not an e-mail address: {to!r}")
+        raise spool.Fail(f"not an e-mail address: {to!r}")  # no retry would help
     OUTBOX.mkdir(parents=True, exist_ok=True)
     path = OUTBOX / f"{time.time_ns()}.json"
     path.write_text(json.dumps({"to": to, "subject": subject, "body": body}))
@@ -43,8 +44,12 @@ def close_unpaid_order(order_id: int) -> dict[str, object]:
 
 @app.task(timeout=60)
 def build_report(month: str, seconds: float = 3.0) -> dict[str, object]:
-    """A slow task: pretend to crunch numbers for a few seconds."""
-    time.sleep(seconds)
+    """A slow task: pretend to crunch numbers for a few seconds, saying how far it got."""
+    steps = 10
+    for step in range(steps):
+        time.sleep(seconds / steps)
+        spool.progress(step + 1, steps, message=f"month {month}")
+    print(f"report for {month} built")  # kept beside the task: spool logs ID
     return {"month": month, "rows": 1234, "took_seconds": seconds}
 
 

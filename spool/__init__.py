@@ -1,6 +1,7 @@
 """spool: a file-spool background-task queue. The spool is a directory tree; no broker."""
 
 from spool.app import Spool
+from spool.context import Context, Fail, NoContext, Retry, current, progress
 from spool.errors import (
     BadArguments,
     DiskFault,
@@ -16,8 +17,12 @@ from spool.registry import Task
 __version__ = "0.1.0"
 __all__ = [
     "BadArguments",
+    "Context",
     "DiskFault",
+    "Fail",
     "InvalidTask",
+    "NoContext",
+    "Retry",
     "Spool",
     "SpoolError",
     "Task",
@@ -26,4 +31,6 @@ __all__ = [
     "UnknownTaskName",
     "WaitTimeout",
     "__version__",
+    "current",
+    "progress",
 ]

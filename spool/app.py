@@ -7,14 +7,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
-from spool import producer
+from spool import context, producer
 from spool.config import Settings, load_settings
+from spool.context import context_fields
 from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
+from spool.inspect.beside import progress_of
 from spool.inspect.status import spool_status
 from spool.layout import QueueDirs
 from spool.lookup import finished, locate, locate_many, read_found
 from spool.manifest import Catalog, CatalogCache
-from spool.registry import Registry, Task, TaskOptions
+from spool.registry import Registry, Task, TaskOptions, exception_names
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -85,6 +87,8 @@ class Spool:
         priority: int | None = None,
         max_lost: int | None = None,
         at_most_once: bool = False,
+        retry_on: Iterable[type[BaseException] | str] = (),
+        no_retry_on: Iterable[type[BaseException] | str] = (),
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # (the overloads cover both decorator forms)
@@ -100,8 +104,18 @@ class Spool:
         priority: int | None = None,
         max_lost: int | None = None,
         at_most_once: bool = False,
+        retry_on: Iterable[type[BaseException] | str] = (),
+        no_retry_on: Iterable[type[BaseException] | str] = (),
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
-        """Register a handler (as `@app.task` or `@app.task(...)`); its name is the function's."""
+        """Register a handler (as `@app.task` or `@app.task(...)`); its name is the function's.
+
+        `retry_on`: only errors of these types (or their subclasses) are retried; `no_retry_on`:
+        these never are (types, or their names). Raises: TypeError (neither).
+        """
+        only, never = (
+            exception_names("retry_on", retry_on),
+            exception_names("no_retry_on", no_retry_on),
+        )
 
         def register(func: Callable[P, R]) -> Task[P, R]:
             options = TaskOptions(
@@ -113,6 +127,8 @@ class Spool:
                 priority=priority,
                 max_lost=max_lost,
                 at_most_once=at_most_once,
+                retry_on=only,
+                no_retry_on=never,
             )
             handle = Task(self, func, options)
             self.registry.add(handle)
@@ -168,12 +184,32 @@ class Spool:
         if handle is None:
             raise UnknownTask(task["task"], "not registered with this Spool (eager mode)")
         task_id = str(task.get("id") or f"eager-{len(self.eager_results) + 1}")
+        task["id"] = task_id
+        s = self.settings
+        max_retries = first(task.get("max_retries"), handle.options.max_retries, s.max_retries)
+        timeout = first(task.get("timeout"), handle.options.timeout, s.timeout_seconds)
+        fields = context_fields(
+            task,
+            handle.options.queue,
+            "eager",
+            int(max_retries),
+            float(timeout),
+            time.time(),
+            beside=None,
+            tmp=None,
+        )
+        fields["retries_left"] = 0  # (eager mode runs a task once)
+        token = context.begin(fields)
         try:
             result = handle.fn(*task.get("args", []), **task.get("kwargs", {}))
         except Exception as exc:
             self.eager_results[task_id] = {"error": error_dict(type(exc).__name__, str(exc))}
         else:
             self.eager_results[task_id] = {"result": result}
+        finally:
+            progress = context.end(token)
+        if progress is not None:
+            self.eager_results[task_id]["progress"] = progress
         return task_id
 
     # ---- reading ---------------------------------------------------------------------
@@ -183,7 +219,12 @@ class Spool:
         found = locate(self.root, task_id)
         if found is None:
             raise TaskNotFound(task_id)
-        return read_found(found)
+        shown = read_found(found)
+        if found.state == "processing":  # its last progress while it runs (see spool.context)
+            progress = progress_of(QueueDirs(self.root, found.queue), shown)
+            if progress is not None:
+                shown["progress"] = progress
+        return shown
 
     def state_of(self, task_id: str) -> str | None:
         """incoming, delayed, processing, done or failed; None for an unknown id."""
@@ -279,3 +320,8 @@ def outcome_of(task_id: str, info: Mapping[str, Any]) -> Any:
         "message": (info.get("rejected") or {}).get("reason", "rejected"),
     }
     raise TaskFailed(task_id, error)
+
+
+def first(*values: Any) -> Any:
+    """The first value that is not None."""
+    return next(v for v in values if v is not None)

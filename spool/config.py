@@ -40,6 +40,7 @@ DEFAULTS_KEYS = {
     "max_lost",
 }
 WORKERS_KEYS = {"processes", "queues", "rescan_seconds", "recover_seconds", "unknown_task_grace"}
+WORKERS_KEYS |= {"output_bytes"}
 LOG_KEYS = {"format", "level"}
 RETENTION_KEYS = {"done", "failed"}
 WEB_KEYS = {"host", "port", "token", "max_body"}
@@ -66,6 +67,7 @@ class Settings:
     recover_seconds: float = 2.0
     # a task no live worker knows is held this long after a manifest last named it (deploys)
     unknown_task_grace_seconds: float = 600.0
+    output_limit_bytes: int = 64 * 1024  # of each attempt's output kept beside the task
     log_format: str = "text"
     log_level: str = "INFO"
     schedule: Mapping[str, Any] = field(default_factory=dict)
@@ -170,6 +172,7 @@ def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str,
         ("rescan_seconds", "rescan_seconds", None),
         ("recover_seconds", "recover_seconds", None),
         ("unknown_task_grace", "unknown_task_grace_seconds", None),
+        ("output_bytes", "output_limit_bytes", int),
     ]
     values.update(checked(workers, worker_checks, f"{where} [workers]"))
     if "queues" in workers:

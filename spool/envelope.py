@@ -143,6 +143,11 @@ def validate_fields(obj: TaskDict) -> None:
     ):
         raise FieldError(f"field 'unique_key' must be a string of 1-{UNIQUE_KEY_MAX} characters")
     expect(obj, "history", list, "an array")
+    for key in ("retry_on", "no_retry_on"):  # exception type names (see finish.RetryPolicy)
+        if key in obj and not (
+            isinstance(obj[key], list) and all(isinstance(v, str) and v for v in obj[key])
+        ):
+            raise FieldError(f"field '{key}' must be an array of exception type names")
 
 
 def expect(obj: TaskDict, key: str, kind: type, name: str) -> None:

@@ -8,6 +8,12 @@ def error_dict(kind: str, message: str, tb: str = "") -> dict[str, str]:
     return {"type": kind, "message": message, "traceback": tb}
 
 
+def exception_name(kind: type) -> str:
+    """How an exception type is named in errors, retry_on and no_retry_on: `module.Name`, the
+    builtins by their bare name (`OSError`)."""
+    return f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins.")
+
+
 class SpoolError(Exception):
     """Base for every error spool raises on purpose."""
 

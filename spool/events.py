@@ -76,15 +76,23 @@ def build_event(
         event["result"] = task.get("result")
     else:
         event["error"] = task.get("error") or last_error(task)
+        decision = last_entry(task).get("decision")
+        if decision is not None:  # what was decided, and why (see finish.decide)
+            event["decision"] = decision
     if status == "retry":
         event["retry_at"] = task.get("retry_at")
     return event
 
 
 def last_error(task: TaskDict) -> JSON:
+    return last_entry(task).get("error")
+
+
+def last_entry(task: TaskDict) -> dict[str, JSON]:
+    """The task's last history entry ({} when it has none)."""
     history = task.get("history") or [{}]
     last = history[-1]
-    return last.get("error") if isinstance(last, dict) else None
+    return last if isinstance(last, dict) else {}
 
 
 class Outbox:

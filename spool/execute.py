@@ -8,6 +8,13 @@ is a lost attempt (`Outcome.lost`): like a worker's death, it counts against the
 `max_lost`, not its `max_retries`. The child dies with the worker (PR_SET_PDEATHSIG on Linux).
 
 Worker and child speak length-framed JSON over two pipes; nothing is pickled.
+
+Output: the child writes fds 1 and 2 to its worker's scratch file (see spool.output); when an
+attempt ends, the child moves its output beside the task before it replies, or the worker does
+after it stopped the child (timeout, cancel) or found it dead.
+
+Cancel: a `cancel` file beside the running task (see manage.cancel) stops the attempt like its
+timeout (the child's whole process group); the worker looks for it once per POLL_SLICE_SECONDS.
 """
 
 from __future__ import annotations
@@ -28,8 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from spool import context
 from spool.envelope import JSON
-from spool.errors import ConfigError, error_dict
+from spool.errors import ConfigError, error_dict, exception_name
+from spool.layout import CANCEL_FILE
+from spool.output import OUTPUT_LIMIT_BYTES, Scratch, capture_output, end_output
 from spool.registry import TaskOptions
 
 CHILD_CODE = "from spool.execute import child_main; child_main()"
@@ -50,6 +60,10 @@ class Outcome:
     error: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False  # the worker was told to stop now: put the task back
     lost: bool = False  # the handler process died during the attempt (see finish.lose)
+    cancelled: bool = False  # an operator cancelled the running task (see manage.cancel)
+    asked: dict[str, JSON] | None = None  # what the handler raised for: spool.Retry or Fail
+    kinds: tuple[str, ...] = ()  # the error's type and its bases, by name (retry_on)
+    progress: JSON = None  # the last spool.progress() of the attempt
 
     @property
     def duration(self) -> float:
@@ -102,9 +116,11 @@ class Executor:
         tasks_modules: tuple[str, ...],
         project_dir: str,
         on_spawn: Callable[[int], None] | None = None,
+        output: Scratch | None = None,
     ) -> None:
         self.tasks_modules, self.project_dir = tasks_modules, project_dir
         self.on_spawn = on_spawn
+        self.output = output  # where the handler process writes (see spool.output)
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
         self.tasks: dict[str, TaskOptions] = {}
@@ -132,7 +148,11 @@ class Executor:
         self.kill()  # (a child that died before its first message)
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        payload = json.dumps({"modules": list(self.tasks_modules), "project_dir": self.project_dir})
+        settings: dict[str, JSON] = {"modules": list(self.tasks_modules)}
+        settings["project_dir"] = self.project_dir
+        settings["output"] = None if self.output is None else str(self.output.path)
+        settings["output_limit"] = None if self.output is None else self.output.limit
+        payload = json.dumps(settings)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", CHILD_CODE, str(to_child_r), str(from_child_w), payload],
@@ -165,50 +185,75 @@ class Executor:
         timeout: float | None,
         interrupted: Callable[[], bool],
         meanwhile: Callable[[], None] | None = None,
+        beside: str | None = None,
     ) -> Outcome:
         """Run one attempt; never raises for what the handler does.
 
-        `meanwhile` is called once the request is on its way, while the handler runs.
+        `meanwhile` is called once the request is on its way, while the handler runs; `beside`
+        is the task's directory beside it, where a cancel request appears (see manage.cancel).
         """
         if self.channel is None:  # not started yet, or killed after the last attempt
             self.start()
         assert self.channel is not None
         started = time.time()
         deadline = None if timeout is None else time.monotonic() + timeout
+        log_path = request.get("log")
         try:
             self.channel.send(json.dumps(request).encode())
         except OSError:  # it died between attempts
-            return self.child_lost(started)
+            return self.child_lost(started, log_path)
         if meanwhile is not None:
             meanwhile()
+        cancel = None if beside is None else f"{beside}/{CANCEL_FILE}"
+        first = True
         while True:
-            # A stop or the timeout ends the attempt only if no reply is waiting: a handler
-            # that has returned is never run again because of a late signal.
+            # A stop, a cancel or the timeout ends the attempt only if no reply is waiting: a
+            # handler that has returned is never run again because of a late signal.
             stop = interrupted()
+            # (looked for from the second slice on: a quick task costs no stat)
+            cancelled = not first and cancel is not None and os.path.exists(cancel)
             # (no timeout: a slice is always left)
             left = POLL_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
             over = left <= 0
-            slice_ = 0.0 if stop or over else min(POLL_SLICE_SECONDS, left)
+            slice_ = 0.0 if stop or over or cancelled else min(POLL_SLICE_SECONDS, left)
             try:
                 ready = self.channel.readable(slice_)
                 reply = json.loads(self.channel.receive()) if ready else None
             except (EOFError, OSError):
-                return self.child_lost(started)
+                return self.child_lost(started, log_path)
             if reply is not None:
-                finished = time.time()
-                if reply.get("ok"):
-                    return Outcome(True, started, finished, result=reply.get("result"))
-                return Outcome(False, started, finished, error=reply["error"])
-            if stop:
-                self.kill()
-                return Outcome(False, started, time.time(), interrupted=True)
-            if over:
-                self.kill()
-                message = f"attempt stopped after its timeout of {timeout:g} s"
-                return Outcome(False, started, time.time(), error=error_dict("Timeout", message))
+                return outcome_of(reply, started, time.time())
+            why = "stop" if stop else "cancel" if cancelled else "timeout" if over else None
+            if why is not None:
+                return self.stopped(started, log_path, why, timeout, cancel)
+            first = False
+            if self.output is not None:
+                self.output.bound()
 
-    def child_lost(self, started: float) -> Outcome:
+    def stopped(
+        self, started: float, log_path: JSON, why: str, timeout: float | None, cancel: str | None
+    ) -> Outcome:
+        """Kill the child and its group mid-attempt (`why`: stop, cancel or timeout), keep what
+        the attempt wrote, and say how it ended."""
+        self.kill()
+        self.keep_output(log_path)
+        now = time.time()
+        if why == "stop":
+            return Outcome(False, started, now, interrupted=True)
+        if why == "cancel" and cancel is not None:
+            error = error_dict("Cancelled", cancel_reason(cancel))
+            return Outcome(False, started, now, error=error, cancelled=True)
+        message = f"attempt stopped after its timeout of {timeout:g} s"
+        kinds = ("Timeout", "TimeoutError")  # (retry_on=(TimeoutError,) takes it)
+        return Outcome(False, started, now, error=error_dict("Timeout", message), kinds=kinds)
+
+    def keep_output(self, log_path: JSON) -> None:
+        if self.output is not None and isinstance(log_path, str):
+            self.output.keep(log_path)
+
+    def child_lost(self, started: float, log_path: JSON = None) -> Outcome:
         code = self.kill()
+        self.keep_output(log_path)
         if code is not None and code < 0:
             how = f"was killed by {signal.Signals(-code).name}"
         else:
@@ -236,6 +281,31 @@ class Executor:
         self.kill()
 
 
+def cancel_reason(request: str) -> str:
+    """The reason a cancel request gives (see manage.ask_to_cancel)."""
+    try:
+        with open(request, "rb") as f:
+            reason = json.loads(f.read()).get("reason")
+    except (OSError, ValueError, AttributeError):
+        reason = None
+    return f"{reason or 'cancelled'} (while it ran)"
+
+
+def outcome_of(reply: dict[str, Any], started: float, finished: float) -> Outcome:
+    progress = reply.get("progress")
+    if reply.get("ok"):
+        return Outcome(True, started, finished, result=reply.get("result"), progress=progress)
+    return Outcome(
+        False,
+        started,
+        finished,
+        error=reply["error"],
+        asked=reply.get("asked"),
+        kinds=tuple(reply.get("kinds", ())),
+        progress=progress,
+    )
+
+
 # ---- the child side ----------------------------------------------------------------------
 
 
@@ -260,6 +330,8 @@ def child_main() -> None:
     signal.signal(signal.SIGHUP, lambda signum, frame: None)
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
     settings = json.loads(sys.argv[3])
+    if settings.get("output"):
+        capture_output(settings["output"])
     from spool.registry import collect_tasks, import_task_modules
 
     try:
@@ -270,23 +342,46 @@ def child_main() -> None:
         return
     described = {name: task.describe().to_json() for name, task in tasks.items()}
     channel.send(json.dumps({"tasks": described}).encode())
+    limit = int(settings.get("output_limit") or OUTPUT_LIMIT_BYTES)
     while True:
         try:
             request = json.loads(channel.receive())
         except EOFError:
             return
         reply = run_handler(tasks, request)
+        if settings.get("output"):
+            end_output(request.get("log"), limit)
         channel.send(encode_reply(reply))
 
 
 def run_handler(tasks: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     task = tasks[request["task"]]
+    fields = request.get("context")
+    token = context.begin(fields) if fields is not None else None
     try:
         result = task.fn(*request.get("args", []), **request.get("kwargs", {}))
+    except (context.Retry, context.Fail) as exc:
+        kind = "Retry" if isinstance(exc, context.Retry) else "Fail"
+        reply = {"ok": False, "error": error_dict(kind, str(exc), user_traceback(exc))}
+        reply["asked"] = exc.asked()
     except Exception as exc:
-        kind = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
-        return {"ok": False, "error": error_dict(kind, str(exc), traceback.format_exc())}
-    return {"ok": True, "result": result}
+        error = error_dict(exception_name(type(exc)), str(exc), user_traceback(exc))
+        kinds = [exception_name(k) for k in type(exc).__mro__ if issubclass(k, BaseException)]
+        reply = {"ok": False, "error": error, "kinds": kinds}
+    else:
+        reply = {"ok": True, "result": result}
+    finally:
+        if token is not None:
+            progress = context.end(token)
+    if token is not None and progress is not None:
+        reply["progress"] = progress
+    return reply
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback without spool's own frame (run_handler): the handler's frames only."""
+    tb = exc.__traceback__
+    return "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
 
 
 def encode_reply(reply: dict[str, Any]) -> bytes:

@@ -12,6 +12,11 @@ counts as running) and unlinked once the destination is durable (the worker batc
 Committer). A crash in between leaves both files; recovery sees the destination and drops the
 claim instead of running the task again, or, if a power loss tore the outcome, runs it again.
 
+A failed attempt is decided once, by `decide`: what the handler asked for (spool.Retry,
+spool.Fail, see spool.context), the task's retry_on / no_retry_on, and the retries left make a
+Decision (retry, release, or fail) whose action and reason go into the attempt's history entry
+and so into the completion event. A cancel seen while the attempt ran ends it as cancelled.
+
 A rejected file (not a runnable task) is moved to failed/ as it is, with <stem>.error.json
 beside it saying why.
 """
@@ -29,13 +34,14 @@ from pathlib import Path
 from spool import envelope
 from spool.claim import Claim
 from spool.conclude import Ending, Rejection, conclude, is_cancelled, keep_rejected, mark_cancelled
+from spool.context import MAX_RELEASES
 from spool.envelope import JSON, TaskDict
 from spool.errors import error_dict
 from spool.events import Outbox, read_json
 from spool.execute import Outcome
 from spool.faults import Complaint
 from spool.fsio import list_names, sync_filesystem, write_atomic
-from spool.layout import QueueDirs, delayed_name
+from spool.layout import CANCEL_FILE, QueueDirs, delayed_name
 from spool.stats import WorkerStats
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,8 @@ class RetryPolicy:
     jitter: bool = True
     max_lost: int = 3
     at_most_once: bool = False
+    retry_on: tuple[str, ...] = ()  # exception type names: only these are retried (empty: all)
+    no_retry_on: tuple[str, ...] = ()  # exception type names never retried
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
@@ -71,8 +79,70 @@ class RetryPolicy:
         """Whether a task whose `lost`-th attempt was just lost must not run again."""
         return self.at_most_once or lost >= self.max_lost
 
+    def refusal(self, kinds: tuple[str, ...]) -> str | None:
+        """Why an error of these types (its type first, then its bases) is not retried, or None."""
+        if not kinds:
+            return None
+        for name in self.no_retry_on:
+            if any(names_type(name, kind) for kind in kinds):
+                return f"{kinds[0]} is not retried (no_retry_on {name})"
+        if self.retry_on and not any(
+            names_type(name, kind) for name in self.retry_on for kind in kinds
+        ):
+            return f"{kinds[0]} is not retried (retry_on: {', '.join(self.retry_on)})"
+        return None
 
-def history_entry(attempt: int, worker: str, outcome: Outcome) -> dict[str, JSON]:
+
+def names_type(name: str, kind: str) -> bool:
+    """Whether `name` (as a task option or a task file gives it) names the type `kind`
+    (`module.Name`): in full, or by its last part (a file may say `MailboxFull`)."""
+    return name == kind or kind.rsplit(".", 1)[-1] == name
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a failed attempt makes of its task: "retry" (in `after` seconds), "release" (a
+    retry that spends none, see spool.context.Retry), "fail" (for good) or "cancel"."""
+
+    action: str
+    reason: str
+    after: float | None = None
+
+    def to_json(self) -> dict[str, JSON]:
+        entry: dict[str, JSON] = {"action": self.action, "reason": self.reason}
+        if self.after is not None:
+            entry["after"] = round(self.after, 6)
+        return entry
+
+
+def decide(task: TaskDict, outcome: Outcome, policy: RetryPolicy) -> Decision:
+    """The one decision on a failed attempt (not lost, not cancelled) of `task` (as before it)."""
+    attempt = int(task.get("attempts", 0)) + 1
+    asked = outcome.asked or {}
+    reason = str(asked.get("reason") or "")
+    if asked.get("action") == "fail":
+        return Decision("fail", f"the handler raised Fail: {reason}")
+    kinds = outcome.kinds or (str(outcome.error.get("type", "")),)
+    refused = None if asked.get("action") == "retry" else policy.refusal(kinds)
+    if refused is not None:
+        return Decision("fail", refused)
+    after = asked.get("after")
+    lost, released = int(task.get("lost", 0)), int(task.get("released", 0))
+    if asked.get("action") == "retry" and asked.get("count") is False and released < MAX_RELEASES:
+        wait = float(after) if after is not None else policy.delay(1)
+        return Decision("release", reason or "the handler raised Retry(count=False)", wait)
+    if policy.exhausted(attempt, lost + released):
+        return Decision("fail", f"no retries left (max_retries {policy.max_retries})")
+    spent = attempt - lost - released
+    if asked.get("action") == "retry":
+        wait = float(after) if after is not None else policy.delay(spent)
+        return Decision("retry", reason or "the handler raised Retry", wait)
+    return Decision("retry", f"backoff after failed attempt {spent}", policy.delay(spent))
+
+
+def history_entry(
+    attempt: int, worker: str, outcome: Outcome, decision: Decision | None = None
+) -> dict[str, JSON]:
     entry: dict[str, JSON] = {
         "attempt": attempt,
         "worker": worker,
@@ -82,6 +152,8 @@ def history_entry(attempt: int, worker: str, outcome: Outcome) -> dict[str, JSON
     }
     if outcome.lost:
         entry["lost"] = True
+    if decision is not None:
+        entry["decision"] = decision.to_json()
     return entry
 
 
@@ -110,7 +182,8 @@ def lose(task: TaskDict, worker: str, lost: Outcome, policy: RetryPolicy) -> tup
 def after_attempt(
     task: TaskDict, outcome: Outcome, policy: RetryPolicy, worker: str
 ) -> tuple[str, TaskDict]:
-    """What an attempt makes of the task: (state, content); state done, retry, lost or failed.
+    """What an attempt makes of the task: (state, content); state done, retry, lost, failed or
+    cancelled (a cancel seen while it ran).
 
     A retry or a lost attempt carries `retry_at`: a lost one is due at once.
     """
@@ -125,24 +198,34 @@ def after_attempt(
     final: TaskDict = dict(task)
     final.update(attempts=attempt, started_at=outcome.started_at, worker=worker)
     final["finished_at"] = outcome.finished_at
+    if outcome.progress is not None:
+        final["progress"] = outcome.progress
     if outcome.ok:
         final["result"] = outcome.result
         final.pop("error", None)
         return "done", final
-    final["history"] = [*task.get("history", []), history_entry(attempt, worker, outcome)]
-    lost = int(task.get("lost", 0))
-    if policy.exhausted(attempt, lost):
+    if outcome.cancelled:
+        decision = Decision("cancel", "cancelled by an operator while it ran")
+    else:
+        decision = decide(task, outcome, policy)
+    final["history"] = [*task.get("history", []), history_entry(attempt, worker, outcome, decision)]
+    if decision.action in ("fail", "cancel"):
         final["error"] = outcome.error
+        if decision.action == "cancel":
+            final["cancelled_at"] = outcome.finished_at
+            return "cancelled", final
         return "failed", final
-    final["retry_at"] = outcome.finished_at + policy.delay(attempt - lost)
+    if decision.action == "release":
+        final["released"] = int(task.get("released", 0)) + 1
+    final["retry_at"] = outcome.finished_at + float(decision.after or 0.0)
     for key in ("finished_at", "started_at", "worker"):
         final.pop(key)
     return "retry", final
 
 
 def destination(dirs: QueueDirs, state: str, final: TaskDict, name: str) -> Path:
-    if state in ("done", "failed"):
-        return dirs.state(state) / f"{final['id']}.json"
+    if state in ("done", "failed", "cancelled"):
+        return dirs.state("failed" if state == "cancelled" else state) / f"{final['id']}.json"
     due = float(final["retry_at"])
     return dirs.delayed / delayed_name(int(due * 1_000_000), name)
 
@@ -197,6 +280,9 @@ def write_verdict(
     if not verdict.written:
         write_atomic(envelope.dump(verdict.content), dirs.tmp, verdict.dest, durable=False)
         verdict.written = True  # (never twice: a retry in delayed/ may have been promoted since)
+    if verdict.state == "cancelled":
+        mark_cancelled(dirs, verdict.content)  # (again after a crash: it checks)
+        (dirs.beside(str(verdict.content["id"])) / CANCEL_FILE).unlink(missing_ok=True)
     if not verdict.concluded:
         ending = Ending(verdict.state, outcome.finished_at, outcome.started_at, outcome.duration)
         conclude(dirs, verdict.content, ending, outbox, counts)

@@ -11,6 +11,10 @@
                                 name with <stem>.error.json beside it; or a cancelled task,
                                 with the marker .<id>.cancelled beside it (cancelled, not
                                 failed: counted and retried apart, see manage.cancel)
+    <root>/<queue>/attempts/<id>/  beside the task: <attempt>.log (what the handler wrote
+                                during that attempt), progress.json (its last progress while
+                                it runs), cancel (an operator's request to stop it); removed
+                                with the task
     <root>/<queue>/.unique/     one file per held unique_key
     <root>/<queue>/.paused      present while the queue is paused
     <root>/.workers/            <worker id>.lock (locked while the worker lives) and .json
@@ -182,6 +186,14 @@ class QueueDirs:
     def pause_marker(self) -> Path:
         return self.base / ".paused"
 
+    @cached_property
+    def attempts(self) -> Path:
+        return self.base / "attempts"
+
+    def beside(self, task_id: str) -> Path:
+        """The directory beside a task: its attempts' output, its progress, a cancel request."""
+        return self.base / "attempts" / task_id
+
     def is_paused(self) -> bool:
         """Whether `spool pause` holds this queue (workers claim nothing from it)."""
         return os.path.exists(self.pause_marker)
@@ -213,3 +225,14 @@ def existing_queues(root: Path) -> list[str]:
 
 def workers_dir(root: Path) -> Path:
     return root / ".workers"
+
+
+def output_scratch(root: Path, worker_id: str) -> Path:
+    """Where a worker's handler process writes the running attempt's output (fds 1 and 2);
+    moved beside the task as <attempt>.log when the attempt ends."""
+    return root / ".workers" / f"{worker_id}.out"  # (see workers.OUTPUT_SUFFIX)
+
+
+ATTEMPT_LOG_RE = re.compile(r"([0-9]{1,9})\.log")
+PROGRESS_FILE = "progress.json"
+CANCEL_FILE = "cancel"

@@ -1,5 +1,6 @@
-"""Operator actions on tasks at rest: retry failed ones, cancel pending ones, purge finished
-ones, pause and resume a queue. They work on the directories, with every worker down too.
+"""Operator actions on tasks at rest: retry failed ones, cancel pending ones (and ask the
+worker of a running one to stop it), purge finished ones, pause and resume a queue. They work
+on the directories, with every worker down too.
 
 Each action that takes a task out of incoming/ or delayed/ first claims it with a rename (as a
 worker does), so it never races a worker: whoever renames first owns the task.
@@ -19,15 +20,17 @@ from typing import Any
 
 from spool import envelope, stats
 from spool.claim import Claim, claim
-from spool.conclude import Ending, conclude, mark_cancelled
+from spool.conclude import Ending, conclude, is_cancelled, mark_cancelled
 from spool.envelope import TaskDict
 from spool.errors import SpoolError, TaskNotFound
 from spool.events import Outbox
 from spool.fsio import UnreadableFile, read_regular, write_atomic
 from spool.layout import (
+    CANCEL_FILE,
     ERROR_SUFFIX,
     QueueDirs,
     cancelled_marker,
+    ensure_dir,
     existing_queues,
     is_cancelled_marker,
     marked_cancelled,
@@ -48,6 +51,8 @@ FINISHED_KEYS = (
     "result_is_repr",
     "cancelled_at",
     "lost",
+    "released",
+    "progress",
 )
 
 
@@ -56,7 +61,11 @@ class NotRetryable(SpoolError):
 
 
 class NotCancellable(SpoolError):
-    """The task has started or finished: only pending tasks can be cancelled."""
+    """The task has finished, or its worker did not stop it in time."""
+
+
+CANCEL_WAIT_SECONDS = 5.0  # for the worker of a running task to record it cancelled
+CANCEL_POLL_SECONDS = 0.02
 
 
 def read_task(path: Path) -> TaskDict:
@@ -158,24 +167,69 @@ def cancel(
     task_id: str,
     reason: str = "cancelled by an operator",
     outbox: Outbox | None = None,
+    wait_seconds: float = CANCEL_WAIT_SECONDS,
 ) -> str:
-    """Take a pending task (incoming/ or delayed/) out and record it in failed/ as Cancelled,
-    marked cancelled (not failed: see layout); it concludes like any end (event "cancelled",
-    counter, unique key released).
+    """Cancel a task that has not finished; return its queue once it is recorded cancelled.
 
-    Raises: TaskNotFound, NotCancellable (it started or finished).
+    A pending task (incoming/ or delayed/) is taken out at once (see cancel_pending). For a
+    running one, a cancel request is put beside it (see layout): its worker, on this host or
+    another, stops the attempt within a second (see execute) and records it cancelled; this
+    waits up to `wait_seconds` for that.
+    Raises: TaskNotFound, NotCancellable (it finished, or its worker did not stop it in time).
     """
-    found = locate(root, task_id)
-    if found is None:
-        raise TaskNotFound(task_id)
-    if found.state not in ("incoming", "delayed"):
-        raise NotCancellable(
-            f"task {task_id} is {found.state}: only pending tasks can be cancelled"
-        )
+    deadline = time.monotonic() + wait_seconds
+    dirs: QueueDirs | None = None  # set once a request is beside the running task
+    while True:
+        found = locate(root, task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        if found.state in ("incoming", "delayed"):  # (also: its attempt failed meanwhile)
+            queue = cancel_pending(root, task_id, found, reason, outbox)
+            if queue is not None:
+                withdraw(dirs, task_id)
+                return queue
+        elif found.state == "processing" and dirs is None:
+            dirs = QueueDirs(root, found.queue)
+            ask_to_cancel(dirs, task_id, reason)
+        elif found.state in ("done", "failed"):
+            if dirs is not None and found.state == "failed" and is_cancelled(read_task(found.path)):
+                return found.queue
+            withdraw(dirs, task_id)
+            raise NotCancellable(
+                f"task {task_id} is {found.state}: only pending or running tasks can be cancelled"
+            )
+        if time.monotonic() >= deadline:
+            raise NotCancellable(
+                f"task {task_id} is running and its worker did not stop it within "
+                f"{wait_seconds:g} s; it will when it sees the request"
+            )
+        time.sleep(CANCEL_POLL_SECONDS)
+
+
+def ask_to_cancel(dirs: QueueDirs, task_id: str, reason: str) -> None:
+    """Put the cancel request beside a running task (its worker looks for it, see execute)."""
+    beside = dirs.beside(task_id)
+    ensure_dir(beside)
+    data = json.dumps({"reason": reason, "asked_at": time.time()}).encode()
+    write_atomic(data, dirs.tmp, beside / CANCEL_FILE)
+
+
+def withdraw(dirs: QueueDirs | None, task_id: str) -> None:
+    """Take back a cancel request the task no longer needs (it ended otherwise)."""
+    if dirs is not None:
+        (dirs.beside(task_id) / CANCEL_FILE).unlink(missing_ok=True)
+
+
+def cancel_pending(
+    root: Path, task_id: str, found: Found, reason: str, outbox: Outbox | None
+) -> str | None:
+    """Take a pending task out and record it in failed/ as Cancelled, marked cancelled (not
+    failed: see layout); it concludes like any end (event "cancelled", counter, unique key
+    released). Return its queue; None if a worker claimed it first (it is running)."""
     dirs = QueueDirs(root, found.queue)
     taken = take_pending(dirs, found)
     if taken is None:
-        raise NotCancellable(f"task {task_id} was just claimed by a worker: it is running")
+        return None
     try:
         task = read_task(taken.path)
     except (OSError, ValueError, UnreadableFile):

@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from spool.envelope import JSON, is_int, is_number
-from spool.errors import ConfigError
+from spool.errors import ConfigError, exception_name
 from spool.layout import DEFAULT_QUEUE
 from spool.signature import params_of
 
@@ -43,6 +43,8 @@ class TaskOptions:
     priority: int | None = None
     max_lost: int | None = None  # lost attempts (worker or handler process died) before failed/
     at_most_once: bool = False  # a lost attempt goes straight to failed/
+    retry_on: tuple[str, ...] = ()  # exception type names: only these are retried (empty: any)
+    no_retry_on: tuple[str, ...] = ()  # exception type names never retried
     params: JSON = field(default=None, hash=False)  # see spool.signature; None: not described
     doc: str = ""
     module: str | None = None
@@ -58,6 +60,8 @@ class TaskOptions:
             "priority": self.priority,
             "max_lost": self.max_lost,
             "at_most_once": self.at_most_once,
+            "retry_on": list(self.retry_on),
+            "no_retry_on": list(self.no_retry_on),
             "params": self.params,
             "doc": self.doc,
             "module": self.module,
@@ -78,11 +82,33 @@ class TaskOptions:
             priority=obj["priority"] if is_int(obj.get("priority")) else None,
             max_lost=whole(obj.get("max_lost")),
             at_most_once=bool(obj.get("at_most_once", False)),
+            retry_on=names(obj.get("retry_on")),
+            no_retry_on=names(obj.get("no_retry_on")),
             params=obj.get("params"),
             doc=doc if isinstance(doc, str) else "",
             module=module if isinstance(module, str) else None,
             version=version if isinstance(version, str) else "",
         )
+
+
+def names(value: JSON) -> tuple[str, ...]:
+    """A list of exception type names (anything else reads as none)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return ()
+    return tuple(value)
+
+
+def exception_names(option: str, kinds: Iterable[type | str]) -> tuple[str, ...]:
+    """retry_on / no_retry_on as names (see errors.exception_name). Raises: TypeError."""
+    found = []
+    for kind in kinds:
+        if isinstance(kind, str) and kind:
+            found.append(kind)
+        elif isinstance(kind, type) and issubclass(kind, BaseException):
+            found.append(exception_name(kind))
+        else:
+            raise TypeError(f"{option}: {kind!r} is neither an exception type nor its name")
+    return tuple(found)
 
 
 def whole(value: JSON) -> int | None:

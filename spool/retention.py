@@ -90,7 +90,8 @@ def is_older(entry: os.DirEntry[str], cutoff: float) -> bool:
 
 
 def remove(entry: os.DirEntry[str]) -> bool:
-    """Delete a finished entry: a file, or a rejected directory named *.json."""
+    """Delete a finished entry: a file, or a rejected directory named *.json; and what is kept
+    beside a task file (its attempts' output, see layout)."""
     try:
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
@@ -98,4 +99,8 @@ def remove(entry: os.DirEntry[str]) -> bool:
             os.unlink(entry.path)
     except FileNotFoundError:
         return False
+    if entry.name.endswith(".json") and not entry.name.endswith(ERROR_SUFFIX):
+        state_dir = Path(entry.path).parent
+        beside = QueueDirs(state_dir.parent.parent, state_dir.parent.name).beside(entry.name[:-5])
+        shutil.rmtree(beside, ignore_errors=True)  # (usually absent: one failed lstat)
     return True

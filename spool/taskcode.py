@@ -16,11 +16,13 @@ import time
 from typing import Any
 
 from spool.config import Settings
-from spool.envelope import TaskDict
+from spool.envelope import JSON, TaskDict
 from spool.errors import ConfigError
 from spool.execute import Executor
 from spool.finish import RetryPolicy
+from spool.layout import output_scratch
 from spool.manifest import CatalogCache, publish, unknown_fate
+from spool.output import Scratch
 from spool.registry import TaskOptions, task_changes
 from spool.signature import binding_error, render
 from spool.workers import WorkerLock, is_alive
@@ -44,6 +46,10 @@ class TaskCode:
             self.settings.tasks,
             str(self.settings.project_dir),
             on_spawn=lambda pid: self.lock.update(handler_pid=pid),
+            output=Scratch(
+                output_scratch(self.settings.root, self.worker_id),
+                self.settings.output_limit_bytes,
+            ),
         )
 
     def start(self) -> None:
@@ -154,6 +160,8 @@ class TaskCode:
             s.retry_jitter,
             max_lost=int(max_lost),
             at_most_once=options.at_most_once,
+            retry_on=type_names(task.get("retry_on"), options.retry_on),
+            no_retry_on=type_names(task.get("no_retry_on"), options.no_retry_on),
         )
 
     def known_policy(self, task: TaskDict) -> RetryPolicy | None:
@@ -163,6 +171,11 @@ class TaskCode:
     def timeout_for(self, task: TaskDict) -> float:
         options = self.options_of(task)
         return float(first(task.get("timeout"), options.timeout, self.settings.timeout_seconds))
+
+
+def type_names(own: JSON, registered: tuple[str, ...]) -> tuple[str, ...]:
+    """A task file's own retry_on / no_retry_on (a list of names, see envelope) wins."""
+    return tuple(own) if isinstance(own, list) else registered
 
 
 def first(*values: Any) -> Any:

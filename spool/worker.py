@@ -18,6 +18,7 @@ waits for it too, and a second one leaves the claim to recovery (at least once).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -31,12 +32,13 @@ from spool.claim import Claim
 from spool.claimed import Aside, NotRunnable, read_claimed
 from spool.cluster import is_shared
 from spool.config import Settings
+from spool.context import context_fields
 from spool.counts import Recounter
 from spool.envelope import TaskDict
 from spool.errors import ConfigError
 from spool.events import outbox_for
 from spool.finish import Committer
-from spool.layout import queue_dirs
+from spool.layout import output_scratch, queue_dirs
 from spool.lease import LeaseKeeper
 from spool.queues import Queues
 from spool.recorder import Pending, Recorder
@@ -171,6 +173,8 @@ class Worker:
                 self.leases.stop()
             self.stats.flush(time.time(), force=True)
             self.code.executor.stop()
+            with contextlib.suppress(OSError):  # (the last attempt's output is beside its task)
+                output_scratch(self.settings.root, self.worker_id).unlink(missing_ok=True)
             self.watcher.stop()
             self.lock.release()
             log.info("worker %s stopped", self.worker_id)
@@ -328,16 +332,31 @@ class Worker:
         attempt = int(task.get("attempts", 0)) + 1
         fields = self.log_fields(taken, task, attempt)
         log.info("claimed %s", fields)
+        timeout = self.code.timeout_for(task)
+        dirs = taken.dirs
+        beside = f"{dirs.attempts}/{task['id']}"  # (dirs.beside, as text: a hot path)
         request = {
             "task": task["task"],
             "args": task.get("args", []),
             "kwargs": task.get("kwargs", {}),
+            "context": context_fields(
+                task,
+                dirs.name,
+                self.worker_id,
+                policy.max_retries,
+                timeout,
+                time.time(),
+                beside,
+                str(dirs.tmp),
+            ),
+            "log": f"{beside}/{attempt}.log",
         }
         outcome = self.code.executor.run(
             request,
-            self.code.timeout_for(task),
+            timeout,
             lambda: self.hard_stop,
             self.recorder.record_pending,
+            beside,
         )
         if outcome.interrupted:
             self.aside.release(taken)

@@ -3,6 +3,7 @@
     <root>/.workers/<worker id>.lock      held (a file lock) by the worker for its whole life
     <root>/.workers/<worker id>.json      its info: pid, host, started_at, queues, handler_pid
     <root>/.workers/<worker id>.waiting   while it holds outcomes the disk refused
+    <root>/.workers/<worker id>.out       the running attempt's output (see execute)
 
 A worker proves it is alive by holding its lock; the OS drops the lock when the process dies,
 however it dies, so whoever can take that lock knows the worker is dead (and may take its
@@ -41,6 +42,7 @@ from spool.lease import LeaseWatch
 log = logging.getLogger(__name__)
 STALE_WORKER_FILE_SECONDS = 60.0
 WAITING_SUFFIX = ".waiting"  # beside <worker id>.json: outcomes wait to be written
+OUTPUT_SUFFIX = ".out"  # the running attempt's output (see layout.output_scratch)
 
 
 def new_worker_id() -> str:
@@ -232,6 +234,7 @@ def reap_dead_workers(root: Path, busy: set[str], now: float) -> int:
             kill_orphans(root, worker_id)
             info.unlink(missing_ok=True)
             (directory / f"{worker_id}{WAITING_SUFFIX}").unlink(missing_ok=True)
+            (directory / f"{worker_id}{OUTPUT_SUFFIX}").unlink(missing_ok=True)
             (directory / name).unlink(missing_ok=True)
             reaped += 1
         finally:
@@ -256,6 +259,7 @@ def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch, now_mono
         (directory / name).unlink(missing_ok=True)
         (directory / f"{worker_id}.lock").unlink(missing_ok=True)
         (directory / f"{worker_id}{WAITING_SUFFIX}").unlink(missing_ok=True)
+        (directory / f"{worker_id}{OUTPUT_SUFFIX}").unlink(missing_ok=True)
         log.warning("worker %s stopped renewing its lease: its files are removed", worker_id)
         reaped += 1
     watch.keep_only(seen)

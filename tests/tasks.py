@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import spool
 from spool import Spool
 
 app = Spool(root=os.environ.get("SPOOL_ROOT", "var/spool"))
@@ -131,3 +133,140 @@ def kill_worker() -> None:
     """A poison pill: SIGKILL the worker that runs this handler (and so the handler too)."""
     os.kill(os.getppid(), signal.SIGKILL)
     time.sleep(30)
+
+
+# ---- handlers that talk back (spool.current, Retry, Fail, progress; see spool.context) ----
+
+
+@app.task()
+def show_context() -> dict[str, object]:
+    """Return what spool.current() says (the first run asks to run again)."""
+    ctx = spool.current()
+    seen = {k: v for k, v in ctx.to_json().items()}
+    if ctx.attempt == 1:
+        raise spool.Retry(after=0.05, reason="see the second attempt")
+    return seen
+
+
+@app.task()
+def retry_later(seconds: float, reason: str = "mailbox busy", count: bool = True) -> int:
+    """Ask to run again in `seconds` on the first run; succeed on the next."""
+    ctx = spool.current()
+    if ctx.attempt == 1:
+        raise spool.Retry(after=seconds, reason=reason, count=count)
+    return ctx.attempt
+
+
+@app.task(max_retries=0)
+def release_forever() -> None:
+    """Always ask to run again without spending a retry (bounded by MAX_RELEASES)."""
+    raise spool.Retry(after=0, reason="not yet", count=False)
+
+
+@app.task()
+def fail_for_good(reason: str = "invalid address") -> None:
+    raise spool.Fail(reason)
+
+
+@app.task()
+def count_progress_writes(calls: int) -> int:
+    """Call spool.progress `calls` times; return how many versions of its file it saw."""
+    beside = Path(str(spool.current().beside)) / "progress.json"
+    versions = set()
+    for i in range(calls):
+        spool.progress(i + 1, calls, message=f"item {i + 1}")
+        with contextlib.suppress(FileNotFoundError):
+            info = beside.stat()
+            versions.add((info.st_ino, info.st_mtime_ns))
+    return len(versions)
+
+
+@app.task()
+def progress_then_wait(marker: str) -> str:
+    """Report 3 of 10, then wait until `marker` exists; report 10 of 10 and return."""
+    spool.progress(3, 10, message="three done")
+    print("three done so far")
+    while not os.path.exists(marker):
+        time.sleep(0.01)
+    spool.progress(10, 10, message="all done")
+    return "ok"
+
+
+@app.task(max_retries=0)
+def talk(size: int = 0) -> str:
+    """Write to stdout, stderr, logging and a child process; then `size` bytes more."""
+    import logging
+
+    print("to stdout")
+    sys.stderr.write("to stderr\n")
+    logging.getLogger("tests.tasks").warning("to logging")
+    subprocess.run(["echo", "from a child process"], check=True)
+    if size:
+        sys.stdout.write("x" * (size - 1) + "\n")
+    print("the end")
+    return "said"
+
+
+@app.task()
+def talk_then_fail() -> None:
+    print(f"attempt {spool.current().attempt} says hello")
+    raise RuntimeError("after talking")
+
+
+@app.task(max_retries=0)
+def talk_until(marker: str) -> str:
+    """Print a line every 20 ms until `marker` exists."""
+    n = 0
+    while not os.path.exists(marker):
+        n += 1
+        print(f"line {n}")
+        time.sleep(0.02)
+    print("finished")
+    return "ok"
+
+
+@app.task()
+def spawn_and_sleep(path: str, seconds: float) -> None:
+    """Start a child process that sleeps, write its pid to `path`, and wait for it."""
+    child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+    Path(path).write_text(str(child.pid))
+    child.wait()
+
+
+@app.task()
+def stop_when_cancelled(path: str) -> str:
+    """Wait until spool.current().cancelled(); note it in `path`."""
+    ctx = spool.current()
+    while not ctx.cancelled():
+        time.sleep(0.01)
+    Path(path).write_text("saw the cancel")
+    time.sleep(30)  # the worker stops the attempt anyway
+    return "late"
+
+
+ERRORS: dict[str, type[Exception]] = {
+    "ConnectionRefusedError": ConnectionRefusedError,
+    "ValueError": ValueError,
+    "RuntimeError": RuntimeError,
+}
+
+
+@app.task(retry_on=(OSError, "TimeoutError"), max_retries=1)
+def only_os_errors_retried(kind: str) -> None:
+    raise ERRORS[kind](f"a {kind}")
+
+
+@app.task(no_retry_on=(ValueError,), max_retries=1)
+def value_errors_not_retried(kind: str) -> None:
+    raise ERRORS[kind](f"a {kind}")
+
+
+@app.task(max_retries=0)
+def talk_a_lot(chunks: int, size: int, pause: float) -> int:
+    """Write `chunks` lines of `size` bytes, `pause` seconds apart; then a last line."""
+    for n in range(chunks):
+        sys.stdout.write(f"{n:08d}" + "y" * (size - 9) + "\n")
+        sys.stdout.flush()
+        time.sleep(pause)
+    print("the last line")
+    return chunks * size

@@ -17,9 +17,9 @@ LAYERS = [  # bottom first, as in docs/architecture.md
     ("the disk", "layout fsio envelope faults mounts"),
     ("settings", "config notify_config"),
     ("way in", "producer unique manifest signature registry"),
-    ("way through", "worker queues claim claimed workers index watch execute taskcode "
-     "recorder finish conclude recovery lease cluster settle retention events stats counts "
-     "manage lookup reload"),
+    ("way through", "worker queues claim claimed workers index watch execute output context "
+     "taskcode recorder finish conclude recovery lease cluster settle retention events stats "
+     "counts manage lookup reload"),
     ("read side", "inspect"),
     ("deploy", "deploy"),
     ("services", "services"),

@@ -176,9 +176,9 @@ def test_status_counts_tasks_per_state(invoke, app: Spool) -> None:
 
 def test_show_and_wait_report_a_finished_task(invoke, app: Spool, spool_root: Path) -> None:
     task_id = app.enqueue("add", args=[20, 22])
-    assert json.loads(invoke("show", task_id).stdout)["state"] == "incoming"
+    assert json.loads(invoke("show", task_id, "--json").stdout)["state"] == "incoming"
     assert run_burst(spool_root).returncode == 0
-    shown = json.loads(invoke("show", task_id).stdout)
+    shown = json.loads(invoke("show", task_id, "--json").stdout)
     assert shown["state"] == "done" and shown["result"] == 42 and shown["attempts"] == 1
     waited = invoke("wait", task_id, "--timeout", "5")
     assert waited.exit_code == 0 and json.loads(waited.stdout) == 42

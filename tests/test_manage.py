@@ -163,18 +163,6 @@ def test_cancel_records_a_pending_task_in_failed_as_cancelled(spool, app: Spool)
         assert shown["state"] == "failed" and shown["error"]["type"] == "Cancelled"
 
 
-def test_cancel_of_a_running_task_is_refused_clearly(spool, app: Spool, start_worker) -> None:
-    task_id = app.enqueue("sleep_then_return", args=[3])
-    start_worker()
-    deadline = time.monotonic() + 10
-    while app.state_of(task_id) != "processing":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    result = spool("cancel", task_id)
-    assert result.exit_code == 1
-    assert "only pending tasks can be cancelled" in result.stderr
-
-
 def test_cancelled_task_never_runs_when_a_worker_starts(
     spool, app: Spool, spool_root: Path
 ) -> None:

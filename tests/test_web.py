@@ -389,7 +389,7 @@ def test_cancel_records_a_pending_task_as_cancelled(
     task = json.loads((spool_root / "default" / "failed" / f"{task_id}.json").read_text())
     assert task["error"]["type"] == "Cancelled"
     again = client.delete(f"/api/tasks/{task_id}", headers=AUTH)
-    assert again.status_code == 409 and "only pending tasks" in again.json()["error"]
+    assert again.status_code == 409 and "only pending or running tasks" in again.json()["error"]
     assert client.delete("/api/tasks/..", headers=AUTH).status_code == 404
 
 

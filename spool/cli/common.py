@@ -116,6 +116,10 @@ def apply_each(task_ids: Iterable[str], action: Callable[[str], object], done: s
         except SpoolError as exc:
             click.echo(f"Error: {exc}", err=True)
             failures += 1
+        except OSError as exc:  # e.g. a root this user cannot write (a cancel request)
+            why = (exc.strerror or str(exc)).lower()
+            click.echo(f"Error: {task_id}: {why}: {exc.filename}", err=True)
+            failures += 1
     return failures
 
 

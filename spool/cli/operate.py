@@ -1,5 +1,5 @@
-"""Commands for operators: look at the spool (`status`, `ls`, `show`, `top`, `metrics`) and act
-on tasks and queues at rest (`retry`, `cancel`, `purge`, `pause`, `resume`)."""
+"""Commands for operators: look at the spool (`status`, `ls`, `show`, `logs`, `top`, `metrics`)
+and act on tasks and queues at rest (`retry`, `cancel`, `purge`, `pause`, `resume`)."""
 
 from __future__ import annotations
 
@@ -141,7 +141,9 @@ def ls_command(
 
 def listing_rows(state: str, rows: list[dict[str, Any]]) -> list[list[str]]:
     """The table of `spool ls`: a header, then one row per task."""
-    extra = {"delayed": ["due in"], "failed": ["error"]}.get(state, [])
+    from spool.inspect.beside import describe_progress
+
+    extra = {"delayed": ["due in"], "processing": ["progress"], "failed": ["error"]}.get(state, [])
     table = [["id", "task", "queue", "priority", "attempts", "age", *extra]]
     now = time.time()
     for item in rows:
@@ -153,6 +155,8 @@ def listing_rows(state: str, rows: list[dict[str, Any]]) -> list[list[str]]:
         if state == "failed":
             error = f"{item.get('error_type')}: {item.get('error_message')}"
             cells.append(error + ("  (cancelled, not failed)" if item.get("cancelled") else ""))
+        if state == "processing":
+            cells.append(describe_progress(item["progress"]) if item.get("progress") else "-")
         table.append(cells)
     return table
 
@@ -200,7 +204,8 @@ def retry(
 @click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
 @click.pass_context
 def cancel(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
-    """Cancel tasks that have not started (kept in failed/ as Cancelled, counted as cancelled)."""
+    """Cancel tasks (kept in failed/ as Cancelled, counted as cancelled); a running one is
+    stopped by its worker (its handler's whole process group) within a second."""
     from spool.events import outbox_for
     from spool.manage import cancel as cancel_task
 
@@ -358,11 +363,54 @@ def metrics(ctx: click.Context, textfile: str | None) -> None:
 
 @click.command()
 @click.argument("task_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="One line of JSON (default: indented).")
+@click.option("--json", "as_json", is_flag=True, help="The task's file as one line of JSON.")
 @click.pass_context
 def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
-    """Show one task's file with its queue, state and outcome (any queue, any state), as JSON."""
+    """Show one task (any queue, any state): its fields, each attempt with its error, decision
+    and traceback, then the result; --json gives the file with its queue, state and progress."""
     app = Spool(settings=settings_of(ctx))
     with user_errors():
         shown = app.show(task_id)
-    click.echo(json.dumps(shown, ensure_ascii=False, indent=None if as_json else 2))
+    if as_json:
+        click.echo(json.dumps(shown, ensure_ascii=False))
+        return
+    click.echo(render_show(app.root, shown))
+
+
+def render_show(root: Path, shown: dict[str, Any]) -> str:
+    """`spool show`'s human layout (see spool.inspect.taskview)."""
+    import time
+
+    from spool.inspect.beside import attempt_logs
+    from spool.inspect.taskview import render_task
+    from spool.layout import QueueDirs
+
+    kept = attempt_logs(QueueDirs(root, shown["queue"]), str(shown.get("id")))
+    return render_task(shown, time.time(), kept)
+
+
+@click.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--attempt", type=click.IntRange(min=1), metavar="N", help="This attempt's output.")
+@click.option("--follow", "-f", is_flag=True, help="Follow a running attempt until it ends.")
+@click.pass_context
+def logs(ctx: click.Context, task_id: str, attempt: int | None, follow: bool) -> None:
+    """Print what a task's handler wrote (stdout, stderr, logging) during its last attempt, or
+    attempt N; with -f, follow the running attempt until it ends."""
+    from spool.inspect.beside import current_output, output_of
+    from spool.inspect.beside import follow as follow_output
+
+    settings = settings_of(ctx)
+
+    def write(data: bytes) -> None:
+        out = sys.stdout.buffer
+        out.write(data)
+        out.flush()
+
+    with user_errors():
+        where = output_of(settings.root, task_id, attempt)
+        if follow:
+            with contextlib.suppress(KeyboardInterrupt):
+                follow_output(settings.root, where, write)
+        else:
+            write(current_output(where))

@@ -19,6 +19,7 @@ from typing import Any
 
 from spool.envelope import id_of_name
 from spool.fsio import UnreadableFile, read_regular
+from spool.inspect.beside import progress_of
 from spool.layout import (
     CANONICAL_RE,
     ERROR_SUFFIX,
@@ -107,6 +108,7 @@ def row(
         info["finished_at"] = task.get("finished_at")
     if state == "processing":
         info.update(running(path, info["attempts"], now))
+        info["progress"] = progress_of(QueueDirs(directory.parent.parent, queue), task)
     if "unreadable" in task:
         info["unreadable"] = task["unreadable"]
     return info

@@ -44,6 +44,7 @@ from spool.web import views
 from spool.web.api import WebState, api_routes, overview, page_query, web_state
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+OUTPUT_SHOWN_BYTES = 16 * 1024  # of the last attempt's output, on the task page
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -174,6 +175,7 @@ async def task_detail_page(request: Request) -> Response:
     found = await run_in_threadpool(locate, web_state(request).settings.root, task_id)
     if found is None:
         return render(request, "task.html", {"task_id": task_id, "task": None}, 404)
+    root = web_state(request).settings.root
     task = await run_in_threadpool(read_found, found)
     attempts = views.attempts_of(task)
     context = {
@@ -186,6 +188,7 @@ async def task_detail_page(request: Request) -> Response:
     }
     if found.state == "processing":
         context["running"] = running(found.path, task.get("attempts"), time.time())
+    context.update(await run_in_threadpool(views.beside_view, root, found, task))
     return render(request, "task.html", context)
 
 

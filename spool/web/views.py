@@ -6,6 +6,7 @@ templates."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,6 +18,10 @@ from typing import Any
 
 from markupsafe import Markup
 
+from spool.errors import SpoolError
+from spool.inspect.beside import current_output, describe_progress, output_of, progress_of
+from spool.layout import QueueDirs
+from spool.lookup import Found
 from spool.stats import DURATION_BUCKETS
 
 CHART_WIDTH, CHART_HEIGHT = 300, 64
@@ -235,3 +240,19 @@ def raw_file(path: Path) -> RawFile | None:
     except UnicodeDecodeError:
         text, is_utf8 = data.decode("utf-8", errors="backslashreplace"), False
     return RawFile(size=size, text=text, shown=len(data), is_utf8=is_utf8)
+
+
+OUTPUT_SHOWN_BYTES = 16 * 1024  # of the last attempt's output, on the task page
+
+
+def beside_view(root: Path, found: Found, task: dict[str, Any]) -> dict[str, Any]:
+    """The task page's progress and output sections (see spool.inspect.beside)."""
+    view: dict[str, Any] = {"progress": task.get("progress"), "output": None}
+    if found.state == "processing":
+        view["progress"] = progress_of(QueueDirs(root, found.queue), task)
+    with contextlib.suppress(SpoolError, OSError):
+        where = output_of(root, str(task.get("id", found.path.stem)))
+        text = current_output(where)[-OUTPUT_SHOWN_BYTES:].decode("utf-8", "replace")
+        view["output"] = {"attempt": where.attempt, "text": text, "running": bool(where.scratch)}
+    view["progress_text"] = describe_progress(view["progress"])
+    return view
