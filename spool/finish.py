@@ -280,9 +280,9 @@ def write_verdict(
     if not verdict.written:
         write_atomic(envelope.dump(verdict.content), dirs.tmp, verdict.dest, durable=False)
         verdict.written = True  # (never twice: a retry in delayed/ may have been promoted since)
-    if verdict.state == "cancelled":
-        mark_cancelled(dirs, verdict.content)  # (again after a crash: it checks)
+    if verdict.state == "cancelled":  # (the marker last: `spool cancel` waits for it)
         (dirs.beside(str(verdict.content["id"])) / CANCEL_FILE).unlink(missing_ok=True)
+        mark_cancelled(dirs, verdict.content)  # (again after a crash: it checks)
     if not verdict.concluded:
         ending = Ending(verdict.state, outcome.finished_at, outcome.started_at, outcome.duration)
         conclude(dirs, verdict.content, ending, outbox, counts)

@@ -193,11 +193,15 @@ def cancel(
             ask_to_cancel(dirs, task_id, reason)
         elif found.state in ("done", "failed"):
             if dirs is not None and found.state == "failed" and is_cancelled(read_task(found.path)):
-                return found.queue
-            withdraw(dirs, task_id)
-            raise NotCancellable(
-                f"task {task_id} is {found.state}: only pending or running tasks can be cancelled"
-            )
+                # RACE: its worker writes the file, then the marker (see finish.write_verdict)
+                if os.path.lexists(dirs.failed / cancelled_marker(found.path.name)):
+                    return found.queue
+            else:
+                withdraw(dirs, task_id)
+                raise NotCancellable(
+                    f"task {task_id} is {found.state}: only pending or running tasks can be "
+                    "cancelled"
+                )
         if time.monotonic() >= deadline:
             raise NotCancellable(
                 f"task {task_id} is running and its worker did not stop it within "
