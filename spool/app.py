@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
 from spool import producer
+from spool.chain import Step, chain_ids, chain_task
 from spool.config import Settings, load_settings
 from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
 from spool.inspect.status import spool_status
@@ -157,6 +158,15 @@ class Spool:
         return producer.enqueue_many(
             self.settings, tasks, queue, catalog=self.catalog(), check=check
         )
+
+    def chain(self, *steps: Step, on_failure: Step | None = None) -> list[str]:
+        """Enqueue `steps` as a chain: each runs after the one before it ended in done/ (see
+        spool.chain); `on_failure` runs once if a step fails for good. Return every step's id
+        (the later ones are derived, known now). Raises: as enqueue."""
+        first = chain_task(steps, on_failure)
+        first.pop("pass_result", None)  # (the first step has no parent)
+        first_id = self.enqueue(first.pop("task"), check=True, **first)
+        return chain_ids(first_id, len(steps))
 
     def catalog(self) -> Catalog:
         """The published tasks, with those registered in this process winning."""

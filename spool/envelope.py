@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from spool.errors import InvalidTask
-from spool.layout import CANONICAL_RE, ID_RE
+from spool.layout import CANONICAL_RE, ID_RE, QUEUE_RE
 
 JSON: TypeAlias = Any  # a value json.loads can return
 TaskDict: TypeAlias = dict[str, JSON]
@@ -45,6 +45,16 @@ def derived_id(stem: str, mtime: float) -> str:
         return stem
     digest = hashlib.sha1(stem.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{format_compact(mtime)}-{digest}"
+
+
+def follow_up_id(cause: str, kind: str, number: int) -> str:
+    """The id of the `number`-th (1-based) follow-up of kind `kind` (then, fail, or a batch's
+    callback kind) caused by the task or batch with id `cause` (see spool.followup)."""
+    task_id = f"{cause}.{kind}{number}"
+    if len(task_id) <= 128:
+        return task_id
+    digest = hashlib.sha1(cause.encode()).hexdigest()[:20]
+    return f"{digest}.{kind}{number}"
 
 
 def id_of_name(name: str, mtime: float = 0.0) -> str:
@@ -143,6 +153,38 @@ def validate_fields(obj: TaskDict) -> None:
     ):
         raise FieldError(f"field 'unique_key' must be a string of 1-{UNIQUE_KEY_MAX} characters")
     expect(obj, "history", list, "an array")
+    for key in FOLLOW_UP_FIELDS:
+        if key in obj:
+            validate_follow_ups(obj[key], key)
+    if "pass_result" in obj and not isinstance(obj["pass_result"], bool):
+        raise FieldError("field 'pass_result' must be true or false")
+    rate_key = obj.get("rate_key", "-")
+    if not (isinstance(rate_key, str) and ID_RE.fullmatch(rate_key)):
+        raise FieldError("field 'rate_key' must match [A-Za-z0-9._-]{1,128}")
+
+
+FOLLOW_UP_FIELDS = ("then", "then_on_failure")
+
+
+def validate_follow_ups(value: JSON, key: str) -> None:
+    """Check a `then` list: task objects without an id (a follow-up's id is derived from its
+    parent's, see spool.followup) or a unique_key. Raises: FieldError naming the entry."""
+    if not isinstance(value, list):
+        raise FieldError(f"field '{key}' must be an array of task objects, not {json_kind(value)}")
+    for number, item in enumerate(value, 1):
+        where = f"{key}[{number}]"
+        if not isinstance(item, dict):
+            raise FieldError(f"{where} must be a task object, not {json_kind(item)}")
+        for taken in ("id", "unique_key"):
+            if taken in item:
+                raise FieldError(f"{where}: a follow-up has no '{taken}' (its id is derived)")
+        queue = item.get("queue", "default")
+        if not (isinstance(queue, str) and QUEUE_RE.fullmatch(queue)):
+            raise FieldError(f"{where}: field 'queue' must match [A-Za-z0-9_-]{{1,64}}")
+        try:
+            validate_fields(item)
+        except FieldError as exc:
+            raise FieldError(f"{where}: {exc}") from None
 
 
 def expect(obj: TaskDict, key: str, kind: type, name: str) -> None:

@@ -31,7 +31,17 @@ from spool.manifest import Catalog
 from spool.signature import binding_error, render
 from spool.unique import release_unique_key, take_unique_key
 
-OPTION_FIELDS = ("id", "priority", "delay", "not_before", "max_retries", "timeout", "unique_key")
+OPTION_FIELDS = (
+    "id",
+    "priority",
+    "delay",
+    "not_before",
+    "max_retries",
+    "timeout",
+    "unique_key",
+    "then",
+    "then_on_failure",
+)
 
 
 @dataclass(frozen=True)
@@ -105,10 +115,15 @@ def admit(catalog: Catalog, task: Mapping[str, Any], queue: str | None, check: b
 
 def prepare(settings: Settings, task: Mapping[str, Any], queue: str | None, now: float) -> Prepared:
     """Validate a task dict, stamp it, and decide its destination. Raises: InvalidTask."""
+    return prepare_at(settings.root, task, queue, now)
+
+
+def prepare_at(root: Path, task: Mapping[str, Any], queue: str | None, now: float) -> Prepared:
+    """`prepare` on the spool at `root`. Raises: InvalidTask."""
     queue_name = queue or task.get("queue") or DEFAULT_QUEUE
     if not isinstance(queue_name, str):
         raise InvalidTask("field 'queue' must be a string")
-    dirs = queue_dirs(settings.root, queue_name)
+    dirs = queue_dirs(root, queue_name)
     stamped: TaskDict = {k: v for k, v in task.items() if k != "queue"}
     try:
         envelope.validate_fields(stamped)

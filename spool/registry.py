@@ -17,6 +17,7 @@ from functools import cached_property
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from spool.chain import Step
 from spool.errors import ConfigError
 from spool.signature import params_of
 
@@ -96,6 +97,11 @@ class Task(Generic[P, R]):
             queue=self.options.queue,
             priority=self.options.priority,
         )
+
+    def s(self, *args: Any, **kwargs: Any) -> Step:
+        """This task with these arguments as a step of a chain or batch (not enqueued yet)."""
+        options = {"queue": self.options.queue, "priority": self.options.priority}
+        return Step(self.name, args, kwargs, {k: v for k, v in options.items() if v is not None})
 
     def enqueue(
         self,

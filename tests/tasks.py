@@ -131,3 +131,12 @@ def kill_worker() -> None:
     """A poison pill: SIGKILL the worker that runs this handler (and so the handler too)."""
     os.kill(os.getppid(), signal.SIGKILL)
     time.sleep(30)
+
+
+@app.task()
+def record_slowly(path: str, value: str, seconds: float) -> str:
+    """Sleep, then append `value` to the file at `path` (a step that can be killed mid-way)."""
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{value} {os.getppid()}\n")
+    return value

@@ -21,7 +21,7 @@ from spool.cli.common import (
     user_errors,
 )
 from spool.config import Settings
-from spool.envelope import FieldError, parse_instant
+from spool.envelope import FieldError, parse_instant, validate_follow_ups
 from spool.errors import (
     ConfigError,
     InvalidTask,
@@ -83,6 +83,19 @@ def parse_arg(text: str) -> Any:
 )
 @click.option("--id", "task_id", metavar="ID", help="Task id (default: a new time-sortable id).")
 @click.option(
+    "--then",
+    "then_json",
+    metavar="JSON",
+    help="Follow-up task(s) to enqueue once TASK is done: a task object or an array of them "
+    '(e.g. \'{"task": "notify", "args": [1], "pass_result": true}\').',
+)
+@click.option(
+    "--then-on-failure",
+    "then_on_failure_json",
+    metavar="JSON",
+    help="Follow-up task(s) to enqueue once TASK has failed for good (as --then).",
+)
+@click.option(
     "--from",
     "from_file",
     type=click.File("r", encoding="utf-8"),
@@ -105,6 +118,8 @@ def enqueue(
     task_id: str | None,
     from_file: IO[str] | None,
     no_check: bool,
+    then_json: str | None,
+    then_on_failure_json: str | None,
 ) -> None:
     """Enqueue TASK with ARGs (each parsed as JSON when it parses); print its id.
 
@@ -116,9 +131,13 @@ def enqueue(
     """
     settings = settings_of(ctx)
     queue = queue_option(queue)
+    then = follow_ups_option("--then", then_json)
+    then_on_failure = follow_ups_option("--then-on-failure", then_on_failure_json)
     with user_errors():
         catalog = Catalog.load(settings.root)
     if from_file is not None:
+        if then is not None or then_on_failure is not None:
+            raise UsageProblem("--then with --from needs --batch (callbacks of the whole batch)")
         if task is not None:
             raise UsageProblem("give either TASK or --from, not both")
         enqueue_from(settings, from_file, queue, catalog, check=not no_check)
@@ -156,9 +175,27 @@ def enqueue(
             timeout=timeout,
             unique_key=unique_key,
             id=task_id,
+            then=then,
+            then_on_failure=then_on_failure,
         )
         click.echo(producer.enqueue(settings, built, queue, catalog=catalog, check=not no_check))
     warn_unchecked(settings, catalog, check=not no_check)
+
+
+def follow_ups_option(option: str, text: str | None) -> list[Any] | None:
+    """A --then value: a task object or an array of them, checked like a task file's `then`."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise bad(option, f"not valid JSON: {exc}") from None
+    specs = [value] if isinstance(value, dict) else value
+    try:
+        validate_follow_ups(specs, "then")
+    except FieldError as exc:
+        raise bad(option, str(exc).replace("field 'then'", "the value")) from None
+    return list(specs)
 
 
 def warn_unchecked(settings: Settings, catalog: Catalog, check: bool) -> None:
