@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
-from spool import producer
+from spool import batches, producer
 from spool.chain import Step, chain_ids, chain_task
 from spool.config import Settings, load_settings
 from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
@@ -168,6 +169,34 @@ class Spool:
         first_id = self.enqueue(first.pop("task"), check=True, **first)
         return chain_ids(first_id, len(steps))
 
+    def batch(
+        self,
+        tasks: Iterable[Step | Mapping[str, Any]],
+        *,
+        then: Callbacks = None,
+        on_failure: Callbacks = None,
+        finally_: Callbacks = None,
+        batch_id: str | None = None,
+        check: bool = True,
+    ) -> Batch:
+        """Enqueue `tasks` (steps or task dicts) as one batch whose callbacks are enqueued once
+        every member has ended: `then` if all are done, `on_failure` if any failed, `finally_`
+        either way (see spool.batches). Raises: as enqueue_many; BatchExists."""
+        members = [t.to_task() if isinstance(t, Step) else dict(t) for t in tasks]
+        callbacks = {
+            key: as_task_objects(value)
+            for key, value in (("then", then), ("on_failure", on_failure), ("finally", finally_))
+            if value is not None
+        }
+        made, ids = batches.enqueue_batch(
+            self.settings, members, callbacks, batch_id, catalog=self.catalog(), check=check
+        )
+        return Batch(made, ids)
+
+    def batch_status(self, batch_id: str) -> batches.Summary:
+        """A batch's progress (total, done, failed, pending). Raises: BatchNotFound."""
+        return batches.status(self.root, batch_id)
+
     def catalog(self) -> Catalog:
         """The published tasks, with those registered in this process winning."""
         local = {name: task.described for name, task in self.registry.tasks.items()}
@@ -242,6 +271,23 @@ class Spool:
     def status(self) -> dict[str, Any]:
         """Counts per queue and state, oldest waiting age, live workers (`spool status --json`)."""
         return spool_status(self.root)
+
+
+Callbacks = Step | Mapping[str, Any] | Sequence[Step | Mapping[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch as enqueued: its id and its members' ids, in order."""
+
+    id: str
+    task_ids: list[str]
+
+
+def as_task_objects(value: Callbacks) -> list[Any]:
+    """Callbacks given as a step, a task dict, or a list of them, as task objects."""
+    items = [value] if isinstance(value, Step | Mapping) else list(value or [])
+    return [item.to_task() if isinstance(item, Step) else dict(item) for item in items]
 
 
 def outcome_of(task_id: str, info: Mapping[str, Any]) -> Any:

@@ -158,6 +158,12 @@ def validate_fields(obj: TaskDict) -> None:
             validate_follow_ups(obj[key], key)
     if "pass_result" in obj and not isinstance(obj["pass_result"], bool):
         raise FieldError("field 'pass_result' must be true or false")
+    if ("batch" in obj) != ("batch_index" in obj):
+        raise FieldError("fields 'batch' and 'batch_index' go together")
+    if "batch" in obj and not (isinstance(obj["batch"], str) and is_valid_id(obj["batch"])):
+        raise FieldError("field 'batch' must match [A-Za-z0-9._-]{1,128}")
+    if "batch_index" in obj and not (is_int(obj["batch_index"]) and obj["batch_index"] >= 0):
+        raise FieldError("field 'batch_index' must be an integer >= 0")
     rate_key = obj.get("rate_key", "-")
     if not (isinstance(rate_key, str) and ID_RE.fullmatch(rate_key)):
         raise FieldError("field 'rate_key' must match [A-Za-z0-9._-]{1,128}")

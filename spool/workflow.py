@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spool import followup
+from spool import batches, followup
 from spool.envelope import TaskDict
 from spool.faults import crash_point
 
@@ -21,6 +21,8 @@ def on_end(root: Path, task: TaskDict | None, state: str, *, durable: bool) -> N
         return
     crash_point("before-follow-ups")
     followup.after_end(root, task, state, durable=durable)
+    if "batch" in task:
+        batches.member_ended(root, task, state, durable=durable)
     crash_point("after-follow-ups")
 
 

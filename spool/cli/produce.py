@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import click
 
-from spool import producer
+from spool import batches, producer
 from spool.app import Spool
 from spool.cli.common import (
     UsageProblem,
@@ -96,6 +96,19 @@ def parse_arg(text: str) -> Any:
     help="Follow-up task(s) to enqueue once TASK has failed for good (as --then).",
 )
 @click.option(
+    "--finally",
+    "finally_json",
+    metavar="JSON",
+    help="With --batch: task(s) to enqueue once every member has ended, done or failed.",
+)
+@click.option(
+    "--batch",
+    "batch_name",
+    metavar="NAME",
+    help="With --from: make the tasks one batch named NAME; --then runs once all are done, "
+    "--then-on-failure once all have ended and any failed (see `spool batch NAME`).",
+)
+@click.option(
     "--from",
     "from_file",
     type=click.File("r", encoding="utf-8"),
@@ -120,6 +133,8 @@ def enqueue(
     no_check: bool,
     then_json: str | None,
     then_on_failure_json: str | None,
+    finally_json: str | None,
+    batch_name: str | None,
 ) -> None:
     """Enqueue TASK with ARGs (each parsed as JSON when it parses); print its id.
 
@@ -133,10 +148,21 @@ def enqueue(
     queue = queue_option(queue)
     then = follow_ups_option("--then", then_json)
     then_on_failure = follow_ups_option("--then-on-failure", then_on_failure_json)
+    finally_ = follow_ups_option("--finally", finally_json)
+    if (batch_name is not None or finally_ is not None) and from_file is None:
+        raise UsageProblem("--batch and --finally go with --from FILE")
     with user_errors():
         catalog = Catalog.load(settings.root)
+    if from_file is not None and batch_name is not None:
+        if task is not None:
+            raise UsageProblem("give either TASK or --from, not both")
+        callbacks = {"then": then, "on_failure": then_on_failure, "finally": finally_}
+        lines = list(read_jsonl(from_file))
+        enqueue_batch_from(settings, lines, batch_name, callbacks, catalog, check=not no_check)
+        warn_unchecked(settings, catalog, check=not no_check)
+        return
     if from_file is not None:
-        if then is not None or then_on_failure is not None:
+        if then is not None or then_on_failure is not None or finally_ is not None:
             raise UsageProblem("--then with --from needs --batch (callbacks of the whole batch)")
         if task is not None:
             raise UsageProblem("give either TASK or --from, not both")
@@ -220,6 +246,34 @@ def read_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(obj, dict):
             raise bad("--from", f"line {number}: must be a JSON object") from None
         yield number, obj
+
+
+def enqueue_batch_from(
+    settings: Settings,
+    lines: list[tuple[int, dict[str, Any]]],
+    name: str,
+    callbacks: dict[str, list[Any] | None],
+    catalog: Catalog,
+    check: bool,
+) -> None:
+    """Enqueue a JSON-lines file as one batch (its record first, then every member)."""
+    given = {key: value for key, value in callbacks.items() if value is not None}
+    members = [obj for _, obj in lines]
+    try:
+        batch_id, ids = batches.enqueue_batch(
+            settings, members, given, name, catalog=catalog, check=check
+        )
+    except InvalidTask as exc:  # "task N: reason" -> the line number
+        position, _, reason = str(exc).partition(": ")
+        number = position.split()[-1]
+        if position.startswith("task ") and number.isdigit():
+            raise bad("--from", f"line {lines[int(number) - 1][0]}: {reason}") from None
+        raise bad("--batch", str(exc)) from None
+    except SpoolError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for task_id in ids:
+        click.echo(task_id)
+    click.echo(f"batch {batch_id}: enqueued {len(ids)} tasks", err=True)
 
 
 def enqueue_from(
