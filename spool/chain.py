@@ -15,7 +15,8 @@ from typing import Any
 
 from spool.envelope import TaskDict, follow_up_id
 from spool.errors import InvalidTask
-from spool.producer import build_task
+
+STEP_OPTIONS = ("queue", "priority", "delay", "not_before", "max_retries", "timeout", "max_lost")
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,16 @@ class Step:
         return replace(self, pass_result=True)
 
     def set(self, **options: Any) -> Step:
-        """This step with more options (queue, priority, delay, not_before, max_retries,
-        timeout)."""
+        """This step with more options (see STEP_OPTIONS). Raises: InvalidTask."""
+        unknown = sorted(set(options) - set(STEP_OPTIONS))
+        if unknown:
+            raise InvalidTask(f"unknown step option {unknown[0]!r}")
         return replace(self, options={**self.options, **options})
 
     def to_task(self) -> TaskDict:
-        """The step as a task object (as in a task file or a `then` list). Raises: InvalidTask."""
-        task = build_task(self.name, self.args, self.kwargs, **self.options)
+        """The step as a task object (as in a task file or a `then` list)."""
+        task: TaskDict = {"task": self.name, "args": list(self.args), "kwargs": dict(self.kwargs)}
+        task.update((k, v) for k, v in self.options.items() if v is not None)
         if self.pass_result:
             task["pass_result"] = True
         return task

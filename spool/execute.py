@@ -30,6 +30,7 @@ from typing import Any
 
 from spool.envelope import JSON
 from spool.errors import ConfigError, error_dict
+from spool.registry import TaskOptions
 
 CHILD_CODE = "from spool.execute import child_main; child_main()"
 START_TIMEOUT_SECONDS = 120.0
@@ -106,9 +107,9 @@ class Executor:
         self.on_spawn = on_spawn
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
-        self.tasks: dict[str, dict[str, Any]] = {}
+        self.tasks: dict[str, TaskOptions] = {}
 
-    def start(self) -> dict[str, dict[str, Any]]:
+    def start(self) -> dict[str, TaskOptions]:
         """Start the child; return the tasks it registered. Raises: ConfigError.
 
         A child that dies before it says anything (killed while it imports: the OOM killer, an
@@ -123,7 +124,7 @@ class Executor:
             reason = hello["error"] if hello else "it exited or did not answer"
             self.kill()
             raise ConfigError(f"cannot start the handler process: {reason}")
-        self.tasks = hello["tasks"]
+        self.tasks = {name: TaskOptions.from_json(name, t) for name, t in hello["tasks"].items()}
         return self.tasks
 
     def spawn(self) -> dict[str, Any] | None:
@@ -267,7 +268,7 @@ def child_main() -> None:
     except Exception as exc:
         channel.send(json.dumps({"error": str(exc)}).encode())
         return
-    described = {name: task.describe() for name, task in tasks.items()}
+    described = {name: task.describe().to_json() for name, task in tasks.items()}
     channel.send(json.dumps({"tasks": described}).encode())
     while True:
         try:

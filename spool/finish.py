@@ -204,17 +204,19 @@ def write_verdict(
         verdict.concluded = True
 
 
-def reject(taken: Claim, reason: str, worker_id: str, counts: WorkerStats | None = None) -> Path:
-    """Move a file that is not a runnable task to failed/ unchanged, with the reason beside it
-    (see conclude.keep_rejected). Raises: OSError.
+def reject(
+    taken: Claim, reason: str, worker_id: str, now: float, counts: WorkerStats | None = None
+) -> Path:
+    """Move a file that is not a runnable task to failed/ unchanged (rejected at `now`), with
+    the reason beside it (see conclude.keep_rejected). Raises: OSError.
 
     It is stored as <id>.json, the id its name stands for (so `spool show ID` finds it).
     """
     try:
         mtime = os.lstat(taken.path).st_mtime
     except OSError:
-        mtime = time.time()
-    rejection = Rejection(taken.name, reason, worker_id, time.time())
+        mtime = now
+    rejection = Rejection(taken.name, reason, worker_id, now)
     name = envelope.id_of_name(taken.name, mtime) + ".json"
 
     def move(dest: Path) -> None:
@@ -259,11 +261,12 @@ def recover(
     task: TaskDict | None,
     dead_worker: str,
     policy: RetryPolicy | None,
+    now: float,
     outbox: Outbox | None = None,
     counts: WorkerStats | None = None,
 ) -> str:
-    """Send back a task whose worker died while it ran: incoming/ (attempts + 1, lost + 1) or,
-    when lost too often (see RetryPolicy.lost_too_often), failed/.
+    """Send back a task whose worker died while it ran (the loss seen at `now`): incoming/
+    (attempts + 1, lost + 1) or, when lost too often (see RetryPolicy.lost_too_often), failed/.
 
     `task` is None when the file cannot be read as a task: it goes back unchanged and the
     next claim rejects it with the reason.
@@ -282,7 +285,6 @@ def recover(
     if task is None or policy is None:
         os.rename(taken.path, dirs.incoming / taken.name)
         return "incoming"
-    now = time.time()
     message = f"worker {dead_worker} died while the attempt ran"
     lost = Outcome(False, now, now, error=error_dict("WorkerLost", message), lost=True)
     state, updated = lose(task, dead_worker, lost, policy)

@@ -11,13 +11,15 @@ next week; when the held ones are used up the window is built again from the dir
 Order: the canonical incoming name starts with 9-priority and the enqueue time in µs, fixed
 width, so sorting names sorts the queue. A dropped file with another name is read once
 (no-follow, size-limited) to learn its priority; its enqueue time is its mtime.
+
+The index reads no clock: the worker passes `now` (epoch seconds, compared with file times)
+and `now_mono` (time.monotonic(), for how long a name is left alone).
 """
 
 from __future__ import annotations
 
 import heapq
 import os
-import time
 import zlib
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -47,24 +49,24 @@ class QueueIndex:
     # its own is empty, or when theirs holds a higher priority (see choose).
     shard: tuple[int, int] | None = None
     others: list[tuple[str, str]] = field(default_factory=list)  # other workers' share
-    steal_after: float = 0.0  # time.monotonic() before which `others` are left alone
+    steal_after: float = 0.0  # (monotonic) before which `others` are left alone
     delayed: list[tuple[int, str]] = field(default_factory=list)  # (due µs, entry)
     delayed_names: set[str] = field(default_factory=set)
     # None: every delayed entry is held; else entries due after this (µs) may be on disk only
     delayed_limit: int | None = None
     delayed_mtime: int | None = None  # delayed/'s mtime (ns) when last listed, if settled then
-    delayed_listed: float = 0.0  # time.monotonic() of that listing
+    delayed_listed: float = 0.0  # (monotonic) when last listed
     paused: bool = False  # as of the last rescan (or pause event)
     # Shared mode: a network mount's listing can lag (sshfs: up to 20 s), so names whose
     # claim found them gone are skipped by rescans while listings still show them.
     stale_listings: bool = False
-    gone: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic() it failed
+    gone: dict[str, float] = field(default_factory=dict)  # name -> (monotonic) it failed
     # Files put back because they are still being written (spool.settle): left alone until
     # then, whatever events and listings say.
-    later: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic()
+    later: dict[str, float] = field(default_factory=dict)  # name -> (monotonic) until
     # Tasks put back for the workers that know their name (a deploy under way): left alone
     # the same way, but a burst worker does not wait for them.
-    held: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic()
+    held: dict[str, float] = field(default_factory=dict)  # name -> (monotonic) until
 
     def add_ready(self, name: str) -> None:
         if name in self.ready_names or name in self.later or name in self.held:
@@ -104,7 +106,7 @@ class QueueIndex:
         self.delayed_names.add(entry)
         heapq.heappush(self.delayed, (due, entry))
 
-    def rescan_delayed(self, force: bool = False) -> None:
+    def rescan_delayed(self, now: float, now_mono: float, force: bool = False) -> None:
         """Hold the DELAYED_WINDOW earliest entries of delayed/ (one streamed listing).
 
         Skipped while the directory's mtime shows no entry came or went since the last
@@ -115,17 +117,16 @@ class QueueIndex:
             mtime: int | None = os.stat(self.dirs.delayed).st_mtime_ns
         except FileNotFoundError:
             mtime = None
-        now = time.monotonic()
         if (
             not force
             and mtime is not None
             and mtime == self.delayed_mtime
-            and now - self.delayed_listed < FULL_SCAN_SECONDS
+            and now_mono - self.delayed_listed < FULL_SCAN_SECONDS
         ):
             return
-        settled = mtime is not None and time.time_ns() - mtime >= SETTLED_NS
+        settled = mtime is not None and now * 1e9 - mtime >= SETTLED_NS
         self.delayed_mtime = mtime if settled else None
-        self.delayed_listed = now
+        self.delayed_listed = now_mono
         window: list[tuple[int, str]] = []  # (-due, entry): a max-heap of the earliest ones
         total = 0
         try:
@@ -149,7 +150,7 @@ class QueueIndex:
         self.delayed_names = {entry for _, entry in window}
         self.delayed_limit = -window[0][0] if total > len(window) else None
 
-    def rescan(self) -> None:
+    def rescan(self, now: float, now_mono: float) -> None:
         """Bring both views up to date with the directories (names only).
 
         Names not seen before are added; names that are gone stay until they are popped (a
@@ -158,73 +159,73 @@ class QueueIndex:
         self.paused = self.dirs.is_paused()
         present = {n for n in list_names(self.dirs.incoming) if is_task_name(n)}
         if self.gone:
-            present = self.without_gone(present)
+            present = self.without_gone(present, now_mono)
         if len(self.ready_names - present) > len(present):
             self.ready, own = only_present(self.ready, present)
             self.others, theirs = only_present(self.others, present)
             self.ready_names = own | theirs
         for name in present - self.ready_names:
             self.add_ready(name)
-        self.rescan_delayed()
+        self.rescan_delayed(now, now_mono)
 
-    def forget(self, name: str) -> None:
+    def forget(self, name: str, now_mono: float) -> None:
         """A claim of `name` found it gone (another worker took it)."""
         if self.stale_listings:
-            self.gone[name] = time.monotonic()
+            self.gone[name] = now_mono
         if not self.mine(name):  # its owner is at work (our listing may be stale): leave theirs
-            self.steal_after = time.monotonic() + STEAL_PAUSE_SECONDS
+            self.steal_after = now_mono + STEAL_PAUSE_SECONDS
 
-    def look_again(self, name: str, seconds: float) -> None:
+    def look_again(self, name: str, seconds: float, now_mono: float) -> None:
         """Leave `name` (popped and put back) alone for `seconds`."""
-        self.later[name] = time.monotonic() + seconds
+        self.later[name] = now_mono + seconds
 
-    def hold(self, name: str, seconds: float) -> None:
+    def hold(self, name: str, seconds: float, now_mono: float) -> None:
         """Leave `name` (put back for other workers) alone for `seconds`."""
-        self.held[name] = time.monotonic() + seconds
+        self.held[name] = now_mono + seconds
 
-    def return_later(self, now: float) -> None:
-        """Make the names whose time has come (`now`: time.monotonic()) ready again."""
+    def return_later(self, now_mono: float) -> None:
+        """Make the names whose time has come ready again."""
         for waiting in (self.later, self.held):
             for name, at in list(waiting.items()):
-                if at <= now:
+                if at <= now_mono:
                     del waiting[name]
                     self.add_ready(name)
 
-    def without_gone(self, present: set[str]) -> set[str]:
+    def without_gone(self, present: set[str], now_mono: float) -> set[str]:
         """`present` less the names known gone; a name is let go when a listing no longer
         shows it, or after GONE_SECONDS (it may have come back: a recovered task keeps its
         name)."""
-        now = time.monotonic()
         for name, since in list(self.gone.items()):
-            if name not in present or now - since > GONE_SECONDS:
+            if name not in present or now_mono - since > GONE_SECONDS:
                 del self.gone[name]
         return present - self.gone.keys()
 
-    def choose(self) -> list[tuple[str, str]] | None:
+    def choose(self, now_mono: float) -> list[tuple[str, str]] | None:
         """The heap the next claim comes from: this worker's share, unless it is empty or
         another share's head has a higher priority (the key's first character)."""
-        if not self.others or time.monotonic() < self.steal_after:
+        if not self.others or now_mono < self.steal_after:
             return self.ready or None
         if not self.ready or self.others[0][0][0] < self.ready[0][0][0]:
             return self.others
         return self.ready
 
-    def peek_ready(self) -> str | None:
-        heap = self.choose()
+    def peek_ready(self, now_mono: float) -> str | None:
+        heap = self.choose(now_mono)
         return heap[0][0] if heap else None
 
-    def pop_ready(self) -> str | None:
-        heap = self.choose()
+    def pop_ready(self, now_mono: float) -> str | None:
+        heap = self.choose(now_mono)
         if not heap:
             return None
         _, name = heapq.heappop(heap)
         self.ready_names.discard(name)
         return name
 
-    def pop_due(self, now_us: int) -> list[str]:
+    def pop_due(self, now_us: int, now_mono: float) -> list[str]:
         """Delayed entries due by `now_us`, earliest first (at most one window's worth)."""
         if self.delayed_limit is not None and now_us >= self.delayed_limit:
-            self.rescan_delayed(force=True)  # the held window is used up: take the next one
+            # the held window is used up: take the next one
+            self.rescan_delayed(now_us / 1_000_000, now_mono, force=True)
         due = []
         while self.delayed and self.delayed[0][0] <= now_us:
             _, entry = heapq.heappop(self.delayed)

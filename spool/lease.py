@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -90,20 +89,20 @@ class LeaseWatch:
         self.lease_seconds = lease_seconds
         self.seen: dict[str, tuple[int, float]] = {}  # key -> (mtime ns, first seen with it)
 
-    def expired(self, key: str, mtime_ns: int, now: float | None = None) -> bool:
-        """Whether `key` has shown `mtime_ns` for at least the lease period.
+    def expired(self, key: str, mtime_ns: int, now: float) -> bool:
+        """Whether `key` has shown `mtime_ns` for at least the lease period (`now`: this
+        process's time.monotonic()).
 
         The first sighting (or a changed mtime) starts the period: a file seen only once is
         never expired, however old its mtime looks.
         """
-        now = time.monotonic() if now is None else now
         before = self.seen.get(key)
         if before is None or before[0] != mtime_ns:
             self.seen[key] = (mtime_ns, now)
             return False
         return now - before[1] >= self.lease_seconds
 
-    def stat_expired(self, key: str, path: Path, now: float | None = None) -> bool:
+    def stat_expired(self, key: str, path: Path, now: float) -> bool:
         """`expired` for a file by its path; a file that is gone is not expired."""
         try:
             mtime_ns = os.lstat(path).st_mtime_ns

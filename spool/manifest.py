@@ -27,6 +27,7 @@ from typing import Any
 
 from spool.fsio import list_names, write_atomic
 from spool.layout import ensure_dir
+from spool.registry import TaskOptions
 
 RELOAD_SECONDS = 2.0  # a cached catalog is read again at least this often (network mounts)
 
@@ -47,7 +48,7 @@ class Manifest:
 
     publisher: str
     published_at: float
-    tasks: Mapping[str, Mapping[str, Any]]
+    tasks: Mapping[str, TaskOptions]
     is_worker: bool = False
     host: str = ""
     version: str = ""
@@ -61,7 +62,7 @@ class Manifest:
                 "pid": os.getpid(),
                 "published_at": self.published_at,
                 "version": self.version,
-                "tasks": self.tasks,
+                "tasks": {name: options.to_json() for name, options in self.tasks.items()},
             },
             indent=1,
         ).encode()
@@ -75,7 +76,7 @@ def parse(data: bytes) -> Manifest | None:
         return None
     if not (isinstance(obj, dict) and isinstance(obj.get("tasks"), dict)):
         return None
-    tasks = {n: t for n, t in obj["tasks"].items() if isinstance(t, dict)}
+    tasks = {n: TaskOptions.from_json(n, t) for n, t in obj["tasks"].items() if isinstance(t, dict)}
     published = obj.get("published_at")
     return Manifest(
         publisher=str(obj.get("publisher", "")),
@@ -87,16 +88,16 @@ def parse(data: bytes) -> Manifest | None:
     )
 
 
-def version_of(tasks: Mapping[str, Mapping[str, Any]]) -> str:
+def version_of(tasks: Mapping[str, TaskOptions]) -> str:
     """One stamp for a publisher's set of task versions (module hashes)."""
-    stamps = sorted({str(t.get("version", "")) for t in tasks.values()})
+    stamps = sorted({t.version for t in tasks.values()})
     return "+".join(stamps)[:64]
 
 
 def publish(
     root: Path,
     publisher: str,
-    tasks: Mapping[str, Mapping[str, Any]],
+    tasks: Mapping[str, TaskOptions],
     now: float,
     *,
     is_worker: bool,
@@ -161,13 +162,13 @@ class Catalog:
     """What producers know about the tasks: the union of every manifest under the root."""
 
     manifests: tuple[Manifest, ...] = ()
-    by_name: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    local: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # this process's
+    by_name: Mapping[str, TaskOptions] = field(default_factory=dict)
+    local: Mapping[str, TaskOptions] = field(default_factory=dict)  # this process's
 
     @classmethod
     def of(cls, manifests: Iterable[Manifest]) -> Catalog:
         ordered = tuple(sorted(manifests, key=lambda m: m.published_at))
-        by_name: dict[str, Mapping[str, Any]] = {}
+        by_name: dict[str, TaskOptions] = {}
         for m in ordered:  # the newest publication of a name wins
             by_name.update(m.tasks)
         return cls(ordered, by_name)
@@ -181,12 +182,17 @@ class Catalog:
         """Whether any manifest was published (else producers cannot check anything)."""
         return bool(self.manifests)
 
-    def with_local(self, tasks: Mapping[str, Mapping[str, Any]]) -> Catalog:
+    def with_local(self, tasks: Mapping[str, TaskOptions]) -> Catalog:
         """This catalog, with the tasks registered in this process winning over the disk's."""
         return Catalog(self.manifests, self.by_name, tasks)
 
-    def entry(self, name: str) -> Mapping[str, Any] | None:
+    def entry(self, name: str) -> TaskOptions | None:
         return self.local.get(name) or self.by_name.get(name)
+
+    def queue_of(self, name: str) -> str | None:
+        """The queue the task's handler declares, or None when no one published it."""
+        entry = self.entry(name)
+        return None if entry is None else entry.queue
 
     def suggest(self, name: str) -> list[str]:
         """Known names close to a misspelt one, best first."""
@@ -243,7 +249,7 @@ def task_table(catalog: Catalog, is_live: Callable[[str], bool]) -> list[dict[st
     publications know it (`spool tasks --json`)."""
     rows = []
     for name in sorted(catalog.by_name):
-        entry = dict(catalog.by_name[name])
+        entry = catalog.by_name[name].to_json()
         publications = catalog.publishers_of(name)
         live = [m.publisher for m in publications if m.is_worker and is_live(m.publisher)]
         rows.append(
@@ -255,7 +261,7 @@ def task_table(catalog: Catalog, is_live: Callable[[str], bool]) -> list[dict[st
                     {
                         "by": m.publisher,
                         "at": m.published_at,
-                        "version": m.tasks[name].get("version", ""),
+                        "version": m.tasks[name].version,
                     }
                     for m in publications
                 ],

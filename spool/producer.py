@@ -103,13 +103,13 @@ def admit(catalog: Catalog, task: Mapping[str, Any], queue: str | None, check: b
     if check:
         args, kwargs = task.get("args", []), task.get("kwargs", {})
         if isinstance(args, list) and isinstance(kwargs, dict):
-            reason = binding_error(entry.get("params"), args, kwargs)
+            reason = binding_error(entry.params, args, kwargs)
             if reason is not None:
-                raise BadArguments(f"{name}{render(entry.get('params'))}: {reason}")
-    if not (queue or task.get("queue")) and isinstance(entry.get("queue"), str):
-        admitted["queue"] = entry["queue"]
-    if "priority" not in task and envelope.is_int(entry.get("priority")):
-        admitted["priority"] = entry["priority"]
+                raise BadArguments(f"{name}{render(entry.params)}: {reason}")
+    if not (queue or task.get("queue")):
+        admitted["queue"] = entry.queue
+    if "priority" not in task and envelope.is_int(entry.priority):
+        admitted["priority"] = entry.priority
     return admitted
 
 

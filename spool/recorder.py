@@ -165,12 +165,12 @@ class Recorder:
                 len(self.unwritten),
             )
 
-    def write_unwritten(self) -> bool:
+    def write_unwritten(self, now_mono: float) -> bool:
         """Try again to write the outcomes the disk refused, once their pause is over; True
         while some still wait."""
         if not self.unwritten:
             return False
-        if time.monotonic() < self.write_again_at:
+        if now_mono < self.write_again_at:
             return True
         while self.unwritten:
             if not self.record(self.unwritten[0]):
@@ -182,19 +182,19 @@ class Recorder:
         log.info("the disk takes writes again: the waiting outcomes are written")
         return False
 
-    def outcomes_waiting(self) -> float | None:
+    def outcomes_waiting(self, now_mono: float) -> float | None:
         """While outcomes the disk refused wait (a full disk), the worker claims nothing: try
         them again when due; the seconds until the next try while they wait, else None."""
         if not self.unwritten:
             return None
         self.record_pending()  # (an attempt that ended meanwhile joins them, in order)
-        if not self.write_unwritten():
+        if not self.write_unwritten(now_mono):
             return None
-        return self.next_try()
+        return self.next_try(now_mono)
 
-    def next_try(self) -> float:
+    def next_try(self, now_mono: float) -> float:
         """Seconds until the outcomes the disk refused are tried again."""
-        return max(0.001, self.write_again_at - time.monotonic())
+        return max(0.001, self.write_again_at - now_mono)
 
     def unhold(self, taken: Claim) -> None:
         if self.leases is not None:

@@ -54,10 +54,10 @@ class Recovery:
         self.worker_leases = LeaseWatch(lease_seconds) if lease_seconds else None
         self.complaint = Complaint()  # a disk that refuses recovery: logged once a minute
 
-    def run(self, indexes: Iterable[QueueIndex]) -> None:
+    def run(self, indexes: Iterable[QueueIndex], now: float, now_mono: float) -> None:
         """Send the claims of dead workers back (or to failed/ when lost too often)."""
         if self.claim_leases is not None:
-            self.run_shared(list(indexes), self.claim_leases)
+            self.run_shared(list(indexes), self.claim_leases, now, now_mono)
             return
         alive: dict[str, bool] = {}
 
@@ -69,13 +69,15 @@ class Recovery:
             return not alive[owner]
 
         for index in list(indexes):
-            self.recover_from(index, is_dead)
+            self.recover_from(index, is_dead, now)
         for worker_id, lives in alive.items():
             if not lives and worker_id not in self.orphans_killed:
                 self.orphans_killed.add(worker_id)
                 kill_orphans(self.root, worker_id)
 
-    def run_shared(self, indexes: list[QueueIndex], leases: LeaseWatch) -> None:
+    def run_shared(
+        self, indexes: list[QueueIndex], leases: LeaseWatch, now: float, now_mono: float
+    ) -> None:
         """Recover the claims whose lease ran out, this worker's own included: a claim whose
         rename reply was lost is on the server but not held (nothing renews it)."""
         seen: list[str] = []
@@ -84,24 +86,26 @@ class Recovery:
             def is_dead(entry: str, owner: str) -> bool:
                 key = f"{dirs.name}/{entry}"
                 seen.append(key)
-                return leases.stat_expired(key, dirs.processing / entry)
+                return leases.stat_expired(key, dirs.processing / entry, now_mono)
 
             return is_dead
 
         for index in indexes:
-            self.recover_from(index, expired(index.dirs))
+            self.recover_from(index, expired(index.dirs), now)
         leases.keep_only(seen)
 
-    def recover_from(self, index: QueueIndex, is_dead: Callable[[str, str], bool]) -> None:
+    def recover_from(
+        self, index: QueueIndex, is_dead: Callable[[str, str], bool], now: float
+    ) -> None:
         for taken, dead in abandoned(index.dirs, self.worker_id, is_dead):
             try:
-                self.recover_one(index, taken, dead)
+                self.recover_one(index, taken, dead, now)
             except OSError as exc:  # e.g. a full disk: hand the claim back to try again later
                 if self.complaint.due(time.time()):
                     log.error("cannot recover %s (tried again later): %s", taken.name, exc)
                 hand_back(taken, dead)
 
-    def recover_one(self, index: QueueIndex, taken: Claim, dead: str) -> None:
+    def recover_one(self, index: QueueIndex, taken: Claim, dead: str, now: float) -> None:
         task: TaskDict | None
         try:
             data, _ = read_regular(taken.path, self.max_file_bytes)
@@ -113,7 +117,7 @@ class Recovery:
             task.setdefault("id", envelope.id_of_name(taken.name, mtime))
             task.setdefault("enqueued_at", mtime)
         policy = self.policy_for(task) if task is not None else None
-        state = recover(taken, task, dead, policy, self.outbox, self.counts)
+        state = recover(taken, task, dead, policy, now, self.outbox, self.counts)
         queue = index.dirs.name
         if state != "finished":
             self.counts.record(queue, "recovered")
@@ -124,12 +128,12 @@ class Recovery:
         if state == "incoming":
             index.add_ready(taken.name)
 
-    def reap(self, now: float) -> None:
+    def reap(self, now: float, now_mono: float) -> None:
         """Delete dead workers' files once they own no claim; fold their counts."""
         busy = busy_worker_ids(self.root)
-        reap_dead_workers(self.root, busy)
+        reap_dead_workers(self.root, busy, now)
         if self.worker_leases is not None:
-            reap_expired_workers(self.root, busy, self.worker_leases)
+            reap_expired_workers(self.root, busy, self.worker_leases, now_mono)
         stale = stats.stale_files(self.root, now)
         stats.fold_dead(self.root, {w for w in stale if not is_alive(self.root, w)})
 

@@ -11,14 +11,16 @@ import hashlib
 import importlib
 import inspect
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from spool.chain import Step
+from spool.envelope import JSON, is_int, is_number
 from spool.errors import ConfigError
+from spool.layout import DEFAULT_QUEUE
 from spool.signature import params_of
 
 if TYPE_CHECKING:
@@ -30,18 +32,25 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """Defaults a task carries; a task file's own fields win over them."""
+    """What a task is registered with: the options of @app.task (defaults a task file's own
+    fields win over) and, once described, its handler's parameters, doc line, module and
+    version. Workers, the handler process's pipe and the task manifest all carry this."""
 
     name: str
-    queue: str = "default"
+    queue: str = DEFAULT_QUEUE
     max_retries: int | None = None
     timeout: float | None = None
     retry_backoff: float | None = None
     priority: int | None = None
     max_lost: int | None = None  # lost attempts (worker or handler process died) before failed/
     at_most_once: bool = False  # a lost attempt goes straight to failed/
+    params: JSON = field(default=None, hash=False)  # see spool.signature; None: not described
+    doc: str = ""
+    module: str | None = None
+    version: str = ""  # a hash of the module file (see module_version)
 
-    def describe(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JSON]:
+        """The task manifest's entry for this task (its name is the key, not a field)."""
         return {
             "queue": self.queue,
             "max_retries": self.max_retries,
@@ -50,7 +59,61 @@ class TaskOptions:
             "priority": self.priority,
             "max_lost": self.max_lost,
             "at_most_once": self.at_most_once,
+            "params": self.params,
+            "doc": self.doc,
+            "module": self.module,
+            "version": self.version,
         }
+
+    @classmethod
+    def from_json(cls, name: str, obj: Mapping[str, JSON]) -> TaskOptions:
+        """An entry as to_json wrote it; a field of the wrong type (a foreign or older
+        manifest) reads as its default, as if it were missing."""
+        queue, doc, module, version = (obj.get(k) for k in ("queue", "doc", "module", "version"))
+        return cls(
+            name=name,
+            queue=queue if isinstance(queue, str) else DEFAULT_QUEUE,
+            max_retries=whole(obj.get("max_retries")),
+            timeout=seconds(obj.get("timeout")),
+            retry_backoff=seconds(obj.get("retry_backoff")),
+            priority=obj["priority"] if is_int(obj.get("priority")) else None,
+            max_lost=whole(obj.get("max_lost")),
+            at_most_once=bool(obj.get("at_most_once", False)),
+            params=obj.get("params"),
+            doc=doc if isinstance(doc, str) else "",
+            module=module if isinstance(module, str) else None,
+            version=version if isinstance(version, str) else "",
+        )
+
+
+def whole(value: JSON) -> int | None:
+    return int(value) if is_number(value) else None
+
+
+def seconds(value: JSON) -> float | None:
+    real = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if real else None  # (inf: no timeout, as registered)
+
+
+def task_changes(old: Mapping[str, TaskOptions], new: Mapping[str, TaskOptions]) -> list[str]:
+    """What changed between two sets of registered tasks, as phrases (a reload's log line)."""
+    changes = []
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    if added:
+        changes.append(f"added {', '.join(added)}")
+    if removed:
+        changes.append(f"removed {', '.join(removed)}")
+    for name in sorted(set(old) & set(new)):
+        before, after = old[name].to_json(), new[name].to_json()
+        diffs = [
+            f"{key} {before[key]!r} -> {after[key]!r}"
+            for key in sorted(before)
+            if before[key] != after[key]
+        ]
+        if diffs:
+            changes.append(f"changed {name} ({', '.join(diffs)})")
+    return changes
 
 
 class Task(Generic[P, R]):
@@ -73,20 +136,20 @@ class Task(Generic[P, R]):
         return f"<Task {self.name} queue={self.options.queue}>"
 
     @cached_property
-    def described(self) -> dict[str, Any]:
+    def described(self) -> TaskOptions:
         """describe(), once (a producer that registered the task checks against it)."""
         return self.describe()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> TaskOptions:
         """What the task manifest says of this task: options, parameters, doc, version."""
         doc = inspect.getdoc(self.fn) or ""
-        return {
-            **self.options.describe(),
-            "params": params_of(self.fn),
-            "doc": doc.strip().splitlines()[0] if doc.strip() else "",
-            "module": getattr(self.fn, "__module__", None),
-            "version": module_version(self.fn),
-        }
+        return replace(
+            self.options,
+            params=params_of(self.fn),
+            doc=doc.strip().splitlines()[0] if doc.strip() else "",
+            module=getattr(self.fn, "__module__", None),
+            version=module_version(self.fn),
+        )
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue a run with these arguments; return the task id once it is durable."""

@@ -1,5 +1,5 @@
-"""Reloading task code: the signal that asks workers to load their task modules again, and
-what a reload changed.
+"""Reloading task code: the signal that asks workers to load their task modules again (what a
+reload changed is registry.task_changes).
 
 A worker takes SIGHUP as "load the task modules again": between two attempts it starts a new
 handler process, and only once that one has imported every module does it replace the old one
@@ -16,11 +16,8 @@ import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from spool.workers import holds_lock, is_alive, read_info, worker_ids
-
-TaskOptions = dict[str, dict[str, Any]]
 
 
 @dataclass
@@ -56,25 +53,3 @@ def signal_workers(root: Path, signum: int = signal.SIGHUP) -> Signalled:
             continue
         report.signalled.append(worker_id)
     return report
-
-
-def task_changes(old: TaskOptions, new: TaskOptions) -> list[str]:
-    """What changed between two sets of registered tasks (name -> options), as phrases."""
-    changes = []
-    added = sorted(set(new) - set(old))
-    removed = sorted(set(old) - set(new))
-    if added:
-        changes.append(f"added {', '.join(added)}")
-    if removed:
-        changes.append(f"removed {', '.join(removed)}")
-    for name in sorted(set(old) & set(new)):
-        before, after = old[name], new[name]
-        keys = sorted(set(before) | set(after))
-        diffs = [
-            f"{key} {before.get(key)!r} -> {after.get(key)!r}"
-            for key in keys
-            if before.get(key) != after.get(key)
-        ]
-        if diffs:
-            changes.append(f"changed {name} ({', '.join(diffs)})")
-    return changes

@@ -10,12 +10,12 @@ parses, so a file that parses is never taken early.
 "Not changed" is judged by the bytes (length and CRC-32) on the worker's own monotonic clock,
 never by comparing a file time with this host's clock: a network mount's mtimes come from the
 file server, and a shared-mode lease renewal touches the claim. On one host (mtimes from this
-host's kernel) a file last written SETTLE_SECONDS ago or more is rejected at once.
+host's kernel) a file last written SETTLE_SECONDS ago or more is rejected at once. The worker
+passes both clocks in (`now`: epoch seconds, `now_mono`: time.monotonic()).
 """
 
 from __future__ import annotations
 
-import time
 import zlib
 from dataclasses import dataclass
 
@@ -28,7 +28,7 @@ PRUNE_SECONDS = 10.0  # how often old sightings are looked for (a flood of broke
 @dataclass
 class Sighting:
     fingerprint: tuple[int, int]  # (length, CRC-32) of the bytes read
-    since: float  # time.monotonic() when these bytes were first read
+    since: float  # (monotonic) when these bytes were first read
 
 
 class Settling:
@@ -37,22 +37,23 @@ class Settling:
     def __init__(self, trust_mtime: bool) -> None:
         self.trust_mtime = trust_mtime
         self.seen: dict[tuple[str, str], Sighting] = {}
-        self.pruned = time.monotonic()
+        self.pruned = float("-inf")  # (monotonic) when old sightings were last looked for
 
-    def wait_for(self, key: tuple[str, str], data: bytes, mtime_ns: int) -> float:
+    def wait_for(
+        self, key: tuple[str, str], data: bytes, mtime_ns: int, now: float, now_mono: float
+    ) -> float:
         """Seconds to leave a file whose `data` is not JSON before reading it again;
         0.0: it has settled, reject it now."""
-        now = time.monotonic()
-        self.forget_old(now)
-        if self.trust_mtime and time.time_ns() - mtime_ns >= SETTLE_SECONDS * 1e9:
+        self.forget_old(now_mono)
+        if self.trust_mtime and now * 1e9 - mtime_ns >= SETTLE_SECONDS * 1e9:
             self.seen.pop(key, None)
             return 0.0
         fingerprint = (len(data), zlib.crc32(data))
         sighting = self.seen.get(key)
         if sighting is None or sighting.fingerprint != fingerprint:
-            self.seen[key] = Sighting(fingerprint, now)
+            self.seen[key] = Sighting(fingerprint, now_mono)
             return RECHECK_SECONDS
-        left = sighting.since + SETTLE_SECONDS - now
+        left = sighting.since + SETTLE_SECONDS - now_mono
         if left <= 0:
             del self.seen[key]
             return 0.0
@@ -63,10 +64,10 @@ class Settling:
         if self.seen:
             self.seen.pop(key, None)
 
-    def forget_old(self, now: float) -> None:
-        if now - self.pruned < PRUNE_SECONDS:
+    def forget_old(self, now_mono: float) -> None:
+        if now_mono - self.pruned < PRUNE_SECONDS:
             return
-        self.pruned = now
+        self.pruned = now_mono
         for key, sighting in list(self.seen.items()):
-            if now - sighting.since > FORGET_SECONDS:
+            if now_mono - sighting.since > FORGET_SECONDS:
                 del self.seen[key]

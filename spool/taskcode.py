@@ -21,7 +21,7 @@ from spool.errors import ConfigError
 from spool.execute import Executor
 from spool.finish import RetryPolicy
 from spool.manifest import CatalogCache, publish, unknown_fate
-from spool.reload import TaskOptions, task_changes
+from spool.registry import TaskOptions, task_changes
 from spool.signature import binding_error, render
 from spool.workers import WorkerLock, is_alive
 
@@ -35,7 +35,7 @@ class TaskCode:
     def __init__(self, settings: Settings, worker_id: str, lock: WorkerLock) -> None:
         self.settings, self.worker_id, self.lock = settings, worker_id, lock
         self.executor = self.new_executor()
-        self.tasks: TaskOptions = {}
+        self.tasks: dict[str, TaskOptions] = {}
         self.reloads = 0
         self.catalogs = CatalogCache(settings.root)
 
@@ -81,7 +81,7 @@ class TaskCode:
             self.reloads += 1
             self.loaded(old, self.tasks)
 
-    def loaded(self, old: TaskOptions, new: TaskOptions) -> None:
+    def loaded(self, old: dict[str, TaskOptions], new: dict[str, TaskOptions]) -> None:
         """The tasks this worker serves are now `new` (at start-up `old` is {}, and the
         "started" line names them): publish them, and log what a reload changed."""
         self.publish(time.time())
@@ -112,11 +112,11 @@ class TaskCode:
     def unbound(self, task: TaskDict) -> str | None:
         """Why the task's arguments do not bind to its handler's parameters, or None."""
         name = task["task"]
-        params = self.tasks[name].get("params")
+        params = self.tasks[name].params
         unbound = binding_error(params, task.get("args", []), task.get("kwargs", {}))
         return None if unbound is None else f"BadArguments: {name}{render(params)}: {unbound}"
 
-    def wait_for_unknown(self, name: str, now: float) -> float | None:
+    def wait_for_unknown(self, name: str, now: float, now_mono: float) -> float | None:
         """A task this worker cannot run: seconds to leave it for the workers that know it (a
         deploy under way), or None to reject it when none has known it for the grace (see
         manifest.unknown_fate)."""
@@ -128,7 +128,7 @@ class TaskCode:
             return alive[worker_id]
 
         return unknown_fate(
-            self.catalogs.current(time.monotonic()),
+            self.catalogs.current(now_mono),
             name,
             is_live,
             now,
@@ -136,19 +136,24 @@ class TaskCode:
             HOLD_UNKNOWN_SECONDS,
         )
 
+    def options_of(self, task: TaskDict) -> TaskOptions:
+        """The options the task's name is registered with (the defaults for an unknown one)."""
+        name = task["task"]
+        return self.tasks.get(name) or TaskOptions(name)
+
     def policy_for(self, task: TaskDict) -> RetryPolicy:
-        options = self.tasks.get(task["task"], {})
+        options = self.options_of(task)
         s = self.settings
-        max_retries = first(task.get("max_retries"), options.get("max_retries"), s.max_retries)
-        backoff = first(options.get("retry_backoff"), s.retry_backoff_seconds)
-        max_lost = first(task.get("max_lost"), options.get("max_lost"), s.max_lost)
+        max_retries = first(task.get("max_retries"), options.max_retries, s.max_retries)
+        backoff = first(options.retry_backoff, s.retry_backoff_seconds)
+        max_lost = first(task.get("max_lost"), options.max_lost, s.max_lost)
         return RetryPolicy(
             int(max_retries),
             float(backoff),
             s.retry_backoff_max_seconds,
             s.retry_jitter,
             max_lost=int(max_lost),
-            at_most_once=bool(options.get("at_most_once", False)),
+            at_most_once=options.at_most_once,
         )
 
     def known_policy(self, task: TaskDict) -> RetryPolicy | None:
@@ -156,10 +161,8 @@ class TaskCode:
         return self.policy_for(task) if task["task"] in self.tasks else None
 
     def timeout_for(self, task: TaskDict) -> float:
-        options = self.tasks.get(task["task"], {})
-        return float(
-            first(task.get("timeout"), options.get("timeout"), self.settings.timeout_seconds)
-        )
+        options = self.options_of(task)
+        return float(first(task.get("timeout"), options.timeout, self.settings.timeout_seconds))
 
 
 def first(*values: Any) -> Any:

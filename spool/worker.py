@@ -18,11 +18,8 @@ waits for it too, and a second one leaves the claim to recovery (at least once).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -30,17 +27,16 @@ from dataclasses import dataclass
 from types import FrameType
 
 from spool import envelope, signals
-from spool.claim import Claim, release
-from spool.claimed import NotRunnable, read_claimed
+from spool.claim import Claim
+from spool.claimed import Aside, NotRunnable, read_claimed
 from spool.cluster import is_shared
 from spool.config import Settings
 from spool.counts import Recounter
 from spool.envelope import TaskDict
 from spool.errors import ConfigError
 from spool.events import outbox_for
-from spool.faults import Backoff, Complaint, describe, is_disk_fault
-from spool.finish import Committer, reject
-from spool.layout import DEFAULT_QUEUE, delayed_name, existing_queues, queue_dirs
+from spool.finish import Committer
+from spool.layout import queue_dirs
 from spool.lease import LeaseKeeper
 from spool.queues import Queues
 from spool.recorder import Pending, Recorder
@@ -50,7 +46,7 @@ from spool.settle import Settling
 from spool.stats import WorkerStats
 from spool.taskcode import TaskCode
 from spool.watch import Watcher
-from spool.workers import WorkerLock, new_worker_id
+from spool.workers import WorkerLock, new_worker_id, start_on_disk
 
 log = logging.getLogger(__name__)
 REAP_SECONDS = 30.0
@@ -124,6 +120,7 @@ class Worker:
         self.poll_gap = self.poll_base
         self.recorder = Recorder(self.committer, self.outbox, self.stats, self.lock, self.leases)
         self.settling = Settling(trust_mtime=not self.shared)
+        self.aside = Aside(self.queues, self.leases, self.code, self.stats, self.worker_id)
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -134,7 +131,9 @@ class Worker:
         """
         self.terminal = signals.Terminal.now()
         signals.install(self.on_signal, self.on_reload, on_stop_now=self.on_signal)
-        queues = self.start_on_disk()
+        queues = start_on_disk(
+            self.settings.root, self.fixed_queues, self.lock, self.shared, self.stopping
+        )
         if queues is None:  # stopped before the disk let it start
             return 0
         try:
@@ -148,7 +147,7 @@ class Worker:
             watching = self.watcher.start(queues, watch_root=not self.fixed_queues)
             self.polling = self.burst or self.shared or not watching
             for queue in queues:
-                self.queues.add(queue)
+                self.queues.add(queue, time.time(), time.monotonic())
             log.info(
                 "worker %s started: queues %s, tasks %s",
                 self.worker_id,
@@ -156,7 +155,7 @@ class Worker:
                 ", ".join(sorted(self.code.tasks)) or "none",
             )
             self.recovery.last = time.time()
-            self.recoverer.run(self.queues)
+            self.recoverer.run(self.queues, self.recovery.last, time.monotonic())
             return self.loop()
         finally:
             self.recorder.record_pending()
@@ -175,44 +174,6 @@ class Worker:
             self.watcher.stop()
             self.lock.release()
             log.info("worker %s stopped", self.worker_id)
-
-    def start_on_disk(self) -> list[str] | None:
-        """Make the directories, take the lock, write the info file: the queues to serve.
-
-        A full or failing disk is logged once and tried again with a growing pause (a worker
-        never exits for it, so Supervisor never gives up on it); None if stopped meanwhile.
-        """
-        backoff, complaint = Backoff(cap=10.0), Complaint()
-        while True:
-            try:
-                os.makedirs(self.settings.root, exist_ok=True)
-                queues = self.fixed_queues or existing_queues(self.settings.root)
-                queues = queues or [DEFAULT_QUEUE]
-                for queue in queues:
-                    queue_dirs(self.settings.root, queue).create()
-                self.lock.acquire(self.start_info(queues))
-                if backoff.failures:
-                    log.info("the disk takes writes again: starting")
-                return queues
-            except OSError as exc:
-                if not is_disk_fault(exc):
-                    raise
-                if complaint.due(time.time()):
-                    log.error(
-                        "cannot start: %s; trying again until the disk takes writes", describe(exc)
-                    )
-                if self.stopping.wait(backoff.next_pause()):
-                    self.lock.release_if_held()
-                    return None
-
-    def start_info(self, queues: list[str]) -> dict[str, object]:
-        return {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started_at": time.time(),
-            "queues": queues,
-            **({"shared": True} if self.shared else {}),
-        }
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -253,42 +214,42 @@ class Worker:
                 self.reload_tasks()
             else:
                 self.code.follow_restart()
-            if not self.look(time.time()):
+            if not self.look(time.time(), time.monotonic()):
                 continue
-            waiting = self.recorder.outcomes_waiting()
+            waiting = self.recorder.outcomes_waiting(time.monotonic())
             if waiting is not None:  # a full disk: claim nothing until they are written
                 self.stopping.wait(waiting)
                 continue
-            taken = self.queues.claim_next()
+            taken = self.queues.claim_next(time.monotonic())
             if taken is not None:
-                self.run_claimed(taken)
+                self.run_claimed(taken, time.time(), time.monotonic())
                 fresh = False
                 continue
             self.recorder.record_pending()  # nothing to run next: record the last outcome now
             if not self.burst:
-                self.wakeup.wait(self.sleep_seconds(time.time()))
+                self.wakeup.wait(self.sleep_seconds(time.time(), time.monotonic()))
                 continue
-            put_back = self.queues.put_back_wait()
+            put_back = self.queues.put_back_wait(time.monotonic())
             if put_back is not None:  # files being written in place: wait for them
                 self.stopping.wait(max(0.001, put_back))
             elif fresh:  # nothing due, even right after a full rescan
                 break
             else:
-                self.rescan_all(time.time())
+                self.rescan_all(time.time(), time.monotonic())
                 fresh = True
         self.recorder.record_pending()
         self.write_before_stopping()
         return 0
 
-    def look(self, now: float) -> bool:
+    def look(self, now: float, now_mono: float) -> bool:
         """Take in the hints, do what is due (rescans, recovery, retention), promote due tasks;
         False after an I/O error (logged, and paused on)."""
         try:
             self.stats.flush(now)
-            if self.queues.absorb(self.watcher.hints):  # events were lost: look now
-                self.rescan_all(time.time())
-            self.housekeeping(now)
-            self.queues.promote_due(now)
+            if self.queues.absorb(self.watcher.hints, now, now_mono):  # events were lost: look now
+                self.rescan_all(time.time(), time.monotonic())
+            self.housekeeping(now, now_mono)
+            self.queues.promote_due(now, now_mono)
         except OSError as exc:  # e.g. a directory made unreadable: log, wait, go on
             if self.burst:
                 raise
@@ -297,26 +258,28 @@ class Worker:
             return False
         return True
 
-    def run_claimed(self, taken: Claim) -> None:
+    def run_claimed(self, taken: Claim, now: float, now_mono: float) -> None:
         if self.leases is not None:
             self.leases.hold(taken.path)
         try:
-            self.process(taken)
+            self.process(taken, now, now_mono)
         except OSError as exc:  # the disk failed, or (shared) the claim was taken
-            self.give_back(taken, f"cannot process {taken.name}: {exc}")
+            self.aside.give_back(taken, f"cannot process {taken.name}: {exc}")
+            self.stopping.wait(ERROR_PAUSE_SECONDS)
         except ConfigError as exc:
             # the handler process had to start again (after a timeout or a crash) and a
             # tasks module no longer imports: the task waits in incoming/, the worker lives
-            self.give_back(taken, f"cannot run {taken.name}: {exc}")
+            self.aside.give_back(taken, f"cannot run {taken.name}: {exc}")
+            self.stopping.wait(ERROR_PAUSE_SECONDS)
 
-    def housekeeping(self, now: float) -> None:
+    def housekeeping(self, now: float, now_mono: float) -> None:
         # (a burst worker rescans when it runs dry, in the loop; never in the middle of work)
         polled = self.polling and now - self.rescan.last >= self.poll_gap
         if not self.burst and (self.rescan.due(now) or polled):
-            self.rescan_all(now)
+            self.rescan_all(now, now_mono)
         if self.recovery.due(now):
             self.recovery.last = now
-            self.recoverer.run(self.queues)
+            self.recoverer.run(self.queues, now, now_mono)
         if self.retention is not None and self.retention_timer.due(now):
             self.retention_timer.last = now
             deleted = self.retention.step(self.queues.names())
@@ -326,39 +289,40 @@ class Worker:
                 log.info("retention: deleted %d task(s) from %s/%s", n, queue, state)
         if self.reaping.due(now):
             self.reaping.last = now
-            self.recoverer.reap(now)
+            self.recoverer.reap(now, now_mono)
             self.recounter.maybe_start(self.queues.names(), now)
 
-    def rescan_all(self, now: float) -> None:
-        self.queues.rescan_all()
+    def rescan_all(self, now: float, now_mono: float) -> None:
+        self.queues.rescan_all(now, now_mono)
         # a rescan of a huge backlog is not free: keep it under 5% of the time
         took = time.time() - now
         self.rescan.every = max(self.settings.rescan_seconds, RESCAN_COST_FACTOR * took)
         self.poll_gap = max(self.poll_base, RESCAN_COST_FACTOR * took)
         self.rescan.last = time.time()
 
-    def sleep_seconds(self, now: float) -> float:
+    def sleep_seconds(self, now: float, now_mono: float) -> float:
         waits = [self.rescan.left(now), self.recovery.left(now)]
         if self.polling:
             waits.append(self.poll_gap)
-        due = self.queues.next_wait(now)
+        due = self.queues.next_wait(now, now_mono)
         if due is not None:
             waits.append(due)
         return max(0.001, min(waits))
 
-    def unhold(self, taken: Claim) -> None:
-        if self.leases is not None:
-            self.leases.drop(taken.path)
-
     # ---- one task ----------------------------------------------------------------------
 
-    def process(self, taken: Claim) -> None:
-        """Validate, run and finish one claimed task; nothing here may stop the worker."""
-        task = self.read_claimed(taken)
-        if task is None:
+    def process(self, taken: Claim, now: float, now_mono: float) -> None:
+        """Validate, run and finish one claimed task (claimed at `now`); nothing here may stop
+        the worker."""
+        read = read_claimed(
+            taken, self.settings.max_file_bytes, self.settling, self.code, now, now_mono
+        )
+        if isinstance(read, NotRunnable):
+            self.aside.set_aside(taken, read, now, now_mono)
             return
-        if envelope.due_at(task) > time.time():
-            self.put_off(taken, task)
+        task = read
+        if envelope.due_at(task) > now:
+            self.aside.put_off(taken, task)
             return
         policy = self.code.policy_for(task)
         attempt = int(task.get("attempts", 0)) + 1
@@ -376,8 +340,7 @@ class Worker:
             self.recorder.record_pending,
         )
         if outcome.interrupted:
-            self.unhold(taken)
-            release(taken)
+            self.aside.release(taken)
             log.warning("released %s (stopped during the attempt)", fields)
             return
         self.recorder.defer(Pending(taken, task, outcome, policy, fields))  # (see recorder)
@@ -390,81 +353,9 @@ class Worker:
                 "stopping: %d outcome(s) wait for the disk; a second signal stops without them",
                 len(self.recorder.unwritten),
             )
-        while self.recorder.write_unwritten() and not self.hard_stop:
-            self.wakeup.wait(self.recorder.next_try())
+        while self.recorder.write_unwritten(time.monotonic()) and not self.hard_stop:
+            self.wakeup.wait(self.recorder.next_try(time.monotonic()))
             self.wakeup.clear()
-
-    def give_back(self, taken: Claim, why: str) -> None:
-        """Put a claimed task back after an I/O error, and pause a moment before going on."""
-        log.error("%s; the task goes back to incoming/", why)
-        self.unhold(taken)
-        with contextlib.suppress(OSError):
-            release(taken)
-        self.stopping.wait(ERROR_PAUSE_SECONDS)
-
-    def read_claimed(self, taken: Claim) -> TaskDict | None:
-        """The claimed file as a runnable task, or None after setting it aside (see claimed):
-        rejected to failed/, put back to read again, or left to the workers that know it."""
-        read = read_claimed(taken, self.settings.max_file_bytes, self.settling, self.code)
-        if not isinstance(read, NotRunnable):
-            return read
-        if read.unknown is not None:
-            self.unknown(taken, read.unknown)
-        elif read.read_again_in > 0:
-            self.put_back(taken, read.read_again_in)
-        else:
-            self.reject(taken, read.reason)
-        return None
-
-    def unknown(self, taken: Claim, name: str) -> None:
-        """A task this worker cannot run: leave it for the workers that know it (a deploy
-        under way), or reject it when none has known it for the grace (see spool.manifest)."""
-        wait = self.code.wait_for_unknown(name, time.time())
-        if wait is None:
-            self.reject(taken, f"unknown task {name!r}: no configured tasks module registers it")
-            return
-        self.unhold(taken)
-        release(taken)
-        self.queues[taken.dirs.name].hold(taken.name, wait)
-        log.info(
-            "left queue=%s file=%s task=%s to the workers that know it (again in %.0f s)",
-            taken.dirs.name,
-            taken.name,
-            name,
-            wait,
-        )
-
-    def put_back(self, taken: Claim, seconds: float) -> None:
-        """Return a claimed file to incoming/ and leave it there for `seconds`."""
-        self.unhold(taken)
-        release(taken)
-        self.queues[taken.dirs.name].look_again(taken.name, seconds)
-        log.debug(
-            "%s/%s is not JSON yet: read again in %.2f s", taken.dirs.name, taken.name, seconds
-        )
-
-    def reject(self, taken: Claim, reason: str) -> None:
-        self.unhold(taken)
-        try:
-            dest = reject(taken, reason, self.worker_id, self.stats)
-        except OSError as exc:
-            log.error("cannot move rejected %s to failed/: %s", taken.name, exc)
-            return
-        log.warning(
-            "rejected queue=%s file=%s stored=%s reason=%s",
-            taken.dirs.name,
-            taken.name,
-            dest.name,
-            reason,
-        )
-
-    def put_off(self, taken: Claim, task: TaskDict) -> None:
-        """A claimed task that is not due yet goes to delayed/ unchanged (no attempt)."""
-        due_us = int(envelope.due_at(task) * 1_000_000)
-        entry = delayed_name(due_us, taken.name)
-        self.unhold(taken)
-        os.rename(taken.path, taken.dirs.delayed / entry)
-        self.queues[taken.dirs.name].add_delayed(entry)
 
     def log_fields(self, taken: Claim, task: TaskDict, attempt: int) -> str:
         return f"queue={taken.dirs.name} id={task['id']} task={task['task']} attempt={attempt}"

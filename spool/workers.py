@@ -20,13 +20,22 @@ import os
 import secrets
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from spool.faults import Backoff, Complaint, describe, is_disk_fault
 from spool.fsio import list_names, write_atomic
-from spool.layout import FILE_MODE, ensure_dir, workers_dir
+from spool.layout import (
+    DEFAULT_QUEUE,
+    FILE_MODE,
+    ensure_dir,
+    existing_queues,
+    queue_dirs,
+    workers_dir,
+)
 from spool.lease import LeaseWatch
 
 log = logging.getLogger(__name__)
@@ -177,7 +186,7 @@ def kill_orphans(root: Path, worker_id: str) -> None:
             pass
 
 
-def reap_dead_workers(root: Path, busy: set[str]) -> int:
+def reap_dead_workers(root: Path, busy: set[str], now: float) -> int:
     """Delete the lock and info files of dead workers that own no claim; return how many.
 
     A worker writes its info file only after it holds its lock, so a lock file without info
@@ -189,7 +198,6 @@ def reap_dead_workers(root: Path, busy: set[str]) -> int:
         names = os.listdir(directory)
     except FileNotFoundError:
         return 0
-    now = time.time()
     for name in names:
         if not name.endswith(".lock"):
             continue
@@ -222,7 +230,7 @@ def reap_dead_workers(root: Path, busy: set[str]) -> int:
     return reaped
 
 
-def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch) -> int:
+def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch, now_mono: float) -> int:
     """Shared mode: delete the files of workers whose info file's lease ran out; how many.
 
     A worker on another host touches its info file while it lives (see spool.lease); one that
@@ -234,7 +242,7 @@ def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch) -> int:
     for worker_id in worker_ids(root):
         name = f"{worker_id}.json"
         seen.append(name)
-        if worker_id in busy or not watch.stat_expired(name, directory / name):
+        if worker_id in busy or not watch.stat_expired(name, directory / name, now_mono):
             continue
         (directory / name).unlink(missing_ok=True)
         (directory / f"{worker_id}.lock").unlink(missing_ok=True)
@@ -243,3 +251,46 @@ def reap_expired_workers(root: Path, busy: set[str], watch: LeaseWatch) -> int:
         reaped += 1
     watch.keep_only(seen)
     return reaped
+
+
+def start_on_disk(
+    root: Path, fixed: list[str], lock: WorkerLock, shared: bool, stopping: threading.Event
+) -> list[str] | None:
+    """Make the queues' directories, take the worker's lock, write its info file: the queues
+    it serves (`fixed`, else every queue there is, else the default one).
+
+    A full or failing disk is logged once and tried again with a growing pause (a worker
+    never exits for it, so Supervisor never gives up on it); None if stopped meanwhile.
+    """
+    backoff, complaint = Backoff(cap=10.0), Complaint()
+    while True:
+        try:
+            os.makedirs(root, exist_ok=True)
+            queues = fixed or existing_queues(root) or [DEFAULT_QUEUE]
+            for queue in queues:
+                queue_dirs(root, queue).create()
+            lock.acquire(start_info(queues, shared))
+            if backoff.failures:
+                log.info("the disk takes writes again: starting")
+            return queues
+        except OSError as exc:
+            if not is_disk_fault(exc):
+                raise
+            if complaint.due(time.time()):
+                log.error(
+                    "cannot start: %s; trying again until the disk takes writes", describe(exc)
+                )
+            if stopping.wait(backoff.next_pause()):
+                lock.release_if_held()
+                return None
+
+
+def start_info(queues: list[str], shared: bool) -> dict[str, object]:
+    """The worker's info file at start: who it is (pid, host), since when, what it serves."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": time.time(),
+        "queues": queues,
+        **({"shared": True} if shared else {}),
+    }

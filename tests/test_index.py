@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 from spool import Spool
-from spool.index import DELAYED_WINDOW, QueueIndex
+from spool.index import DELAYED_WINDOW, STEAL_PAUSE_SECONDS, QueueIndex
 from spool.layout import canonical_name, delayed_name, queue_dirs
 from tests.conftest import names, wait_until
 from tests.test_worker import Starter
 
 BASE_US = 1_800_000_000_000_000
+MONO = 1000.0  # a time.monotonic() reading: the index takes the time it is given
 
 
 def put_delayed(index: QueueIndex, due_us: int, n: int) -> str:
@@ -28,7 +29,7 @@ def make_index(spool_root: Path) -> QueueIndex:
 def drain_due(index: QueueIndex, now_us: int) -> list[str]:
     """Pop what is due the way a worker does, moving each entry out of delayed/."""
     popped: list[str] = []
-    while batch := index.pop_due(now_us):
+    while batch := index.pop_due(now_us, MONO):
         for entry in batch:
             (index.dirs.delayed / entry).unlink()
         popped += batch
@@ -39,7 +40,7 @@ def test_the_window_is_bounded_and_hands_out_every_entry_in_due_order(spool_root
     index = make_index(spool_root)
     total = 2 * DELAYED_WINDOW + 500
     entries = [put_delayed(index, BASE_US + i * 1000, i) for i in reversed(range(total))]
-    index.rescan()
+    index.rescan(time.time(), MONO)
     assert len(index.delayed) == DELAYED_WINDOW
     assert index.next_due_us() == BASE_US
 
@@ -56,7 +57,7 @@ def test_a_new_entry_beyond_the_window_waits_on_disk_and_is_found_later(
     index = make_index(spool_root)
     for i in range(DELAYED_WINDOW + 10):
         put_delayed(index, BASE_US + i * 1000, i)
-    index.rescan()
+    index.rescan(time.time(), MONO)
     late = put_delayed(index, BASE_US + 10**9, 999_999)
     early = put_delayed(index, BASE_US - 1000, 999_998)
     index.add_delayed(late)
@@ -86,16 +87,16 @@ def test_an_unchanged_delayed_directory_is_not_listed_again(spool_root: Path) ->
     first = put_delayed(index, BASE_US, 1)
     past = time.time_ns() - 100 * 10**9
     os.utime(index.dirs.delayed, ns=(past, past))  # settled: last changed long ago
-    index.rescan()
+    index.rescan(time.time(), MONO)
     assert index.delayed_names == {first}
 
     hidden = put_delayed(index, BASE_US + 1000, 2)
     os.utime(index.dirs.delayed, ns=(past, past))  # a change the mtime does not show
-    index.rescan()
+    index.rescan(time.time(), MONO)
     assert hidden not in index.delayed_names  # not listed: the directory looked unchanged
 
     put_delayed(index, BASE_US + 2000, 3)  # an ordinary change moves the mtime
-    index.rescan()
+    index.rescan(time.time(), MONO)
     assert hidden in index.delayed_names
     assert len(index.delayed_names) == 3
 
@@ -114,14 +115,14 @@ def test_two_workers_take_disjoint_shares_first_then_the_rest(spool_root: Path) 
     for name in ready_names(200):
         first.add_ready(name)
         second.add_ready(name)
-    own_first = [first.pop_ready() for _ in range(len(first.ready))]
-    own_second = [second.pop_ready() for _ in range(len(second.ready))]
+    own_first = [first.pop_ready(MONO) for _ in range(len(first.ready))]
+    own_second = [second.pop_ready(MONO) for _ in range(len(second.ready))]
     assert not set(own_first) & set(own_second)
     assert len(own_first) + len(own_second) == 200
     assert own_first == sorted(own_first)  # each share in queue order
-    rest = [first.pop_ready() for _ in range(len(first.others))]
+    rest = [first.pop_ready(MONO) for _ in range(len(first.others))]
     assert rest == sorted(own_second)  # an empty share: the others' tasks, in order
-    assert first.pop_ready() is None
+    assert first.pop_ready(MONO) is None
 
 
 def test_a_higher_priority_in_another_share_comes_before_an_own_lower_one(
@@ -133,8 +134,8 @@ def test_a_higher_priority_in_another_share_comes_before_an_own_lower_one(
     high = [n for n in ready_names(20, priority=5) if not index.mine(n)][:1]
     for name in low + high:
         index.add_ready(name)
-    assert index.pop_ready() == high[0]
-    assert index.pop_ready() == low[0]
+    assert index.pop_ready(MONO) == high[0]
+    assert index.pop_ready(MONO) == low[0]
 
 
 def test_after_a_failed_steal_the_other_shares_are_left_alone_for_a_moment(
@@ -145,11 +146,10 @@ def test_after_a_failed_steal_the_other_shares_are_left_alone_for_a_moment(
     theirs = [n for n in ready_names(20) if not index.mine(n)][:2]
     for name in theirs:
         index.add_ready(name)
-    assert index.pop_ready() == theirs[0]
-    index.forget(theirs[0])  # its owner had claimed it already
-    assert index.pop_ready() is None
-    index.steal_after = 0.0
-    assert index.pop_ready() == theirs[1]
+    assert index.pop_ready(MONO) == theirs[0]
+    index.forget(theirs[0], MONO)  # its owner had claimed it already
+    assert index.pop_ready(MONO) is None
+    assert index.pop_ready(MONO + STEAL_PAUSE_SECONDS) == theirs[1]
 
 
 def test_a_name_that_failed_is_skipped_while_a_stale_listing_shows_it(spool_root: Path) -> None:
@@ -157,17 +157,18 @@ def test_a_name_that_failed_is_skipped_while_a_stale_listing_shows_it(spool_root
     index.stale_listings = True
     (name,) = ready_names(1)
     (index.dirs.incoming / name).write_bytes(b"{}")
-    index.rescan()
-    assert index.pop_ready() == name
-    index.forget(name)  # another host claimed it; this host's listing lags
-    index.rescan()
-    assert index.pop_ready() is None
+    index.rescan(time.time(), MONO)
+    assert index.pop_ready(MONO) == name
+    index.forget(name, MONO)  # another host claimed it; this host's listing lags
+    index.rescan(time.time(), MONO)
+    assert index.pop_ready(MONO) is None
     (index.dirs.incoming / name).unlink()
-    index.rescan()  # the listing caught up: the name is let go ...
+    index.rescan(time.time(), MONO)  # the listing caught up: the name is let go ...
     assert index.gone == {}
     (index.dirs.incoming / name).write_bytes(b"{}")
-    index.rescan()  # ... so a task back under the same name (recovered) is seen again
-    assert index.pop_ready() == name
+    index.rescan(time.time(), MONO)  # ... so a task back under the same name (recovered)
+    # is seen again
+    assert index.pop_ready(MONO) == name
 
 
 # --- files put back because they are not JSON yet (spool.settle) -----------------------------
@@ -179,13 +180,13 @@ def test_a_name_put_back_is_left_alone_until_its_time_whatever_events_and_listin
     index = make_index(spool_root)
     (name,) = ready_names(1)
     (index.dirs.incoming / name).write_bytes(b'{"task": ')
-    index.rescan()
-    assert index.pop_ready() == name
-    index.look_again(name, 60)
+    index.rescan(time.time(), MONO)
+    assert index.pop_ready(MONO) == name
+    index.look_again(name, 60, MONO)
     index.add_ready(name)  # an event for the file (the writer goes on)
-    index.rescan()
-    assert index.pop_ready() is None
-    index.return_later(time.monotonic())
-    assert index.pop_ready() is None
-    index.return_later(time.monotonic() + 61)
-    assert index.later == {} and index.pop_ready() == name
+    index.rescan(time.time(), MONO + 1)
+    assert index.pop_ready(MONO + 1) is None
+    index.return_later(MONO + 59)
+    assert index.pop_ready(MONO + 59) is None
+    index.return_later(MONO + 60)
+    assert index.later == {} and index.pop_ready(MONO + 60) == name

@@ -17,6 +17,7 @@ from spool import Spool
 from spool.errors import BadArguments, UnknownTaskName
 from spool.layout import queue_dirs
 from spool.manifest import Catalog, Manifest, prune, publish, read_all, unknown_fate
+from spool.registry import TaskOptions
 from spool.signature import binding_error, params_of, render
 from tests.conftest import PROJECT_DIR, TEST_CONFIG, drop_into, names, spool_command, wait_until
 from tests.webserver import WebServer
@@ -59,7 +60,7 @@ def test_arguments_are_not_checked_against_a_missing_or_malformed_signature() ->
 
 
 def manifest(publisher: str, at: float, *names_: str, worker: bool = True) -> Manifest:
-    return Manifest(publisher, at, {n: {"queue": "q"} for n in names_}, is_worker=worker)
+    return Manifest(publisher, at, {n: TaskOptions(n, queue="q") for n in names_}, is_worker=worker)
 
 
 def test_a_task_known_by_a_live_worker_is_left_for_it() -> None:
@@ -81,7 +82,7 @@ def test_a_task_no_manifest_knows_is_rejected() -> None:
 
 def test_pruning_keeps_live_workers_recent_manifests_and_the_newest(tmp_path: Path) -> None:
     for name, at in (("dead-old", 0.0), ("live-old", 0.0), ("dead-recent", 900.0)):
-        publish(tmp_path, name, {"a": {}}, at, is_worker=True, is_live=lambda w: True,
+        publish(tmp_path, name, {"a": TaskOptions("a")}, at, is_worker=True, is_live=lambda w: True,
                 grace_seconds=1e9)  # fmt: skip
     prune(tmp_path, 1000.0, lambda w: w.startswith("live"), 600.0)
     assert sorted(m.publisher for m in read_all(tmp_path)) == ["dead-recent", "live-old"]
@@ -90,9 +91,9 @@ def test_pruning_keeps_live_workers_recent_manifests_and_the_newest(tmp_path: Pa
 
 
 def test_the_newest_publication_of_a_name_routes_it() -> None:
-    old = Manifest("a", 1.0, {"t": {"queue": "old"}})
-    new = Manifest("b", 2.0, {"t": {"queue": "new"}})
-    assert (Catalog.of([new, old]).entry("t") or {})["queue"] == "new"
+    old = Manifest("a", 1.0, {"t": TaskOptions("t", queue="old")})
+    new = Manifest("b", 2.0, {"t": TaskOptions("t", queue="new")})
+    assert Catalog.of([new, old]).queue_of("t") == "new"
 
 
 # ---- producers ---------------------------------------------------------------------------

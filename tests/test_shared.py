@@ -84,8 +84,8 @@ def test_a_file_with_an_ancient_mtime_is_not_expired_at_first_sight(tmp_path: Pa
     path.write_text("x")
     os.utime(path, (0, 0))  # another host's clock may be anywhere
     watch = LeaseWatch(lease_seconds=5)
-    assert not watch.stat_expired("claim", path)
-    assert not watch.stat_expired("gone", tmp_path / "missing")
+    assert not watch.stat_expired("claim", path, now=100.0)
+    assert not watch.stat_expired("gone", tmp_path / "missing", now=100.0)
 
 
 def test_the_keeper_renews_what_it_holds_and_reports_a_file_taken_away(tmp_path: Path) -> None:
@@ -265,9 +265,8 @@ def test_a_claim_under_the_sweepers_own_name_that_nothing_renews_is_recovered(
         lease_seconds=0.2,
     )
     index = QueueIndex(dirs, 1 << 20)
-    recovery.run([index])  # the first sighting starts the lease period
+    recovery.run([index], time.time(), 100.0)  # the first sighting starts the lease period
     assert names(dirs.processing) == [f"{name}@{own}"]
-    time.sleep(0.3)
-    recovery.run([index])
+    recovery.run([index], time.time(), 100.3)  # a lease period later: no sleep
     assert names(dirs.processing) == [] and names(dirs.incoming) == [name]
     assert json.loads((dirs.incoming / name).read_bytes())["attempts"] == 1

@@ -163,7 +163,7 @@ def schedule_ls(ctx: click.Context, as_json: bool) -> None:
         click.echo("no schedule entries (add [schedule.NAME] tables to the config)")
     catalog = Catalog.load(settings.root)
     for row in rows:  # (no queue set: the one its handler declares, as the scheduler routes it)
-        queue = row["queue"] or (catalog.entry(row["task"]) or {}).get("queue") or "default"
+        queue = row["queue"] or catalog.queue_of(row["task"]) or "default"
         where = f"{row['task']} on {queue}"
         click.echo(f"{row['name']}: {where}, {row['when']}, misfire={row['misfire']}")
         click.echo(f"  last fired: {row['last_fired'] or 'never'}")
