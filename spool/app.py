@@ -11,7 +11,8 @@ from typing import Any, ParamSpec, TypeVar, overload
 from spool import batches, producer
 from spool.chain import Step, chain_ids, chain_task
 from spool.config import Settings, load_settings
-from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
+from spool.envelope import FieldError, parse_rate
+from spool.errors import ConfigError, TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
 from spool.inspect.status import spool_status
 from spool.layout import QueueDirs
 from spool.lookup import finished, locate, read_found
@@ -87,6 +88,7 @@ class Spool:
         priority: int | None = None,
         max_lost: int | None = None,
         at_most_once: bool = False,
+        rate: str | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # (the overloads cover both decorator forms)
@@ -102,6 +104,7 @@ class Spool:
         priority: int | None = None,
         max_lost: int | None = None,
         at_most_once: bool = False,
+        rate: str | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a handler (as `@app.task` or `@app.task(...)`); its name is the function's."""
 
@@ -115,6 +118,7 @@ class Spool:
                 priority=priority,
                 max_lost=max_lost,
                 at_most_once=at_most_once,
+                rate=checked_rate(rate),
             )
             handle = Task(self, func, options)
             self.registry.add(handle)
@@ -288,6 +292,16 @@ def as_task_objects(value: Callbacks) -> list[Any]:
     """Callbacks given as a step, a task dict, or a list of them, as task objects."""
     items = [value] if isinstance(value, Step | Mapping) else list(value or [])
     return [item.to_task() if isinstance(item, Step) else dict(item) for item in items]
+
+
+def checked_rate(rate: str | None) -> str | None:
+    """A task's `rate=` as given, once it parses. Raises: ConfigError."""
+    if rate is not None:
+        try:
+            parse_rate(rate)
+        except FieldError as exc:
+            raise ConfigError(f"@app.task(rate={rate!r}): {exc}") from None
+    return rate
 
 
 def outcome_of(task_id: str, info: Mapping[str, Any]) -> Any:

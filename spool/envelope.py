@@ -11,8 +11,10 @@ import calendar
 import hashlib
 import json
 import math
+import re
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -164,6 +166,8 @@ def validate_fields(obj: TaskDict) -> None:
         raise FieldError("field 'batch' must match [A-Za-z0-9._-]{1,128}")
     if "batch_index" in obj and not (is_int(obj["batch_index"]) and obj["batch_index"] >= 0):
         raise FieldError("field 'batch_index' must be an integer >= 0")
+    if "rate" in obj:
+        parse_rate(obj["rate"], "rate")
     rate_key = obj.get("rate_key", "-")
     if not (isinstance(rate_key, str) and ID_RE.fullmatch(rate_key)):
         raise FieldError("field 'rate_key' must match [A-Za-z0-9._-]{1,128}")
@@ -204,6 +208,39 @@ def is_int(value: JSON) -> bool:
 
 def is_number(value: JSON) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+RATE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*(s|m|h|d)\s*")
+RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most `count` starts per `per_seconds`, spaced evenly (see spool.rates)."""
+
+    count: float
+    per_seconds: float
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two starts."""
+        return self.per_seconds / self.count
+
+    def __str__(self) -> str:
+        return f"{self.count:g}/{self.per_seconds:g}s"
+
+
+def parse_rate(value: JSON, field: str = "rate") -> Rate:
+    """A rate from "10/s", "100/m", "5/h", "1/d" or "3/10s". Raises: FieldError."""
+    match = RATE_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is not None:
+        count = float(match.group(1))
+        per = float(match.group(2) or 1) * RATE_UNITS[match.group(3)]
+        if count > 0 and per > 0:
+            return Rate(count, per)
+    raise FieldError(
+        f'field \'{field}\' must be a rate such as "10/s", "100/m", "5/h", not {value!r}'
+    )
 
 
 def parse_instant(value: JSON, field: str = "time") -> float:

@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from spool.chain import Step
-from spool.envelope import JSON, is_int, is_number
+from spool.envelope import JSON, FieldError, is_int, is_number, parse_rate
 from spool.errors import ConfigError
 from spool.layout import DEFAULT_QUEUE
 from spool.signature import params_of
@@ -44,6 +44,7 @@ class TaskOptions:
     priority: int | None = None
     max_lost: int | None = None  # lost attempts (worker or handler process died) before failed/
     at_most_once: bool = False  # a lost attempt goes straight to failed/
+    rate: str | None = None  # at most this many starts, e.g. "10/s" (see spool.rates)
     params: JSON = field(default=None, hash=False)  # see spool.signature; None: not described
     doc: str = ""
     module: str | None = None
@@ -59,6 +60,7 @@ class TaskOptions:
             "priority": self.priority,
             "max_lost": self.max_lost,
             "at_most_once": self.at_most_once,
+            "rate": self.rate,
             "params": self.params,
             "doc": self.doc,
             "module": self.module,
@@ -79,11 +81,21 @@ class TaskOptions:
             priority=obj["priority"] if is_int(obj.get("priority")) else None,
             max_lost=whole(obj.get("max_lost")),
             at_most_once=bool(obj.get("at_most_once", False)),
+            rate=valid_rate(obj.get("rate")),
             params=obj.get("params"),
             doc=doc if isinstance(doc, str) else "",
             module=module if isinstance(module, str) else None,
             version=version if isinstance(version, str) else "",
         )
+
+
+def valid_rate(value: JSON) -> str | None:
+    """A rate as registered, or None for a missing or malformed one (a foreign manifest)."""
+    try:
+        parse_rate(value)
+    except FieldError:
+        return None
+    return str(value)
 
 
 def whole(value: JSON) -> int | None:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from spool import envelope, signals
+from spool import envelope, rates, signals
 from spool.claim import Claim
 from spool.claimed import Aside, NotRunnable, read_claimed
 from spool.cluster import is_shared
@@ -324,6 +324,8 @@ class Worker:
         if envelope.due_at(task) > now:
             self.aside.put_off(taken, task)
             return
+        if not self.slot_for(taken, task, now, now_mono):
+            return
         policy = self.code.policy_for(task)
         attempt = int(task.get("attempts", 0)) + 1
         fields = self.log_fields(taken, task, attempt)
@@ -344,6 +346,24 @@ class Worker:
             log.warning("released %s (stopped during the attempt)", fields)
             return
         self.recorder.defer(Pending(taken, task, outcome, policy, fields))  # (see recorder)
+
+    def slot_for(self, taken: Claim, task: TaskDict, now: float, now_mono: float) -> bool:
+        """Whether the task may start now, after an in-memory wait for its rate slot (see
+        spool.rates); if not, it went back to incoming/ unchanged. Neither is an attempt."""
+        limit = self.code.limit_for(task, taken.dirs.name)
+        if limit is None:
+            return True
+        got = rates.reserve(self.settings.root, limit, str(task["id"]), now)
+        if got.start_at is None:
+            self.aside.hold_for_rate(taken, limit.key, got.retry_at - now, now_mono)
+            return False
+        if got.start_at > now:
+            self.recorder.record_pending()  # (the last outcome does not wait with us)
+            self.stopping.wait(max(0.0, got.start_at - time.time()))  # a stop wakes it
+            if self.stopping.is_set():
+                self.aside.release(taken)
+                return False
+        return True
 
     def write_before_stopping(self) -> None:
         """Stopping with outcomes the disk refused: keep trying until they are written or a

@@ -140,3 +140,9 @@ def record_slowly(path: str, value: str, seconds: float) -> str:
     with open(path, "a") as f:
         f.write(f"{value} {os.getppid()}\n")
     return value
+
+
+@app.task(rate="10/s")
+def rated() -> float:
+    """A task held to 10 starts a second across every worker (see spool.rates)."""
+    return time.time()
