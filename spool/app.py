@@ -11,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from spool import batches, producer
 from spool.chain import Step, chain_ids, chain_task
 from spool.config import Settings, load_settings
-from spool.envelope import FieldError, parse_rate
+from spool.envelope import FieldError, is_int, parse_rate
 from spool.errors import ConfigError, TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
 from spool.inspect.status import spool_status
 from spool.layout import QueueDirs
@@ -89,6 +89,7 @@ class Spool:
         max_lost: int | None = None,
         at_most_once: bool = False,
         rate: str | None = None,
+        concurrency: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # (the overloads cover both decorator forms)
@@ -105,6 +106,7 @@ class Spool:
         max_lost: int | None = None,
         at_most_once: bool = False,
         rate: str | None = None,
+        concurrency: int | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a handler (as `@app.task` or `@app.task(...)`); its name is the function's."""
 
@@ -119,6 +121,7 @@ class Spool:
                 max_lost=max_lost,
                 at_most_once=at_most_once,
                 rate=checked_rate(rate),
+                concurrency=checked_concurrency(concurrency),
             )
             handle = Task(self, func, options)
             self.registry.add(handle)
@@ -302,6 +305,13 @@ def checked_rate(rate: str | None) -> str | None:
         except FieldError as exc:
             raise ConfigError(f"@app.task(rate={rate!r}): {exc}") from None
     return rate
+
+
+def checked_concurrency(concurrency: int | None) -> int | None:
+    """A task's `concurrency=`, once it is a whole number >= 1. Raises: ConfigError."""
+    if concurrency is not None and not (is_int(concurrency) and concurrency >= 1):
+        raise ConfigError(f"@app.task(concurrency={concurrency!r}): must be an integer >= 1")
+    return concurrency
 
 
 def outcome_of(task_id: str, info: Mapping[str, Any]) -> Any:

@@ -45,6 +45,7 @@ class TaskOptions:
     max_lost: int | None = None  # lost attempts (worker or handler process died) before failed/
     at_most_once: bool = False  # a lost attempt goes straight to failed/
     rate: str | None = None  # at most this many starts, e.g. "10/s" (see spool.rates)
+    concurrency: int | None = None  # at most this many running at once (see spool.caps)
     params: JSON = field(default=None, hash=False)  # see spool.signature; None: not described
     doc: str = ""
     module: str | None = None
@@ -61,6 +62,7 @@ class TaskOptions:
             "max_lost": self.max_lost,
             "at_most_once": self.at_most_once,
             "rate": self.rate,
+            "concurrency": self.concurrency,
             "params": self.params,
             "doc": self.doc,
             "module": self.module,
@@ -82,6 +84,7 @@ class TaskOptions:
             max_lost=whole(obj.get("max_lost")),
             at_most_once=bool(obj.get("at_most_once", False)),
             rate=valid_rate(obj.get("rate")),
+            concurrency=whole(obj.get("concurrency")),
             params=obj.get("params"),
             doc=doc if isinstance(doc, str) else "",
             module=module if isinstance(module, str) else None,

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from spool.caps import Cap
 from spool.config import Settings
 from spool.envelope import TaskDict, parse_rate
 from spool.errors import ConfigError
@@ -173,6 +174,15 @@ class TaskCode:
         if queue_rate is None:
             return None
         return Limit(shared or f"queue:{queue}", parse_rate(queue_rate))
+
+    def cap_for(self, task: TaskDict) -> Cap | None:
+        """How many tasks like this one may run at once (see spool.caps): the task file's
+        `concurrency`, else its task's `concurrency=`; under the task file's `concurrency_key`,
+        else the task's name."""
+        limit = task.get("concurrency") or self.options_of(task).concurrency
+        if limit is None:
+            return None
+        return Cap(task.get("concurrency_key") or f"task:{task['task']}", int(limit))
 
     def timeout_for(self, task: TaskDict) -> float:
         options = self.options_of(task)

@@ -22,11 +22,12 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
-from spool import envelope, rates, signals
+from spool import caps, envelope, rates, signals
 from spool.claim import Claim
 from spool.claimed import Aside, NotRunnable, read_claimed
 from spool.cluster import is_shared
@@ -324,8 +325,12 @@ class Worker:
         if envelope.due_at(task) > now:
             self.aside.put_off(taken, task)
             return
-        if not self.slot_for(taken, task, now, now_mono):
-            return
+        with self.seated(taken, task, now_mono) as seated:
+            if seated and self.slot_for(taken, task, now, now_mono):
+                self.attempt(taken, task)
+
+    def attempt(self, taken: Claim, task: TaskDict) -> None:
+        """Run the task's handler once and hand its outcome to the recorder."""
         policy = self.code.policy_for(task)
         attempt = int(task.get("attempts", 0)) + 1
         fields = self.log_fields(taken, task, attempt)
@@ -347,6 +352,24 @@ class Worker:
             return
         self.recorder.defer(Pending(taken, task, outcome, policy, fields))  # (see recorder)
 
+    @contextmanager
+    def seated(self, taken: Claim, task: TaskDict, now_mono: float) -> Iterator[bool]:
+        """Hold a seat of the task's concurrency cap while the block runs (see spool.caps);
+        yield False (the task went back to incoming/, no attempt) when every seat is taken."""
+        cap = self.code.cap_for(task)
+        if cap is None:
+            yield True
+            return
+        seat = caps.take_seat(self.settings.root, cap, str(task["id"]), self.worker_id)
+        if seat is None:
+            self.aside.hold_for_slot(taken, cap.key, caps.RETRY_SECONDS, now_mono)
+            yield False
+            return
+        try:
+            yield True
+        finally:  # CRASH: a dead worker's seat is freed by whoever recovers its claim
+            caps.leave_seat(seat)
+
     def slot_for(self, taken: Claim, task: TaskDict, now: float, now_mono: float) -> bool:
         """Whether the task may start now, after an in-memory wait for its rate slot (see
         spool.rates); if not, it went back to incoming/ unchanged. Neither is an attempt."""
@@ -355,7 +378,7 @@ class Worker:
             return True
         got = rates.reserve(self.settings.root, limit, str(task["id"]), now)
         if got.start_at is None:
-            self.aside.hold_for_rate(taken, limit.key, got.retry_at - now, now_mono)
+            self.aside.hold_for_slot(taken, limit.key, got.retry_at - now, now_mono)
             return False
         if got.start_at > now:
             self.recorder.record_pending()  # (the last outcome does not wait with us)

@@ -146,3 +146,12 @@ def record_slowly(path: str, value: str, seconds: float) -> str:
 def rated() -> float:
     """A task held to 10 starts a second across every worker (see spool.rates)."""
     return time.time()
+
+
+@app.task(concurrency=2)
+def capped(path: str, seconds: float) -> None:
+    """At most 2 at once across every worker: append when it started and when it ended."""
+    started = time.time()
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{started} {time.time()}\n")

@@ -19,7 +19,7 @@ LAYERS = [  # bottom first, as in docs/architecture.md
     ("way in", "producer unique manifest signature registry chain"),
     ("way through", "worker queues claim claimed workers index watch execute taskcode "
      "recorder finish conclude recovery lease cluster settle retention events stats counts "
-     "manage lookup reload followup workflow batches rates"),
+     "manage lookup reload followup workflow batches rates caps"),
     ("read side", "inspect"),
     ("deploy", "deploy"),
     ("services", "services"),
