@@ -14,6 +14,7 @@ from spool.config import Settings, load_settings
 from spool.envelope import FieldError, is_int, parse_rate
 from spool.errors import ConfigError, TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
 from spool.inspect.status import spool_status
+from spool.inspect.workflow import links_of
 from spool.layout import QueueDirs
 from spool.lookup import finished, locate, read_found
 from spool.manifest import Catalog, CatalogCache
@@ -225,11 +226,14 @@ class Spool:
     # ---- reading ---------------------------------------------------------------------
 
     def show(self, task_id: str) -> dict[str, Any]:
-        """The task's file with its state and outcome. Raises: TaskNotFound."""
+        """The task's file with its state and outcome, and its `workflow` links (parent,
+        follow-ups, batch; see inspect.workflow) when it has any. Raises: TaskNotFound."""
         found = locate(self.root, task_id)
         if found is None:
             raise TaskNotFound(task_id)
-        return read_found(found)
+        shown = read_found(found)
+        links = links_of(self.root, shown)
+        return {**shown, "workflow": links} if links else shown
 
     def state_of(self, task_id: str) -> str | None:
         """incoming, delayed, processing, done or failed; None for an unknown id."""

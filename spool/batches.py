@@ -200,19 +200,27 @@ def wanted(summary: Summary) -> tuple[str, ...]:
     return ("then" if summary.failed == 0 else "on_failure", "finally")
 
 
+def summary(root: Path, batch_id: str) -> Summary:
+    """The batch's progress, read only. Raises: BatchNotFound."""
+    record = read_record(root, batch_id)
+    if record is None:
+        raise BatchNotFound(batch_id)
+    return summary_of(root, record)
+
+
 def status(root: Path, batch_id: str) -> Summary:
     """The batch's progress; a complete batch whose callbacks a missed marker held back (see
     settle) sends them now. Raises: BatchNotFound; OSError."""
     record = read_record(root, batch_id)
     if record is None:
         raise BatchNotFound(batch_id)
-    summary = summary_of(root, record)
-    if summary.complete and not callbacks_sent(root, summary):
-        for bucket in range(math.ceil(summary.total / BUCKET)):
+    progress = summary_of(root, record)
+    if progress.complete and not callbacks_sent(root, progress):
+        for bucket in range(math.ceil(progress.total / BUCKET)):
             settle(root, record, bucket, durable=True)
-        if summary.total == 0:
+        if progress.total == 0:
             send_callbacks(root, record, durable=True)
-    return summary
+    return progress
 
 
 def callbacks_sent(root: Path, summary: Summary) -> bool:

@@ -29,9 +29,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from spool.batches import summary
 from spool.config import Settings
-from spool.errors import SpoolError
+from spool.errors import BatchNotFound, SpoolError
 from spool.inspect.paging import task_page
+from spool.inspect.workflow import links_of
 from spool.layout import STATES, QueueDirs, check_queue_name
 from spool.lookup import locate, read_found
 from spool.web.api import WebState, api_routes, overview, page_query, web_state
@@ -173,7 +175,17 @@ async def task_detail_page(request: Request) -> Response:
     if found is None:
         return render(request, "task.html", {"task_id": task_id, "task": None}, 404)
     task = await run_in_threadpool(read_found, found)
-    return render(request, "task.html", {"task_id": task_id, "task": task})
+    links = await run_in_threadpool(links_of, web_state(request).settings.root, task)
+    return render(request, "task.html", {"task_id": task_id, "task": task, "links": links})
+
+
+async def batch_page(request: Request) -> Response:
+    batch_id = str(request.path_params["batch_id"])
+    try:
+        progress = await run_in_threadpool(summary, web_state(request).settings.root, batch_id)
+    except BatchNotFound:
+        return render(request, "batch.html", {"batch_id": batch_id, "batch": None}, 404)
+    return render(request, "batch.html", {"batch_id": batch_id, "batch": progress.to_json()})
 
 
 async def favicon(request: Request) -> Response:
@@ -193,6 +205,7 @@ def create_app(settings: Settings, allowed_hosts: set[str] | None = None) -> ASG
         Route("/", overview_page, methods=["GET"]),
         Route("/queues/{queue}", queue_page, methods=["GET"]),
         Route("/tasks/{task_id}", task_detail_page, methods=["GET"]),
+        Route("/batches/{batch_id}", batch_page, methods=["GET"]),
         Route("/favicon.ico", favicon, methods=["GET"]),
         *api_routes(),
         Mount("/static", StaticFiles(directory=str(PACKAGE_DIR / "static")), name="static"),
