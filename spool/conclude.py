@@ -74,6 +74,9 @@ def conclude(
     `task` is the task's content as it rests (None for a rejected file); `durable` and `check`
     are the Outbox's (a worker's outcome is synced with its batch; others sync at once).
     """
+    # first: a disk that refuses a follow-up makes the caller call again (see write_verdict),
+    # and this step alone is idempotent (see workflow); the event and the counter are not
+    on_end(dirs.root, task, ending.state, durable=durable)  # its follow-ups, its batch
     status = EVENT.get(ending.state)
     if outbox is not None and task is not None and status is not None:
         # CRASH: an outcome without its event: recovery writes it again (see events)
@@ -90,7 +93,6 @@ def conclude(
         counts.record(dirs.name, COUNTER[ending.state], ending.duration)
     if task is not None and ending.state not in AGAIN and isinstance(task.get("unique_key"), str):
         release_unique_key(dirs, task["unique_key"], str(task["id"]))
-    on_end(dirs.root, task, ending.state, durable=durable)  # its follow-ups, its batch
 
 
 def is_cancelled(outcome: TaskDict) -> bool:
