@@ -17,6 +17,7 @@ from spool import Spool
 from spool.cli import cli
 from spool.errors import BatchExists
 from spool.faults import CRASH_ENV
+from spool.manage import cancel
 from tests.conftest import TEST_CONFIG, names, run_burst, wait_until
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
@@ -181,3 +182,17 @@ def test_a_batch_of_a_thousand_with_three_workers_and_kills_calls_back_once(
 ) -> None:
     for seed in range(3):
         run_batch_with_kills(app, spool_root, tmp_path, start_worker, 1000, seed=seed)
+
+
+def test_a_cancelled_member_counts_as_failed_and_sends_on_failure(
+    app: Spool, spool_root: Path
+) -> None:
+    from tests.tasks import echo
+
+    batch = app.batch([echo.s(1), echo.s(2)], then=echo.s("then"), on_failure=echo.s("failed"))
+    cancel(spool_root, batch.task_ids[1])
+    run_burst(spool_root)
+    run_burst(spool_root)
+    assert app.wait(f"{batch.id}.fail1", timeout=10) == "failed"
+    progress = app.batch_status(batch.id)
+    assert (progress.done, progress.failed) == (1, 1)
