@@ -12,10 +12,11 @@ Sending one is two steps:
 
 Whoever creates the marker writes the task. Whoever finds the marker already there (a replay
 after a crash between the two steps, or a second member of a batch seeing it complete) writes
-the task from the marker's content only if the task is nowhere in the spool (lookup.locate), so
-it is the same file under the same name. Nothing here renames onto a common name to decide a
-winner: on GlusterFS, MooseFS and JuiceFS two hosts renaming onto the same target can both
-succeed; O_EXCL creates have one winner.
+the task from the marker's content only if the task is nowhere in the spool (lookup.locate)
+for MARKER_SETTLE_SECONDS (time for a live creator to write it), so it is the same file under
+the same name, and only when the creator is gone. Nothing here renames onto a common name to
+decide a winner: on GlusterFS, MooseFS and JuiceFS two hosts renaming onto the same target can
+both succeed; O_EXCL creates have one winner.
 
 The parent's result (or, after a failure, its error; for a batch, its summary) is put first in
 the follow-up's args when the follow-up says `"pass_result": true`.
@@ -79,9 +80,10 @@ def send(
     try:
         write_file(marker, json.dumps(record).encode(), durable=durable)
     except FileExistsError:
-        # CRASH: an earlier end of the parent may have died between the marker and the task
+        # RACE: its creator may be writing the task now (two members of a batch that both saw
+        # it complete); CRASH: or it died between the marker and the task (a replayed end)
         found = settled_record(marker, record, durable)
-        if locate(root, task_id, [str(found["queue"])]) is not None:
+        if task_appears(root, task_id, str(found["queue"])):
             return False
         dirs = queue_dirs(root, str(found["queue"]))
         dest = dirs.state(str(found["state"])) / str(found["name"])
@@ -90,6 +92,16 @@ def send(
     crash_point("after-follow-up-marker")
     write_atomic(envelope.dump(task), dirs.create().tmp, dest, durable=durable)
     log.info("follow-up %s enqueued in %s", task_id, dirs.name)
+    return True
+
+
+def task_appears(root: Path, task_id: str, queue: str) -> bool:
+    """Whether the task is (or, within MARKER_SETTLE_SECONDS, comes to be) in the spool."""
+    deadline = time.monotonic() + MARKER_SETTLE_SECONDS
+    while locate(root, task_id, [queue]) is None:
+        if time.monotonic() >= deadline:
+            return False  # its marker's writer died before the task: the caller writes it
+        time.sleep(0.1)
     return True
 
 

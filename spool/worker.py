@@ -362,6 +362,7 @@ class Worker:
             return
         seat = caps.take_seat(self.settings.root, cap, str(task["id"]), self.worker_id)
         if seat is None:
+            self.stats.record(taken.dirs.name, "cap_waits")
             self.aside.hold_for_slot(taken, cap.key, caps.RETRY_SECONDS, now_mono)
             yield False
             return
@@ -377,6 +378,8 @@ class Worker:
         if limit is None:
             return True
         got = rates.reserve(self.settings.root, limit, str(task["id"]), now)
+        if got.start_at is None or got.start_at > now:
+            self.stats.record(taken.dirs.name, "rate_waits")
         if got.start_at is None:
             self.aside.hold_for_slot(taken, limit.key, got.retry_at - now, now_mono)
             return False

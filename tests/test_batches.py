@@ -152,6 +152,7 @@ def run_batch_with_kills(
     batch = app.batch(members, then=record.s(str(log), "cb"))
     workers = [start_worker() for _ in range(3)]
     callback = f"{batch.id}.then1"
+    kills = 0
     while app.state_of(callback) != "done":
         victim = rng.randrange(len(workers))
         try:
@@ -160,6 +161,8 @@ def run_batch_with_kills(
             workers[victim].send_signal(signal.SIGKILL)
             workers[victim].wait(timeout=10)
             workers[victim] = start_worker()
+            kills += 1
+    print(f"batch of {size}: {kills} kills")
     assert [line.split()[0] for line in lines(log)].count("cb") == 1
     members_ended = max(float(app.show(i)["finished_at"]) for i in batch.task_ids)
     assert float(app.show(callback)["started_at"]) >= members_ended

@@ -144,6 +144,7 @@ def run_chain_with_kills(app: Spool, tmp_path: Path, start_worker: StartWorker, 
     log = tmp_path / f"chain-{seed}.log"
     steps = [record_slowly.s(str(log), name, 0.2) for name in ("a", "b", "c")]
     ids = app.chain(*steps)
+    kills = 0
     while app.state_of(ids[2]) != "done":
         worker = start_worker()
         try:
@@ -151,6 +152,8 @@ def run_chain_with_kills(app: Spool, tmp_path: Path, start_worker: StartWorker, 
         except subprocess.TimeoutExpired:
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=10)
+            kills += 1
+    print(f"chain {seed}: {kills} kills")
     runs = [line.split()[0] for line in lines(log)]
     attempts = [int(app.show(i)["attempts"]) for i in ids]
     for name, attempts_of_step in zip(("a", "b", "c"), attempts, strict=True):
