@@ -63,6 +63,7 @@ def test_a_rate_of_ten_a_second_holds_across_four_workers_and_a_wait_is_no_attem
     rate = (len(starts) - 1) / (starts[-1] - starts[0])
     assert 9.0 <= rate <= 11.0, rate
     assert {int(app.show(i)["attempts"]) for i in ids} == {1}
+    wait_until(lambda: app.status()["queues"]["default"].get("rate_waits", 0) > 0, timeout=10)
 
 
 def test_tasks_that_share_a_rate_key_share_one_limit(
