@@ -185,7 +185,8 @@ def summary_of(root: Path, record: dict[str, JSON]) -> Summary:
 
 
 def send_callbacks(root: Path, record: dict[str, JSON], *, durable: bool) -> None:
-    """Send the callbacks a complete batch calls for, each exactly once (see followup)."""
+    """Send the callbacks a complete batch calls for, each exactly once (see followup), then
+    mark the batch complete (so settle_open passes it by)."""
     summary = summary_of(root, record)
     value = summary.to_json()
     extra: TaskDict = {"batch_callback": summary.id}
@@ -193,6 +194,28 @@ def send_callbacks(root: Path, record: dict[str, JSON], *, durable: bool) -> Non
         specs = record.get(key)
         if key in wanted(summary) and isinstance(specs, list) and specs:
             send_all(root, specs, summary.id, kind, value, extra, durable=durable)
+    with contextlib.suppress(FileExistsError):
+        write_file(batch_dir(root, summary.id) / "complete", b"", durable=durable)
+
+
+def settle_open(root: Path) -> int:
+    """Send the callbacks of complete batches that no member's end saw complete (two ends at
+    once on hosts that showed each other's marker late, see settle); return how many. Workers
+    call it now and then. Raises: OSError."""
+    settled = 0
+    for batch_id in list_names(root / ".batches"):
+        base = batch_dir(root, batch_id)
+        if os.path.lexists(base / "complete"):
+            continue
+        record = read_record(root, batch_id)
+        if record is None or not summary_of(root, record).complete:
+            continue
+        for bucket in range(math.ceil(int(record["total"]) / BUCKET)):
+            settle(root, record, bucket, durable=True)
+        if int(record["total"]) == 0:
+            send_callbacks(root, record, durable=True)
+        settled += 1
+    return settled
 
 
 def wanted(summary: Summary) -> tuple[str, ...]:

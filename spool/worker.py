@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
-from spool import caps, envelope, rates, signals
+from spool import batches, caps, envelope, rates, signals
 from spool.claim import Claim
 from spool.claimed import Aside, NotRunnable, read_claimed
 from spool.cluster import is_shared
@@ -290,8 +290,20 @@ class Worker:
                 log.info("retention: deleted %d task(s) from %s/%s", n, queue, state)
         if self.reaping.due(now):
             self.reaping.last = now
+            self.settle_batches()
             self.recoverer.reap(now, now_mono)
             self.recounter.maybe_start(self.queues.names(), now)
+
+    def settle_batches(self) -> None:
+        """Send the callbacks of complete batches whose last ends missed each other (see
+        batches.settle_open); a disk that refuses is logged, and tried again next time."""
+        try:
+            settled = batches.settle_open(self.settings.root)
+        except OSError as exc:
+            log.error("cannot settle batches (trying again later): %s", exc)
+            return
+        if settled:
+            log.info("settled %d complete batch(es) whose callbacks were not sent", settled)
 
     def rescan_all(self, now: float, now_mono: float) -> None:
         self.queues.rescan_all(now, now_mono)

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from spool import Spool
+from spool.batches import settle_open
 from spool.cli import cli
 from spool.errors import BatchExists
 from spool.faults import CRASH_ENV
@@ -199,3 +200,19 @@ def test_a_cancelled_member_counts_as_failed_and_sends_on_failure(
     assert app.wait(f"{batch.id}.fail1", timeout=10) == "failed"
     progress = app.batch_status(batch.id)
     assert (progress.done, progress.failed) == (1, 1)
+
+
+def test_a_complete_batch_whose_last_ends_missed_each_other_is_settled_later(
+    app: Spool, spool_root: Path
+) -> None:
+    from tests.tasks import echo
+
+    batch = app.batch([echo.s(1), echo.s(2)], then=echo.s("cb"))
+    ended = spool_root / ".batches" / batch.id / "ended" / "0"
+    ended.mkdir(parents=True)
+    for index in (0, 1):  # each end made its marker, and each listed its bucket too early
+        (ended / f"{index}.done").touch()
+    assert app.state_of(f"{batch.id}.then1") is None
+    assert settle_open(spool_root) == 1
+    assert app.state_of(f"{batch.id}.then1") == "incoming"
+    assert settle_open(spool_root) == 0  # marked complete: passed by from now on
