@@ -49,7 +49,7 @@ from spool.followup import followups_dir, send_all
 from spool.fsio import list_names, write_file
 from spool.layout import ensure_dir
 from spool.manifest import Catalog
-from spool.producer import admit, enqueue_many
+from spool.producer import admit, check_follow_up_names, enqueue_many
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,8 @@ def enqueue_batch(
             raise InvalidTask(f"task {index + 1}: a batch member has no unique_key")
         tasks.append({**member, **member_fields(batch_id, index)})
     catalog = Catalog.load(settings.root) if catalog is None else catalog
+    if check and catalog.exists:
+        check_follow_up_names(catalog, {"then": [s for specs in callbacks.values() for s in specs]})
     for position, task in enumerate(tasks, 1):  # refused before the record is written
         try:
             admit(catalog, task, None, check)

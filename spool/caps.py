@@ -103,5 +103,5 @@ def is_old(path: Path, now: float) -> bool:
 
 
 def seats_taken(root: Path, key: str) -> int:
-    """How many seats of a key are taken now (tests, `spool status`)."""
+    """How many seats of a key are taken now (for tests)."""
     return len(list_names(key_dir(root, key)))

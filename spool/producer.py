@@ -22,7 +22,7 @@ from typing import Any
 
 from spool import envelope
 from spool.config import Settings
-from spool.envelope import FieldError, TaskDict
+from spool.envelope import FOLLOW_UP_FIELDS, FieldError, TaskDict
 from spool.errors import BadArguments, InvalidTask, Refused, UnknownTaskName
 from spool.faults import reported_as
 from spool.fsio import write_atomic, write_many_atomic
@@ -95,6 +95,8 @@ def admit(catalog: Catalog, task: Mapping[str, Any], queue: str | None, check: b
     """
     admitted: TaskDict = dict(task)
     name = task.get("task")
+    if check and catalog.exists:
+        check_follow_up_names(catalog, task)
     entry = catalog.entry(name) if isinstance(name, str) else None
     if entry is None:
         if check and catalog.exists and isinstance(name, str) and name:
@@ -111,6 +113,21 @@ def admit(catalog: Catalog, task: Mapping[str, Any], queue: str | None, check: b
     if "priority" not in task and envelope.is_int(entry.priority):
         admitted["priority"] = entry.priority
     return admitted
+
+
+def check_follow_up_names(catalog: Catalog, task: Mapping[str, Any]) -> None:
+    """Refuse follow-ups (`then`, `then_on_failure`, at any depth) that name a task no worker
+    serves; their arguments are not checked (a follow-up may receive its parent's result).
+    Raises: UnknownTaskName."""
+    for key in FOLLOW_UP_FIELDS:
+        specs = task.get(key)
+        for spec in specs if isinstance(specs, list) else []:
+            if not isinstance(spec, dict):
+                continue
+            name = spec.get("task")
+            if isinstance(name, str) and name and catalog.entry(name) is None:
+                raise UnknownTaskName(name, catalog.suggest(name))
+            check_follow_up_names(catalog, spec)
 
 
 def prepare(settings: Settings, task: Mapping[str, Any], queue: str | None, now: float) -> Prepared:

@@ -102,7 +102,7 @@ def drop_old_groups(base: Path, current: int) -> None:
 
 
 def starts_in(root: Path, key: str, rate: Rate, since: float, until: float) -> int:
-    """How many slots of the key were taken between two instants (tests, `spool status`)."""
+    """How many slots of the key were taken between two instants (for tests)."""
     interval = rate.interval
     base = key_dir(root, key)
     first, last = math.floor(since / interval), math.floor(until / interval)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from spool import Spool
+from spool import Spool, UnknownTaskName
 from spool.cli import cli
 from spool.envelope import follow_up_id
 from spool.faults import CRASH_ENV
@@ -180,3 +180,16 @@ def test_fifty_chains_with_their_worker_killed_at_random_moments_enqueue_each_st
 ) -> None:
     for seed in range(50):
         run_chain_with_kills(app, tmp_path, start_worker, 100 + seed)
+
+
+def test_a_follow_up_naming_a_task_no_worker_serves_is_refused_before_anything_is_written(
+    app: Spool, spool_root: Path
+) -> None:
+    run_burst(spool_root)  # a worker published the tasks it serves
+    argv = ["--root", str(spool_root), "--config", str(TEST_CONFIG)]
+    nested = '{"task": "echo", "then": [{"task": "ecko"}]}'
+    result = CliRunner().invoke(cli, [*argv, "enqueue", "noop", "--then", nested])
+    assert result.exit_code == 2 and "unknown task 'ecko'" in result.output
+    with pytest.raises(UnknownTaskName):
+        app.batch([{"task": "noop"}], then={"task": "nope"})
+    assert names(spool_root / "default" / "incoming") == []
