@@ -11,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from spool import batches, producer
 from spool.chain import Step, chain_ids, chain_task
 from spool.config import Settings, load_settings
-from spool.envelope import FieldError, is_int, parse_rate
+from spool.envelope import FieldError, follow_up_id, is_int, parse_rate
 from spool.errors import ConfigError, TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
 from spool.inspect.status import spool_status
 from spool.inspect.workflow import links_of
@@ -196,9 +196,26 @@ class Spool:
             for key, value in (("then", then), ("on_failure", on_failure), ("finally", finally_))
             if value is not None
         }
+        if self.eager:
+            return self.run_eager_batch(members, callbacks, batch_id)
         made, ids = batches.enqueue_batch(
             self.settings, members, callbacks, batch_id, catalog=self.catalog(), check=check
         )
+        return Batch(made, ids)
+
+    def run_eager_batch(
+        self, members: list[dict[str, Any]], callbacks: dict[str, list[Any]], batch_id: str | None
+    ) -> Batch:
+        """Run a batch's members, then its callbacks, at once (eager mode)."""
+        made = batch_id or f"eager-batch-{len(self.eager_results) + 1}"
+        ids = [self.run_eager(dict(member)) for member in members]
+        failed = sum(1 for i in ids if "error" in self.eager_results[i])
+        total = len(ids)
+        summary = {"id": made, "total": total, "done": total - failed, "failed": failed}
+        summary.update(pending=0, complete=True)
+        for key, kind in batches.CALLBACKS:
+            if key in ("finally", "then" if failed == 0 else "on_failure"):
+                self.run_eager_follow_ups(callbacks.get(key), made, kind, summary)
         return Batch(made, ids)
 
     def batch_status(self, batch_id: str) -> batches.Summary:
@@ -221,7 +238,21 @@ class Spool:
             self.eager_results[task_id] = {"error": error_dict(type(exc).__name__, str(exc))}
         else:
             self.eager_results[task_id] = {"result": result}
+        outcome = self.eager_results[task_id]
+        if "result" in outcome:
+            self.run_eager_follow_ups(task.get("then"), task_id, "then", outcome["result"])
+        else:
+            specs = task.get("then_on_failure")
+            self.run_eager_follow_ups(specs, task_id, "fail", outcome["error"])
         return task_id
+
+    def run_eager_follow_ups(self, specs: Any, cause: str, kind: str, value: Any) -> None:
+        """Run follow-ups at once, as a worker would enqueue them (eager mode)."""
+        for number, spec in enumerate(specs if isinstance(specs, list) else [], 1):
+            follow = {k: v for k, v in spec.items() if k != "pass_result"}
+            if spec.get("pass_result") is True:
+                follow["args"] = [value, *follow.get("args", [])]
+            self.run_eager({**follow, "id": follow_up_id(cause, kind, number)})
 
     # ---- reading ---------------------------------------------------------------------
 

@@ -216,3 +216,21 @@ def test_a_complete_batch_whose_last_ends_missed_each_other_is_settled_later(
     assert settle_open(spool_root) == 1
     assert app.state_of(f"{batch.id}.then1") == "incoming"
     assert settle_open(spool_root) == 0  # marked complete: passed by from now on
+
+
+def test_an_eager_spool_runs_a_batch_and_its_callbacks_at_once(tmp_path: Path) -> None:
+    eager = Spool(root=tmp_path, eager=True)
+
+    @eager.task()
+    def check(x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return x
+
+    @eager.task()
+    def report(summary: dict[str, int]) -> str:
+        return f"{summary['done']} done, {summary['failed']} failed"
+
+    batch = eager.batch([check.s(1), check.s(-1)], on_failure=report.s().with_result())
+    assert eager.wait(f"{batch.id}.fail1") == "1 done, 1 failed"
+    assert not (tmp_path / ".batches").exists()

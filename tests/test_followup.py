@@ -193,3 +193,15 @@ def test_a_follow_up_naming_a_task_no_worker_serves_is_refused_before_anything_i
     with pytest.raises(UnknownTaskName):
         app.batch([{"task": "noop"}], then={"task": "nope"})
     assert names(spool_root / "default" / "incoming") == []
+
+
+def test_an_eager_spool_runs_a_chain_at_once_with_the_same_ids(tmp_path: Path) -> None:
+    eager = Spool(root=tmp_path, eager=True)
+
+    @eager.task()
+    def double(x: int) -> int:
+        return 2 * x
+
+    ids = eager.chain(double.s(3), double.s().with_result(), double.s().with_result())
+    assert [eager.wait(i) for i in ids] == [6, 12, 24]
+    assert ids[2] == follow_up_id(ids[1], "then", 1)
