@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
-from spool import context, producer
+from spool import batches, context, producer
+from spool.chain import Step, chain_ids, chain_task
 from spool.config import Settings, load_settings
 from spool.context import context_fields
-from spool.errors import TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
+from spool.envelope import FieldError, follow_up_id, is_int, parse_rate
+from spool.errors import ConfigError, TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
 from spool.inspect.beside import progress_of
 from spool.inspect.status import spool_status
+from spool.inspect.workflow import links_of
 from spool.layout import QueueDirs
 from spool.lookup import finished, locate, locate_many, read_found
 from spool.manifest import Catalog, CatalogCache
@@ -89,6 +93,8 @@ class Spool:
         at_most_once: bool = False,
         retry_on: Iterable[type[BaseException] | str] = (),
         no_retry_on: Iterable[type[BaseException] | str] = (),
+        rate: str | None = None,
+        concurrency: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # (the overloads cover both decorator forms)
@@ -106,6 +112,8 @@ class Spool:
         at_most_once: bool = False,
         retry_on: Iterable[type[BaseException] | str] = (),
         no_retry_on: Iterable[type[BaseException] | str] = (),
+        rate: str | None = None,
+        concurrency: int | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a handler (as `@app.task` or `@app.task(...)`); its name is the function's.
 
@@ -129,6 +137,8 @@ class Spool:
                 at_most_once=at_most_once,
                 retry_on=only,
                 no_retry_on=never,
+                rate=checked_rate(rate),
+                concurrency=checked_concurrency(concurrency),
             )
             handle = Task(self, func, options)
             self.registry.add(handle)
@@ -174,6 +184,60 @@ class Spool:
             self.settings, tasks, queue, catalog=self.catalog(), check=check
         )
 
+    def chain(self, *steps: Step, on_failure: Step | None = None) -> list[str]:
+        """Enqueue `steps` as a chain: each runs after the one before it ended in done/ (see
+        spool.chain); `on_failure` runs once if a step fails for good. Return every step's id
+        (the later ones are derived, known now). Raises: as enqueue."""
+        first = chain_task(steps, on_failure)
+        first.pop("pass_result", None)  # (the first step has no parent)
+        first_id = self.enqueue(first.pop("task"), check=True, **first)
+        return chain_ids(first_id, len(steps))
+
+    def batch(
+        self,
+        tasks: Iterable[Step | Mapping[str, Any]],
+        *,
+        then: Callbacks = None,
+        on_failure: Callbacks = None,
+        finally_: Callbacks = None,
+        batch_id: str | None = None,
+        check: bool = True,
+    ) -> Batch:
+        """Enqueue `tasks` (steps or task dicts) as one batch whose callbacks are enqueued once
+        every member has ended: `then` if all are done, `on_failure` if any failed, `finally_`
+        either way (see spool.batches). Raises: as enqueue_many; BatchExists."""
+        members = [t.to_task() if isinstance(t, Step) else dict(t) for t in tasks]
+        callbacks = {
+            key: as_task_objects(value)
+            for key, value in (("then", then), ("on_failure", on_failure), ("finally", finally_))
+            if value is not None
+        }
+        if self.eager:
+            return self.run_eager_batch(members, callbacks, batch_id)
+        made, ids = batches.enqueue_batch(
+            self.settings, members, callbacks, batch_id, catalog=self.catalog(), check=check
+        )
+        return Batch(made, ids)
+
+    def run_eager_batch(
+        self, members: list[dict[str, Any]], callbacks: dict[str, list[Any]], batch_id: str | None
+    ) -> Batch:
+        """Run a batch's members, then its callbacks, at once (eager mode)."""
+        made = batch_id or f"eager-batch-{len(self.eager_results) + 1}"
+        ids = [self.run_eager(dict(member)) for member in members]
+        failed = sum(1 for i in ids if "error" in self.eager_results[i])
+        total = len(ids)
+        summary = {"id": made, "total": total, "done": total - failed, "failed": failed}
+        summary.update(pending=0, complete=True)
+        for key, kind in batches.CALLBACKS:
+            if key in ("finally", "then" if failed == 0 else "on_failure"):
+                self.run_eager_follow_ups(callbacks.get(key), made, kind, summary)
+        return Batch(made, ids)
+
+    def batch_status(self, batch_id: str) -> batches.Summary:
+        """A batch's progress (total, done, failed, pending). Raises: BatchNotFound."""
+        return batches.status(self.root, batch_id)
+
     def catalog(self) -> Catalog:
         """The published tasks, with those registered in this process winning."""
         local = {name: task.described for name, task in self.registry.tasks.items()}
@@ -210,12 +274,27 @@ class Spool:
             progress = context.end(token)
         if progress is not None:
             self.eager_results[task_id]["progress"] = progress
+        outcome = self.eager_results[task_id]
+        if "result" in outcome:
+            self.run_eager_follow_ups(task.get("then"), task_id, "then", outcome["result"])
+        else:
+            specs = task.get("then_on_failure")
+            self.run_eager_follow_ups(specs, task_id, "fail", outcome["error"])
         return task_id
+
+    def run_eager_follow_ups(self, specs: Any, cause: str, kind: str, value: Any) -> None:
+        """Run follow-ups at once, as a worker would enqueue them (eager mode)."""
+        for number, spec in enumerate(specs if isinstance(specs, list) else [], 1):
+            follow = {k: v for k, v in spec.items() if k != "pass_result"}
+            if spec.get("pass_result") is True:
+                follow["args"] = [value, *follow.get("args", [])]
+            self.run_eager({**follow, "id": follow_up_id(cause, kind, number)})
 
     # ---- reading ---------------------------------------------------------------------
 
     def show(self, task_id: str) -> dict[str, Any]:
-        """The task's file with its state and outcome. Raises: TaskNotFound."""
+        """The task's file with its state and outcome, and its `workflow` links (parent,
+        follow-ups, batch; see inspect.workflow) when it has any. Raises: TaskNotFound."""
         found = locate(self.root, task_id)
         if found is None:
             raise TaskNotFound(task_id)
@@ -224,7 +303,8 @@ class Spool:
             progress = progress_of(QueueDirs(self.root, found.queue), shown)
             if progress is not None:
                 shown["progress"] = progress
-        return shown
+        links = links_of(self.root, shown)
+        return {**shown, "workflow": links} if links else shown
 
     def state_of(self, task_id: str) -> str | None:
         """incoming, delayed, processing, done or failed; None for an unknown id."""
@@ -310,6 +390,40 @@ class Spool:
     def status(self) -> dict[str, Any]:
         """Counts per queue and state, oldest waiting age, live workers (`spool status --json`)."""
         return spool_status(self.root)
+
+
+Callbacks = Step | Mapping[str, Any] | Sequence[Step | Mapping[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch as enqueued: its id and its members' ids, in order."""
+
+    id: str
+    task_ids: list[str]
+
+
+def as_task_objects(value: Callbacks) -> list[Any]:
+    """Callbacks given as a step, a task dict, or a list of them, as task objects."""
+    items = [value] if isinstance(value, Step | Mapping) else list(value or [])
+    return [item.to_task() if isinstance(item, Step) else dict(item) for item in items]
+
+
+def checked_rate(rate: str | None) -> str | None:
+    """A task's `rate=` as given, once it parses. Raises: ConfigError."""
+    if rate is not None:
+        try:
+            parse_rate(rate)
+        except FieldError as exc:
+            raise ConfigError(f"@app.task(rate={rate!r}): {exc}") from None
+    return rate
+
+
+def checked_concurrency(concurrency: int | None) -> int | None:
+    """A task's `concurrency=`, once it is a whole number >= 1. Raises: ConfigError."""
+    if concurrency is not None and not (is_int(concurrency) and concurrency >= 1):
+        raise ConfigError(f"@app.task(concurrency={concurrency!r}): must be an integer >= 1")
+    return concurrency
 
 
 def outcome_of(task_id: str, info: Mapping[str, Any]) -> Any:

@@ -125,6 +125,14 @@ class Aside:
             wait,
         )
 
+    def hold_for_slot(self, taken: Claim, key: str, seconds: float, now_mono: float) -> None:
+        """A task over its rate or cap (see spool.rates, spool.caps): back to incoming/
+        unchanged, left alone until a slot or seat may be had."""
+        self.release(taken)
+        # (read again then, like a file being written in place: a burst worker waits for it)
+        self.queues[taken.dirs.name].look_again(taken.name, seconds, now_mono)
+        log.debug("%s/%s waits %.2f s for a slot of %s", taken.dirs.name, taken.name, seconds, key)
+
     def put_back(self, taken: Claim, seconds: float, now_mono: float) -> None:
         """Return a claimed file to incoming/ and leave it there for `seconds`."""
         self.release(taken)

@@ -10,8 +10,9 @@ Whoever ends a task first puts its file in place (a rename or an atomic write):
     cancelled  an operator took it out before it started       manage.cancel
 
 and then calls `conclude`, which does the rest the same way for each: the completion event (when
-events are on; a rejected file is no task and has none), the counter (see stats), and the
-release of the unique key the task held. A task can also go round again instead of ending:
+events are on; a rejected file is no task and has none), the counter (see stats), the
+release of the unique key the task held, and what the end sets off (follow-ups, a batch's
+progress: see workflow). A task can also go round again instead of ending:
 `retry` (a failed attempt, to delayed/ for its backoff) and `lost` (its worker or handler
 process died: it runs again at once); these get their event and counter too, and keep the key.
 
@@ -33,6 +34,7 @@ from spool.fsio import fsync_dir, write_atomic
 from spool.layout import ERROR_SUFFIX, QueueDirs, cancelled_marker
 from spool.stats import WorkerStats
 from spool.unique import release_unique_key
+from spool.workflow import on_end
 
 COUNTER = {
     "done": "done",
@@ -72,6 +74,9 @@ def conclude(
     `task` is the task's content as it rests (None for a rejected file); `durable` and `check`
     are the Outbox's (a worker's outcome is synced with its batch; others sync at once).
     """
+    # first: a disk that refuses a follow-up makes the caller call again (see write_verdict),
+    # and this step alone is idempotent (see workflow); the event and the counter are not
+    on_end(dirs.root, task, ending.state, durable=durable)  # its follow-ups, its batch
     status = EVENT.get(ending.state)
     if outbox is not None and task is not None and status is not None:
         # CRASH: an outcome without its event: recovery writes it again (see events)

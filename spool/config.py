@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spool.envelope import FieldError, parse_rate
 from spool.errors import ConfigError
+from spool.layout import QUEUE_RE
 from spool.notify_config import (
     IntakeSettings,
     NotifySettings,
@@ -29,7 +31,12 @@ DEFAULT_CONFIG = Path("conf/spool.toml")
 MIB = 1024 * 1024
 
 TOP_KEYS = {"root", "tasks", "defaults", "workers", "schedule", "log", "retention", "web"}
-TOP_KEYS |= {"notify", "mqtt_intake", "cluster"}  # notify and mqtt_intake: notify_config.py
+TOP_KEYS |= {
+    "notify",
+    "mqtt_intake",
+    "cluster",
+    "queues",
+}  # notify and mqtt_intake: notify_config.py
 DEFAULTS_KEYS = {
     "max_retries",
     "timeout",
@@ -45,6 +52,7 @@ LOG_KEYS = {"format", "level"}
 RETENTION_KEYS = {"done", "failed"}
 WEB_KEYS = {"host", "port", "token", "max_body"}
 CLUSTER_KEYS = {"shared", "poll_interval", "lease"}
+QUEUE_KEYS = {"rate"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class Settings:
     shared: bool | None = None
     poll_seconds: float = 0.5  # shared mode: how often workers list incoming/
     lease_seconds: float = 30.0  # shared mode: a claim unchanged this long is recovered
+    queue_rates: Mapping[str, str] = field(default_factory=dict)  # [queues.NAME] rate
 
     @property
     def project_dir(self) -> Path:
@@ -197,6 +206,8 @@ def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str,
     values["retention"] = ages
     values.update(web_values(table(data, "web", WEB_KEYS, where), f"{where} [web]"))
     values.update(cluster_values(table(data, "cluster", CLUSTER_KEYS, where), f"{where} [cluster]"))
+    if "queues" in data:
+        values["queue_rates"] = queue_rates(want(data, "queues", dict, where), f"{where} [queues]")
     if "schedule" in data:
         values["schedule"] = want(data, "schedule", dict, where)
     values["notify"] = parse_notify(data.get("notify"), where)
@@ -243,6 +254,22 @@ def cluster_values(cluster: Mapping[str, Any], where: str) -> dict[str, Any]:
                 raise ConfigError(f"{where}: {key} must be at least {low:g}s")
             values[name] = seconds
     return values
+
+
+def queue_rates(queues: Mapping[str, Any], where: str) -> dict[str, str]:
+    """The [queues.NAME] tables: each queue's `rate` (see spool.rates)."""
+    rates: dict[str, str] = {}
+    for name, entry in queues.items():
+        if not QUEUE_RE.fullmatch(name):
+            raise ConfigError(f"{where}: {name!r} is no queue name ([A-Za-z0-9_-]{{1,64}})")
+        settings = as_table(entry, QUEUE_KEYS, f"{where[:-1]}.{name}]")
+        if "rate" in settings:
+            try:
+                parse_rate(settings["rate"])
+            except FieldError as exc:
+                raise ConfigError(f"{where[:-1]}.{name}]: {exc}") from None
+            rates[name] = settings["rate"]
+    return rates
 
 
 def table(data: Mapping[str, Any], name: str, allowed: set[str], where: str) -> Mapping[str, Any]:

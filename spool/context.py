@@ -70,6 +70,9 @@ SPOOL_FIELDS = frozenset(
         "cancelled_at",
         "retry_on",
         "no_retry_on",
+        *("then", "then_on_failure", "pass_result", "parent"),  # (see spool.followup)
+        *("batch", "batch_index", "batch_callback"),  # (see spool.batches)
+        *("rate", "rate_key", "concurrency", "concurrency_key"),  # (see spool.rates, caps)
     }
 )
 

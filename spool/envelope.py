@@ -11,13 +11,15 @@ import calendar
 import hashlib
 import json
 import math
+import re
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
 from spool.errors import InvalidTask
-from spool.layout import CANONICAL_RE, ID_RE
+from spool.layout import CANONICAL_RE, ID_RE, QUEUE_RE
 
 JSON: TypeAlias = Any  # a value json.loads can return
 TaskDict: TypeAlias = dict[str, JSON]
@@ -45,6 +47,16 @@ def derived_id(stem: str, mtime: float) -> str:
         return stem
     digest = hashlib.sha1(stem.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{format_compact(mtime)}-{digest}"
+
+
+def follow_up_id(cause: str, kind: str, number: int) -> str:
+    """The id of the `number`-th (1-based) follow-up of kind `kind` (then, fail, or a batch's
+    callback kind) caused by the task or batch with id `cause` (see spool.followup)."""
+    task_id = f"{cause}.{kind}{number}"
+    if len(task_id) <= 128:
+        return task_id
+    digest = hashlib.sha1(cause.encode()).hexdigest()[:20]
+    return f"{digest}.{kind}{number}"
 
 
 def id_of_name(name: str, mtime: float = 0.0) -> str:
@@ -148,6 +160,51 @@ def validate_fields(obj: TaskDict) -> None:
             isinstance(obj[key], list) and all(isinstance(v, str) and v for v in obj[key])
         ):
             raise FieldError(f"field '{key}' must be an array of exception type names")
+    for key in FOLLOW_UP_FIELDS:
+        if key in obj:
+            validate_follow_ups(obj[key], key)
+    if "pass_result" in obj and not isinstance(obj["pass_result"], bool):
+        raise FieldError("field 'pass_result' must be true or false")
+    if ("batch" in obj) != ("batch_index" in obj):
+        raise FieldError("fields 'batch' and 'batch_index' go together")
+    if "batch" in obj and not (isinstance(obj["batch"], str) and is_valid_id(obj["batch"])):
+        raise FieldError("field 'batch' must match [A-Za-z0-9._-]{1,128}")
+    if "batch_index" in obj and not (is_int(obj["batch_index"]) and obj["batch_index"] >= 0):
+        raise FieldError("field 'batch_index' must be an integer >= 0")
+    if "rate" in obj:
+        parse_rate(obj["rate"], "rate")
+    if "concurrency" in obj and not (is_int(obj["concurrency"]) and obj["concurrency"] >= 1):
+        raise FieldError("field 'concurrency' must be an integer >= 1")
+    key = obj.get("concurrency_key", "-")
+    if not (isinstance(key, str) and ID_RE.fullmatch(key)):
+        raise FieldError("field 'concurrency_key' must match [A-Za-z0-9._-]{1,128}")
+    rate_key = obj.get("rate_key", "-")
+    if not (isinstance(rate_key, str) and ID_RE.fullmatch(rate_key)):
+        raise FieldError("field 'rate_key' must match [A-Za-z0-9._-]{1,128}")
+
+
+FOLLOW_UP_FIELDS = ("then", "then_on_failure")
+
+
+def validate_follow_ups(value: JSON, key: str) -> None:
+    """Check a `then` list: task objects without an id (a follow-up's id is derived from its
+    parent's, see spool.followup) or a unique_key. Raises: FieldError naming the entry."""
+    if not isinstance(value, list):
+        raise FieldError(f"field '{key}' must be an array of task objects, not {json_kind(value)}")
+    for number, item in enumerate(value, 1):
+        where = f"{key}[{number}]"
+        if not isinstance(item, dict):
+            raise FieldError(f"{where} must be a task object, not {json_kind(item)}")
+        for taken in ("id", "unique_key"):
+            if taken in item:
+                raise FieldError(f"{where}: a follow-up has no '{taken}' (its id is derived)")
+        queue = item.get("queue", "default")
+        if not (isinstance(queue, str) and QUEUE_RE.fullmatch(queue)):
+            raise FieldError(f"{where}: field 'queue' must match [A-Za-z0-9_-]{{1,64}}")
+        try:
+            validate_fields(item)
+        except FieldError as exc:
+            raise FieldError(f"{where}: {exc}") from None
 
 
 def expect(obj: TaskDict, key: str, kind: type, name: str) -> None:
@@ -161,6 +218,39 @@ def is_int(value: JSON) -> bool:
 
 def is_number(value: JSON) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+RATE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*(s|m|h|d)\s*")
+RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most `count` starts per `per_seconds`, spaced evenly (see spool.rates)."""
+
+    count: float
+    per_seconds: float
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two starts."""
+        return self.per_seconds / self.count
+
+    def __str__(self) -> str:
+        return f"{self.count:g}/{self.per_seconds:g}s"
+
+
+def parse_rate(value: JSON, field: str = "rate") -> Rate:
+    """A rate from "10/s", "100/m", "5/h", "1/d" or "3/10s". Raises: FieldError."""
+    match = RATE_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is not None:
+        count = float(match.group(1))
+        per = float(match.group(2) or 1) * RATE_UNITS[match.group(3)]
+        if count > 0 and per > 0:
+            return Rate(count, per)
+    raise FieldError(
+        f'field \'{field}\' must be a rate such as "10/s", "100/m", "5/h", not {value!r}'
+    )
 
 
 def parse_instant(value: JSON, field: str = "time") -> float:

@@ -95,3 +95,19 @@ class WaitTimeout(SpoolError, TimeoutError):
     def __init__(self, task_id: str, timeout: float) -> None:
         super().__init__(f"task {task_id} did not finish within {timeout:g} s")
         self.task_id, self.timeout = task_id, timeout
+
+
+class BatchNotFound(SpoolError):
+    """No batch with this id exists under the root."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"unknown batch id: {batch_id}")
+        self.batch_id = batch_id
+
+
+class BatchExists(SpoolError):
+    """A batch with this id was made before (batch ids are never reused)."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"batch {batch_id} exists already (give another name)")
+        self.batch_id = batch_id

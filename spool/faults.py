@@ -4,12 +4,15 @@ used up (EDQUOT) or the device fails (EIO).
 They are not the user's mistake and usually pass: a producer reports one line (DiskFault), a
 resident process keeps what it could not write and tries again with a growing pause (Backoff),
 saying so at most once a minute (Complaint), never exiting because of them.
+
+A crash at a chosen point is how tests kill a worker between two steps (crash_point).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from spool.errors import DiskFault
 
+CRASH_ENV = "SPOOL_TEST_CRASH_AT"  # tests only: "<point>:<flag file>", see crash_point
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 COMPLAIN_SECONDS = 60.0
 
@@ -83,3 +87,21 @@ class Complaint:
         failing = self.last_at is not None
         self.last_at, self.repeats = None, 0
         return failing
+
+
+def crash_point(point: str) -> None:
+    """SIGKILL this process here, once: when the environment (tests only) names this point and
+    its flag file, which does not exist yet (it is created first, so the next process passes)."""
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    name, _, flag = wanted.partition(":")
+    if name != point or not flag:
+        return
+    try:
+        fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return
+    os.fsync(fd)
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -43,6 +43,7 @@ from spool.faults import Complaint
 from spool.fsio import list_names, sync_filesystem, write_atomic
 from spool.layout import CANCEL_FILE, QueueDirs, delayed_name
 from spool.stats import WorkerStats
+from spool.workflow import on_end
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +364,8 @@ def recover(
             outbox.reemit(dirs.name, written.status, written.content)  # before the event
         if written.status == "cancelled" and written.content is not None:
             mark_cancelled(dirs, written.content)
+        # CRASH: the worker may have died before the end's follow-ups: send what is missing
+        on_end(dirs.root, written.content, written.status, durable=True)
         taken.path.unlink(missing_ok=True)
         return "finished"
     if task is None or policy is None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from spool import envelope
 from spool.config import Settings
-from spool.envelope import FieldError, TaskDict
+from spool.envelope import FOLLOW_UP_FIELDS, FieldError, TaskDict
 from spool.errors import BadArguments, InvalidTask, Refused, UnknownTaskName
 from spool.faults import reported_as
 from spool.fsio import write_atomic, write_many_atomic
@@ -31,7 +31,17 @@ from spool.manifest import Catalog
 from spool.signature import binding_error, render
 from spool.unique import release_unique_key, take_unique_key
 
-OPTION_FIELDS = ("id", "priority", "delay", "not_before", "max_retries", "timeout", "unique_key")
+OPTION_FIELDS = (
+    "id",
+    "priority",
+    "delay",
+    "not_before",
+    "max_retries",
+    "timeout",
+    "unique_key",
+    "then",
+    "then_on_failure",
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,8 @@ def admit(catalog: Catalog, task: Mapping[str, Any], queue: str | None, check: b
     """
     admitted: TaskDict = dict(task)
     name = task.get("task")
+    if check and catalog.exists:
+        check_follow_up_names(catalog, task)
     entry = catalog.entry(name) if isinstance(name, str) else None
     if entry is None:
         if check and catalog.exists and isinstance(name, str) and name:
@@ -103,12 +115,32 @@ def admit(catalog: Catalog, task: Mapping[str, Any], queue: str | None, check: b
     return admitted
 
 
+def check_follow_up_names(catalog: Catalog, task: Mapping[str, Any]) -> None:
+    """Refuse follow-ups (`then`, `then_on_failure`, at any depth) that name a task no worker
+    serves; their arguments are not checked (a follow-up may receive its parent's result).
+    Raises: UnknownTaskName."""
+    for key in FOLLOW_UP_FIELDS:
+        specs = task.get(key)
+        for spec in specs if isinstance(specs, list) else []:
+            if not isinstance(spec, dict):
+                continue
+            name = spec.get("task")
+            if isinstance(name, str) and name and catalog.entry(name) is None:
+                raise UnknownTaskName(name, catalog.suggest(name))
+            check_follow_up_names(catalog, spec)
+
+
 def prepare(settings: Settings, task: Mapping[str, Any], queue: str | None, now: float) -> Prepared:
     """Validate a task dict, stamp it, and decide its destination. Raises: InvalidTask."""
+    return prepare_at(settings.root, task, queue, now)
+
+
+def prepare_at(root: Path, task: Mapping[str, Any], queue: str | None, now: float) -> Prepared:
+    """`prepare` on the spool at `root`. Raises: InvalidTask."""
     queue_name = queue or task.get("queue") or DEFAULT_QUEUE
     if not isinstance(queue_name, str):
         raise InvalidTask("field 'queue' must be a string")
-    dirs = queue_dirs(settings.root, queue_name)
+    dirs = queue_dirs(root, queue_name)
     stamped: TaskDict = {k: v for k, v in task.items() if k != "queue"}
     try:
         envelope.validate_fields(stamped)

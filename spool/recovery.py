@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from spool import envelope, stats
+from spool import caps, envelope, stats
 from spool.claim import Claim, abandoned
 from spool.envelope import FieldError, TaskDict
 from spool.events import Outbox
@@ -118,6 +118,8 @@ class Recovery:
             task.setdefault("enqueued_at", mtime)
         policy = self.policy_for(task) if task is not None else None
         state = recover(taken, task, dead, policy, now, self.outbox, self.counts)
+        if task is not None:  # (this worker alone took the claim over: see spool.caps)
+            caps.free_seats_of(self.root, str(task["id"]), dead, now)
         queue = index.dirs.name
         if state != "finished":
             self.counts.record(queue, "recovered")

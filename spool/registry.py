@@ -17,7 +17,8 @@ from functools import cached_property
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from spool.envelope import JSON, is_int, is_number
+from spool.chain import Step
+from spool.envelope import JSON, FieldError, is_int, is_number, parse_rate
 from spool.errors import ConfigError, exception_name
 from spool.layout import DEFAULT_QUEUE
 from spool.signature import params_of
@@ -45,6 +46,8 @@ class TaskOptions:
     at_most_once: bool = False  # a lost attempt goes straight to failed/
     retry_on: tuple[str, ...] = ()  # exception type names: only these are retried (empty: any)
     no_retry_on: tuple[str, ...] = ()  # exception type names never retried
+    rate: str | None = None  # at most this many starts, e.g. "10/s" (see spool.rates)
+    concurrency: int | None = None  # at most this many running at once (see spool.caps)
     params: JSON = field(default=None, hash=False)  # see spool.signature; None: not described
     doc: str = ""
     module: str | None = None
@@ -62,6 +65,8 @@ class TaskOptions:
             "at_most_once": self.at_most_once,
             "retry_on": list(self.retry_on),
             "no_retry_on": list(self.no_retry_on),
+            "rate": self.rate,
+            "concurrency": self.concurrency,
             "params": self.params,
             "doc": self.doc,
             "module": self.module,
@@ -84,6 +89,8 @@ class TaskOptions:
             at_most_once=bool(obj.get("at_most_once", False)),
             retry_on=names(obj.get("retry_on")),
             no_retry_on=names(obj.get("no_retry_on")),
+            rate=valid_rate(obj.get("rate")),
+            concurrency=whole(obj.get("concurrency")),
             params=obj.get("params"),
             doc=doc if isinstance(doc, str) else "",
             module=module if isinstance(module, str) else None,
@@ -109,6 +116,15 @@ def exception_names(option: str, kinds: Iterable[type | str]) -> tuple[str, ...]
         else:
             raise TypeError(f"{option}: {kind!r} is neither an exception type nor its name")
     return tuple(found)
+
+
+def valid_rate(value: JSON) -> str | None:
+    """A rate as registered, or None for a missing or malformed one (a foreign manifest)."""
+    try:
+        parse_rate(value)
+    except FieldError:
+        return None
+    return str(value)
 
 
 def whole(value: JSON) -> int | None:
@@ -185,6 +201,11 @@ class Task(Generic[P, R]):
             queue=self.options.queue,
             priority=self.options.priority,
         )
+
+    def s(self, *args: Any, **kwargs: Any) -> Step:
+        """This task with these arguments as a step of a chain or batch (not enqueued yet)."""
+        options = {"queue": self.options.queue, "priority": self.options.priority}
+        return Step(self.name, args, kwargs, {k: v for k, v in options.items() if v is not None})
 
     def enqueue(
         self,

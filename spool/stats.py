@@ -25,7 +25,7 @@ from spool.layout import FILE_MODE, ensure_dir
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 COUNTERS = (
     "done", "failed", "retried", "rejected", "recovered", "cancelled", "done_removed",
-    "failed_removed", "lost", "cancelled_removed",
+    "failed_removed", "lost", "cancelled_removed", "rate_waits", "cap_waits",
 )  # fmt: skip
 ARCHIVE = "archive.json"
 SLOT_SECONDS = 10  # finished tasks are also counted per 10-second slot, for rates

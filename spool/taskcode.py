@@ -15,14 +15,16 @@ import logging
 import time
 from typing import Any
 
+from spool.caps import Cap
 from spool.config import Settings
-from spool.envelope import JSON, TaskDict
+from spool.envelope import JSON, TaskDict, parse_rate
 from spool.errors import ConfigError
 from spool.execute import Executor
 from spool.finish import RetryPolicy
 from spool.layout import output_scratch
 from spool.manifest import CatalogCache, publish, unknown_fate
 from spool.output import Scratch
+from spool.rates import Limit
 from spool.registry import TaskOptions, task_changes
 from spool.signature import binding_error, render
 from spool.workers import WorkerLock, is_alive
@@ -167,6 +169,28 @@ class TaskCode:
     def known_policy(self, task: TaskDict) -> RetryPolicy | None:
         """The retry policy of a task this worker can run; None for an unknown task."""
         return self.policy_for(task) if task["task"] in self.tasks else None
+
+    def limit_for(self, task: TaskDict, queue: str) -> Limit | None:
+        """The rate the task's start is held to (see spool.rates): the task file's `rate`, else
+        its task's `rate=`, else its queue's [queues.NAME] rate; shared under the task file's
+        `rate_key`, else the task's name (or the queue's, for a queue's rate)."""
+        shared = task.get("rate_key")
+        own = task.get("rate") or self.options_of(task).rate
+        if own is not None:
+            return Limit(shared or f"task:{task['task']}", parse_rate(own))
+        queue_rate = self.settings.queue_rates.get(queue)
+        if queue_rate is None:
+            return None
+        return Limit(shared or f"queue:{queue}", parse_rate(queue_rate))
+
+    def cap_for(self, task: TaskDict) -> Cap | None:
+        """How many tasks like this one may run at once (see spool.caps): the task file's
+        `concurrency`, else its task's `concurrency=`; under the task file's `concurrency_key`,
+        else the task's name."""
+        limit = task.get("concurrency") or self.options_of(task).concurrency
+        if limit is None:
+            return None
+        return Cap(task.get("concurrency_key") or f"task:{task['task']}", int(limit))
 
     def timeout_for(self, task: TaskDict) -> float:
         options = self.options_of(task)

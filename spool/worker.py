@@ -23,11 +23,12 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
-from spool import envelope, signals
+from spool import batches, caps, envelope, rates, signals
 from spool.claim import Claim
 from spool.claimed import Aside, NotRunnable, read_claimed
 from spool.cluster import is_shared
@@ -293,8 +294,20 @@ class Worker:
                 log.info("retention: deleted %d task(s) from %s/%s", n, queue, state)
         if self.reaping.due(now):
             self.reaping.last = now
+            self.settle_batches()
             self.recoverer.reap(now, now_mono)
             self.recounter.maybe_start(self.queues.names(), now)
+
+    def settle_batches(self) -> None:
+        """Send the callbacks of complete batches whose last ends missed each other (see
+        batches.settle_open); a disk that refuses is logged, and tried again next time."""
+        try:
+            settled = batches.settle_open(self.settings.root)
+        except OSError as exc:
+            log.error("cannot settle batches (trying again later): %s", exc)
+            return
+        if settled:
+            log.info("settled %d complete batch(es) whose callbacks were not sent", settled)
 
     def rescan_all(self, now: float, now_mono: float) -> None:
         self.queues.rescan_all(now, now_mono)
@@ -328,6 +341,12 @@ class Worker:
         if envelope.due_at(task) > now:
             self.aside.put_off(taken, task)
             return
+        with self.seated(taken, task, now_mono) as seated:
+            if seated and self.slot_for(taken, task, now, now_mono):
+                self.attempt(taken, task)
+
+    def attempt(self, taken: Claim, task: TaskDict) -> None:
+        """Run the task's handler once and hand its outcome to the recorder."""
         policy = self.code.policy_for(task)
         attempt = int(task.get("attempts", 0)) + 1
         fields = self.log_fields(taken, task, attempt)
@@ -363,6 +382,45 @@ class Worker:
             log.warning("released %s (stopped during the attempt)", fields)
             return
         self.recorder.defer(Pending(taken, task, outcome, policy, fields))  # (see recorder)
+
+    @contextmanager
+    def seated(self, taken: Claim, task: TaskDict, now_mono: float) -> Iterator[bool]:
+        """Hold a seat of the task's concurrency cap while the block runs (see spool.caps);
+        yield False (the task went back to incoming/, no attempt) when every seat is taken."""
+        cap = self.code.cap_for(task)
+        if cap is None:
+            yield True
+            return
+        seat = caps.take_seat(self.settings.root, cap, str(task["id"]), self.worker_id)
+        if seat is None:
+            self.stats.record(taken.dirs.name, "cap_waits")
+            self.aside.hold_for_slot(taken, cap.key, caps.RETRY_SECONDS, now_mono)
+            yield False
+            return
+        try:
+            yield True
+        finally:  # CRASH: a dead worker's seat is freed by whoever recovers its claim
+            caps.leave_seat(seat)
+
+    def slot_for(self, taken: Claim, task: TaskDict, now: float, now_mono: float) -> bool:
+        """Whether the task may start now, after an in-memory wait for its rate slot (see
+        spool.rates); if not, it went back to incoming/ unchanged. Neither is an attempt."""
+        limit = self.code.limit_for(task, taken.dirs.name)
+        if limit is None:
+            return True
+        got = rates.reserve(self.settings.root, limit, str(task["id"]), now)
+        if got.start_at is None or got.start_at > now:
+            self.stats.record(taken.dirs.name, "rate_waits")
+        if got.start_at is None:
+            self.aside.hold_for_slot(taken, limit.key, got.retry_at - now, now_mono)
+            return False
+        if got.start_at > now:
+            self.recorder.record_pending()  # (the last outcome does not wait with us)
+            self.stopping.wait(max(0.0, got.start_at - time.time()))  # a stop wakes it
+            if self.stopping.is_set():
+                self.aside.release(taken)
+                return False
+        return True
 
     def write_before_stopping(self) -> None:
         """Stopping with outcomes the disk refused: keep trying until they are written or a

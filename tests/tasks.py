@@ -270,3 +270,27 @@ def talk_a_lot(chunks: int, size: int, pause: float) -> int:
         time.sleep(pause)
     print("the last line")
     return chunks * size
+
+
+@app.task()
+def record_slowly(path: str, value: str, seconds: float) -> str:
+    """Sleep, then append `value` to the file at `path` (a step that can be killed mid-way)."""
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{value} {os.getppid()}\n")
+    return value
+
+
+@app.task(rate="10/s")
+def rated() -> float:
+    """A task held to 10 starts a second across every worker (see spool.rates)."""
+    return time.time()
+
+
+@app.task(concurrency=2)
+def capped(path: str, seconds: float) -> None:
+    """At most 2 at once across every worker: append when it started and when it ended."""
+    started = time.time()
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{started} {time.time()}\n")

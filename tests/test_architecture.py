@@ -16,10 +16,10 @@ LAYERS = [  # bottom first, as in docs/architecture.md
     ("bottom", "errors tables signals logs"),
     ("the disk", "layout fsio envelope faults mounts"),
     ("settings", "config notify_config"),
-    ("way in", "producer unique manifest signature registry"),
+    ("way in", "producer unique manifest signature registry chain"),
     ("way through", "worker queues claim claimed workers index watch execute output context "
      "taskcode recorder finish conclude recovery lease cluster settle retention events stats "
-     "counts manage lookup reload"),
+     "counts manage lookup reload followup workflow batches rates caps"),
     ("read side", "inspect"),
     ("deploy", "deploy"),
     ("services", "services"),

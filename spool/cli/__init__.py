@@ -36,6 +36,7 @@ def cli(ctx: click.Context, root: str | None, config: str | None) -> None:
 COMMANDS = [
     *(produce.enqueue, produce.wait, produce.tasks_command),
     *(operate.status, operate.ls_command, operate.show, operate.logs, operate.top, operate.metrics),
+    operate.batch_command,
     *(operate.retry, operate.cancel, operate.purge, operate.pause, operate.resume),
     *(run.worker, run.reload, run.scheduler, run.schedule, run.notify, run.mqtt_intake),
     *(run.web, run.up, run.supervisor_config, run.doctor),

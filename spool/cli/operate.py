@@ -1,5 +1,6 @@
 """Commands for operators: look at the spool (`status`, `ls`, `show`, `logs`, `top`, `metrics`)
-and act on tasks and queues at rest (`retry`, `cancel`, `purge`, `pause`, `resume`)."""
+and act on tasks and queues at rest (`retry`, `cancel`, `purge`, `pause`, `resume`); follow a
+batch (`batch`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from spool.app import Spool
+from spool.batches import Summary
 from spool.cli.common import (
     UsageProblem,
     apply_each,
@@ -414,3 +416,35 @@ def logs(ctx: click.Context, task_id: str, attempt: int | None, follow: bool) ->
                 follow_output(settings.root, where, write)
         else:
             write(current_output(where))
+
+
+@click.command("batch")
+@click.argument("batch_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def batch_command(ctx: click.Context, batch_id: str, as_json: bool) -> None:
+    """Show a batch's progress: total, done, failed, pending, and its callbacks' ids."""
+    app = Spool(settings=settings_of(ctx))
+    with user_errors():
+        summary = app.batch_status(batch_id)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+        return
+    click.echo(render_batch(summary, bar=sys.stdout.isatty()))
+
+
+def render_batch(summary: Summary, bar: bool) -> str:
+    ended = summary.done + summary.failed
+    share = ended / summary.total if summary.total else 1.0
+    lines = [
+        f"batch {summary.id}: {ended} of {summary.total} ended ({share:.0%})",
+        f"  done {summary.done}  failed {summary.failed}  pending {summary.pending}",
+    ]
+    if bar:
+        width = 40
+        filled = round(share * width)
+        lines.insert(1, "  [" + "#" * filled + "." * (width - filled) + "]")
+    for key, ids in summary.callbacks.items():
+        if ids:
+            lines.append(f"  {key}: {' '.join(ids)}")
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import click
 
-from spool import producer
+from spool import batches, producer
 from spool.app import Spool
 from spool.cli.common import (
     Duration,
@@ -23,7 +23,7 @@ from spool.cli.common import (
     user_errors,
 )
 from spool.config import Settings
-from spool.envelope import FieldError, parse_instant
+from spool.envelope import FieldError, parse_instant, validate_follow_ups
 from spool.errors import (
     ConfigError,
     InvalidTask,
@@ -86,6 +86,32 @@ def parse_arg(text: str) -> Any:
 )
 @click.option("--id", "task_id", metavar="ID", help="Task id (default: a new time-sortable id).")
 @click.option(
+    "--then",
+    "then_json",
+    metavar="JSON",
+    help="Follow-up task(s) to enqueue once TASK is done: a task object or an array of them "
+    '(e.g. \'{"task": "notify", "args": [1], "pass_result": true}\').',
+)
+@click.option(
+    "--then-on-failure",
+    "then_on_failure_json",
+    metavar="JSON",
+    help="Follow-up task(s) to enqueue once TASK has failed for good (as --then).",
+)
+@click.option(
+    "--finally",
+    "finally_json",
+    metavar="JSON",
+    help="With --batch: task(s) to enqueue once every member has ended, done or failed.",
+)
+@click.option(
+    "--batch",
+    "batch_name",
+    metavar="NAME",
+    help="With --from: make the tasks one batch named NAME; --then runs once all are done, "
+    "--then-on-failure once all have ended and any failed (see `spool batch NAME`).",
+)
+@click.option(
     "--from",
     "from_file",
     type=click.File("r", encoding="utf-8"),
@@ -108,6 +134,10 @@ def enqueue(
     task_id: str | None,
     from_file: IO[str] | None,
     no_check: bool,
+    then_json: str | None,
+    then_on_failure_json: str | None,
+    finally_json: str | None,
+    batch_name: str | None,
 ) -> None:
     """Enqueue TASK with ARGs (each parsed as JSON when it parses); print its id.
 
@@ -119,9 +149,24 @@ def enqueue(
     """
     settings = settings_of(ctx)
     queue = queue_option(queue)
+    then = follow_ups_option("--then", then_json)
+    then_on_failure = follow_ups_option("--then-on-failure", then_on_failure_json)
+    finally_ = follow_ups_option("--finally", finally_json)
+    if (batch_name is not None or finally_ is not None) and from_file is None:
+        raise UsageProblem("--batch and --finally go with --from FILE")
     with user_errors():
         catalog = Catalog.load(settings.root)
+    if from_file is not None and batch_name is not None:
+        if task is not None:
+            raise UsageProblem("give either TASK or --from, not both")
+        callbacks = {"then": then, "on_failure": then_on_failure, "finally": finally_}
+        lines = list(read_jsonl(from_file))
+        enqueue_batch_from(settings, lines, batch_name, callbacks, catalog, check=not no_check)
+        warn_unchecked(settings, catalog, check=not no_check)
+        return
     if from_file is not None:
+        if then is not None or then_on_failure is not None or finally_ is not None:
+            raise UsageProblem("--then with --from needs --batch (callbacks of the whole batch)")
         if task is not None:
             raise UsageProblem("give either TASK or --from, not both")
         enqueue_from(settings, from_file, queue, catalog, check=not no_check)
@@ -159,9 +204,27 @@ def enqueue(
             timeout=timeout,
             unique_key=unique_key,
             id=task_id,
+            then=then,
+            then_on_failure=then_on_failure,
         )
         click.echo(producer.enqueue(settings, built, queue, catalog=catalog, check=not no_check))
     warn_unchecked(settings, catalog, check=not no_check)
+
+
+def follow_ups_option(option: str, text: str | None) -> list[Any] | None:
+    """A --then value: a task object or an array of them, checked like a task file's `then`."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise bad(option, f"not valid JSON: {exc}") from None
+    specs = [value] if isinstance(value, dict) else value
+    try:
+        validate_follow_ups(specs, "then")
+    except FieldError as exc:
+        raise bad(option, str(exc).replace("field 'then'", "the value")) from None
+    return list(specs)
 
 
 def warn_unchecked(settings: Settings, catalog: Catalog, check: bool) -> None:
@@ -186,6 +249,34 @@ def read_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(obj, dict):
             raise bad("--from", f"line {number}: must be a JSON object") from None
         yield number, obj
+
+
+def enqueue_batch_from(
+    settings: Settings,
+    lines: list[tuple[int, dict[str, Any]]],
+    name: str,
+    callbacks: dict[str, list[Any] | None],
+    catalog: Catalog,
+    check: bool,
+) -> None:
+    """Enqueue a JSON-lines file as one batch (its record first, then every member)."""
+    given = {key: value for key, value in callbacks.items() if value is not None}
+    members = [obj for _, obj in lines]
+    try:
+        batch_id, ids = batches.enqueue_batch(
+            settings, members, given, name, catalog=catalog, check=check
+        )
+    except InvalidTask as exc:  # "task N: reason" -> the line number
+        position, _, reason = str(exc).partition(": ")
+        number = position.split()[-1]
+        if position.startswith("task ") and number.isdigit():
+            raise bad("--from", f"line {lines[int(number) - 1][0]}: {reason}") from None
+        raise bad("--batch", str(exc)) from None
+    except SpoolError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for task_id in ids:
+        click.echo(task_id)
+    click.echo(f"batch {batch_id}: enqueued {len(ids)} tasks", err=True)
 
 
 def enqueue_from(

@@ -26,6 +26,8 @@ COUNTER_HELP = {
     "recovered": "Tasks taken back from a worker that died.",
     "lost": "Attempts lost with their worker or handler process, then run again.",
     "cancelled": "Pending tasks cancelled by an operator (kept in failed/, not counted failed).",
+    "rate_waits": "Starts that waited for a slot of their rate limit (no attempt).",
+    "cap_waits": "Claimed tasks put back because their concurrency cap was full (no attempt).",
 }
 
 

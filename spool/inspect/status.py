@@ -55,6 +55,9 @@ def queue_status(dirs: QueueDirs, now: float, stats: QueueStats | None = None) -
     counts["oldest_waiting_seconds"] = None if oldest is None else round(max(0.0, now - oldest), 3)
     counts["paused"] = dirs.is_paused()
     counts["pause"] = paused_info(dirs) if counts["paused"] else None  # paused_at, reason
+    if stats is not None:  # starts that waited for a rate slot, tasks put back at a full cap
+        counts["rate_waits"] = stats.counts.get("rate_waits", 0)
+        counts["cap_waits"] = stats.counts.get("cap_waits", 0)
     return counts
 
 

@@ -60,12 +60,34 @@ def fields(shown: Mapping[str, Any], now: float) -> list[str]:
     rows.append(("args", json.dumps(shown.get("args", []), ensure_ascii=False)))
     if shown.get("kwargs"):
         rows.append(("kwargs", json.dumps(shown["kwargs"], ensure_ascii=False)))
-    extra = {k: v for k, v in shown.items() if k not in SPOOL_FIELDS | {"state", "rejected"}}
+    rows += workflow_rows(shown.get("workflow") or {})
+    shown_apart = SPOOL_FIELDS | {"state", "rejected", "workflow"}
+    extra = {k: v for k, v in shown.items() if k not in shown_apart}
     if extra:
         rows.append(("extra", json.dumps(extra, ensure_ascii=False)))
     if shown.get("unreadable"):
         rows.append(("unreadable", shown["unreadable"]))
     return [f"{label:<{LABEL_WIDTH}}{value}" for label, value in rows if value is not None]
+
+
+def workflow_rows(links: Mapping[str, Any]) -> list[tuple[str, object]]:
+    """The task's place in a workflow (see spool.inspect.workflow): parent, follow-ups, batch."""
+
+    def linked(link: Mapping[str, Any]) -> str:
+        return f"{link.get('id')} ({link.get('state') or 'not enqueued'})"
+
+    rows: list[tuple[str, object]] = []
+    if isinstance(links.get("parent"), dict):
+        rows.append(("parent", linked(links["parent"])))
+    for key, label in (("then", "then"), ("then_on_failure", "on failure")):
+        if isinstance(links.get(key), list):
+            rows.append((label, ", ".join(linked(link) for link in links[key])))
+    for key, label in (("batch", "batch"), ("batch_callback", "callback of")):
+        batch = links.get(key)
+        if isinstance(batch, dict):
+            ended = int(batch.get("done") or 0) + int(batch.get("failed") or 0)
+            rows.append((label, f"{batch.get('id')} ({ended} of {batch.get('total')} ended)"))
+    return rows
 
 
 def attempt_lines(task_id: str, entry: Mapping[str, Any], kept_logs: list[int]) -> list[str]:

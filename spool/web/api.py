@@ -27,10 +27,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from spool import manage, producer
+from spool import batches, manage, producer
 from spool.config import Settings, parse_duration
 from spool.envelope import is_valid_id, reject_constant
 from spool.errors import (
+    BatchExists,
+    BatchNotFound,
     DiskFault,
     InvalidQueueName,
     InvalidTask,
@@ -267,6 +269,57 @@ async def post_tasks(request: Request) -> Response:
         raise fail(503, f"cannot write to the spool: {exc.strerror or exc}") from None
 
 
+async def post_batches(request: Request) -> Response:
+    """A batch: {"tasks": [...], "then", "on_failure", "finally": a task object or a list,
+    "id": a name (optional)} -> 202 {"id", "ids"} (see spool.batches)."""
+    require_token(request)
+    data = parse_json(await read_body(request))
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+        raise fail(400, 'body must be an object with "tasks": a list of task objects')
+    unknown = sorted(set(data) - {"tasks", "then", "on_failure", "finally", "id"})
+    if unknown:
+        raise fail(400, f"unknown field {unknown[0]!r}")
+    if not all(isinstance(t, dict) for t in data["tasks"]):
+        raise fail(400, "tasks: each must be a JSON object")
+    callbacks = {
+        key: [value] if isinstance(value, dict) else value
+        for key in ("then", "on_failure", "finally")
+        if (value := data.get(key)) is not None
+    }
+    batch_id = data.get("id")
+    if batch_id is not None and not isinstance(batch_id, str):
+        raise fail(400, "id must be a string")
+    state = web_state(request)
+    catalog = await run_in_threadpool(state.catalog)
+    make = partial(batches.enqueue_batch, catalog=catalog, check=True)
+    try:
+        made, ids = await run_in_threadpool(
+            make, state.settings, data["tasks"], callbacks, batch_id
+        )
+    except Refused as exc:
+        raise fail(422, str(exc)) from None
+    except BatchExists as exc:
+        raise fail(409, str(exc)) from None
+    except (InvalidTask, InvalidQueueName) as exc:
+        raise fail(400, str(exc)) from None
+    except DiskFault as exc:
+        raise fail(507, f"{exc}.") from None
+    except OSError as exc:
+        raise fail(503, f"cannot write to the spool: {exc.strerror or exc}") from None
+    return JSONResponse({"id": made, "ids": ids}, status_code=202)
+
+
+async def get_batch(request: Request) -> Response:
+    batch_id = str(request.path_params["batch_id"])
+    try:
+        progress = await run_in_threadpool(
+            batches.summary, web_state(request).settings.root, batch_id
+        )
+    except BatchNotFound as exc:
+        raise fail(404, str(exc)) from None
+    return JSONResponse(progress.to_json())
+
+
 async def get_task(request: Request) -> Response:
     task_id = task_id_of(request)
     root = web_state(request).settings.root
@@ -418,6 +471,8 @@ def api_routes() -> list[Route]:
         Route("/api/tasks/{task_id}", get_task, methods=["GET"]),
         Route("/api/tasks/{task_id}", cancel_task, methods=["DELETE"]),
         Route("/api/tasks/{task_id}/retry", retry_task, methods=["POST"]),
+        Route("/api/batches", post_batches, methods=["POST"]),
+        Route("/api/batches/{batch_id}", get_batch, methods=["GET"]),
         Route("/api/queues", get_queues, methods=["GET"]),
         Route("/api/queues/{queue}/tasks", get_queue_tasks, methods=["GET"]),
         Route("/api/queues/{queue}/pause", pause_queue, methods=["POST"]),

@@ -29,6 +29,7 @@ ERRORS = {
 }
 SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
 QUEUE = {"name": "queue", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -83,6 +84,43 @@ def paths() -> dict[str, Any]:
                     "200": answer("Retried", {"type": "object"}),
                     "409": answer("The task is not in failed/", ref("Error")),
                     **ERRORS,
+                },
+            }
+        },
+        "/api/batches": {
+            "post": {
+                "summary": "Enqueue tasks as one batch whose callbacks (then: all done; "
+                "on_failure: all ended, some failed; finally: either) run once when every "
+                "member has ended",
+                "security": SECURED,
+                "requestBody": json_body(
+                    {
+                        "type": "object",
+                        "required": ["tasks"],
+                        "properties": {
+                            "tasks": {"type": "array", "items": ref("Task")},
+                            "then": {},
+                            "on_failure": {},
+                            "finally": {},
+                            "id": {"type": "string"},
+                        },
+                    }
+                ),
+                "responses": {
+                    "202": answer("Enqueued", {"type": "object"}),
+                    "409": answer("A batch of this id exists", ref("Error")),
+                    "422": answer("Refused by the published tasks", ref("Error")),
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/batches/{batch_id}": {
+            "get": {
+                "summary": "A batch's progress: total, done, failed, pending, its callbacks' ids",
+                "parameters": [BATCH_ID],
+                "responses": {
+                    "200": answer("The batch", {"type": "object"}),
+                    "404": answer("Unknown batch id", ref("Error")),
                 },
             }
         },

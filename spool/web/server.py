@@ -32,12 +32,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from spool.batches import summary
 from spool.config import Settings
-from spool.errors import SpoolError
+from spool.errors import BatchNotFound, SpoolError
 from spool.inspect.failures import group_failures
 from spool.inspect.listing import running
 from spool.inspect.paging import task_page
 from spool.inspect.search import search
+from spool.inspect.workflow import links_of
 from spool.layout import STATES, QueueDirs, check_queue_name
 from spool.lookup import locate, read_found
 from spool.web import views
@@ -189,6 +191,7 @@ async def task_detail_page(request: Request) -> Response:
     if found.state == "processing":
         context["running"] = running(found.path, task.get("attempts"), time.time())
     context.update(await run_in_threadpool(views.beside_view, root, found, task))
+    context["links"] = await run_in_threadpool(links_of, root, task)
     return render(request, "task.html", context)
 
 
@@ -204,6 +207,15 @@ async def api_page(request: Request) -> Response:
     from spool.web.openapi import document
 
     return render(request, "api.html", {"doc": document()})
+
+
+async def batch_page(request: Request) -> Response:
+    batch_id = str(request.path_params["batch_id"])
+    try:
+        progress = await run_in_threadpool(summary, web_state(request).settings.root, batch_id)
+    except BatchNotFound:
+        return render(request, "batch.html", {"batch_id": batch_id, "batch": None}, 404)
+    return render(request, "batch.html", {"batch_id": batch_id, "batch": progress.to_json()})
 
 
 async def favicon(request: Request) -> Response:
@@ -225,6 +237,7 @@ def create_app(settings: Settings, allowed_hosts: set[str] | None = None) -> ASG
         Route("/tasks/{task_id}", task_detail_page, methods=["GET"]),
         Route("/search", search_page, methods=["GET"]),
         Route("/docs/api", api_page, methods=["GET"]),
+        Route("/batches/{batch_id}", batch_page, methods=["GET"]),
         Route("/favicon.ico", favicon, methods=["GET"]),
         *api_routes(),
         Mount("/static", StaticFiles(directory=str(PACKAGE_DIR / "static")), name="static"),
