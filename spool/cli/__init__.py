@@ -1,7 +1,7 @@
 """The `spool` command line: thin click commands over the app, producer, worker and status,
-grouped by who uses them: `produce` (putting tasks in, waiting), `operate` (looking and acting
-on tasks at rest), `run` (the resident processes and their deployment); `common` holds what
-they share.
+grouped by who uses them: `produce` (putting tasks in), `wait` (waiting for results), `look`
+(seeing what is in the spool), `operate` (acting on tasks and queues at rest), `run` (the
+resident processes and their deployment); `common` holds what they share.
 
 Errors a user can cause are one line on stderr: exit 2 for usage and configuration errors,
 1 for an operation that failed (or a failed task), 3 for a timeout.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from spool import __version__
-from spool.cli import operate, produce, run
+from spool.cli import look, operate, produce, run, wait
 from spool.errors import TaskNotFound
 
 
@@ -34,9 +34,9 @@ def cli(ctx: click.Context, root: str | None, config: str | None) -> None:
 
 
 COMMANDS = [
-    *(produce.enqueue, produce.wait, produce.tasks_command),
-    *(operate.status, operate.ls_command, operate.show, operate.logs, operate.top, operate.metrics),
-    operate.batch_command,
+    *(produce.enqueue, wait.wait, produce.tasks_command),
+    *(look.status, look.ls_command, look.show, look.logs, look.batch_command),
+    *(look.top, look.metrics),
     *(operate.retry, operate.cancel, operate.purge, operate.pause, operate.resume),
     *(run.worker, run.reload, run.scheduler, run.schedule, run.notify, run.mqtt_intake),
     *(run.web, run.up, run.supervisor_config, run.doctor),
