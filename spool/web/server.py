@@ -43,7 +43,9 @@ from spool.inspect.workflow import links_of
 from spool.layout import STATES, QueueDirs, check_queue_name
 from spool.lookup import locate, read_found
 from spool.web import views
-from spool.web.api import WebState, api_routes, overview, page_query, web_state
+from spool.web.api import api_routes
+from spool.web.overview import overview
+from spool.web.requests import WebState, page_query, web_state
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 OUTPUT_SHOWN_BYTES = 16 * 1024  # of the last attempt's output, on the task page
