@@ -232,7 +232,8 @@ def web(ctx: click.Context, host: str | None, port: int | None) -> None:
 def up(ctx: click.Context, workers: int | None, quiet: bool) -> None:
     """Run supervisord in the foreground with the workers (and scheduler, dashboard); show a
     line per task claimed, done or failed (unless --quiet); Ctrl-C stops all."""
-    from spool.deploy.up import run_up, say
+    from spool.deploy.foreground import say
+    from spool.deploy.up import run_up
     from spool.inspect.stream import TaskStream
 
     settings = settings_of(ctx)

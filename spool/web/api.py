@@ -5,7 +5,8 @@ Rules every endpoint keeps:
   [web] token), compared in constant time. With no token configured such requests are refused
   (403): reading works, changing needs a token. No cookies are set or read.
 - Bodies are JSON, at most [web] max_body bytes (413 beyond). Errors are {"error": "..."} with
-  a 4xx code; ids and queue names are checked before they touch a path.
+  a 4xx code; ids and queue names are checked before they touch a path (spool.web.requests
+  holds these checks and the state every handler shares).
 - POST /api/tasks validates like a dropped file or `app.enqueue` (the producer's code) and
   answers 202 only once the task files are durable (lists go through the bulk durable path);
   507 when the disk is full, over quota or failing (nothing of the request is written).
@@ -13,23 +14,17 @@ Rules every endpoint keeps:
 
 from __future__ import annotations
 
-import hmac
-import json
-import time
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from spool import batches, manage, producer
-from spool.config import Settings, parse_duration
-from spool.envelope import is_valid_id, reject_constant
+from spool.config import parse_duration
 from spool.errors import (
     BatchExists,
     BatchNotFound,
@@ -42,194 +37,25 @@ from spool.errors import (
 )
 from spool.events import outbox_for
 from spool.inspect.failures import Failures, group_failures
-from spool.inspect.paging import Lister, PageQuery, task_page
-from spool.inspect.status import spool_status
-from spool.inspect.throughput import Throughput
-from spool.layout import STATES, QueueDirs, check_queue_name, existing_queues, split_processing
+from spool.inspect.paging import task_page
 from spool.lookup import locate, read_found
-from spool.manifest import Catalog, CatalogCache
-
-TOKEN_HELP = (
-    "no token is configured, so changes are refused: set SPOOL_WEB_TOKEN or [web] token in "
-    "the config and restart spool web"
+from spool.web.overview import overview
+from spool.web.requests import (
+    WebState,
+    fail,
+    page_query,
+    parse_json,
+    queue_of,
+    read_body,
+    require_token,
+    task_id_of,
+    web_state,
 )
-PAGE_SIZE_MAX = 500
+
 NO_MANIFEST = (
     "no worker has published its tasks yet: the task was not checked, and without a queue "
     "it went to its own 'queue' field or 'default'"
 )
-
-
-@dataclass
-class WebState:
-    """What the web app's handlers share: the settings, the page lister, the throughput."""
-
-    settings: Settings
-    lister: Lister = field(default_factory=Lister)
-    throughput: Throughput | None = None
-    catalogs: CatalogCache | None = None
-
-    def __post_init__(self) -> None:
-        if self.throughput is None:
-            self.throughput = Throughput(self.settings.root)
-        if self.catalogs is None:
-            self.catalogs = CatalogCache(self.settings.root)
-
-    def catalog(self) -> Catalog:
-        """The published tasks (spool.manifest), read again when they change."""
-        assert self.catalogs is not None
-        return self.catalogs.current(time.monotonic())
-
-    @property
-    def rates(self) -> Throughput:
-        assert self.throughput is not None
-        return self.throughput
-
-
-def web_state(request: Request) -> WebState:
-    return cast(WebState, request.app.state.web)
-
-
-def fail(status: int, message: str, headers: dict[str, str] | None = None) -> HTTPException:
-    return HTTPException(status, message, headers)
-
-
-# ---- request checks ---------------------------------------------------------------------
-
-
-def require_token(request: Request) -> None:
-    """Refuse the request unless it carries the configured bearer token."""
-    expected = web_state(request).settings.web_token
-    if not expected:
-        raise fail(403, TOKEN_HELP)
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if scheme.lower() != "bearer" or not given.strip():
-        raise fail(401, "missing token: send Authorization: Bearer <token>", challenge)
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise fail(401, "wrong token", challenge)
-
-
-async def read_body(request: Request) -> bytes:
-    """The request body, refused (413) beyond [web] max_body, also without Content-Length."""
-    limit = web_state(request).settings.web_max_body
-    too_big = fail(413, f"request body is larger than {limit} bytes ([web] max_body)")
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise fail(400, "invalid Content-Length")
-        if int(declared) > limit:
-            raise too_big
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_json(body: bytes, empty: Any = ...) -> Any:
-    """The body as JSON (UTF-8, no NaN or Infinity); `empty` stands for an empty body."""
-    if not body.strip() and empty is not ...:
-        return empty
-    try:
-        return json.loads(body.decode("utf-8"), parse_constant=reject_constant)
-    except UnicodeDecodeError as exc:
-        raise fail(400, f"body is not UTF-8 (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise fail(400, f"body is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    except RecursionError:
-        raise fail(400, "body is not valid JSON: nested too deeply") from None
-
-
-def task_id_of(request: Request) -> str:
-    task_id = str(request.path_params["task_id"])
-    if not is_valid_id(task_id):
-        raise fail(404, "unknown task id")
-    return task_id
-
-
-def queue_of(request: Request, must_exist: bool = True) -> QueueDirs:
-    try:
-        name = check_queue_name(str(request.path_params["queue"]))
-    except InvalidQueueName:
-        raise fail(404, "unknown queue") from None
-    dirs = QueueDirs(web_state(request).settings.root, name)
-    if must_exist and not dirs.base.is_dir():
-        raise fail(404, f"unknown queue: {name}")
-    return dirs
-
-
-def duration_param(request: Request, name: str) -> float | None:
-    text = request.query_params.get(name) or None
-    if text is None:
-        return None
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise fail(400, f"{name}: {exc}") from None
-
-
-def page_query(request: Request, state: str) -> PageQuery:
-    """The page a request asks for (state, task, since, older_than, after, limit)."""
-    if state not in STATES:
-        raise fail(400, f"state must be one of {', '.join(STATES)}")
-    params = request.query_params
-    limit_text = params.get("limit") or "50"
-    if not limit_text.isdigit() or not 0 < int(limit_text) <= PAGE_SIZE_MAX:
-        raise fail(400, f"limit must be a number from 1 to {PAGE_SIZE_MAX}")
-    return PageQuery(
-        state=state,
-        task=params.get("task") or None,
-        since_seconds=duration_param(request, "since"),
-        older_than_seconds=duration_param(request, "older_than"),
-        after=params.get("after") or None,
-        size=int(limit_text),
-    )
-
-
-# ---- what the pages and the API show ----------------------------------------------------
-
-
-def running_by_worker(state: WebState) -> dict[str, list[dict[str, Any]]]:
-    """Each worker's claims in processing/: {worker id: [{queue, id, task, file}]}."""
-    root = state.settings.root
-    running: dict[str, list[dict[str, Any]]] = {}
-    for queue in existing_queues(root):
-        dirs = QueueDirs(root, queue)
-        page = task_page(state.lister, dirs, PageQuery("processing", size=PAGE_SIZE_MAX))
-        for item in page.rows:
-            parts = split_processing(item["file"])
-            if parts is None:
-                continue
-            worker = parts[1]
-            running.setdefault(worker, []).append(
-                {
-                    "queue": queue,
-                    "id": item["id"],
-                    "task": item["task"],
-                    "file": parts[0],
-                    "attempt": item.get("attempt"),
-                    "running_seconds": item.get("running_seconds"),
-                }
-            )
-    return running
-
-
-def overview(state: WebState) -> dict[str, Any]:
-    """GET /api/queues: spool status, plus throughput per queue and what each worker runs."""
-    state.rates.sample()
-    data = spool_status(state.settings.root)
-    for queue, counts in data["queues"].items():
-        counts["finished_per_minute"] = state.rates.series(queue)
-        counts["runtime_per_minute"] = state.rates.runtimes(queue)  # [p50, p95] or null
-        counts["paused_info"] = manage.paused_info(QueueDirs(state.settings.root, queue))
-    running = running_by_worker(state)
-    for worker in data["workers"]:
-        worker["running"] = running.get(str(worker["id"]), [])
-    return data
 
 
 # ---- endpoints ---------------------------------------------------------------------------
@@ -485,4 +311,4 @@ def api_routes() -> list[Route]:
     ]
 
 
-__all__ = ["WebState", "api_routes", "overview"]
+__all__ = ["api_routes"]

@@ -1,9 +1,10 @@
 """`spool web`: the dashboard and the HTTP intake, one Starlette app served by uvicorn.
 
 Pages (server-rendered with Jinja2, refreshed in place by static/app.js, which fetches the
-same page with ?partial=1 every two seconds): the overview, a queue's tasks per state, one
-task. Actions on them go through the JSON API (webapi.py) with the bearer token the operator
-typed into the page (kept in sessionStorage); the app sets no cookies.
+same page with ?partial=1 every two seconds): the overview, a queue's tasks per state (its
+failures grouped), one task, a batch, search results, the API's document. Actions on them go
+through the JSON API (api.py) with the bearer token the operator typed into the page (kept in
+sessionStorage); the app sets no cookies.
 
 Safety: it binds 127.0.0.1 unless told otherwise and refuses a non-loopback address without a
 token; on loopback it answers only to loopback Host names (no DNS rebinding); every error is a
@@ -43,7 +44,9 @@ from spool.inspect.workflow import links_of
 from spool.layout import STATES, QueueDirs, check_queue_name
 from spool.lookup import locate, read_found
 from spool.web import views
-from spool.web.api import WebState, api_routes, overview, page_query, web_state
+from spool.web.api import api_routes
+from spool.web.overview import overview
+from spool.web.requests import WebState, page_query, web_state
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 OUTPUT_SHOWN_BYTES = 16 * 1024  # of the last attempt's output, on the task page
