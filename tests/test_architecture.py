@@ -18,7 +18,7 @@ LAYERS = [  # bottom first, as in docs/architecture.md
     ("settings", "config notify_config"),
     ("way in", "producer unique manifest signature registry chain"),
     ("way through", "worker attempt queues claim claimed workers index watch execute output "
-     "context taskcode recorder finish conclude recovery lease cluster settle retention "
+     "context taskcode recorder decision finish conclude recovery lease cluster settle retention "
      "events stats counts manage lookup reload followup workflow batches rates caps"),
     ("read side", "inspect"),
     ("deploy", "deploy"),
