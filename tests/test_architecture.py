@@ -19,7 +19,7 @@ LAYERS = [  # bottom first, as in docs/architecture.md
     ("way in", "producer unique manifest signature registry chain"),
     ("way through", "worker attempt queues claim claimed workers index watch execute output "
      "context taskcode recorder decision finish conclude recovery lease cluster settle retention "
-     "events stats counts manage lookup reload followup workflow batches rates caps"),
+     "events stats counts manage lookup reload followup workflow batches rates caps eager"),
     ("read side", "inspect"),
     ("deploy", "deploy"),
     ("services", "services"),
