@@ -1,4 +1,8 @@
-"""Spool: the facade a program uses: configuration, task registration, enqueue, wait, status."""
+"""Spool: the facade a program uses: configuration, task registration, enqueue, wait, status.
+
+Enqueue goes through spool.producer (spool.batches, spool.chain), wait and show find tasks
+through spool.lookup, status is spool.inspect's; eager mode runs tasks in spool.eager.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
-from spool import batches, context, producer
+from spool import batches, producer
 from spool.chain import Step, chain_ids, chain_task
 from spool.config import Settings, load_settings
-from spool.context import context_fields
-from spool.envelope import FieldError, follow_up_id, is_int, parse_rate
-from spool.errors import ConfigError, TaskFailed, TaskNotFound, UnknownTask, WaitTimeout, error_dict
+from spool.eager import EagerRunner
+from spool.errors import TaskFailed, TaskNotFound, WaitTimeout
 from spool.inspect.beside import progress_of
 from spool.inspect.status import spool_status
 from spool.inspect.workflow import links_of
 from spool.layout import QueueDirs
 from spool.lookup import finished, locate, locate_many, read_found
 from spool.manifest import Catalog, CatalogCache
-from spool.registry import Registry, Task, TaskOptions, exception_names
+from spool.registry import (
+    Registry,
+    Task,
+    TaskOptions,
+    checked_concurrency,
+    checked_rate,
+    exception_names,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,7 +42,7 @@ class Spool:
 
     `Spool(root=...)` uses defaults for the rest; `Spool.from_config()` follows the config
     rules (flags > environment > conf/spool.toml). With `eager=True`, enqueue runs the task
-    at once in this process, for tests and scripts.
+    at once in this process, for tests and scripts (see spool.eager).
     """
 
     def __init__(
@@ -49,7 +59,7 @@ class Spool:
         self.settings = settings
         self.eager = eager
         self.registry = Registry()
-        self.eager_results: dict[str, dict[str, Any]] = {}
+        self.eager_runner = EagerRunner(settings, self.registry)
         self.catalogs = CatalogCache(settings.root)
 
     @classmethod
@@ -168,7 +178,7 @@ class Spool:
         """
         task = producer.build_task(name, args, kwargs, **options)
         if self.eager:
-            return self.run_eager(task)
+            return self.eager_runner.run(task)
         return producer.enqueue(self.settings, task, queue, catalog=self.catalog(), check=check)
 
     def enqueue_many(
@@ -179,7 +189,7 @@ class Spool:
         Raises: InvalidTask; DiskFault (full disk: none of them was written).
         """
         if self.eager:
-            return [self.run_eager(dict(task)) for task in tasks]
+            return [self.eager_runner.run(dict(task)) for task in tasks]
         return producer.enqueue_many(
             self.settings, tasks, queue, catalog=self.catalog(), check=check
         )
@@ -213,25 +223,11 @@ class Spool:
             if value is not None
         }
         if self.eager:
-            return self.run_eager_batch(members, callbacks, batch_id)
-        made, ids = batches.enqueue_batch(
-            self.settings, members, callbacks, batch_id, catalog=self.catalog(), check=check
-        )
-        return Batch(made, ids)
-
-    def run_eager_batch(
-        self, members: list[dict[str, Any]], callbacks: dict[str, list[Any]], batch_id: str | None
-    ) -> Batch:
-        """Run a batch's members, then its callbacks, at once (eager mode)."""
-        made = batch_id or f"eager-batch-{len(self.eager_results) + 1}"
-        ids = [self.run_eager(dict(member)) for member in members]
-        failed = sum(1 for i in ids if "error" in self.eager_results[i])
-        total = len(ids)
-        summary = {"id": made, "total": total, "done": total - failed, "failed": failed}
-        summary.update(pending=0, complete=True)
-        for key, kind in batches.CALLBACKS:
-            if key in ("finally", "then" if failed == 0 else "on_failure"):
-                self.run_eager_follow_ups(callbacks.get(key), made, kind, summary)
+            made, ids = self.eager_runner.run_batch(members, callbacks, batch_id)
+        else:
+            made, ids = batches.enqueue_batch(
+                self.settings, members, callbacks, batch_id, catalog=self.catalog(), check=check
+            )
         return Batch(made, ids)
 
     def batch_status(self, batch_id: str) -> batches.Summary:
@@ -242,53 +238,6 @@ class Spool:
         """The published tasks, with those registered in this process winning."""
         local = {name: task.described for name, task in self.registry.tasks.items()}
         return self.catalogs.current(time.monotonic()).with_local(local)
-
-    def run_eager(self, task: dict[str, Any]) -> str:
-        handle = self.registry.get(task["task"])
-        if handle is None:
-            raise UnknownTask(task["task"], "not registered with this Spool (eager mode)")
-        task_id = str(task.get("id") or f"eager-{len(self.eager_results) + 1}")
-        task["id"] = task_id
-        s = self.settings
-        max_retries = first(task.get("max_retries"), handle.options.max_retries, s.max_retries)
-        timeout = first(task.get("timeout"), handle.options.timeout, s.timeout_seconds)
-        fields = context_fields(
-            task,
-            handle.options.queue,
-            "eager",
-            int(max_retries),
-            float(timeout),
-            time.time(),
-            beside=None,
-            tmp=None,
-        )
-        fields["retries_left"] = 0  # (eager mode runs a task once)
-        token = context.begin(fields)
-        try:
-            result = handle.fn(*task.get("args", []), **task.get("kwargs", {}))
-        except Exception as exc:
-            self.eager_results[task_id] = {"error": error_dict(type(exc).__name__, str(exc))}
-        else:
-            self.eager_results[task_id] = {"result": result}
-        finally:
-            progress = context.end(token)
-        if progress is not None:
-            self.eager_results[task_id]["progress"] = progress
-        outcome = self.eager_results[task_id]
-        if "result" in outcome:
-            self.run_eager_follow_ups(task.get("then"), task_id, "then", outcome["result"])
-        else:
-            specs = task.get("then_on_failure")
-            self.run_eager_follow_ups(specs, task_id, "fail", outcome["error"])
-        return task_id
-
-    def run_eager_follow_ups(self, specs: Any, cause: str, kind: str, value: Any) -> None:
-        """Run follow-ups at once, as a worker would enqueue them (eager mode)."""
-        for number, spec in enumerate(specs if isinstance(specs, list) else [], 1):
-            follow = {k: v for k, v in spec.items() if k != "pass_result"}
-            if spec.get("pass_result") is True:
-                follow["args"] = [value, *follow.get("args", [])]
-            self.run_eager({**follow, "id": follow_up_id(cause, kind, number)})
 
     # ---- reading ---------------------------------------------------------------------
 
@@ -317,7 +266,7 @@ class Spool:
         Raises: TaskFailed (it ended in failed/), WaitTimeout (a TimeoutError), TaskNotFound.
         """
         if self.eager:
-            return self.eager_outcome(task_id)
+            return outcome_of(task_id, self.eager_runner.info(task_id))
         deadline = None if timeout is None else time.monotonic() + timeout
         found = locate(self.root, task_id)
         if found is None:
@@ -381,12 +330,6 @@ class Spool:
                     yield from ((task_id, None) for task_id in pending if task_id not in now_at)
                     pending = now_at
 
-    def eager_outcome(self, task_id: str) -> Any:
-        outcome = self.eager_results.get(task_id)
-        if outcome is None:
-            raise TaskNotFound(task_id)
-        return outcome_of(task_id, {"state": "failed" if "error" in outcome else "done", **outcome})
-
     def status(self) -> dict[str, Any]:
         """Counts per queue and state, oldest waiting age, live workers (`spool status --json`)."""
         return spool_status(self.root)
@@ -409,23 +352,6 @@ def as_task_objects(value: Callbacks) -> list[Any]:
     return [item.to_task() if isinstance(item, Step) else dict(item) for item in items]
 
 
-def checked_rate(rate: str | None) -> str | None:
-    """A task's `rate=` as given, once it parses. Raises: ConfigError."""
-    if rate is not None:
-        try:
-            parse_rate(rate)
-        except FieldError as exc:
-            raise ConfigError(f"@app.task(rate={rate!r}): {exc}") from None
-    return rate
-
-
-def checked_concurrency(concurrency: int | None) -> int | None:
-    """A task's `concurrency=`, once it is a whole number >= 1. Raises: ConfigError."""
-    if concurrency is not None and not (is_int(concurrency) and concurrency >= 1):
-        raise ConfigError(f"@app.task(concurrency={concurrency!r}): must be an integer >= 1")
-    return concurrency
-
-
 def outcome_of(task_id: str, info: Mapping[str, Any]) -> Any:
     if info["state"] == "done":
         return info.get("result")
@@ -434,8 +360,3 @@ def outcome_of(task_id: str, info: Mapping[str, Any]) -> Any:
         "message": (info.get("rejected") or {}).get("reason", "rejected"),
     }
     raise TaskFailed(task_id, error)
-
-
-def first(*values: Any) -> Any:
-    """The first value that is not None."""
-    return next(v for v in values if v is not None)

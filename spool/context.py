@@ -14,7 +14,7 @@ value travels back with the attempt's reply and stays in the task file.
 A handler asks for an end by raising: `Retry` sends the task to delayed/ for `after` seconds
 (the backoff when None); it spends a retry unless `count=False` (a release), and releases are
 bounded too: after MAX_RELEASES of them a release spends a retry like any other. `Fail` sends
-it to failed/ at once, without retries. The worker decides (see finish.decide) and writes the
+it to failed/ at once, without retries. The worker decides (see decision.decide) and writes the
 decision with its reason in the attempt's history entry and the completion event.
 """
 

@@ -155,7 +155,7 @@ def validate_fields(obj: TaskDict) -> None:
     ):
         raise FieldError(f"field 'unique_key' must be a string of 1-{UNIQUE_KEY_MAX} characters")
     expect(obj, "history", list, "an array")
-    for key in ("retry_on", "no_retry_on"):  # exception type names (see finish.RetryPolicy)
+    for key in ("retry_on", "no_retry_on"):  # exception type names (see decision.RetryPolicy)
         if key in obj and not (
             isinstance(obj[key], list) and all(isinstance(v, str) and v for v in obj[key])
         ):

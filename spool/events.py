@@ -77,7 +77,7 @@ def build_event(
     else:
         event["error"] = task.get("error") or last_error(task)
         decision = last_entry(task).get("decision")
-        if decision is not None:  # what was decided, and why (see finish.decide)
+        if decision is not None:  # what was decided, and why (see decision.decide)
             event["decision"] = decision
     if status == "retry":
         event["retry_at"] = task.get("retry_at")

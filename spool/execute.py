@@ -59,7 +59,7 @@ class Outcome:
     result: JSON = None
     error: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False  # the worker was told to stop now: put the task back
-    lost: bool = False  # the handler process died during the attempt (see finish.lose)
+    lost: bool = False  # the handler process died during the attempt (see decision.lose)
     cancelled: bool = False  # an operator cancelled the running task (see manage.cancel)
     asked: dict[str, JSON] | None = None  # what the handler raised for: spool.Retry or Fail
     kinds: tuple[str, ...] = ()  # the error's type and its bases, by name (retry_on)

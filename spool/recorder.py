@@ -21,11 +21,12 @@ import time
 from dataclasses import dataclass
 
 from spool.claim import Claim
+from spool.decision import RetryPolicy
 from spool.envelope import TaskDict
 from spool.events import Outbox
 from spool.execute import Outcome
 from spool.faults import Backoff, Complaint, describe, is_disk_fault
-from spool.finish import Committer, RetryPolicy, Verdict, verdict_of, write_verdict
+from spool.finish import Committer, Verdict, verdict_of, write_verdict
 from spool.lease import LeaseKeeper
 from spool.stats import WorkerStats
 from spool.workers import WorkerLock

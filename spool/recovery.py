@@ -3,7 +3,7 @@
 Every `recover_seconds` it takes over the claims of dead workers (see claim.abandoned; on one
 host: whose lock is free; in shared mode: whose lease ran out, see spool.lease) and sends each
 task back to incoming/ with attempts + 1 and lost + 1, or to failed/ when it was lost too often
-(its `max_lost`, or once for an `at_most_once` task; see finish.lose), or drops
+(its `max_lost`, or once for an `at_most_once` task; see decision.lose), or drops
 the claim when the task's outcome was already written; on one host it kills what a dead
 worker's handler left running. Every half minute it deletes the lock and info files of dead
 workers that own no claim, and folds their counts into the archive.
@@ -19,10 +19,11 @@ from pathlib import Path
 
 from spool import caps, envelope, stats
 from spool.claim import Claim, abandoned
+from spool.decision import RetryPolicy
 from spool.envelope import FieldError, TaskDict
 from spool.events import Outbox
 from spool.faults import Complaint
-from spool.finish import RetryPolicy, recover
+from spool.finish import recover
 from spool.fsio import UnreadableFile, list_names, read_regular
 from spool.index import QueueIndex
 from spool.layout import QueueDirs, existing_queues, split_processing

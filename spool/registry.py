@@ -118,6 +118,23 @@ def exception_names(option: str, kinds: Iterable[type | str]) -> tuple[str, ...]
     return tuple(found)
 
 
+def checked_rate(rate: str | None) -> str | None:
+    """A task's `rate=` as given, once it parses. Raises: ConfigError."""
+    if rate is not None:
+        try:
+            parse_rate(rate)
+        except FieldError as exc:
+            raise ConfigError(f"@app.task(rate={rate!r}): {exc}") from None
+    return rate
+
+
+def checked_concurrency(concurrency: int | None) -> int | None:
+    """A task's `concurrency=`, once it is a whole number >= 1. Raises: ConfigError."""
+    if concurrency is not None and not (is_int(concurrency) and concurrency >= 1):
+        raise ConfigError(f"@app.task(concurrency={concurrency!r}): must be an integer >= 1")
+    return concurrency
+
+
 def valid_rate(value: JSON) -> str | None:
     """A rate as registered, or None for a missing or malformed one (a foreign manifest)."""
     try:

@@ -17,10 +17,10 @@ from typing import Any
 
 from spool.caps import Cap
 from spool.config import Settings
+from spool.decision import RetryPolicy
 from spool.envelope import JSON, TaskDict, parse_rate
 from spool.errors import ConfigError
 from spool.execute import Executor
-from spool.finish import RetryPolicy
 from spool.layout import output_scratch
 from spool.manifest import CatalogCache, publish, unknown_fate
 from spool.output import Scratch

@@ -1,7 +1,7 @@
 """The worker loop: wake or rescan, promote due tasks, claim the next one, run it, finish it.
 
 One worker process serves one or more queues (all of them by default), one attempt at a time,
-through its handler process (see execute). It holds its liveness lock (see workers) from start to
+through its handler process (see attempt). It holds its liveness lock (see workers) from start to
 exit (in shared mode, several hosts: it renews the lease of each claim instead, and lists
 incoming/ every poll interval; see spool.cluster). Signals: the first SIGTERM/SIGINT stops
 claiming and lets the running attempt finish (bounded by its timeout), then the worker exits 0;
@@ -18,31 +18,28 @@ waits for it too, and a second one leaves the claim to recovery (at least once).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from spool import batches, caps, envelope, rates, signals
+from spool import batches, envelope, signals
+from spool.attempt import Attempts
 from spool.claim import Claim
 from spool.claimed import Aside, NotRunnable, read_claimed
 from spool.cluster import is_shared
 from spool.config import Settings
-from spool.context import context_fields
 from spool.counts import Recounter
-from spool.envelope import TaskDict
 from spool.errors import ConfigError
 from spool.events import outbox_for
 from spool.finish import Committer
-from spool.layout import output_scratch, queue_dirs
+from spool.layout import queue_dirs
 from spool.lease import LeaseKeeper
 from spool.queues import Queues
-from spool.recorder import Pending, Recorder
+from spool.recorder import Recorder
 from spool.recovery import Recovery
 from spool.retention import Retention
 from spool.settle import Settling
@@ -124,6 +121,16 @@ class Worker:
         self.recorder = Recorder(self.committer, self.outbox, self.stats, self.lock, self.leases)
         self.settling = Settling(trust_mtime=not self.shared)
         self.aside = Aside(self.queues, self.leases, self.code, self.stats, self.worker_id)
+        self.attempts = Attempts(
+            settings.root,
+            self.worker_id,
+            self.code,
+            self.stats,
+            self.aside,
+            self.recorder,
+            self.stopping,
+            lambda: self.hard_stop,
+        )
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -174,8 +181,7 @@ class Worker:
                 self.leases.stop()
             self.stats.flush(time.time(), force=True)
             self.code.executor.stop()
-            with contextlib.suppress(OSError):  # (the last attempt's output is beside its task)
-                output_scratch(self.settings.root, self.worker_id).unlink(missing_ok=True)
+            self.attempts.drop_scratch()
             self.watcher.stop()
             self.lock.release()
             log.info("worker %s stopped", self.worker_id)
@@ -341,86 +347,10 @@ class Worker:
         if envelope.due_at(task) > now:
             self.aside.put_off(taken, task)
             return
-        with self.seated(taken, task, now_mono) as seated:
-            if seated and self.slot_for(taken, task, now, now_mono):
-                self.attempt(taken, task)
-
-    def attempt(self, taken: Claim, task: TaskDict) -> None:
-        """Run the task's handler once and hand its outcome to the recorder."""
-        policy = self.code.policy_for(task)
-        attempt = int(task.get("attempts", 0)) + 1
-        fields = self.log_fields(taken, task, attempt)
-        log.info("claimed %s", fields)
-        timeout = self.code.timeout_for(task)
-        dirs = taken.dirs
-        beside = f"{dirs.attempts}/{task['id']}"  # (dirs.beside, as text: a hot path)
-        request = {
-            "task": task["task"],
-            "args": task.get("args", []),
-            "kwargs": task.get("kwargs", {}),
-            "context": context_fields(
-                task,
-                dirs.name,
-                self.worker_id,
-                policy.max_retries,
-                timeout,
-                time.time(),
-                beside,
-                str(dirs.tmp),
-            ),
-            "log": f"{beside}/{attempt}.log",
-        }
-        outcome = self.code.executor.run(
-            request,
-            timeout,
-            lambda: self.hard_stop,
-            self.recorder.record_pending,
-            beside,
-        )
-        if outcome.interrupted:
-            self.aside.release(taken)
-            log.warning("released %s (stopped during the attempt)", fields)
-            return
-        self.recorder.defer(Pending(taken, task, outcome, policy, fields))  # (see recorder)
-
-    @contextmanager
-    def seated(self, taken: Claim, task: TaskDict, now_mono: float) -> Iterator[bool]:
-        """Hold a seat of the task's concurrency cap while the block runs (see spool.caps);
-        yield False (the task went back to incoming/, no attempt) when every seat is taken."""
-        cap = self.code.cap_for(task)
-        if cap is None:
-            yield True
-            return
-        seat = caps.take_seat(self.settings.root, cap, str(task["id"]), self.worker_id)
-        if seat is None:
-            self.stats.record(taken.dirs.name, "cap_waits")
-            self.aside.hold_for_slot(taken, cap.key, caps.RETRY_SECONDS, now_mono)
-            yield False
-            return
-        try:
-            yield True
-        finally:  # CRASH: a dead worker's seat is freed by whoever recovers its claim
-            caps.leave_seat(seat)
-
-    def slot_for(self, taken: Claim, task: TaskDict, now: float, now_mono: float) -> bool:
-        """Whether the task may start now, after an in-memory wait for its rate slot (see
-        spool.rates); if not, it went back to incoming/ unchanged. Neither is an attempt."""
-        limit = self.code.limit_for(task, taken.dirs.name)
-        if limit is None:
-            return True
-        got = rates.reserve(self.settings.root, limit, str(task["id"]), now)
-        if got.start_at is None or got.start_at > now:
-            self.stats.record(taken.dirs.name, "rate_waits")
-        if got.start_at is None:
-            self.aside.hold_for_slot(taken, limit.key, got.retry_at - now, now_mono)
-            return False
-        if got.start_at > now:
-            self.recorder.record_pending()  # (the last outcome does not wait with us)
-            self.stopping.wait(max(0.0, got.start_at - time.time()))  # a stop wakes it
-            if self.stopping.is_set():
-                self.aside.release(taken)
-                return False
-        return True
+        attempts = self.attempts
+        with attempts.seated(taken, task, now_mono) as seated:
+            if seated and attempts.slot_for(taken, task, now, now_mono):
+                attempts.attempt(taken, task)
 
     def write_before_stopping(self) -> None:
         """Stopping with outcomes the disk refused: keep trying until they are written or a
@@ -433,9 +363,6 @@ class Worker:
         while self.recorder.write_unwritten(time.monotonic()) and not self.hard_stop:
             self.wakeup.wait(self.recorder.next_try(time.monotonic()))
             self.wakeup.clear()
-
-    def log_fields(self, taken: Claim, task: TaskDict, attempt: int) -> str:
-        return f"queue={taken.dirs.name} id={task['id']} task={task['task']} attempt={attempt}"
 
     # ---- task code -------------------------------------------------------------------
 

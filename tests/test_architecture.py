@@ -17,9 +17,9 @@ LAYERS = [  # bottom first, as in docs/architecture.md
     ("the disk", "layout fsio envelope faults mounts"),
     ("settings", "config notify_config"),
     ("way in", "producer unique manifest signature registry chain"),
-    ("way through", "worker queues claim claimed workers index watch execute output context "
-     "taskcode recorder finish conclude recovery lease cluster settle retention events stats "
-     "counts manage lookup reload followup workflow batches rates caps"),
+    ("way through", "worker attempt queues claim claimed workers index watch execute output "
+     "context taskcode recorder decision finish conclude recovery lease cluster settle retention "
+     "events stats counts manage lookup reload followup workflow batches rates caps eager"),
     ("read side", "inspect"),
     ("deploy", "deploy"),
     ("services", "services"),

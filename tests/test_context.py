@@ -13,9 +13,9 @@ import pytest
 import spool
 from spool import Spool
 from spool.context import MAX_RELEASES
+from spool.decision import RetryPolicy, decide
 from spool.events import build_event
 from spool.execute import Outcome
-from spool.finish import RetryPolicy, decide
 from spool.layout import QueueDirs, split_delayed
 from spool.manifest import Catalog
 from tests.conftest import names, wait_until

@@ -1,11 +1,11 @@
-"""The decisions of finish, with the time passed in: retries spent by failed attempts only,
-lost attempts bounded by max_lost, at_most_once."""
+"""The decisions on an attempt (see spool.decision), with the time passed in: retries spent
+by failed attempts only, lost attempts bounded by max_lost, at_most_once."""
 
 from __future__ import annotations
 
+from spool.decision import RetryPolicy, after_attempt, lose
 from spool.errors import error_dict
 from spool.execute import Outcome
-from spool.finish import RetryPolicy, after_attempt, lose
 
 NOW = 1_800_000_000.0
 WORKER = "host-1-abc"

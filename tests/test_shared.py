@@ -18,7 +18,7 @@ import pytest
 
 from spool import Spool
 from spool.config import load_settings
-from spool.finish import RetryPolicy
+from spool.decision import RetryPolicy
 from spool.index import QueueIndex
 from spool.layout import canonical_name, queue_dirs
 from spool.lease import LeaseKeeper, LeaseWatch

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from spool import Spool
-from spool.finish import RetryPolicy
+from spool.decision import RetryPolicy
 from tests.conftest import PROJECT_DIR, names, run_burst, wait_until
 from tests.test_intake import drop
 

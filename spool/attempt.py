@@ -1,0 +1,137 @@
+"""An attempt: what it takes to start one run of a claimed task's handler, and the run itself.
+
+A claimed, due task starts only with a seat of its concurrency cap (see spool.caps), held while
+the attempt runs, and then its rate slot (see spool.rates), perhaps after an in-memory wait that
+a stop signal cuts short; without either it goes back to incoming/ unchanged, and that is no
+attempt. An attempt sends the handler process (see execute) its request: the task's arguments,
+the context fields a handler sees through `spool.current()`, the path of its log beside the
+task; it hands the outcome to the recorder, or, stopped in the middle, puts the task back in
+incoming/ unchanged. While it runs, its output goes to the worker's scratch file (see
+layout.output_scratch), which the worker removes when it stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from spool import caps, rates
+from spool.claim import Claim
+from spool.claimed import Aside
+from spool.context import context_fields
+from spool.envelope import TaskDict
+from spool.layout import output_scratch
+from spool.recorder import Pending, Recorder
+from spool.stats import WorkerStats
+from spool.taskcode import TaskCode
+
+log = logging.getLogger("spool.worker")  # these lines are the worker's
+
+
+@dataclass
+class Attempts:
+    """One worker's attempts, one at a time: seats, rate slots, the handler's request, and the
+    outcome handed to the recorder. `stopping` and `stopped_hard` are the worker's stop signals
+    (the first ends a wait for a rate slot, the second also the running attempt)."""
+
+    root: Path
+    worker_id: str
+    code: TaskCode
+    stats: WorkerStats
+    aside: Aside
+    recorder: Recorder
+    stopping: threading.Event
+    stopped_hard: Callable[[], bool]
+
+    def attempt(self, taken: Claim, task: TaskDict) -> None:
+        """Run the task's handler once and hand its outcome to the recorder."""
+        policy = self.code.policy_for(task)
+        attempt = int(task.get("attempts", 0)) + 1
+        fields = log_fields(taken, task, attempt)
+        log.info("claimed %s", fields)
+        timeout = self.code.timeout_for(task)
+        dirs = taken.dirs
+        beside = f"{dirs.attempts}/{task['id']}"  # (dirs.beside, as text: a hot path)
+        request = {
+            "task": task["task"],
+            "args": task.get("args", []),
+            "kwargs": task.get("kwargs", {}),
+            "context": context_fields(
+                task,
+                dirs.name,
+                self.worker_id,
+                policy.max_retries,
+                timeout,
+                time.time(),
+                beside,
+                str(dirs.tmp),
+            ),
+            "log": f"{beside}/{attempt}.log",
+        }
+        outcome = self.code.executor.run(
+            request,
+            timeout,
+            self.stopped_hard,
+            self.recorder.record_pending,
+            beside,
+        )
+        if outcome.interrupted:
+            self.aside.release(taken)
+            log.warning("released %s (stopped during the attempt)", fields)
+            return
+        self.recorder.defer(Pending(taken, task, outcome, policy, fields))  # (see recorder)
+
+    @contextmanager
+    def seated(self, taken: Claim, task: TaskDict, now_mono: float) -> Iterator[bool]:
+        """Hold a seat of the task's concurrency cap while the block runs (see spool.caps);
+        yield False (the task went back to incoming/, no attempt) when every seat is taken."""
+        cap = self.code.cap_for(task)
+        if cap is None:
+            yield True
+            return
+        seat = caps.take_seat(self.root, cap, str(task["id"]), self.worker_id)
+        if seat is None:
+            self.stats.record(taken.dirs.name, "cap_waits")
+            self.aside.hold_for_slot(taken, cap.key, caps.RETRY_SECONDS, now_mono)
+            yield False
+            return
+        try:
+            yield True
+        finally:  # CRASH: a dead worker's seat is freed by whoever recovers its claim
+            caps.leave_seat(seat)
+
+    def slot_for(self, taken: Claim, task: TaskDict, now: float, now_mono: float) -> bool:
+        """Whether the task may start now, after an in-memory wait for its rate slot (see
+        spool.rates); if not, it went back to incoming/ unchanged. Neither is an attempt."""
+        limit = self.code.limit_for(task, taken.dirs.name)
+        if limit is None:
+            return True
+        got = rates.reserve(self.root, limit, str(task["id"]), now)
+        if got.start_at is None or got.start_at > now:
+            self.stats.record(taken.dirs.name, "rate_waits")
+        if got.start_at is None:
+            self.aside.hold_for_slot(taken, limit.key, got.retry_at - now, now_mono)
+            return False
+        if got.start_at > now:
+            self.recorder.record_pending()  # (the last outcome does not wait with us)
+            self.stopping.wait(max(0.0, got.start_at - time.time()))  # a stop wakes it
+            if self.stopping.is_set():
+                self.aside.release(taken)
+                return False
+        return True
+
+    def drop_scratch(self) -> None:
+        """Remove the worker's output scratch file (the last attempt's output is beside its
+        task); a disk that refuses leaves it."""
+        with contextlib.suppress(OSError):
+            output_scratch(self.root, self.worker_id).unlink(missing_ok=True)
+
+
+def log_fields(taken: Claim, task: TaskDict, attempt: int) -> str:
+    return f"queue={taken.dirs.name} id={task['id']} task={task['task']} attempt={attempt}"
