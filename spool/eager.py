@@ -18,7 +18,7 @@ from spool.config import Settings
 from spool.context import context_fields
 from spool.envelope import follow_up_id
 from spool.errors import TaskNotFound, UnknownTask, error_dict
-from spool.registry import Registry
+from spool.registry import Registry, first
 
 
 @dataclass
@@ -99,8 +99,3 @@ class EagerRunner:
         if outcome is None:
             raise TaskNotFound(task_id)
         return {"state": "failed" if "error" in outcome else "done", **outcome}
-
-
-def first(*values: Any) -> Any:
-    """The first value that is not None."""
-    return next(v for v in values if v is not None)

@@ -306,3 +306,9 @@ def module_version(fn: Callable[..., Any]) -> str:
             return hashlib.sha256(f.read()).hexdigest()[:12]
     except OSError:
         return ""
+
+
+def first(*values: Any) -> Any:
+    """An option's value as it applies: the first that is not None, in the order task file,
+    handler (TaskOptions), config."""
+    return next(v for v in values if v is not None)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any
 
 from spool.caps import Cap
 from spool.config import Settings
@@ -25,7 +24,7 @@ from spool.layout import output_scratch
 from spool.manifest import CatalogCache, publish, unknown_fate
 from spool.output import Scratch
 from spool.rates import Limit
-from spool.registry import TaskOptions, task_changes
+from spool.registry import TaskOptions, first, task_changes
 from spool.signature import binding_error, render
 from spool.workers import WorkerLock, is_alive
 
@@ -200,8 +199,3 @@ class TaskCode:
 def type_names(own: JSON, registered: tuple[str, ...]) -> tuple[str, ...]:
     """A task file's own retry_on / no_retry_on (a list of names, see envelope) wins."""
     return tuple(own) if isinstance(own, list) else registered
-
-
-def first(*values: Any) -> Any:
-    """The first value that is not None."""
-    return next(v for v in values if v is not None)
