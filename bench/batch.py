@@ -1,7 +1,7 @@
 """`python -m bench.batch [--tasks N] [--reps R]`: what a batch costs. N no-op tasks drained
 by 2 workers, timed from the workers' start until the last task is done; then the same N tasks
 as one batch with a callback, timed until the callback is done (every member's end creates its
-O_EXCL marker and lists its bucket of 100; see spool.batches). Prints both and the ratio
+O_EXCL marker and lists its bucket of 100; see workflows.batches). Prints both and the ratio
 (issue 19's goal: under 2x)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Spool: the facade a program uses: configuration, task registration, enqueue, wait, status.
 
-Enqueue goes through spool.producer (spool.batches, spool.chain), wait and show find tasks
+Enqueue goes through spool.producer (workflows.batches, spool.chain), wait and show find tasks
 through spool.lookup, status is spool.inspect's; eager mode runs tasks in spool.eager.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
-from spool import batches, producer
+from spool import producer
 from spool.chain import Step, chain_ids, chain_task
 from spool.config import Settings, load_settings
 from spool.eager import EagerRunner
@@ -31,6 +31,7 @@ from spool.registry import (
     checked_rate,
     exception_names,
 )
+from spool.workflows import batches
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -215,7 +216,7 @@ class Spool:
     ) -> Batch:
         """Enqueue `tasks` (steps or task dicts) as one batch whose callbacks are enqueued once
         every member has ended: `then` if all are done, `on_failure` if any failed, `finally_`
-        either way (see spool.batches). Raises: as enqueue_many; BatchExists."""
+        either way (see workflows.batches). Raises: as enqueue_many; BatchExists."""
         members = [t.to_task() if isinstance(t, Step) else dict(t) for t in tasks]
         callbacks = {
             key: as_task_objects(value)

@@ -1,7 +1,7 @@
 """An attempt: what it takes to start one run of a claimed task's handler, and the run itself.
 
-A claimed, due task starts only with a seat of its concurrency cap (see spool.caps), held while
-the attempt runs, and then its rate slot (see spool.rates), perhaps after an in-memory wait that
+A claimed, due task starts only with a seat of its concurrency cap (see workflows.caps), held while
+the attempt runs, and then its rate slot (see workflows.rates), perhaps after an in-memory wait that
 a stop signal cuts short; without either it goes back to incoming/ unchanged, and that is no
 attempt. An attempt sends the handler process (see execute) its request: the task's arguments,
 the context fields a handler sees through `spool.current()`, the path of its log beside the
@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from spool import caps, rates
 from spool.claim import Claim
 from spool.claimed import Aside
 from spool.context import context_fields
@@ -30,6 +29,7 @@ from spool.layout import output_scratch
 from spool.recorder import Pending, Recorder
 from spool.stats import WorkerStats
 from spool.taskcode import TaskCode
+from spool.workflows import caps, rates
 
 log = logging.getLogger("spool.worker")  # these lines are the worker's
 
@@ -89,7 +89,7 @@ class Attempts:
 
     @contextmanager
     def seated(self, taken: Claim, task: TaskDict, now_mono: float) -> Iterator[bool]:
-        """Hold a seat of the task's concurrency cap while the block runs (see spool.caps);
+        """Hold a seat of the task's concurrency cap while the block runs (see workflows.caps);
         yield False (the task went back to incoming/, no attempt) when every seat is taken."""
         cap = self.code.cap_for(task)
         if cap is None:
@@ -108,7 +108,7 @@ class Attempts:
 
     def slot_for(self, taken: Claim, task: TaskDict, now: float, now_mono: float) -> bool:
         """Whether the task may start now, after an in-memory wait for its rate slot (see
-        spool.rates); if not, it went back to incoming/ unchanged. Neither is an attempt."""
+        workflows.rates); if not, it went back to incoming/ unchanged. Neither is an attempt."""
         limit = self.code.limit_for(task, taken.dirs.name)
         if limit is None:
             return True

@@ -3,7 +3,7 @@ yet enqueued; `app.chain(a.s(...), b.s(...))` nests them into one task file whos
 the next step (and so on), so the rest of the chain travels with the first task.
 
 A step does not see its parent's result unless `.with_result()` asks for it: then the parent's
-result is put first in its args (see spool.followup). The ids of the later steps are derived
+result is put first in its args (see workflows.followup). The ids of the later steps are derived
 from the first one's (see envelope.follow_up_id), so they are known at once.
 """
 

@@ -126,7 +126,7 @@ class Aside:
         )
 
     def hold_for_slot(self, taken: Claim, key: str, seconds: float, now_mono: float) -> None:
-        """A task over its rate or cap (see spool.rates, spool.caps): back to incoming/
+        """A task over its rate or cap (see workflows.rates, caps): back to incoming/
         unchanged, left alone until a slot or seat may be had."""
         self.release(taken)
         # (read again then, like a file being written in place: a burst worker waits for it)

@@ -34,7 +34,7 @@ from spool.fsio import fsync_dir, write_atomic
 from spool.layout import ERROR_SUFFIX, QueueDirs, cancelled_marker
 from spool.stats import WorkerStats
 from spool.unique import release_unique_key
-from spool.workflow import on_end
+from spool.workflows.ends import on_end
 
 COUNTER = {
     "done": "done",

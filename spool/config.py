@@ -257,7 +257,7 @@ def cluster_values(cluster: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def queue_rates(queues: Mapping[str, Any], where: str) -> dict[str, str]:
-    """The [queues.NAME] tables: each queue's `rate` (see spool.rates)."""
+    """The [queues.NAME] tables: each queue's `rate` (see workflows.rates)."""
     rates: dict[str, str] = {}
     for name, entry in queues.items():
         if not QUEUE_RE.fullmatch(name):

@@ -70,9 +70,9 @@ SPOOL_FIELDS = frozenset(
         "cancelled_at",
         "retry_on",
         "no_retry_on",
-        *("then", "then_on_failure", "pass_result", "parent"),  # (see spool.followup)
-        *("batch", "batch_index", "batch_callback"),  # (see spool.batches)
-        *("rate", "rate_key", "concurrency", "concurrency_key"),  # (see spool.rates, caps)
+        *("then", "then_on_failure", "pass_result", "parent"),  # (see workflows.followup)
+        *("batch", "batch_index", "batch_callback"),  # (see workflows.batches)
+        *("rate", "rate_key", "concurrency", "concurrency_key"),  # (see workflows.rates, caps)
     }
 )
 

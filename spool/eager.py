@@ -13,12 +13,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from spool import batches, context
+from spool import context
 from spool.config import Settings
 from spool.context import context_fields
 from spool.envelope import follow_up_id
 from spool.errors import TaskNotFound, UnknownTask, error_dict
 from spool.registry import Registry, first
+from spool.workflows import batches
 
 
 @dataclass

@@ -51,7 +51,7 @@ def derived_id(stem: str, mtime: float) -> str:
 
 def follow_up_id(cause: str, kind: str, number: int) -> str:
     """The id of the `number`-th (1-based) follow-up of kind `kind` (then, fail, or a batch's
-    callback kind) caused by the task or batch with id `cause` (see spool.followup)."""
+    callback kind) caused by the task or batch with id `cause` (see workflows.followup)."""
     task_id = f"{cause}.{kind}{number}"
     if len(task_id) <= 128:
         return task_id
@@ -188,7 +188,7 @@ FOLLOW_UP_FIELDS = ("then", "then_on_failure")
 
 def validate_follow_ups(value: JSON, key: str) -> None:
     """Check a `then` list: task objects without an id (a follow-up's id is derived from its
-    parent's, see spool.followup) or a unique_key. Raises: FieldError naming the entry."""
+    parent's, see workflows.followup) or a unique_key. Raises: FieldError naming the entry."""
     if not isinstance(value, list):
         raise FieldError(f"field '{key}' must be an array of task objects, not {json_kind(value)}")
     for number, item in enumerate(value, 1):
@@ -226,7 +226,7 @@ RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 @dataclass(frozen=True)
 class Rate:
-    """At most `count` starts per `per_seconds`, spaced evenly (see spool.rates)."""
+    """At most `count` starts per `per_seconds`, spaced evenly (see workflows.rates)."""
 
     count: float
     per_seconds: float

@@ -34,7 +34,7 @@ from spool.faults import Complaint
 from spool.fsio import list_names, sync_filesystem, write_atomic
 from spool.layout import CANCEL_FILE, QueueDirs, delayed_name
 from spool.stats import WorkerStats
-from spool.workflow import on_end
+from spool.workflows.ends import on_end
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from spool import caps, envelope, stats
+from spool import envelope, stats
 from spool.claim import Claim, abandoned
 from spool.decision import RetryPolicy
 from spool.envelope import FieldError, TaskDict
@@ -30,6 +30,7 @@ from spool.layout import QueueDirs, existing_queues, split_processing
 from spool.lease import LeaseWatch
 from spool.stats import WorkerStats
 from spool.workers import is_alive, kill_orphans, reap_dead_workers, reap_expired_workers
+from spool.workflows import caps
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Recovery:
             task.setdefault("enqueued_at", mtime)
         policy = self.policy_for(task) if task is not None else None
         state = recover(taken, task, dead, policy, now, self.outbox, self.counts)
-        if task is not None:  # (this worker alone took the claim over: see spool.caps)
+        if task is not None:  # (this worker alone took the claim over: see workflows.caps)
             caps.free_seats_of(self.root, str(task["id"]), dead, now)
         queue = index.dirs.name
         if state != "finished":

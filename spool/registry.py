@@ -46,8 +46,8 @@ class TaskOptions:
     at_most_once: bool = False  # a lost attempt goes straight to failed/
     retry_on: tuple[str, ...] = ()  # exception type names: only these are retried (empty: any)
     no_retry_on: tuple[str, ...] = ()  # exception type names never retried
-    rate: str | None = None  # at most this many starts, e.g. "10/s" (see spool.rates)
-    concurrency: int | None = None  # at most this many running at once (see spool.caps)
+    rate: str | None = None  # at most this many starts, e.g. "10/s" (see workflows.rates)
+    concurrency: int | None = None  # at most this many running at once (see workflows.caps)
     params: JSON = field(default=None, hash=False)  # see spool.signature; None: not described
     doc: str = ""
     module: str | None = None

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 
-from spool.caps import Cap
 from spool.config import Settings
 from spool.decision import RetryPolicy
 from spool.envelope import JSON, TaskDict, parse_rate
@@ -23,10 +22,11 @@ from spool.execute import Executor
 from spool.layout import output_scratch
 from spool.manifest import CatalogCache, publish, unknown_fate
 from spool.output import Scratch
-from spool.rates import Limit
 from spool.registry import TaskOptions, first, task_changes
 from spool.signature import binding_error, render
 from spool.workers import WorkerLock, is_alive
+from spool.workflows.caps import Cap
+from spool.workflows.rates import Limit
 
 log = logging.getLogger(__name__)
 HOLD_UNKNOWN_SECONDS = 10.0  # a task only other workers know is looked at again after this
@@ -170,7 +170,7 @@ class TaskCode:
         return self.policy_for(task) if task["task"] in self.tasks else None
 
     def limit_for(self, task: TaskDict, queue: str) -> Limit | None:
-        """The rate the task's start is held to (see spool.rates): the task file's `rate`, else
+        """The rate the task's start is held to (see workflows.rates): the task file's `rate`, else
         its task's `rate=`, else its queue's [queues.NAME] rate; shared under the task file's
         `rate_key`, else the task's name (or the queue's, for a queue's rate)."""
         shared = task.get("rate_key")
@@ -183,7 +183,7 @@ class TaskCode:
         return Limit(shared or f"queue:{queue}", parse_rate(queue_rate))
 
     def cap_for(self, task: TaskDict) -> Cap | None:
-        """How many tasks like this one may run at once (see spool.caps): the task file's
+        """How many tasks like this one may run at once (see workflows.caps): the task file's
         `concurrency`, else its task's `concurrency=`; under the task file's `concurrency_key`,
         else the task's name."""
         limit = task.get("concurrency") or self.options_of(task).concurrency

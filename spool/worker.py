@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from spool import batches, envelope, signals
+from spool import envelope, signals
 from spool.attempt import Attempts
 from spool.claim import Claim
 from spool.claimed import Aside, NotRunnable, read_claimed
@@ -47,6 +47,7 @@ from spool.stats import WorkerStats
 from spool.taskcode import TaskCode
 from spool.watch import Watcher
 from spool.workers import WorkerLock, new_worker_id, start_on_disk
+from spool.workflows import batches
 
 log = logging.getLogger(__name__)
 REAP_SECONDS = 30.0

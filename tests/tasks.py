@@ -283,7 +283,7 @@ def record_slowly(path: str, value: str, seconds: float) -> str:
 
 @app.task(rate="10/s")
 def rated() -> float:
-    """A task held to 10 starts a second across every worker (see spool.rates)."""
+    """A task held to 10 starts a second across every worker (see workflows.rates)."""
     return time.time()
 
 

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from spool import Spool
-from spool.batches import settle_open
 from spool.cli import cli
 from spool.errors import BatchExists
 from spool.faults import CRASH_ENV
 from spool.manage import cancel
+from spool.workflows.batches import settle_open
 from tests.conftest import TEST_CONFIG, names, run_burst, wait_until
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]

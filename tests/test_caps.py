@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spool import Spool
-from spool.caps import Cap, free_seats_of, key_dir, seats_taken, take_seat
+from spool.workflows.caps import Cap, free_seats_of, key_dir, seats_taken, take_seat
 from tests.conftest import drop_into, run_burst, wait_until
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]

@@ -14,7 +14,7 @@ from spool import Spool
 from spool.config import load_settings
 from spool.envelope import Rate
 from spool.errors import ConfigError
-from spool.rates import Limit, reserve, starts_in
+from spool.workflows.rates import Limit, reserve, starts_in
 from tests.conftest import TEST_CONFIG, drop_into, names, run_burst, wait_until
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]

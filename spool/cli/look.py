@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 from spool.app import Spool
-from spool.batches import Summary
 from spool.cli.common import (
     duration_option,
     format_age,
@@ -23,6 +22,7 @@ from spool.cli.common import (
     settings_of,
     user_errors,
 )
+from spool.workflows.batches import Summary
 
 
 @click.command()

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import click
 
-from spool import batches, producer
+from spool import producer
 from spool.cli.common import (
     Duration,
     UsageProblem,
@@ -28,6 +28,7 @@ from spool.errors import (
     SpoolError,
 )
 from spool.manifest import Catalog
+from spool.workflows import batches
 
 BATCH = 10_000
 

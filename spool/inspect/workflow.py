@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spool import batches
 from spool.errors import BatchNotFound
-from spool.followup import follow_up_ids
 from spool.lookup import locate
+from spool.workflows import batches
+from spool.workflows.followup import follow_up_ids
 
 
 def links_of(root: Path, task: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from spool import batches, manage, producer
+from spool import manage, producer
 from spool.config import parse_duration
 from spool.errors import (
     BatchExists,
@@ -51,6 +51,7 @@ from spool.web.requests import (
     task_id_of,
     web_state,
 )
+from spool.workflows import batches
 
 NO_MANIFEST = (
     "no worker has published its tasks yet: the task was not checked, and without a queue "
@@ -97,7 +98,7 @@ async def post_tasks(request: Request) -> Response:
 
 async def post_batches(request: Request) -> Response:
     """A batch: {"tasks": [...], "then", "on_failure", "finally": a task object or a list,
-    "id": a name (optional)} -> 202 {"id", "ids"} (see spool.batches)."""
+    "id": a name (optional)} -> 202 {"id", "ids"} (see workflows.batches)."""
     require_token(request)
     data = parse_json(await read_body(request))
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):

@@ -33,7 +33,6 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from spool.batches import summary
 from spool.config import Settings
 from spool.errors import BatchNotFound, SpoolError
 from spool.inspect.failures import group_failures
@@ -47,6 +46,7 @@ from spool.web import views
 from spool.web.api import api_routes
 from spool.web.overview import overview
 from spool.web.requests import WebState, page_query, web_state
+from spool.workflows.batches import summary
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 OUTPUT_SHOWN_BYTES = 16 * 1024  # of the last attempt's output, on the task page

@@ -45,11 +45,11 @@ from spool.envelope import (
 )
 from spool.errors import BatchExists, BatchNotFound, InvalidTask, Refused
 from spool.faults import crash_point, reported_as
-from spool.followup import followups_dir, send_all
 from spool.fsio import list_names, write_file
 from spool.layout import ensure_dir
 from spool.manifest import Catalog
 from spool.producer import admit, check_follow_up_names, enqueue_many
+from spool.workflows.followup import followups_dir, send_all
 
 log = logging.getLogger(__name__)
 

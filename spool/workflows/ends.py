@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spool import batches, followup
 from spool.envelope import TaskDict
 from spool.faults import crash_point
+from spool.workflows import batches, followup
 
 ENDS = frozenset({"done", "failed", "cancelled"})
 
