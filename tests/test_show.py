@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from spool import Spool
 from spool.cli import cli
-from tests.conftest import TEST_CONFIG, wait_until
+from tests.conftest import TEST_CONFIG, run_burst, wait_until
 
 Starter = Callable[..., subprocess.Popen[bytes]]
 
@@ -67,3 +67,18 @@ def test_wait_on_a_failed_task_prints_its_error_and_traceback_as_text(
     as_json = invoke(spool_root, "wait", task_id, "--json", "--timeout", "5")
     assert as_json.exit_code == 1
     assert json.loads(as_json.stdout)["type"] == "RuntimeError"
+
+
+def test_show_names_a_tasks_parent_follow_ups_and_batch(app: Spool, spool_root: Path) -> None:
+    from tests.tasks import echo
+
+    batch = app.batch([echo.s(1)], then=echo.s("all ended"))
+    first, second = app.chain(echo.s("a"), echo.s("b"))
+    assert f"then      {second} (not enqueued)" in invoke(spool_root, "show", first).stdout
+    assert run_burst(spool_root).returncode == 0
+    assert run_burst(spool_root).returncode == 0  # (the follow-ups, if the first left them)
+    assert f"then      {second} (done)" in invoke(spool_root, "show", first).stdout
+    assert f"parent    {first} (done)" in invoke(spool_root, "show", second).stdout
+    member = invoke(spool_root, "show", batch.task_ids[0]).stdout
+    assert f"batch     {batch.id} (1 of 1 ended)" in member
+    assert "extra" not in member  # (the workflow fields are spool's, not the handler's)
