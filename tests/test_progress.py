@@ -1,6 +1,6 @@
 """spool.progress(): a throttled record beside the running task (see spool.context), shown by
-`spool show`, `spool ls processing` and the dashboard's task page while it runs and kept in the
-final file."""
+`spool show`, `spool ls processing`, `spool top` and the dashboard's task and queue pages while
+it runs, and kept in the final file."""
 
 from __future__ import annotations
 
@@ -40,9 +40,15 @@ def test_progress_is_shown_while_the_task_runs_and_kept_in_the_final_file(
     assert shown["state"] == "processing"
     assert (shown["progress"]["total"], shown["progress"]["message"]) == (10, "three done")
     assert "3/10 (30%) three done" in spool_cli(spool_root, "ls", "processing")
+    assert f"{task_id}  progress_then_wait  attempt 1  for " in spool_cli(
+        spool_root, "top", "--once"
+    )
+    assert "3/10 (30%) three done" in spool_cli(spool_root, "top", "--once")
     with client_for(settings_for(spool_root)) as client:
         page = client.get(f"/tasks/{task_id}").text
+        queue_page = client.get("/queues/default?state=processing").text
     assert "3/10 (30%) three done" in page
+    assert 'data-progress data-label="progress">3/10 (30%) three done<' in queue_page
     assert "Output of attempt 1 (running)" in page
     assert "three done so far" in page
     marker.touch()

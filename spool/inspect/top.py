@@ -1,7 +1,7 @@
 """`spool top`: a live view of the spool, refreshed in place: depth per queue and state (the
 cancelled tasks beside the failed ones), tasks finished in the last minute (the workers count
-them per 10-second slot, see stats, so one frame shows a true rate) and the most recent
-failures (cancelled tasks are none)."""
+them per 10-second slot, see stats, so one frame shows a true rate), the tasks running (with
+their progress, see spool.context) and the most recent failures (cancelled tasks are none)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from spool import stats
+from spool.inspect.beside import describe_progress
 from spool.inspect.listing import Filters, list_tasks
 from spool.inspect.status import spool_status
 
@@ -26,6 +27,7 @@ def snapshot(root: Path, now: float | None = None) -> dict[str, Any]:
         "at": now,
         "status": spool_status(root, now),
         "per_minute": {q: s.finished_last_minute(now) for q, s in totals.items()},
+        "running": list_tasks(root, "processing", Filters(limit=RECENT)),
         "failures": recent_failures(root),
     }
 
@@ -60,12 +62,26 @@ def render(frame: dict[str, Any]) -> str:
         )
         for row in rows
     ]
+    lines += ["", *running_lines(frame.get("running", []))]
     lines.append("")
     lines.append("recent failures:" if frame["failures"] else "recent failures: none")
     for item in frame["failures"]:
         error = f"{item.get('error_type')}: {item.get('error_message')}"
         lines.append(f"  {item['id']}  {item['task']}  {error}"[:160])
     return "\n".join(lines)
+
+
+def running_lines(running: list[dict[str, Any]]) -> list[str]:
+    """The running tasks (the first RECENT), each with its progress when it reports one."""
+    lines = ["running:" if running else "running: none"]
+    for item in running:
+        line = f"  {item['id']}  {item['task']}  attempt {item.get('attempt', '?')}"
+        if item.get("running_seconds") is not None:
+            line += f"  for {item['running_seconds']:.0f}s"
+        if item.get("progress"):
+            line += f"  {describe_progress(item['progress'])}"
+        lines.append(line[:160])
+    return lines
 
 
 def run(

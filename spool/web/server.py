@@ -126,6 +126,7 @@ def templates() -> Jinja2Templates:
     found.env.filters["age"] = views.duration
     found.env.filters["when"] = views.instant
     found.env.filters["pretty"] = views.pretty
+    found.env.filters["progress"] = views.progress_text
     return found
 
 

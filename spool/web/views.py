@@ -242,6 +242,11 @@ def raw_file(path: Path) -> RawFile | None:
     return RawFile(size=size, text=text, shown=len(data), is_utf8=is_utf8)
 
 
+def progress_text(progress: Any) -> str:
+    """A running task's progress as a queue page's cell ("-" when it reported none)."""
+    return describe_progress(progress) if progress else "-"
+
+
 OUTPUT_SHOWN_BYTES = 16 * 1024  # of the last attempt's output, on the task page
 
 
