@@ -55,6 +55,7 @@ from typing import Any
 
 from spool import Spool
 from spool.config import load_settings
+from spool.deploy.foreground import supervisor_rpc
 from spool.deploy.supervisor import WorkerProgram, command_value, render_conf, value
 from spool.layout import QueueDirs
 
@@ -279,14 +280,9 @@ class Supervisord:
         return self.proc is not None and self.proc.poll() is None
 
     def call(self, method: str, *args: Any) -> Any:
-        from supervisor.xmlrpc import SupervisorTransport
-
-        transport = SupervisorTransport(None, None, f"unix://{self.socket}")
-        try:
-            proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-            return getattr(proxy.supervisor, method)(*args)
-        finally:
-            transport.close()
+        """supervisord's XML-RPC `method`, with the socket's name and password from `conf`."""
+        with supervisor_rpc(self.socket, self.conf) as rpc:
+            return getattr(rpc, method)(*args)
 
     def workers(self) -> list[dict[str, Any]]:
         """Supervisor's view of the worker processes ([] while it does not answer)."""

@@ -1020,7 +1020,8 @@ def test_spool_up_keeps_a_token_for_its_dashboard_streams_task_events_and_logs_n
             assert answer.status == 202
             added = json.loads(answer.read())["id"]
         assert producer.wait(added, timeout=30) == 5
-        wait_until(lambda: f"failed  default  fail  {failing}" in output.read_text(), timeout=30)
+        streamed = (f"failed  default  fail  {failing}", f"done    default  add  {added}")
+        wait_until(lambda: all(line in output.read_text() for line in streamed), timeout=30)
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
     finally:
