@@ -45,9 +45,9 @@ def wait(
     app = Spool(settings=settings_of(ctx))
     lines: dict[str, dict[str, Any]] = {}
     shown = 0
-    outcomes = progress_outcomes(app, task_ids, timeout) if progress else None
+    waiting = progress_outcomes if progress else Spool.wait_many  # (generators: nothing runs yet)
     with user_errors():
-        for task_id, info in outcomes or app.wait_many(task_ids, timeout):
+        for task_id, info in waiting(app, task_ids, timeout):
             lines[task_id] = wait_line(task_id, info)
             while shown < len(task_ids) and task_ids[shown] in lines:  # in the order given
                 show_wait_line(lines[task_ids[shown]], len(task_ids) > 1, as_json)
