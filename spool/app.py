@@ -9,17 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from spool import producer
 from spool.chain import Step, chain_ids, chain_task
 from spool.config import Settings, load_settings
-from spool.eager import EagerRunner
 from spool.errors import TaskFailed, TaskNotFound, WaitTimeout
-from spool.inspect.beside import progress_of
-from spool.inspect.status import spool_status
-from spool.inspect.workflow import links_of
 from spool.layout import QueueDirs
 from spool.lookup import finished, locate, locate_many, read_found
 from spool.manifest import Catalog, CatalogCache
@@ -31,7 +28,10 @@ from spool.registry import (
     checked_rate,
     exception_names,
 )
-from spool.workflows import batches
+
+if TYPE_CHECKING:
+    from spool.eager import EagerRunner
+    from spool.workflows.batches import Summary
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -60,8 +60,15 @@ class Spool:
         self.settings = settings
         self.eager = eager
         self.registry = Registry()
-        self.eager_runner = EagerRunner(settings, self.registry)
         self.catalogs = CatalogCache(settings.root)
+
+    # (eager mode and the read side are imported when used: a producer's or a handler
+    # process's start-up does not pay for them)
+    @cached_property
+    def eager_runner(self) -> EagerRunner:
+        from spool.eager import EagerRunner
+
+        return EagerRunner(self.settings, self.registry)
 
     @classmethod
     def from_config(
@@ -226,13 +233,17 @@ class Spool:
         if self.eager:
             made, ids = self.eager_runner.run_batch(members, callbacks, batch_id)
         else:
+            from spool.workflows import batches
+
             made, ids = batches.enqueue_batch(
                 self.settings, members, callbacks, batch_id, catalog=self.catalog(), check=check
             )
         return Batch(made, ids)
 
-    def batch_status(self, batch_id: str) -> batches.Summary:
+    def batch_status(self, batch_id: str) -> Summary:
         """A batch's progress (total, done, failed, pending). Raises: BatchNotFound."""
+        from spool.workflows import batches
+
         return batches.status(self.root, batch_id)
 
     def catalog(self) -> Catalog:
@@ -250,9 +261,13 @@ class Spool:
             raise TaskNotFound(task_id)
         shown = read_found(found)
         if found.state == "processing":  # its last progress while it runs (see spool.context)
+            from spool.inspect.beside import progress_of
+
             progress = progress_of(QueueDirs(self.root, found.queue), shown)
             if progress is not None:
                 shown["progress"] = progress
+        from spool.inspect.workflow import links_of
+
         links = links_of(self.root, shown)
         return {**shown, "workflow": links} if links else shown
 
@@ -333,6 +348,8 @@ class Spool:
 
     def status(self) -> dict[str, Any]:
         """Counts per queue and state, oldest waiting age, live workers (`spool status --json`)."""
+        from spool.inspect.status import spool_status
+
         return spool_status(self.root)
 
 

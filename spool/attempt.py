@@ -32,6 +32,7 @@ from spool.taskcode import TaskCode
 from spool.workflows import caps, rates
 
 log = logging.getLogger("spool.worker")  # these lines are the worker's
+NO_CAP = contextlib.nullcontext(True)  # (a task without a cap: no generator per attempt)
 
 
 @dataclass
@@ -87,14 +88,16 @@ class Attempts:
             return
         self.recorder.defer(Pending(taken, task, outcome, policy, fields))  # (see recorder)
 
-    @contextmanager
-    def seated(self, taken: Claim, task: TaskDict, now_mono: float) -> Iterator[bool]:
+    def seated(
+        self, taken: Claim, task: TaskDict, now_mono: float
+    ) -> contextlib.AbstractContextManager[bool]:
         """Hold a seat of the task's concurrency cap while the block runs (see workflows.caps);
         yield False (the task went back to incoming/, no attempt) when every seat is taken."""
         cap = self.code.cap_for(task)
-        if cap is None:
-            yield True
-            return
+        return NO_CAP if cap is None else self.seat(taken, task, cap, now_mono)
+
+    @contextmanager
+    def seat(self, taken: Claim, task: TaskDict, cap: caps.Cap, now_mono: float) -> Iterator[bool]:
         seat = caps.take_seat(self.root, cap, str(task["id"]), self.worker_id)
         if seat is None:
             self.stats.record(taken.dirs.name, "cap_waits")

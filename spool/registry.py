@@ -311,4 +311,7 @@ def module_version(fn: Callable[..., Any]) -> str:
 def first(*values: Any) -> Any:
     """An option's value as it applies: the first that is not None, in the order task file,
     handler (TaskOptions), config."""
-    return next(v for v in values if v is not None)
+    for value in values:  # (a loop, not a generator: the worker asks this per task)
+        if value is not None:
+            return value
+    raise ValueError("no value given")

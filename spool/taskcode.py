@@ -39,6 +39,7 @@ class TaskCode:
         self.settings, self.worker_id, self.lock = settings, worker_id, lock
         self.executor = self.new_executor()
         self.tasks: dict[str, TaskOptions] = {}
+        self.policies: dict[str, RetryPolicy] = {}  # per task name (see policy_for)
         self.reloads = 0
         self.catalogs = CatalogCache(settings.root)
 
@@ -91,6 +92,7 @@ class TaskCode:
     def loaded(self, old: dict[str, TaskOptions], new: dict[str, TaskOptions]) -> None:
         """The tasks this worker serves are now `new` (at start-up `old` is {}, and the
         "started" line names them): publish them, and log what a reload changed."""
+        self.policies.clear()
         self.publish(time.time())
         if not self.reloads:
             return
@@ -149,6 +151,16 @@ class TaskCode:
         return self.tasks.get(name) or TaskOptions(name)
 
     def policy_for(self, task: TaskDict) -> RetryPolicy:
+        """The task's retry policy: its task's (kept per name until the code is reloaded),
+        unless the task file sets its own retries, losses or exception lists."""
+        if any(field in task for field in OWN_POLICY_FIELDS):
+            return self.new_policy(task)
+        policy = self.policies.get(task["task"])
+        if policy is None:
+            policy = self.policies[task["task"]] = self.new_policy(task)
+        return policy
+
+    def new_policy(self, task: TaskDict) -> RetryPolicy:
         options = self.options_of(task)
         s = self.settings
         max_retries = first(task.get("max_retries"), options.max_retries, s.max_retries)
@@ -194,6 +206,9 @@ class TaskCode:
     def timeout_for(self, task: TaskDict) -> float:
         options = self.options_of(task)
         return float(first(task.get("timeout"), options.timeout, self.settings.timeout_seconds))
+
+
+OWN_POLICY_FIELDS = ("max_retries", "max_lost", "retry_on", "no_retry_on")  # (in a task file)
 
 
 def type_names(own: JSON, registered: tuple[str, ...]) -> tuple[str, ...]:

@@ -178,6 +178,35 @@ def test_sighup_loads_the_changed_module_in_the_same_worker(
     assert "changed a (timeout None -> 30" in line
 
 
+FLAKY_V1 = """\
+from spool import Spool
+
+app = Spool()
+
+
+@app.task(max_retries=0, retry_backoff=0)
+def flaky():
+    raise RuntimeError("not yet")
+"""
+
+
+def test_a_reload_that_changes_a_tasks_retries_applies_to_the_next_task(
+    hot: HotWorker, producer: Spool
+) -> None:
+    # (the worker keeps each task's retry policy until the code is reloaded)
+    hot.write_module(FLAKY_V1)
+    hot.start()
+    first = producer.enqueue("flaky")
+    wait_until(lambda: producer.state_of(first) == "failed", 30)
+    assert producer.show(first)["attempts"] == 1
+    hot.write_module(FLAKY_V1.replace("max_retries=0", "max_retries=2"))
+    hot.hup()
+    wait_until(lambda: hot.reloads() == 1, 30)
+    second = producer.enqueue("flaky")
+    wait_until(lambda: producer.state_of(second) == "failed", 30)
+    assert producer.show(second)["attempts"] == 3
+
+
 def test_a_removed_task_is_named_in_the_reload_line(hot: HotWorker) -> None:
     hot.write_module(V2)
     hot.start()
