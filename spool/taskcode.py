@@ -151,9 +151,10 @@ class TaskCode:
         return self.tasks.get(name) or TaskOptions(name)
 
     def policy_for(self, task: TaskDict) -> RetryPolicy:
-        """The task's retry policy: its task's (kept per name until the code is reloaded),
-        unless the task file sets its own retries, losses or exception lists."""
-        if any(field in task for field in OWN_POLICY_FIELDS):
+        """The task's retry policy: its task's (kept per registered name until the code is
+        reloaded), unless the task file sets its own retries, losses or exception lists."""
+        # (names no handler registered are not kept: files may name anything)
+        if task["task"] not in self.tasks or any(field in task for field in OWN_POLICY_FIELDS):
             return self.new_policy(task)
         policy = self.policies.get(task["task"])
         if policy is None:
