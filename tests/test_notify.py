@@ -423,6 +423,31 @@ def test_cancel_writes_a_completion_event_with_status_cancelled(
     assert written["error"]["type"] == "Cancelled"
 
 
+def test_a_running_task_cancelled_is_its_own_end_event_count_and_never_retried_in_bulk(
+    spool_root: Path, tmp_path: Path, start_worker: Callable[..., Popen]
+) -> None:
+    config = write_config(tmp_path / "c.toml", "[notify]\nevents = true\n")
+    app = producer(spool_root, config)
+    pid_file = tmp_path / "child.pid"
+    task_id = app.enqueue("spawn_and_sleep", args=[str(pid_file), 60])
+    start_worker(config=config)
+    wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", timeout=30)
+
+    def spool(*args: str) -> subprocess.CompletedProcess[str]:
+        command = spool_command(spool_root, *args, config=config)
+        return subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60)
+
+    assert spool("cancel", task_id).returncode == 0
+    [written] = [
+        json.loads((events_dir(spool_root) / e).read_bytes()) for e in pending_events(spool_root)
+    ]
+    assert (written["id"], written["status"]) == (task_id, "cancelled")
+    counts = json.loads(spool("status", "--json").stdout)["queues"]["default"]
+    assert (counts["failed"], counts["cancelled"], counts["processing"]) == (0, 1, 0)
+    assert task_id not in spool("retry", "--all-failed").stdout
+    assert app.state_of(task_id) == "failed" and app.show(task_id)["cancelled_at"] is not None
+
+
 def test_a_cancel_killed_before_it_dropped_its_claim_is_completed_by_recovery_not_run(
     spool_root: Path, tmp_path: Path
 ) -> None:
