@@ -192,22 +192,26 @@ def cancel(
             dirs = QueueDirs(root, found.queue)
             ask_to_cancel(dirs, task_id, reason)
         elif found.state in ("done", "failed"):
-            if dirs is not None and found.state == "failed" and is_cancelled(read_task(found.path)):
-                # RACE: its worker writes the file, then the marker (see finish.write_verdict)
-                if os.path.lexists(dirs.failed / cancelled_marker(found.path.name)):
-                    return found.queue
-            else:
+            if dirs is None or not ended_by_cancel(found):
                 withdraw(dirs, task_id)
                 raise NotCancellable(
                     f"task {task_id} is {found.state}: only pending or running tasks can be "
                     "cancelled"
                 )
+            # RACE: its worker writes the file, then the marker (see finish.write_verdict)
+            if os.path.lexists(dirs.failed / cancelled_marker(found.path.name)):
+                return found.queue
         if time.monotonic() >= deadline:
             raise NotCancellable(
                 f"task {task_id} is running and its worker did not stop it within "
                 f"{wait_seconds:g} s; it will when it sees the request"
             )
         time.sleep(CANCEL_POLL_SECONDS)
+
+
+def ended_by_cancel(found: Found) -> bool:
+    """Whether a finished task's file records a cancel (its worker stopped it for us)."""
+    return found.state == "failed" and is_cancelled(read_task(found.path))
 
 
 def ask_to_cancel(dirs: QueueDirs, task_id: str, reason: str) -> None:
