@@ -41,10 +41,7 @@ class Scratch:
         except OSError:
             return
         try:
-            keep_tail(fd, log_path, self.limit)
-        except OSError:  # the output is a help, never a reason to lose the outcome
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)  # (nor to mix it into the next attempt's)
+            move_tail(fd, log_path, self.limit)
         finally:
             os.close(fd)
 
@@ -89,6 +86,16 @@ def keep_tail(fd: int, dest: str, limit: int) -> None:
     os.ftruncate(fd, 0)
 
 
+def move_tail(fd: int, dest: str, limit: int) -> None:
+    """keep_tail, and on a failure (a full disk) empty `fd` all the same: the output is a
+    help, never a reason to lose the outcome, nor to mix it into the next attempt's."""
+    try:
+        keep_tail(fd, dest, limit)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+
+
 # ---- the handler process's side ----------------------------------------------------------
 
 
@@ -116,8 +123,4 @@ def end_output(log_path: JSON, limit: int) -> None:
         sys.stderr.flush()
     if not isinstance(log_path, str):
         return
-    try:
-        keep_tail(1, log_path, limit)
-    except OSError:  # a full disk: the output is lost, not the outcome
-        with contextlib.suppress(OSError):
-            os.ftruncate(1, 0)  # (nor mixed into the next attempt's)
+    move_tail(1, log_path, limit)
