@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spool.envelope import JSON
+from spool.fsio import write_atomic
 from spool.layout import FILE_MODE
 
 OUTPUT_LIMIT_BYTES = 64 * 1024
@@ -78,11 +79,10 @@ def keep_tail(fd: int, dest: str, limit: int) -> None:
     tail = read_tail(fd, limit)
     if size > limit:
         tail = CUT_NOTE + tail
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    part = f"{dest}.part"
-    with open(part, "wb") as out:
-        out.write(tail)
-    os.rename(part, dest)  # (a follower sees the whole log file or none)
+    log = Path(dest)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    # (a follower sees the whole log file or none; the temporary name is a dot-name beside it)
+    write_atomic(tail, log.parent, log, durable=False)
     os.ftruncate(fd, 0)
 
 
