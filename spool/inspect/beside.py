@@ -28,7 +28,6 @@ from spool.layout import (
 from spool.lookup import Found, locate, read_found
 
 FOLLOW_POLL_SECONDS = 0.2
-READ_CHUNK = 64 * 1024
 PROGRESS_BYTES = 64 * 1024  # a progress record is far smaller (see context.MESSAGE_MAX)
 
 
