@@ -373,9 +373,8 @@ def run_handler(tasks: dict[str, Any], request: dict[str, Any]) -> dict[str, Any
     else:
         reply = {"ok": True, "result": result}
     finally:
-        if token is not None:
-            progress = context.end(token)
-    if token is not None and progress is not None:
+        progress = None if token is None else context.end(token)
+    if progress is not None:
         reply["progress"] = progress
     return reply
 
