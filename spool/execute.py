@@ -33,11 +33,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from spool import context
 from spool.envelope import JSON
 from spool.errors import ConfigError, error_dict, exception_name
+from spool.fsio import UnreadableFile, read_regular
 from spool.layout import CANCEL_FILE
 from spool.output import OUTPUT_LIMIT_BYTES, Scratch, capture_output, end_output
 from spool.registry import TaskOptions
@@ -47,6 +49,7 @@ START_TIMEOUT_SECONDS = 120.0
 START_TRIES = 3  # a child killed before its first message is started again this often
 POLL_SLICE_SECONDS = 0.1
 HEADER = struct.Struct("!I")
+SMALL_FILE_BYTES = 64 * 1024  # a cancel request is far smaller
 
 
 @dataclass
@@ -283,10 +286,9 @@ class Executor:
 
 def cancel_reason(request: str) -> str:
     """The reason a cancel request gives (see manage.ask_to_cancel)."""
-    try:
-        with open(request, "rb") as f:
-            reason = json.loads(f.read()).get("reason")
-    except (OSError, ValueError, AttributeError):
+    try:  # (no-follow, regular files only: a FIFO planted there must not hang the worker)
+        reason = json.loads(read_regular(Path(request), SMALL_FILE_BYTES)[0]).get("reason")
+    except (OSError, UnreadableFile, ValueError, AttributeError):
         reason = None
     return f"{reason or 'cancelled'} (while it ran)"
 
@@ -371,9 +373,8 @@ def run_handler(tasks: dict[str, Any], request: dict[str, Any]) -> dict[str, Any
     else:
         reply = {"ok": True, "result": result}
     finally:
-        if token is not None:
-            progress = context.end(token)
-    if token is not None and progress is not None:
+        progress = None if token is None else context.end(token)
+    if progress is not None:
         reply["progress"] = progress
     return reply
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spool.envelope import JSON
+from spool.fsio import write_atomic
 from spool.layout import FILE_MODE
 
 OUTPUT_LIMIT_BYTES = 64 * 1024
@@ -41,10 +42,7 @@ class Scratch:
         except OSError:
             return
         try:
-            keep_tail(fd, log_path, self.limit)
-        except OSError:  # the output is a help, never a reason to lose the outcome
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)  # (nor to mix it into the next attempt's)
+            move_tail(fd, log_path, self.limit)
         finally:
             os.close(fd)
 
@@ -81,12 +79,21 @@ def keep_tail(fd: int, dest: str, limit: int) -> None:
     tail = read_tail(fd, limit)
     if size > limit:
         tail = CUT_NOTE + tail
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    part = f"{dest}.part"
-    with open(part, "wb") as out:
-        out.write(tail)
-    os.rename(part, dest)  # (a follower sees the whole log file or none)
+    log = Path(dest)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    # (a follower sees the whole log file or none; the temporary name is a dot-name beside it)
+    write_atomic(tail, log.parent, log, durable=False)
     os.ftruncate(fd, 0)
+
+
+def move_tail(fd: int, dest: str, limit: int) -> None:
+    """keep_tail, and on a failure (a full disk) empty `fd` all the same: the output is a
+    help, never a reason to lose the outcome, nor to mix it into the next attempt's."""
+    try:
+        keep_tail(fd, dest, limit)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
 
 
 # ---- the handler process's side ----------------------------------------------------------
@@ -116,8 +123,4 @@ def end_output(log_path: JSON, limit: int) -> None:
         sys.stderr.flush()
     if not isinstance(log_path, str):
         return
-    try:
-        keep_tail(1, log_path, limit)
-    except OSError:  # a full disk: the output is lost, not the outcome
-        with contextlib.suppress(OSError):
-            os.ftruncate(1, 0)  # (nor mixed into the next attempt's)
+    move_tail(1, log_path, limit)

@@ -1,6 +1,7 @@
 """Checks of the config file's TOML tables shared by every section's parser: a table with
 known keys only, a value of the expected type, a time span; each failure a ConfigError naming
-where. `parse_duration` is the one reader of time spans (config, command-line options, API)."""
+where. `parse_duration` is the one reader of time spans (config, command-line options, API);
+`split_span` cuts one into units for people (`spool ls`, the dashboard)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,15 @@ def parse_duration(value: object) -> float:
     if isinstance(value, str) and (match := DURATION_RE.fullmatch(value)):
         return float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"]
     raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 5m, 1h, 7d)")
+
+
+def split_span(seconds: float) -> tuple[int, str, int, str]:
+    """A span of a minute or more cut into its two largest units (parse_duration's), the
+    smaller one whole: 307.9 -> (5, "m", 7, "s"); 7500 -> (2, "h", 5, "m"); for people."""
+    whole = int(seconds)
+    big, small = ("d", "h") if whole >= 86400 else ("h", "m") if whole >= 3600 else ("m", "s")
+    size, small_size = int(DURATION_UNITS[big]), int(DURATION_UNITS[small])
+    return whole // size, big, whole % size // small_size, small
 
 
 def duration(data: Mapping[str, Any], key: str, where: str) -> float:

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from spool import Spool
 from spool.cli import cli
+from spool.execute import cancel_reason
 from spool.layout import QueueDirs, cancelled_marker
 from tests.conftest import TEST_CONFIG, wait_until
 
@@ -84,3 +85,16 @@ def test_cancel_of_a_finished_task_is_refused_in_one_line(
     assert result.output == (
         f"Error: task {task_id} is done: only pending or running tasks can be cancelled\n"
     )
+
+
+def test_a_cancel_request_is_read_for_its_reason_only_when_it_is_a_regular_file(
+    tmp_path: Path,
+) -> None:
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text('{"reason": "read through a symlink"}')
+    request = tmp_path / "cancel"
+    request.symlink_to(elsewhere)
+    assert cancel_reason(str(request)) == "cancelled (while it ran)"
+    request.unlink()
+    request.write_text('{"reason": "not needed any more"}')
+    assert cancel_reason(str(request)) == "not needed any more (while it ran)"

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from spool import Spool
 from spool.cli import cli
 from spool.context import PROGRESS_EVERY_SECONDS
-from spool.layout import QueueDirs
+from spool.inspect.beside import progress_of
+from spool.layout import PROGRESS_FILE, QueueDirs
 from tests.conftest import PROJECT_DIR, TEST_CONFIG, run_burst, spool_command, wait_until
 from tests.test_web import client_for, settings_for
 
@@ -93,3 +94,12 @@ def test_wait_with_progress_shows_it_then_prints_the_result(
             waiter.wait()
     assert waiter.returncode == 0
     assert json.loads(out) == "ok"
+
+
+def test_a_progress_file_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    dirs = QueueDirs(tmp_path, "default")
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text('{"done": 99}')
+    dirs.beside("t1").mkdir(parents=True)
+    (dirs.beside("t1") / PROGRESS_FILE).symlink_to(elsewhere)
+    assert progress_of(dirs, {"id": "t1", "progress": {"done": 1}}) == {"done": 1}

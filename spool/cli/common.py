@@ -18,6 +18,7 @@ from spool.errors import (
     WaitTimeout,
 )
 from spool.layout import check_queue_name, check_root
+from spool.tables import split_span
 
 
 class TimeoutExit(click.ClickException):
@@ -140,14 +141,10 @@ def format_age(seconds: float) -> str:
     """A short time span: 0.4s, 42s, 5m07s, 3h12m, 2d04h."""
     if seconds < 10:
         return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    big, unit, small, small_unit = split_span(seconds)
+    return f"{big}{unit}{small:02d}{small_unit}"
 
 
 def queues_of(worker: dict[str, object]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from spool.app import Spool
+from spool.app import Spool, outcome_of
 from spool.cli.common import Duration, settings_of, user_errors
 from spool.errors import SpoolError, TaskFailed, TaskNotFound
 from spool.inspect.beside import describe_progress
@@ -58,8 +58,6 @@ def wait(
 
 def wait_line(task_id: str, info: dict[str, Any] | None) -> dict[str, Any]:
     """What `spool wait` says of one task, its error printed on stderr."""
-    from spool.app import outcome_of
-
     if info is None:
         click.echo(f"Error: {TaskNotFound(task_id)}", err=True)
         return {"id": task_id, "state": "unknown"}
@@ -129,9 +127,9 @@ class ProgressShown:
         if self.bar is not None and isinstance(done, int | float):
             self.bar.label = f"{self.task_id} {value.get('message') or ''}".rstrip()
             self.bar.update(int(done) - self.bar.pos)
-        elif self.bar is None and describe_progress(value) != self.said:
-            self.said = describe_progress(value)
-            click.echo(f"{self.task_id}: {self.said}", err=True)
+        elif self.bar is None and (said := describe_progress(value)) != self.said:
+            self.said = said
+            click.echo(f"{self.task_id}: {said}", err=True)
 
     def close(self) -> None:
         if self.bar is not None:

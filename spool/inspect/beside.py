@@ -17,6 +17,7 @@ from pathlib import Path
 
 from spool.envelope import JSON, TaskDict
 from spool.errors import SpoolError, TaskNotFound
+from spool.fsio import UnreadableFile, read_regular
 from spool.layout import (
     ATTEMPT_LOG_RE,
     PROGRESS_FILE,
@@ -27,7 +28,7 @@ from spool.layout import (
 from spool.lookup import Found, locate, read_found
 
 FOLLOW_POLL_SECONDS = 0.2
-READ_CHUNK = 64 * 1024
+PROGRESS_BYTES = 64 * 1024  # a progress record is far smaller (see context.MESSAGE_MAX)
 
 
 class NoSuchAttempt(SpoolError):
@@ -140,8 +141,9 @@ def current_output(output: Output) -> bytes:
 def progress_of(dirs: QueueDirs, task: TaskDict) -> JSON:
     """The running task's last written progress (see spool.context), else the file's own."""
     try:
-        value = json.loads((dirs.beside(str(task.get("id"))) / PROGRESS_FILE).read_bytes())
-    except (OSError, ValueError):
+        data, _ = read_regular(dirs.beside(str(task.get("id"))) / PROGRESS_FILE, PROGRESS_BYTES)
+        value = json.loads(data)
+    except (OSError, UnreadableFile, ValueError):  # (a FIFO there must not hang a reader)
         return task.get("progress")
     return value if isinstance(value, dict) else task.get("progress")
 

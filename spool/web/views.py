@@ -23,10 +23,12 @@ from spool.inspect.beside import current_output, describe_progress, output_of, p
 from spool.layout import QueueDirs
 from spool.lookup import Found
 from spool.stats import DURATION_BUCKETS
+from spool.tables import split_span
 
 CHART_WIDTH, CHART_HEIGHT = 300, 64
 CHART_LEFT, CHART_BOTTOM = 40, 14  # room for the numbers of the y axis and the x axis
 RAW_LIMIT = 64 * 1024  # bytes of a rejected file shown
+UNIT_WORDS = {"d": "d", "h": "h", "m": "min", "s": "s"}  # (split_span's units, as shown)
 
 
 def instant(value: Any) -> Markup:
@@ -47,12 +49,8 @@ def duration(seconds: Any) -> str:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
         return f"{seconds:.2f} s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    if whole < 86400:
-        return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
-    return f"{whole // 86400} d {whole % 86400 // 3600:02d} h"
+    big, unit, small, small_unit = split_span(seconds)
+    return f"{big} {UNIT_WORDS[unit]} {small:02d} {UNIT_WORDS[small_unit]}"
 
 
 def pretty(value: Any) -> str:
