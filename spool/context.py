@@ -33,7 +33,7 @@ from pathlib import Path
 from spool.envelope import JSON, TaskDict
 from spool.errors import SpoolError
 from spool.fsio import write_atomic
-from spool.layout import CANCEL_FILE, PROGRESS_FILE
+from spool.layout import CANCEL_FILE, PROGRESS_FILE, ensure_dir
 
 PROGRESS_EVERY_SECONDS = 0.25
 MAX_RELEASES = 100  # Retry(count=False) that do not spend a retry, per task
@@ -161,7 +161,7 @@ class Reporter:
         if beside is None or tmp is None:
             return
         try:
-            os.makedirs(beside, exist_ok=True)
+            ensure_dir(Path(beside))  # (group access, whatever the umask)
             data = json.dumps(value).encode()
             write_atomic(data, Path(tmp), Path(beside) / PROGRESS_FILE, durable=False)
             self.writes += 1

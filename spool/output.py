@@ -21,7 +21,7 @@ from pathlib import Path
 
 from spool.envelope import JSON
 from spool.fsio import write_atomic
-from spool.layout import FILE_MODE
+from spool.layout import FILE_MODE, ensure_dir
 
 OUTPUT_LIMIT_BYTES = 64 * 1024
 SLACK = 4  # the scratch may grow to this many times the limit before it is cut
@@ -80,7 +80,7 @@ def keep_tail(fd: int, dest: str, limit: int) -> None:
     if size > limit:
         tail = CUT_NOTE + tail
     log = Path(dest)
-    log.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(log.parent)  # (group access, whatever the handler process's umask)
     # (a follower sees the whole log file or none; the temporary name is a dot-name beside it)
     write_atomic(tail, log.parent, log, durable=False)
     os.ftruncate(fd, 0)
