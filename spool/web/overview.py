@@ -7,20 +7,20 @@ tasks it runs now (its claims in processing/, named by the file's worker part).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from spool import manage
 from spool.inspect.paging import PageQuery, task_page
 from spool.inspect.status import spool_status
-from spool.layout import QueueDirs, existing_queues, split_processing
+from spool.layout import QueueDirs, split_processing
 from spool.web.requests import PAGE_SIZE_MAX, WebState
 
 
-def running_by_worker(state: WebState) -> dict[str, list[dict[str, Any]]]:
+def running_by_worker(state: WebState, queues: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
     """Each worker's claims in processing/: {worker id: [{queue, id, task, file}]}."""
     root = state.settings.root
     running: dict[str, list[dict[str, Any]]] = {}
-    for queue in existing_queues(root):
+    for queue in queues:
         dirs = QueueDirs(root, queue)
         page = task_page(state.lister, dirs, PageQuery("processing", size=PAGE_SIZE_MAX))
         for item in page.rows:
@@ -48,8 +48,8 @@ def overview(state: WebState) -> dict[str, Any]:
     for queue, counts in data["queues"].items():
         counts["finished_per_minute"] = state.rates.series(queue)
         counts["runtime_per_minute"] = state.rates.runtimes(queue)  # [p50, p95] or null
-        counts["paused_info"] = manage.paused_info(QueueDirs(state.settings.root, queue))
-    running = running_by_worker(state)
+        counts["paused_info"] = counts["pause"]  # the pause marker, read once by spool_status
+    running = running_by_worker(state, data["queues"])
     for worker in data["workers"]:
         worker["running"] = running.get(str(worker["id"]), [])
     return data
