@@ -7,12 +7,14 @@ tasks it runs now (its claims in processing/, named by the file's worker part).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from spool.inspect.paging import PageQuery, task_page
-from spool.inspect.status import spool_status
+from spool.inspect.status import queue_status, spool_status
 from spool.layout import QueueDirs, split_processing
+from spool.stats import load_all
 from spool.web.requests import PAGE_SIZE_MAX, WebState
 
 
@@ -53,3 +55,10 @@ def overview(state: WebState) -> dict[str, Any]:
     for worker in data["workers"]:
         worker["running"] = running.get(str(worker["id"]), [])
     return data
+
+
+def queue_counts(state: WebState, dirs: QueueDirs) -> dict[str, Any]:
+    """The queue page's counts: `spool status` of this queue alone. The throughput is sampled
+    as the overview does, so its charts keep their minutes while only this page is open."""
+    state.rates.sample()
+    return queue_status(dirs, time.time(), load_all(state.settings.root).get(dirs.name))

@@ -44,7 +44,7 @@ from spool.layout import STATES
 from spool.lookup import locate, read_found
 from spool.web import views
 from spool.web.api import api_routes
-from spool.web.overview import overview
+from spool.web.overview import overview, queue_counts
 from spool.web.requests import WebState, page_query, queue_of, web_state
 from spool.workflows.batches import summary
 
@@ -161,8 +161,7 @@ async def queue_page(request: Request) -> Response:
     except HTTPException as exc:
         context.update(error=exc.detail, page=None)
         return render(request, "queue.html", context, 400)
-    status = await run_in_threadpool(overview, state)
-    context["counts"] = status["queues"].get(dirs.name, {})
+    context["counts"] = await run_in_threadpool(queue_counts, state, dirs)
     if wanted == "failed" and query.after is None and not query.filtered:
         context["failures"] = await run_in_threadpool(group_failures, dirs)
     context["page"] = await run_in_threadpool(task_page, state.lister, dirs, query)
