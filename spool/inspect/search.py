@@ -68,8 +68,9 @@ def search(root: Path, text: str, now: float | None = None, limit: int = 50) -> 
 
 
 def entries(root: Path) -> Iterator[tuple[str, str, Path, str]]:
+    queues = existing_queues(root)
     for state in ORDER:
-        for queue in existing_queues(root):
+        for queue in queues:
             directory = QueueDirs(root, queue).state(state)
             names = [n for n in list_names(directory) if is_entry(n)]
             pick = heapq.nlargest if state in ("done", "failed") else heapq.nsmallest
