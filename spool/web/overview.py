@@ -45,8 +45,9 @@ def running_by_worker(state: WebState, queues: Iterable[str]) -> dict[str, list[
 
 def overview(state: WebState) -> dict[str, Any]:
     """GET /api/queues: spool status, plus throughput per queue and what each worker runs."""
-    state.rates.sample()
-    data = spool_status(state.settings.root)
+    totals = load_all(state.settings.root)  # the workers' counts, read once for both
+    state.rates.sample(totals=totals)
+    data = spool_status(state.settings.root, totals=totals)
     for queue, counts in data["queues"].items():
         counts["finished_per_minute"] = state.rates.series(queue)
         counts["runtime_per_minute"] = state.rates.runtimes(queue)  # [p50, p95] or null
@@ -60,5 +61,6 @@ def overview(state: WebState) -> dict[str, Any]:
 def queue_counts(state: WebState, dirs: QueueDirs) -> dict[str, Any]:
     """The queue page's counts: `spool status` of this queue alone. The throughput is sampled
     as the overview does, so its charts keep their minutes while only this page is open."""
-    state.rates.sample()
-    return queue_status(dirs, time.time(), load_all(state.settings.root).get(dirs.name))
+    totals = load_all(state.settings.root)
+    state.rates.sample(totals=totals)
+    return queue_status(dirs, time.time(), totals.get(dirs.name))
