@@ -19,7 +19,8 @@ from typing import Any
 from spool.envelope import is_valid_id
 from spool.fsio import UnreadableFile, list_names, read_regular
 from spool.inspect.listing import entry_time, row
-from spool.layout import ERROR_SUFFIX, QueueDirs, existing_queues
+from spool.inspect.paging import is_entry
+from spool.layout import QueueDirs, existing_queues
 from spool.lookup import locate
 
 ORDER = ("processing", "incoming", "delayed", "failed", "done")
@@ -67,17 +68,14 @@ def search(root: Path, text: str, now: float | None = None, limit: int = 50) -> 
 
 
 def entries(root: Path) -> Iterator[tuple[str, str, Path, str]]:
+    queues = existing_queues(root)
     for state in ORDER:
-        for queue in existing_queues(root):
+        for queue in queues:
             directory = QueueDirs(root, queue).state(state)
             names = [n for n in list_names(directory) if is_entry(n)]
             pick = heapq.nlargest if state in ("done", "failed") else heapq.nsmallest
             for name in pick(NAMES_PER_STATE, names):
                 yield queue, state, directory, name
-
-
-def is_entry(name: str) -> bool:
-    return not name.startswith(".") and not name.endswith(ERROR_SUFFIX)
 
 
 def file_text(path: Path) -> str:

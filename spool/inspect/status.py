@@ -61,10 +61,12 @@ def queue_status(dirs: QueueDirs, now: float, stats: QueueStats | None = None) -
     return counts
 
 
-def spool_status(root: Path, now: float | None = None) -> dict[str, Any]:
-    """The data of `spool status --json`."""
+def spool_status(
+    root: Path, now: float | None = None, totals: dict[str, QueueStats] | None = None
+) -> dict[str, Any]:
+    """The data of `spool status --json`; `totals`: the workers' counts, if already loaded."""
     now = time.time() if now is None else now
-    totals = load_all(root)
+    totals = load_all(root) if totals is None else totals
     queues = {
         name: queue_status(QueueDirs(root, name), now, totals.get(name))
         for name in existing_queues(root)

@@ -37,14 +37,17 @@ class Throughput:
         self.lock = threading.Lock()
         self.backfilled: set[str] = set()
 
-    def sample(self, now: float | None = None) -> None:
-        """Take in what the counters grew by since the last sample (at most every 2 s)."""
+    def sample(
+        self, now: float | None = None, totals: dict[str, stats.QueueStats] | None = None
+    ) -> None:
+        """Take in what the counters grew by since the last sample (at most every 2 s);
+        `totals`: the workers' counts (stats.load_all), if the caller has just loaded them."""
         now = time.time() if now is None else now
         with self.lock:
             if time.monotonic() - self.sampled_at < SAMPLE_SECONDS:
                 return
             self.sampled_at = time.monotonic()
-            totals = stats.load_all(self.root)
+            totals = stats.load_all(self.root) if totals is None else totals
             minute = int(now // 60)
             for queue in existing_queues(self.root):
                 counts = totals[queue].counts if queue in totals else None

@@ -25,7 +25,7 @@ def snapshot(root: Path, now: float | None = None) -> dict[str, Any]:
     totals = stats.load_all(root)
     return {
         "at": now,
-        "status": spool_status(root, now),
+        "status": spool_status(root, now, totals),
         "per_minute": {q: s.finished_last_minute(now) for q, s in totals.items()},
         "running": list_tasks(root, "processing", Filters(limit=RECENT)),
         "failures": recent_failures(root),

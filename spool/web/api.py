@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -59,6 +60,23 @@ NO_MANIFEST = (
 )
 
 
+ENQUEUE_ERRORS = (InvalidTask, InvalidQueueName, BatchExists, OSError)  # DiskFault is an OSError
+
+
+def enqueue_error(exc: Exception) -> HTTPException:
+    """The HTTP error for a failed enqueue of a task, a list or a batch (one of ENQUEUE_ERRORS)."""
+    if isinstance(exc, Refused):  # a valid task the published tasks refuse
+        return fail(422, str(exc))
+    if isinstance(exc, BatchExists):
+        return fail(409, str(exc))
+    if isinstance(exc, (InvalidTask, InvalidQueueName)):
+        return fail(400, str(exc))
+    if isinstance(exc, DiskFault):  # full, over quota, failing: nothing was written; try later
+        return fail(507, f"{exc}.")
+    assert isinstance(exc, OSError)
+    return fail(503, f"cannot write to the spool: {exc.strerror or exc}")
+
+
 # ---- endpoints ---------------------------------------------------------------------------
 
 
@@ -86,14 +104,8 @@ async def post_tasks(request: Request) -> Response:
             partial(producer.enqueue_many, catalog=catalog, check=check), settings, data, queue
         )
         return JSONResponse({"ids": ids, **extra}, status_code=202)
-    except Refused as exc:  # a valid task the published tasks refuse
-        raise fail(422, str(exc)) from None
-    except (InvalidTask, InvalidQueueName) as exc:
-        raise fail(400, str(exc)) from None
-    except DiskFault as exc:  # full, over quota, failing: nothing was written; try again later
-        raise fail(507, f"{exc}.") from None
-    except OSError as exc:
-        raise fail(503, f"cannot write to the spool: {exc.strerror or exc}") from None
+    except ENQUEUE_ERRORS as exc:
+        raise enqueue_error(exc) from None
 
 
 async def post_batches(request: Request) -> Response:
@@ -123,16 +135,8 @@ async def post_batches(request: Request) -> Response:
         made, ids = await run_in_threadpool(
             make, state.settings, data["tasks"], callbacks, batch_id
         )
-    except Refused as exc:
-        raise fail(422, str(exc)) from None
-    except BatchExists as exc:
-        raise fail(409, str(exc)) from None
-    except (InvalidTask, InvalidQueueName) as exc:
-        raise fail(400, str(exc)) from None
-    except DiskFault as exc:
-        raise fail(507, f"{exc}.") from None
-    except OSError as exc:
-        raise fail(503, f"cannot write to the spool: {exc.strerror or exc}") from None
+    except ENQUEUE_ERRORS as exc:
+        raise enqueue_error(exc) from None
     return JSONResponse({"id": made, "ids": ids}, status_code=202)
 
 

@@ -41,24 +41,16 @@ class WebState:
 
     settings: Settings
     lister: Lister = field(default_factory=Lister)
-    throughput: Throughput | None = None
-    catalogs: CatalogCache | None = None
+    rates: Throughput = field(init=False)
+    catalogs: CatalogCache = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.throughput is None:
-            self.throughput = Throughput(self.settings.root)
-        if self.catalogs is None:
-            self.catalogs = CatalogCache(self.settings.root)
+        self.rates = Throughput(self.settings.root)
+        self.catalogs = CatalogCache(self.settings.root)
 
     def catalog(self) -> Catalog:
         """The published tasks (spool.manifest), read again when they change."""
-        assert self.catalogs is not None
         return self.catalogs.current(time.monotonic())
-
-    @property
-    def rates(self) -> Throughput:
-        assert self.throughput is not None
-        return self.throughput
 
 
 def web_state(request: Request) -> WebState:

@@ -40,12 +40,12 @@ from spool.inspect.listing import running
 from spool.inspect.paging import task_page
 from spool.inspect.search import search
 from spool.inspect.workflow import links_of
-from spool.layout import STATES, QueueDirs, check_queue_name
+from spool.layout import STATES
 from spool.lookup import locate, read_found
 from spool.web import views
 from spool.web.api import api_routes
-from spool.web.overview import overview
-from spool.web.requests import WebState, page_query, web_state
+from spool.web.overview import overview, queue_counts
+from spool.web.requests import WebState, page_query, queue_of, web_state
 from spool.workflows.batches import summary
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -152,14 +152,8 @@ async def overview_page(request: Request) -> Response:
 
 async def queue_page(request: Request) -> Response:
     state = web_state(request)
-    try:
-        name = check_queue_name(str(request.path_params["queue"]))
-    except SpoolError:
-        raise HTTPException(404, "unknown queue") from None
-    dirs = QueueDirs(state.settings.root, name)
-    if not dirs.base.is_dir():
-        raise HTTPException(404, f"unknown queue: {name}")
-    context: dict[str, Any] = {"queue": name, "params": dict(request.query_params)}
+    dirs = queue_of(request)
+    context: dict[str, Any] = {"queue": dirs.name, "params": dict(request.query_params)}
     wanted = request.query_params.get("state") or "incoming"
     context["state"] = wanted
     try:
@@ -167,8 +161,7 @@ async def queue_page(request: Request) -> Response:
     except HTTPException as exc:
         context.update(error=exc.detail, page=None)
         return render(request, "queue.html", context, 400)
-    status = await run_in_threadpool(overview, state)
-    context["counts"] = status["queues"].get(name, {})
+    context["counts"] = await run_in_threadpool(queue_counts, state, dirs)
     if wanted == "failed" and query.after is None and not query.filtered:
         context["failures"] = await run_in_threadpool(group_failures, dirs)
     context["page"] = await run_in_threadpool(task_page, state.lister, dirs, query)

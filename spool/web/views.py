@@ -229,15 +229,15 @@ def raw_file(path: Path) -> RawFile | None:
     except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
             return None
         data = f.read(RAW_LIMIT)
     try:
         text, is_utf8 = data.decode("utf-8"), True
     except UnicodeDecodeError:
         text, is_utf8 = data.decode("utf-8", errors="backslashreplace"), False
-    return RawFile(size=size, text=text, shown=len(data), is_utf8=is_utf8)
+    return RawFile(size=st.st_size, text=text, shown=len(data), is_utf8=is_utf8)
 
 
 def progress_text(progress: Any) -> str:
