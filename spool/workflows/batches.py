@@ -11,7 +11,7 @@ twice:
     full/<k>                created with O_EXCL once bucket k has a marker for each member
 
 A member's task file carries `batch` (the id) and `batch_index`. The end of a member (see
-workflow.on_end, also replayed by recovery after a worker died) creates its marker, lists its
+ends.on_end, also replayed by recovery after a worker died) creates its marker, lists its
 bucket (at most BUCKET names), and when that bucket is complete, marks it full and lists full/:
 when every bucket is full, the callbacks go out through followup.send with ids derived from the
 batch's (<id>.then1, <id>.fail1, <id>.finally1), so two members that both see the batch complete
@@ -172,9 +172,10 @@ class Summary:
 
 def summary_of(root: Path, record: dict[str, JSON]) -> Summary:
     batch_id = str(record["id"])
+    ended_dir = batch_dir(root, batch_id) / "ended"
     ended: dict[int, str] = {}
-    for bucket in list_names(batch_dir(root, batch_id) / "ended"):
-        ended.update(indices(batch_dir(root, batch_id) / "ended" / bucket))
+    for bucket in list_names(ended_dir):
+        ended.update(indices(ended_dir / bucket))
     done = sum(1 for status in ended.values() if status == "done")
     callbacks = {
         key: [follow_up_id(batch_id, kind, n) for n in range(1, len(record.get(key) or []) + 1)]
@@ -210,12 +211,19 @@ def settle_open(root: Path) -> int:
         record = read_record(root, batch_id)
         if record is None or not summary_of(root, record).complete:
             continue
-        for bucket in range(math.ceil(int(record["total"]) / BUCKET)):
-            settle(root, record, bucket, durable=True)
-        if int(record["total"]) == 0:
-            send_callbacks(root, record, durable=True)
+        settle_all(root, record)
         settled += 1
     return settled
+
+
+def settle_all(root: Path, record: dict[str, JSON]) -> None:
+    """Settle every bucket of a complete batch (a batch of no member: send its callbacks).
+    Raises: OSError."""
+    total = int(record["total"])
+    for bucket in range(math.ceil(total / BUCKET)):
+        settle(root, record, bucket, durable=True)
+    if total == 0:
+        send_callbacks(root, record, durable=True)
 
 
 def wanted(summary: Summary) -> tuple[str, ...]:
@@ -225,24 +233,24 @@ def wanted(summary: Summary) -> tuple[str, ...]:
 
 def summary(root: Path, batch_id: str) -> Summary:
     """The batch's progress, read only. Raises: BatchNotFound."""
+    return summary_of(root, found_record(root, batch_id))
+
+
+def found_record(root: Path, batch_id: str) -> dict[str, JSON]:
+    """The batch's record. Raises: BatchNotFound."""
     record = read_record(root, batch_id)
     if record is None:
         raise BatchNotFound(batch_id)
-    return summary_of(root, record)
+    return record
 
 
 def status(root: Path, batch_id: str) -> Summary:
     """The batch's progress; a complete batch whose callbacks a missed marker held back (see
     settle) sends them now. Raises: BatchNotFound; OSError."""
-    record = read_record(root, batch_id)
-    if record is None:
-        raise BatchNotFound(batch_id)
+    record = found_record(root, batch_id)
     progress = summary_of(root, record)
     if progress.complete and not callbacks_sent(root, progress):
-        for bucket in range(math.ceil(progress.total / BUCKET)):
-            settle(root, record, bucket, durable=True)
-        if progress.total == 0:
-            send_callbacks(root, record, durable=True)
+        settle_all(root, record)
     return progress
 
 
