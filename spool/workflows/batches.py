@@ -43,12 +43,12 @@ from spool.envelope import (
     new_id,
     validate_follow_ups,
 )
-from spool.errors import BatchExists, BatchNotFound, InvalidTask, Refused
+from spool.errors import BatchExists, BatchNotFound, InvalidTask
 from spool.faults import crash_point, reported_as
 from spool.fsio import list_names, write_file
 from spool.layout import ensure_dir
 from spool.manifest import Catalog
-from spool.producer import admit, check_follow_up_names, enqueue_many
+from spool.producer import check_follow_up_names, prepare_many, write_batch
 from spool.workflows.followup import followups_dir, send_all
 
 log = logging.getLogger(__name__)
@@ -298,15 +298,13 @@ def enqueue_batch(
     catalog = Catalog.load(settings.root) if catalog is None else catalog
     if check and catalog.exists:
         check_follow_up_names(catalog, {"then": [s for specs in callbacks.values() for s in specs]})
-    for position, task in enumerate(tasks, 1):  # refused before the record is written
-        try:
-            admit(catalog, task, None, check)
-        except InvalidTask as exc:
-            kind = Refused if isinstance(exc, Refused) else InvalidTask
-            raise kind(f"task {position}: {exc}") from None
+    prepared = prepare_many(settings, tasks, None, catalog, check, now)  # before the record
     with reported_as("enqueue", settings.root):
         create(settings.root, batch_id, len(tasks), callbacks, now)
-    ids = enqueue_many(settings, tasks, catalog=catalog, check=check) if tasks else []
-    if not tasks:
+    if prepared:
+        with reported_as("enqueue", prepared[0].dirs.base):
+            ids = write_batch(settings, prepared)
+    else:
+        ids = []
         status(settings.root, batch_id)  # nothing to wait for: the callbacks go out now
     return batch_id, ids
