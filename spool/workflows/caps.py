@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spool.fsio import list_names, write_file
-from spool.layout import key_dir_name
+from spool.layout import ensure_dir, key_dir_name
 
 RETRY_SECONDS = 0.25  # how soon a worker looks again at a task whose cap is full
 TORN_SEAT_SECONDS = 10.0  # a seat still without its content after this lost its writer
@@ -59,7 +59,7 @@ def take_seat(root: Path, cap: Cap, task_id: str, worker_id: str) -> Path | None
         except FileExistsError:  # RACE: another worker sits there
             continue
         except FileNotFoundError:  # the key's first seat: make its directory
-            os.makedirs(base, exist_ok=True)
+            ensure_dir(base)  # (group access, whatever the umask: see layout)
             try:
                 write_file(path, data, durable=False)
                 return path

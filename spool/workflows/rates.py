@@ -22,14 +22,13 @@ each host's clock: keep them in step (NTP), or a fast clock takes the next slots
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from spool.envelope import Rate
 from spool.fsio import list_names, write_file
-from spool.layout import key_dir_name
+from spool.layout import ensure_dir, key_dir_name
 
 GROUP = 1000  # slots per directory
 HORIZON_SECONDS = 2.0  # how far ahead a worker reserves a slot (and waits in memory)
@@ -82,7 +81,7 @@ def take_slot(base: Path, k: int, task_id: str) -> bool:
         return False
     except FileNotFoundError:  # the group's first slot: make its directory
         pass
-    os.makedirs(group, exist_ok=True)
+    ensure_dir(group)  # (group access, whatever the umask: see layout)
     drop_old_groups(base, k // GROUP)
     try:
         write_file(path, task_id.encode(), durable=False)
