@@ -12,7 +12,7 @@ Whoever ends a task first puts its file in place (a rename or an atomic write):
 and then calls `conclude`, which does the rest the same way for each: the completion event (when
 events are on; a rejected file is no task and has none), the counter (see stats), the
 release of the unique key the task held, and what the end sets off (follow-ups, a batch's
-progress: see workflow). A task can also go round again instead of ending:
+progress: see workflows.ends). A task can also go round again instead of ending:
 `retry` (a failed attempt, to delayed/ for its backoff) and `lost` (its worker or handler
 process died: it runs again at once); these get their event and counter too, and keep the key.
 
@@ -75,7 +75,7 @@ def conclude(
     are the Outbox's (a worker's outcome is synced with its batch; others sync at once).
     """
     # first: a disk that refuses a follow-up makes the caller call again (see write_verdict),
-    # and this step alone is idempotent (see workflow); the event and the counter are not
+    # and this step alone is idempotent (see workflows.ends); the event and the counter are not
     on_end(dirs.root, task, ending.state, durable=durable)  # its follow-ups, its batch
     status = EVENT.get(ending.state)
     if outbox is not None and task is not None and status is not None:

@@ -175,12 +175,10 @@ def validate_fields(obj: TaskDict) -> None:
         parse_rate(obj["rate"], "rate")
     if "concurrency" in obj and not (is_int(obj["concurrency"]) and obj["concurrency"] >= 1):
         raise FieldError("field 'concurrency' must be an integer >= 1")
-    key = obj.get("concurrency_key", "-")
-    if not (isinstance(key, str) and ID_RE.fullmatch(key)):
-        raise FieldError("field 'concurrency_key' must match [A-Za-z0-9._-]{1,128}")
-    rate_key = obj.get("rate_key", "-")
-    if not (isinstance(rate_key, str) and ID_RE.fullmatch(rate_key)):
-        raise FieldError("field 'rate_key' must match [A-Za-z0-9._-]{1,128}")
+    for field in ("concurrency_key", "rate_key"):
+        key = obj.get(field, "-")
+        if not (isinstance(key, str) and ID_RE.fullmatch(key)):
+            raise FieldError(f"field '{field}' must match [A-Za-z0-9._-]{{1,128}}")
 
 
 FOLLOW_UP_FIELDS = ("then", "then_on_failure")

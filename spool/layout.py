@@ -26,6 +26,7 @@ and promote without opening files. Directory names starting with '.' are never q
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
@@ -221,6 +222,12 @@ def existing_queues(root: Path) -> list[str]:
         return []
     with entries:
         return sorted(e.name for e in entries if QUEUE_RE.fullmatch(e.name) and e.is_dir())
+
+
+def key_dir_name(key: str) -> str:
+    """A directory name for any key (a rate's or a cap's): its readable part and a hash."""
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:60]
+    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def workers_dir(root: Path) -> Path:

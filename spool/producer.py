@@ -237,8 +237,22 @@ def enqueue_many(
     Every task is admitted (see admit) and validated before any is written.
     Raises: InvalidTask naming the position; DiskFault (then none of the batch is written).
     """
-    now = time.time()
     catalog = Catalog.load(settings.root) if catalog is None else catalog
+    batch = prepare_many(settings, tasks, queue, catalog, check, time.time())
+    with reported_as("enqueue", batch[0].dirs.base if batch else settings.root):
+        return write_batch(settings, batch)
+
+
+def prepare_many(
+    settings: Settings,
+    tasks: Iterable[Mapping[str, Any]],
+    queue: str | None,
+    catalog: Catalog,
+    check: bool,
+    now: float,
+) -> list[Prepared]:
+    """Admit (see admit) and prepare every task, writing nothing.
+    Raises: InvalidTask naming the position."""
     batch: list[Prepared] = []
     for position, task in enumerate(tasks, 1):
         try:
@@ -246,8 +260,7 @@ def enqueue_many(
         except InvalidTask as exc:  # (the kind is kept: a refusal stays a Refused)
             kind = Refused if isinstance(exc, Refused) else InvalidTask
             raise kind(f"task {position}: {exc}") from None
-    with reported_as("enqueue", batch[0].dirs.base if batch else settings.root):
-        return write_batch(settings, batch)
+    return batch
 
 
 def write_batch(settings: Settings, batch: list[Prepared]) -> list[str]:

@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from spool import Spool
 from spool.cli import cli
-from spool.errors import BatchExists
+from spool.errors import BatchExists, InvalidTask
 from spool.faults import CRASH_ENV
 from spool.manage import cancel
 from spool.workflows.batches import settle_open
@@ -82,6 +82,17 @@ def test_a_batch_id_is_never_used_twice(app: Spool) -> None:
     app.batch([noop.s()], batch_id="nightly")
     with pytest.raises(BatchExists):
         app.batch([noop.s()], batch_id="nightly")
+
+
+def test_a_batch_refused_for_a_bad_member_field_leaves_no_record_and_its_id_free(
+    app: Spool, spool_root: Path
+) -> None:
+    from tests.tasks import noop
+
+    with pytest.raises(InvalidTask, match="task 2: field 'priority'"):
+        app.batch([noop.s(), noop.s().set(priority=42)], batch_id="nightly")
+    assert not (spool_root / ".batches" / "nightly").exists()
+    app.batch([noop.s()], batch_id="nightly")  # not BatchExists
 
 
 def test_enqueue_from_a_file_as_a_batch_and_follow_it_with_spool_batch(

@@ -4,13 +4,19 @@ when the attempt ends, and freed by the recovery of a SIGKILLed worker's claim."
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from spool import Spool
+from spool.envelope import parse_rate
+from spool.workflows import rates
 from spool.workflows.caps import Cap, free_seats_of, key_dir, seats_taken, take_seat
+from spool.workflows.rates import Limit, reserve
 from tests.conftest import drop_into, run_burst, wait_until
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
@@ -35,6 +41,20 @@ def test_a_cap_has_as_many_seats_as_its_limit_and_a_freed_seat_is_taken_again(
     assert free_seats_of(tmp_path, "a", "w1", now=0.0) == 1  # w1 died holding it
     assert take_seat(tmp_path, cap, "c", "w2") == first
     assert seats_taken(tmp_path, "printer") == 2
+
+
+def test_seat_and_rate_slot_directories_have_group_access_whatever_the_umask(
+    spool_root: Path,
+) -> None:
+    old = os.umask(0o077)
+    try:
+        take_seat(spool_root, Cap("grouped", 1), "t1", "w1")
+        reserve(spool_root, Limit("grouped", parse_rate("1/s")), "t1", time.time())
+    finally:
+        os.umask(old)
+    slots = rates.key_dir(spool_root, "grouped")
+    for made in (key_dir(spool_root, "grouped"), slots, *slots.iterdir()):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o770, made
 
 
 def test_a_cap_of_two_never_has_three_running_at_once_across_four_workers(

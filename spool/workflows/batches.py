@@ -11,7 +11,7 @@ twice:
     full/<k>                created with O_EXCL once bucket k has a marker for each member
 
 A member's task file carries `batch` (the id) and `batch_index`. The end of a member (see
-workflow.on_end, also replayed by recovery after a worker died) creates its marker, lists its
+ends.on_end, also replayed by recovery after a worker died) creates its marker, lists its
 bucket (at most BUCKET names), and when that bucket is complete, marks it full and lists full/:
 when every bucket is full, the callbacks go out through followup.send with ids derived from the
 batch's (<id>.then1, <id>.fail1, <id>.finally1), so two members that both see the batch complete
@@ -43,12 +43,12 @@ from spool.envelope import (
     new_id,
     validate_follow_ups,
 )
-from spool.errors import BatchExists, BatchNotFound, InvalidTask, Refused
+from spool.errors import BatchExists, BatchNotFound, InvalidTask
 from spool.faults import crash_point, reported_as
 from spool.fsio import list_names, write_file
 from spool.layout import ensure_dir
 from spool.manifest import Catalog
-from spool.producer import admit, check_follow_up_names, enqueue_many
+from spool.producer import check_follow_up_names, prepare_many, write_batch
 from spool.workflows.followup import followups_dir, send_all
 
 log = logging.getLogger(__name__)
@@ -172,9 +172,10 @@ class Summary:
 
 def summary_of(root: Path, record: dict[str, JSON]) -> Summary:
     batch_id = str(record["id"])
+    ended_dir = batch_dir(root, batch_id) / "ended"
     ended: dict[int, str] = {}
-    for bucket in list_names(batch_dir(root, batch_id) / "ended"):
-        ended.update(indices(batch_dir(root, batch_id) / "ended" / bucket))
+    for bucket in list_names(ended_dir):
+        ended.update(indices(ended_dir / bucket))
     done = sum(1 for status in ended.values() if status == "done")
     callbacks = {
         key: [follow_up_id(batch_id, kind, n) for n in range(1, len(record.get(key) or []) + 1)]
@@ -210,12 +211,19 @@ def settle_open(root: Path) -> int:
         record = read_record(root, batch_id)
         if record is None or not summary_of(root, record).complete:
             continue
-        for bucket in range(math.ceil(int(record["total"]) / BUCKET)):
-            settle(root, record, bucket, durable=True)
-        if int(record["total"]) == 0:
-            send_callbacks(root, record, durable=True)
+        settle_all(root, record)
         settled += 1
     return settled
+
+
+def settle_all(root: Path, record: dict[str, JSON]) -> None:
+    """Settle every bucket of a complete batch (a batch of no member: send its callbacks).
+    Raises: OSError."""
+    total = int(record["total"])
+    for bucket in range(math.ceil(total / BUCKET)):
+        settle(root, record, bucket, durable=True)
+    if total == 0:
+        send_callbacks(root, record, durable=True)
 
 
 def wanted(summary: Summary) -> tuple[str, ...]:
@@ -225,24 +233,24 @@ def wanted(summary: Summary) -> tuple[str, ...]:
 
 def summary(root: Path, batch_id: str) -> Summary:
     """The batch's progress, read only. Raises: BatchNotFound."""
+    return summary_of(root, found_record(root, batch_id))
+
+
+def found_record(root: Path, batch_id: str) -> dict[str, JSON]:
+    """The batch's record. Raises: BatchNotFound."""
     record = read_record(root, batch_id)
     if record is None:
         raise BatchNotFound(batch_id)
-    return summary_of(root, record)
+    return record
 
 
 def status(root: Path, batch_id: str) -> Summary:
     """The batch's progress; a complete batch whose callbacks a missed marker held back (see
     settle) sends them now. Raises: BatchNotFound; OSError."""
-    record = read_record(root, batch_id)
-    if record is None:
-        raise BatchNotFound(batch_id)
+    record = found_record(root, batch_id)
     progress = summary_of(root, record)
     if progress.complete and not callbacks_sent(root, progress):
-        for bucket in range(math.ceil(progress.total / BUCKET)):
-            settle(root, record, bucket, durable=True)
-        if progress.total == 0:
-            send_callbacks(root, record, durable=True)
+        settle_all(root, record)
     return progress
 
 
@@ -290,15 +298,13 @@ def enqueue_batch(
     catalog = Catalog.load(settings.root) if catalog is None else catalog
     if check and catalog.exists:
         check_follow_up_names(catalog, {"then": [s for specs in callbacks.values() for s in specs]})
-    for position, task in enumerate(tasks, 1):  # refused before the record is written
-        try:
-            admit(catalog, task, None, check)
-        except InvalidTask as exc:
-            kind = Refused if isinstance(exc, Refused) else InvalidTask
-            raise kind(f"task {position}: {exc}") from None
+    prepared = prepare_many(settings, tasks, None, catalog, check, now)  # before the record
     with reported_as("enqueue", settings.root):
         create(settings.root, batch_id, len(tasks), callbacks, now)
-    ids = enqueue_many(settings, tasks, catalog=catalog, check=check) if tasks else []
-    if not tasks:
+    if prepared:
+        with reported_as("enqueue", prepared[0].dirs.base):
+            ids = write_batch(settings, prepared)
+    else:
+        ids = []
         status(settings.root, batch_id)  # nothing to wait for: the callbacks go out now
     return batch_id, ids

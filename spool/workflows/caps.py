@@ -18,14 +18,13 @@ seats the dead worker held for that task (see free_seats_of), so a seat is freed
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from spool.fsio import list_names, write_file
+from spool.layout import ensure_dir, key_dir_name
 
 RETRY_SECONDS = 0.25  # how soon a worker looks again at a task whose cap is full
 TORN_SEAT_SECONDS = 10.0  # a seat still without its content after this lost its writer
@@ -44,9 +43,7 @@ def caps_dir(root: Path) -> Path:
 
 
 def key_dir(root: Path, key: str) -> Path:
-    readable = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:60]
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return caps_dir(root) / f"{readable}-{digest}"
+    return caps_dir(root) / key_dir_name(key)
 
 
 def take_seat(root: Path, cap: Cap, task_id: str, worker_id: str) -> Path | None:
@@ -62,7 +59,7 @@ def take_seat(root: Path, cap: Cap, task_id: str, worker_id: str) -> Path | None
         except FileExistsError:  # RACE: another worker sits there
             continue
         except FileNotFoundError:  # the key's first seat: make its directory
-            os.makedirs(base, exist_ok=True)
+            ensure_dir(base)  # (group access, whatever the umask: see layout)
             try:
                 write_file(path, data, durable=False)
                 return path

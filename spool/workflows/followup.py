@@ -49,7 +49,13 @@ def followups_dir(root: Path) -> Path:
 
 
 def build(
-    root: Path, spec: TaskDict, task_id: str, value: JSON, extra: TaskDict, now: float
+    root: Path,
+    catalog: Catalog,
+    spec: TaskDict,
+    task_id: str,
+    value: JSON,
+    extra: TaskDict,
+    now: float,
 ) -> tuple[QueueDirs, TaskDict, Path]:
     """The follow-up `spec` as it will be written: its queue, content and destination.
     Raises: InvalidTask."""
@@ -57,13 +63,14 @@ def build(
     if spec.get("pass_result") is True:
         task["args"] = [value, *task.get("args", [])]
     task.update(extra, id=task_id)
-    routed = admit(Catalog.load(root), task, None, check=False)
+    routed = admit(catalog, task, None, check=False)
     prepared = prepare_at(root, routed, None, now)
     return prepared.dirs, prepared.task, prepared.dest
 
 
 def send(
     root: Path,
+    catalog: Catalog,
     spec: TaskDict,
     task_id: str,
     value: JSON,
@@ -74,7 +81,7 @@ def send(
     """Enqueue the follow-up `spec` as `task_id` unless it was enqueued before; return whether
     this call wrote it. Raises: InvalidTask (the spec cannot be a task); OSError."""
     marker = followups_dir(root) / f"{task_id}.json"
-    dirs, task, dest = build(root, spec, task_id, value, extra, time.time())
+    dirs, task, dest = build(root, catalog, spec, task_id, value, extra, time.time())
     record = {"queue": dirs.name, "state": dest.parent.name, "name": dest.name, "task": task}
     ensure_dir(marker.parent)
     try:
@@ -137,12 +144,13 @@ def send_all(
     """Send each follow-up of a list; one that cannot be a task is logged and skipped (its
     fields were checked when its parent was enqueued, so only a vanished queue gets here).
     Raises: OSError."""
+    catalog = Catalog.load(root)  # (routes every follow-up of the list: read once)
     for number, spec in enumerate(specs, 1):
         if not isinstance(spec, dict):
             continue
         task_id = follow_up_id(cause, kind, number)
         try:
-            send(root, spec, task_id, value, extra, durable=durable)
+            send(root, catalog, spec, task_id, value, extra, durable=durable)
         except InvalidTask as exc:
             log.error("follow-up %s of %s is no task, not enqueued: %s", task_id, cause, exc)
 

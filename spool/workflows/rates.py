@@ -21,16 +21,14 @@ each host's clock: keep them in step (NTP), or a fast clock takes the next slots
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from spool.envelope import Rate
 from spool.fsio import list_names, write_file
+from spool.layout import ensure_dir, key_dir_name
 
 GROUP = 1000  # slots per directory
 HORIZON_SECONDS = 2.0  # how far ahead a worker reserves a slot (and waits in memory)
@@ -54,10 +52,8 @@ class Reservation:
 
 
 def key_dir(root: Path, key: str) -> Path:
-    """The directory of a key's slots: its readable part and a hash (any key is a safe name)."""
-    readable = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:60]
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return root / ".rates" / f"{readable}-{digest}"
+    """The directory of a key's slots (any key is a safe name, see layout.key_dir_name)."""
+    return root / ".rates" / key_dir_name(key)
 
 
 def reserve(
@@ -85,7 +81,7 @@ def take_slot(base: Path, k: int, task_id: str) -> bool:
         return False
     except FileNotFoundError:  # the group's first slot: make its directory
         pass
-    os.makedirs(group, exist_ok=True)
+    ensure_dir(group)  # (group access, whatever the umask: see layout)
     drop_old_groups(base, k // GROUP)
     try:
         write_file(path, task_id.encode(), durable=False)
