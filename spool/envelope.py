@@ -14,6 +14,7 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -286,3 +287,12 @@ def dump(task: TaskDict) -> bytes:
 
 def dump_pretty(task: TaskDict) -> str:
     return json.dumps(task, ensure_ascii=False, indent=2, sort_keys=False)
+
+
+def attempt_seconds(task: Mapping[str, Any]) -> float | None:
+    """How long the task's last attempt ran (finished_at - started_at), when both are
+    recorded (a history entry has the same two fields)."""
+    started, finished = task.get("started_at"), task.get("finished_at")
+    if isinstance(started, int | float) and isinstance(finished, int | float):
+        return max(0.0, finished - started)
+    return None

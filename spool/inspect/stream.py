@@ -26,7 +26,7 @@ from watchdog.events import FileCreatedEvent, FileMovedEvent, FileSystemEvent
 from watchdog.events import FileSystemEventHandler as Handler
 from watchdog.observers import Observer
 
-from spool.envelope import id_of_name
+from spool.envelope import attempt_seconds, id_of_name
 from spool.fsio import UnreadableFile, read_regular
 from spool.layout import QueueDirs, existing_queues, split_processing
 
@@ -77,10 +77,8 @@ def describe(arrival: Arrival) -> str:
 
 
 def outcome_detail(state: str, task: dict[str, Any]) -> str:
-    started, finished = task.get("started_at"), task.get("finished_at")
-    took = ""
-    if isinstance(started, int | float) and isinstance(finished, int | float):
-        took = f"in {max(0.0, finished - started):.2f}s"
+    seconds = attempt_seconds(task)
+    took = "" if seconds is None else f"in {seconds:.2f}s"
     if state == "done":
         return took
     error = task.get("error")

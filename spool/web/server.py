@@ -34,6 +34,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spool.config import Settings
+from spool.envelope import attempt_seconds
 from spool.errors import BatchNotFound, SpoolError
 from spool.inspect.failures import group_failures
 from spool.inspect.listing import running
@@ -182,7 +183,7 @@ async def task_detail_page(request: Request) -> Response:
         "task": task,
         "attempts": attempts,
         "error_in_history": views.final_error_is_last_attempt(task, attempts),
-        "took": views.task_duration(task),
+        "took": attempt_seconds(task),
         "raw": await run_in_threadpool(views.raw_file, found.path) if found.note else None,
     }
     if found.state == "processing":

@@ -18,6 +18,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from spool.envelope import attempt_seconds
 from spool.errors import SpoolError
 from spool.inspect.beside import current_output, describe_progress, output_of, progress_of
 from spool.layout import QueueDirs
@@ -185,7 +186,7 @@ def attempts_of(task: dict[str, Any]) -> list[Attempt]:
                 message=str(error.get("message") or ""),
                 traceback=str(error.get("traceback") or ""),
                 at=at if isinstance(at, int | float) else None,
-                took=task_duration(entry),
+                took=attempt_seconds(entry),
                 worker=str(entry["worker"]) if entry.get("worker") else None,
                 lost=bool(entry.get("lost")),
                 after_retry=number is not None and before is not None and number <= before,
@@ -201,14 +202,6 @@ def final_error_is_last_attempt(task: dict[str, Any], attempts: list[Attempt]) -
         return False
     last = attempts[-1]
     return (error.get("type"), error.get("message")) == (last.error_type, last.message)
-
-
-def task_duration(task: dict[str, Any]) -> float | None:
-    """How long the last attempt ran (finished - started), when both are recorded."""
-    started, finished = task.get("started_at"), task.get("finished_at")
-    if isinstance(started, int | float) and isinstance(finished, int | float):
-        return max(0.0, finished - started)
-    return None
 
 
 @dataclass(frozen=True)
