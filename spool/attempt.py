@@ -68,6 +68,9 @@ class Attempts:
     stopping: threading.Event
     stopped_hard: Callable[[], bool]
 
+    def __post_init__(self) -> None:
+        self.batch_list = handover.BatchList(self.root, self.worker_id)
+
     def attempt(self, taken: Claim, task: TaskDict) -> None:
         """Run the task's handler once and hand its outcome to the recorder."""
         run = self.prepare(taken, task)
@@ -88,7 +91,7 @@ class Attempts:
         runs = [self.prepare(taken, task) for taken, task in batch]
         pending = self.recorder.pending
         before = [] if pending is None else [pending.taken]
-        handover.write_list(self.root, self.worker_id, before + [run.taken for run in runs])
+        self.batch_list.write(before + [run.taken for run in runs])
         try:
             started = self.code.executor.run_batch(
                 [run.request for run in runs],
@@ -194,9 +197,10 @@ class Attempts:
 
     def drop_scratch(self) -> None:
         """Remove the worker's output scratch file (the last attempt's output is beside its
-        task); a disk that refuses leaves it."""
+        task) and its batch list; a disk that refuses leaves them."""
         with contextlib.suppress(OSError):
             output_scratch(self.root, self.worker_id).unlink(missing_ok=True)
+        self.batch_list.drop()
 
 
 def log_fields(taken: Claim, task: TaskDict, attempt: int) -> str:

@@ -9,6 +9,7 @@ import select
 import struct
 
 HEADER = struct.Struct("!I")
+READ_BYTES = 64 * 1024  # read at most this at once: several replies of a batch in one read
 
 
 class Channel:
@@ -18,6 +19,7 @@ class Channel:
         self.read_fd, self.write_fd = read_fd, write_fd
         self.poller = select.poll()
         self.poller.register(read_fd, select.POLLIN)
+        self.buffer = bytearray()  # read, not yet received
 
     def send(self, message: bytes) -> None:
         """Raises: OSError (BrokenPipeError when the other side is gone)."""
@@ -26,22 +28,28 @@ class Channel:
             view = view[os.write(self.write_fd, view) :]
 
     def readable(self, timeout: float | None) -> bool:
+        if self.framed() is not None:  # a whole message was read already
+            return True
         return bool(self.poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
 
     def receive(self) -> bytes:
         """Raises: EOFError when the other side is gone."""
-        (size,) = HEADER.unpack(self.read_exactly(HEADER.size))
-        return self.read_exactly(size)
-
-    def read_exactly(self, size: int) -> bytes:
-        chunks, left = [], size
-        while left:
-            chunk = os.read(self.read_fd, left)
+        while (size := self.framed()) is None:
+            chunk = os.read(self.read_fd, READ_BYTES)
             if not chunk:
                 raise EOFError
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+            self.buffer += chunk
+        end = HEADER.size + size
+        message = bytes(self.buffer[HEADER.size : end])
+        del self.buffer[:end]
+        return message
+
+    def framed(self) -> int | None:
+        """The size of the first message in the buffer, if the whole of it is there."""
+        if len(self.buffer) < HEADER.size:
+            return None
+        (size,) = HEADER.unpack_from(self.buffer)
+        return int(size) if len(self.buffer) >= HEADER.size + size else None
 
     def close(self) -> None:
         for fd in (self.read_fd, self.write_fd):

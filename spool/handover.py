@@ -70,22 +70,45 @@ def gather(
     return Gathered(batch)
 
 
+class BatchList:
+    """The list of the batch being run (see the module docstring), one per worker: rewritten in
+    place with one write per batch (padded over a longer list before it; no truncation, no
+    sync); a disk that refuses leaves it out (recovery then counts every claim as lost, as
+    without batches)."""
+
+    def __init__(self, root: Path, worker_id: str) -> None:
+        self.path = list_path(root, worker_id)
+        self.fd: int | None = None
+        self.size = 0  # the longest list written
+
+    def write(self, claims: Iterable[Claim]) -> None:
+        text = "".join(f"{taken.dirs.name}/{taken.name}\n" for taken in claims).encode()
+        try:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+                os.fchmod(self.fd, FILE_MODE)  # (the umask must not narrow group access)
+            # CRASH: one write; a kill never leaves half of it
+            os.pwrite(self.fd, text + b"\n" * (self.size - len(text)), 0)
+        except OSError:
+            self.close()
+            return
+        self.size = max(self.size, len(text))
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+        self.fd = None
+
+    def drop(self) -> None:
+        """Close and remove it (the worker stops)."""
+        self.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
+
+
 def list_path(root: Path, worker_id: str) -> Path:
     return workers_dir(root) / f"{worker_id}{BATCH_SUFFIX}"
-
-
-def write_list(root: Path, worker_id: str, claims: Iterable[Claim]) -> None:
-    """Write the list of a batch being sent (see the module docstring); a disk that refuses
-    leaves it out (recovery then counts every claim as lost, as without batches)."""
-    text = "".join(f"{taken.dirs.name}/{taken.name}\n" for taken in claims)
-    path = list_path(root, worker_id)
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
-        try:
-            os.fchmod(fd, FILE_MODE)  # (the umask must not narrow group access)
-            os.write(fd, text.encode())  # CRASH: one write; a kill never leaves half of it
-        finally:
-            os.close(fd)
 
 
 def not_started(root: Path, worker_id: str) -> set[tuple[str, str]]:
@@ -99,14 +122,9 @@ def not_started(root: Path, worker_id: str) -> set[tuple[str, str]]:
     except OSError:
         return set()
     still_there = []
-    for line in text.splitlines():
+    for line in text.splitlines():  # (empty lines: the padding)
         queue, _, name = line.partition("/")
         claim = root / queue / "processing" / processing_name(name, worker_id)
         if queue and name and os.path.lexists(claim):
             still_there.append((queue, name))
     return set(still_there[MAYBE_STARTED:])
-
-
-def drop_list(root: Path, worker_id: str) -> None:
-    with contextlib.suppress(OSError):
-        list_path(root, worker_id).unlink(missing_ok=True)

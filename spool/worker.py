@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from spool import handover, signals
+from spool import signals
 from spool.attempt import Attempts
 from spool.claimed import Aside
 from spool.cluster import is_shared
@@ -182,7 +182,6 @@ class Worker:
             self.stats.flush(time.time(), force=True)
             self.code.executor.stop()
             self.attempts.drop_scratch()
-            handover.drop_list(self.settings.root, self.worker_id)
             self.watcher.stop()
             self.lock.release()
             log.info("worker %s stopped", self.worker_id)
