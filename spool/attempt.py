@@ -83,21 +83,23 @@ class Attempts:
         )
         self.ended(run, outcome)
 
-    def attempt_batch(self, batch: list[tuple[Claim, TaskDict]]) -> None:
+    def attempt_batch(self, batch: list[tuple[Claim, TaskDict]]) -> int:
         """Run several claimed tasks through one message to the handler process (see
-        spool.handover); those it never started go back to incoming/ unchanged.
+        spool.handover); return how many started: the others went back to incoming/ unchanged
+        (a stop, or the batch ran past BATCH_SECONDS).
 
         Raises: ConfigError (the handler process cannot start: they all went back)."""
         runs = [self.prepare(taken, task) for taken, task in batch]
         pending = self.recorder.pending
         before = [] if pending is None else [pending.taken]
         self.batch_list.write(before + [run.taken for run in runs])
+        over = time.monotonic() + handover.BATCH_SECONDS
         try:
             started = self.code.executor.run_batch(
                 [run.request for run in runs],
                 [run.turn for run in runs],
                 self.stopped_hard,
-                self.stopping.is_set,
+                lambda: self.stopping.is_set() or time.monotonic() > over,
                 lambda i, outcome: self.ended(runs[i], outcome),
                 self.recorder.record_pending,
             )
@@ -105,16 +107,17 @@ class Attempts:
             self.put_back(runs)
             raise
         self.put_back(runs[started:])
+        return started
 
     def put_back(self, runs: list[Run]) -> None:
         """Tasks of a batch that never started: back to incoming/ unchanged (no attempt)."""
         for run in runs:
             try:
-                self.aside.release(run.taken)
+                self.aside.hand_back(run.taken)
             except OSError as exc:  # the claim stays; recovery sends it back once we are gone
                 log.error("cannot put back %s: %s", run.fields, exc)
-                continue
-            log.info("released %s (not started)", run.fields)
+        if runs:
+            log.info("put back %d task(s) of a batch that had not started", len(runs))
 
     def prepare(self, taken: Claim, task: TaskDict) -> Run:
         """An attempt about to start: its request to the handler process (see Run)."""

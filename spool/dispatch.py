@@ -47,13 +47,13 @@ class Dispatch:
         self.aside, self.attempts, self.leases = aside, attempts, leases
         self.stopping = stopping
         shared = leases is not None
-        self.batch_size = 1 if shared else settings.claim_batch  # (see spool.handover)
+        self.sizing = handover.Sizing(1 if shared else settings.claim_batch)
         self.settling = Settling(trust_mtime=not shared)
 
     def run_claimed(self, taken: Claim, now: float, now_mono: float) -> None:
         if self.leases is not None:
             self.leases.hold(taken.path)
-        if self.batch_size > 1:
+        if self.sizing.most > 1:
             self.guarded(taken, lambda: self.process_gathered(taken, now, now_mono))
         else:
             self.guarded(taken, lambda: self.process(taken, now, now_mono))
@@ -118,13 +118,15 @@ class Dispatch:
                 self.code.cap_for(task) is None
                 and self.code.limit_for(task, taken.dirs.name) is None
             ),
-            self.batch_size,
+            self.sizing.size,
         )
         batch = gathered.batch
         if len(batch) > 1:
-            self.attempts.attempt_batch(batch)  # (a ConfigError: they all went back)
+            ran = self.attempts.attempt_batch(batch)  # (a ConfigError: they all went back)
+            self.sizing.after(ran, len(batch))
         elif batch:
             self.process(batch[0][0], now, now_mono, task=batch[0][1])
+            self.sizing.after(1, 1)
         if gathered.alone is not None:
             alone, task = gathered.alone
             self.guarded(alone, lambda: self.process(alone, now, now_mono, task=task))

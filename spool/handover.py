@@ -35,7 +35,24 @@ from spool.layout import FILE_MODE, processing_name, workers_dir
 from spool.workers import BATCH_SUFFIX
 
 MAYBE_STARTED = 2  # listed claims still there that count as lost (see the module docstring)
+BATCH_SECONDS = 1.0  # a batch still running after this hands back what has not started
 LIST_BYTES = 1024 * 1024  # a batch's list is far smaller
+
+
+@dataclass
+class Sizing:
+    """How many tasks the next batch may take, up to `most`: after a batch cut short by
+    BATCH_SECONDS (slow tasks) as many as had started in time; after a whole one, twice as
+    many. (So slow tasks are not claimed and handed back over and over.)"""
+
+    most: int
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        self.size = self.most
+
+    def after(self, ran: int, of: int) -> None:
+        self.size = min(self.most, self.size * 2) if ran >= of else max(1, ran)
 
 
 @dataclass
