@@ -3,9 +3,10 @@
 A request is one task, or a batch of them (see spool.handover): the tasks of a batch run one
 after the other, each reply sent as soon as its task ends, so the next one starts without a
 round trip to the worker. Before each next task of a batch the process looks whether the
-worker asked to skip the rest (a stop signal): then it says how many it skipped, and those
-tasks never start. Everything else about an attempt (its timeout, a cancel, a crash) is the
-worker's to see (see spool.execute).
+worker asked to skip the rest (a stop signal, or the batch ran long): then it says how many it
+skipped, and those tasks never start. A task cancelled while it waited its turn does not run
+(its reply says it was cancelled). Everything else about an attempt (its timeout, a cancel
+while it runs, a crash) is the worker's to see (see spool.execute).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 from spool import context
 from spool.channel import Channel
 from spool.errors import error_dict, exception_name
+from spool.execute import cancel_reason
+from spool.layout import CANCEL_FILE
 from spool.output import OUTPUT_LIMIT_BYTES, capture_output, end_output
 
 
@@ -93,9 +96,15 @@ def skip_asked(channel: Channel, number: int) -> bool:
 
 
 def run_one(tasks: dict[str, Any], request: dict[str, Any], output_limit: int | None) -> bytes:
-    """Run one request; its encoded reply (its output moved beside the task first)."""
+    """Run one request; its encoded reply (its output moved beside the task first). A task
+    cancelled before it started (a batch's task waiting its turn) does not run."""
     timeout = request.get("timeout")
     fields = request.get("context")
+    beside = None if fields is None else fields.get("beside")
+    if beside is not None and os.path.exists(f"{beside}/{CANCEL_FILE}"):
+        reason = cancel_reason(f"{beside}/{CANCEL_FILE}", "before it started")
+        error = error_dict("Cancelled", reason)
+        return encode_reply({"ok": False, "cancelled": True, "error": error})
     if fields is not None and timeout is not None:  # (a batch's task starts later than sent)
         fields["deadline"] = time.time() + timeout
     reply = run_handler(tasks, request)

@@ -331,19 +331,21 @@ class Executor:
         self.kill()
 
 
-def cancel_reason(request: str) -> str:
+def cancel_reason(request: str, when: str = "while it ran") -> str:
     """The reason a cancel request gives (see manage.ask_to_cancel)."""
     try:  # (no-follow, regular files only: a FIFO planted there must not hang the worker)
         reason = json.loads(read_regular(Path(request), SMALL_FILE_BYTES)[0]).get("reason")
     except (OSError, UnreadableFile, ValueError, AttributeError):
         reason = None
-    return f"{reason or 'cancelled'} (while it ran)"
+    return f"{reason or 'cancelled'} ({when})"
 
 
 def outcome_of(reply: dict[str, Any], started: float, finished: float) -> Outcome:
     progress = reply.get("progress")
     if reply.get("ok"):
         return Outcome(True, started, finished, result=reply.get("result"), progress=progress)
+    if reply.get("cancelled"):  # (before it started: see child.run_one)
+        return Outcome(False, started, finished, error=reply["error"], cancelled=True)
     return Outcome(
         False,
         started,
