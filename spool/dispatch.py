@@ -97,6 +97,17 @@ class Dispatch:
             return None
         return read
 
+    def batchable(self, taken: Claim, task: TaskDict) -> bool:
+        """Whether a task may share a batch: not with a cap or a rate limit (its seat or slot
+        is taken as it starts), not at_most_once (after a SIGKILL, recovery could not tell
+        whether it ran: see spool.handover)."""
+        code = self.code
+        return (
+            code.cap_for(task) is None
+            and code.limit_for(task, taken.dirs.name) is None
+            and not code.policy_for(task).at_most_once
+        )
+
     def process_gathered(self, first: Claim, now: float, now_mono: float) -> None:
         """Claim more while a backlog waits, and run them in one batch (see spool.handover);
         a lone task runs as one. Raises: OSError, ConfigError (`first` is to go back)."""
@@ -114,10 +125,7 @@ class Dispatch:
             first,
             ready_or_back,
             lambda: None if self.stopping.is_set() else self.queues.claim_next(now_mono),
-            lambda taken, task: (
-                self.code.cap_for(task) is None
-                and self.code.limit_for(task, taken.dirs.name) is None
-            ),
+            self.batchable,
             self.sizing.size,
         )
         batch = gathered.batch

@@ -7,9 +7,9 @@ come back as each task ends and are recorded as one task's are (see recorder). A
 higher priority that arrives meanwhile waits at most for the tasks already handed over. An
 idle worker claims one task at a time, as without batches (its pick-up latency).
 
-Never in a batch: a task with a concurrency cap or a rate limit (it ends the gathering and
-runs on its own right after the batch), and every task in shared mode (each claim has a lease
-there, see spool.lease).
+Never in a batch: a task with a concurrency cap or a rate limit, or an `at_most_once` one (it
+ends the gathering and runs on its own right after the batch), and every task in shared mode
+(each claim has a lease there, see spool.lease).
 
 Claimed but not started: a stop signal, the timeout or cancel of a task before them, or a lost
 handler process puts the batch's tasks that had not started back in incoming/ unchanged (no
