@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,10 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from spool import handover
 from spool.claim import Claim
 from spool.claimed import Aside
 from spool.context import context_fields
-from spool.envelope import TaskDict
+from spool.decision import RetryPolicy
+from spool.envelope import JSON, TaskDict
+from spool.errors import ConfigError
+from spool.execute import Outcome, Turn
 from spool.layout import output_scratch
 from spool.recorder import Pending, Recorder
 from spool.stats import WorkerStats
@@ -33,6 +38,19 @@ from spool.workflows import caps, rates
 
 log = logging.getLogger("spool.worker")  # these lines are the worker's
 NO_CAP = contextlib.nullcontext(True)  # (a task without a cap: no generator per attempt)
+
+
+@dataclass
+class Run:
+    """An attempt being started: its claim and task, the retry policy, its log line's fields,
+    the request for the handler process and its place in the run (see execute.Turn)."""
+
+    taken: Claim
+    task: TaskDict
+    policy: RetryPolicy
+    fields: str
+    request: dict[str, JSON]
+    turn: Turn
 
 
 @dataclass
@@ -52,6 +70,51 @@ class Attempts:
 
     def attempt(self, taken: Claim, task: TaskDict) -> None:
         """Run the task's handler once and hand its outcome to the recorder."""
+        run = self.prepare(taken, task)
+        outcome = self.code.executor.run(
+            run.request,
+            run.turn.timeout,
+            self.stopped_hard,
+            self.recorder.record_pending,
+            run.turn.beside,
+        )
+        self.ended(run, outcome)
+
+    def attempt_batch(self, batch: list[tuple[Claim, TaskDict]]) -> None:
+        """Run several claimed tasks through one message to the handler process (see
+        spool.handover); those it never started go back to incoming/ unchanged.
+
+        Raises: ConfigError (the handler process cannot start: they all went back)."""
+        runs = [self.prepare(taken, task) for taken, task in batch]
+        pending = self.recorder.pending
+        before = [] if pending is None else [pending.taken]
+        handover.write_list(self.root, self.worker_id, before + [run.taken for run in runs])
+        try:
+            started = self.code.executor.run_batch(
+                [run.request for run in runs],
+                [run.turn for run in runs],
+                self.stopped_hard,
+                self.stopping.is_set,
+                lambda i, outcome: self.ended(runs[i], outcome),
+                self.recorder.record_pending,
+            )
+        except ConfigError:  # (raised before any started)
+            self.put_back(runs)
+            raise
+        self.put_back(runs[started:])
+
+    def put_back(self, runs: list[Run]) -> None:
+        """Tasks of a batch that never started: back to incoming/ unchanged (no attempt)."""
+        for run in runs:
+            try:
+                self.aside.release(run.taken)
+            except OSError as exc:  # the claim stays; recovery sends it back once we are gone
+                log.error("cannot put back %s: %s", run.fields, exc)
+                continue
+            log.info("released %s (not started)", run.fields)
+
+    def prepare(self, taken: Claim, task: TaskDict) -> Run:
+        """An attempt about to start: its request to the handler process (see Run)."""
         policy = self.code.policy_for(task)
         attempt = int(task.get("attempts", 0)) + 1
         fields = log_fields(taken, task, attempt)
@@ -75,18 +138,18 @@ class Attempts:
             ),
             "log": f"{beside}/{attempt}.log",
         }
-        outcome = self.code.executor.run(
-            request,
-            timeout,
-            self.stopped_hard,
-            self.recorder.record_pending,
-            beside,
-        )
+        if math.isfinite(timeout):  # (the handler process sets the deadline as it starts it)
+            request["timeout"] = timeout
+        turn = Turn(timeout, request["log"], beside)
+        return Run(taken, task, policy, fields, request, turn)
+
+    def ended(self, run: Run, outcome: Outcome) -> None:
+        """Hand an ended attempt to the recorder, or put its task back (a stop cut it short)."""
         if outcome.interrupted:
-            self.aside.release(taken)
-            log.warning("released %s (stopped during the attempt)", fields)
+            self.aside.release(run.taken)
+            log.warning("released %s (stopped during the attempt)", run.fields)
             return
-        self.recorder.defer(Pending(taken, task, outcome, policy, fields))  # (see recorder)
+        self.recorder.defer(Pending(run.taken, run.task, outcome, run.policy, run.fields))
 
     def seated(
         self, taken: Claim, task: TaskDict, now_mono: float
