@@ -190,6 +190,21 @@ def test_a_worker_with_a_backlog_holds_claim_batch_claims_at_once(
         assert_ran_once_cleanly(app, task_id)
 
 
+def test_a_batch_takes_the_first_tasks_in_priority_order_and_runs_them_in_that_order(
+    app: Spool, spool_root: Path, tmp_path: Path, start_worker: Starter
+) -> None:
+    log = tmp_path / "starts.log"
+    tasks = slow_tasks(log, 8, seconds=0.2)
+    for task, priority in zip(tasks, [0, 5, 0, 9, 5, 0, 9, 0], strict=True):
+        task["priority"] = priority
+    app.enqueue_many(tasks)
+    worker = start_worker(config=batch_config(tmp_path, 4))
+    wait_until(lambda: len(claims_of(spool_root, worker.pid)) == 4, timeout=15)
+    assert sorted(claims_of(spool_root, worker.pid)) == ["t1", "t3", "t4", "t6"]
+    wait_until(lambda: len(started(log)) == 8, timeout=15)
+    assert started_values(log) == ["t3", "t6", "t1", "t4", "t0", "t2", "t5", "t7"]
+
+
 def test_a_worker_with_claim_batch_one_never_holds_more_than_one_claim(
     app: Spool, spool_root: Path, tmp_path: Path, start_worker: Starter
 ) -> None:
@@ -197,7 +212,7 @@ def test_a_worker_with_claim_batch_one_never_holds_more_than_one_claim(
     ids = app.enqueue_many(slow_tasks(log, 6, seconds=0.2))
     worker = start_worker(config=batch_config(tmp_path, 1))
     most = most_claims(spool_root, worker.pid, all_in(app, ids, "done"), log, timeout=15)
-    assert most.unstarted == 1
+    assert most.unstarted <= 1
     assert most.held <= 2  # (the one claimed, and the one before it while its outcome is written)
     for task_id in ids:
         assert_ran_once_cleanly(app, task_id)
@@ -396,7 +411,7 @@ def test_cancel_of_a_batch_member_that_has_not_started_ends_it_cancelled_and_the
     wait_until(lambda: len(claims_of(spool_root, worker.pid)) == 3, timeout=15)
     wait_until(lambda: started_values(log) == ["t0"], timeout=10)
     code, output = invoke(spool_root, "cancel", "t1")
-    assert (code, output) == (0, "cancelled t1\n")
+    assert (code, output) == (0, "cancelled t1\n"), output
     shown = app.show("t1")
     assert shown["state"] == "failed"
     assert shown["error"]["type"] == "Cancelled"
