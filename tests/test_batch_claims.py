@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from spool import Spool
+from spool import Spool, handover
+from spool.claim import Claim
 from spool.cli import cli
 from spool.config import load_settings
 from spool.errors import ConfigError
@@ -473,3 +474,51 @@ def test_the_outcome_of_every_task_of_a_batch_is_its_own(
     assert (echoed["state"], echoed["result"]) == ("done", {"k": [1, 2]})
     assert (failed["state"], failed["error"]["message"]) == ("failed", "boom")
     assert {(s["attempts"], lost_of(s)) for s in (added, refused, echoed, failed)} == {(1, 0)}
+
+
+# ---- slow tasks, at_most_once, the batch list ------------------------------------------------
+
+
+def test_a_batch_still_running_after_a_second_hands_back_the_tasks_that_have_not_started(
+    app: Spool, spool_root: Path, tmp_path: Path, start_worker: Starter
+) -> None:
+    log = tmp_path / "starts.log"
+    ids = app.enqueue_many(slow_tasks(log, 8, seconds=0.4))
+    worker = start_worker(config=batch_config(tmp_path, 8))
+    wait_until(lambda: len(claims_of(spool_root, worker.pid)) == 8, timeout=15)
+    assert waiting_ids(spool_root) == []
+    wait_until(lambda: waiting_ids(spool_root), timeout=5, interval=0.01)  # 3 ran in a second
+    handed_back = waiting_ids(spool_root)
+    assert not set(handed_back) & set(started_values(log))
+    wait_until(all_in(app, ids, "done"), timeout=20)
+    assert sorted(started_values(log)) == sorted(ids)  # each started once
+    for task_id in ids:
+        assert_ran_once_cleanly(app, task_id)
+
+
+def test_at_most_once_tasks_never_share_a_batch(
+    app: Spool, spool_root: Path, tmp_path: Path, start_worker: Starter
+) -> None:
+    ids = app.enqueue_many([{"task": "sleep_at_most_once", "args": [0.2]} for _ in range(4)])
+    worker = start_worker(config=batch_config(tmp_path, 4))
+    most = most_claims(spool_root, worker.pid, all_in(app, ids, "done"), timeout=15)
+    assert most.held <= 2  # (the one running, and the one before it while its outcome is written)
+
+
+def test_recovery_counts_two_claims_of_a_dead_workers_batch_as_maybe_started(
+    tmp_path: Path,
+) -> None:
+    dirs = QueueDirs(tmp_path, "default")
+    dirs.processing.mkdir(parents=True)
+    (tmp_path / ".workers").mkdir()
+    claims = [Claim(dirs, f"{name}.json", "w-1-aa") for name in "abcdefg"]
+    listed = handover.BatchList(tmp_path, "w-1-aa")
+    listed.write(claims)  # an earlier, longer batch
+    listed.write(claims[:5])  # this one: padded over the last one, no stale line stays
+    for taken in claims[1:]:
+        taken.path.touch()  # a's claim is gone (its outcome is written); f, g: not in this batch
+    expected = {("default", "d.json"), ("default", "e.json")}  # b, c: ended or running
+    assert handover.not_started(tmp_path, "w-1-aa") == expected
+    claims[1].path.unlink()  # b's outcome written too: c ended unrecorded, d ran
+    assert handover.not_started(tmp_path, "w-1-aa") == {("default", "e.json")}
+    assert handover.not_started(tmp_path, "w-2-bb") == set()  # no list: every claim counts
