@@ -86,7 +86,7 @@ class Attempts:
     def attempt_batch(self, batch: list[tuple[Claim, TaskDict]]) -> int:
         """Run several claimed tasks through one message to the handler process (see
         spool.handover); return how many started: the others went back to incoming/ unchanged
-        (a stop, or the batch ran past BATCH_SECONDS).
+        (a stop, an outcome the disk refused, or the batch ran past BATCH_SECONDS).
 
         Raises: ConfigError (the handler process cannot start: they all went back)."""
         runs = [self.prepare(taken, task) for taken, task in batch]
@@ -94,20 +94,29 @@ class Attempts:
         before = [] if pending is None else [pending.taken]
         self.batch_list.write(before + [run.taken for run in runs])
         over = time.monotonic() + handover.BATCH_SECONDS
+
+        def ended(i: int, outcome: Outcome) -> None:
+            self.ended(runs[i], outcome)
+            self.recorder.record_pending()  # (while the next one runs)
+
+        def winding_down() -> bool:
+            return (
+                self.stopping.is_set() or time.monotonic() > over or bool(self.recorder.unwritten)
+            )
+
         try:
-            started = self.code.executor.run_batch(
+            return self.code.executor.run_batch(
                 [run.request for run in runs],
                 [run.turn for run in runs],
                 self.stopped_hard,
-                lambda: self.stopping.is_set() or time.monotonic() > over,
-                lambda i, outcome: self.ended(runs[i], outcome),
+                winding_down,
+                ended,
+                lambda a, b: self.put_back(runs[a:b]),
                 self.recorder.record_pending,
             )
         except ConfigError:  # (raised before any started)
             self.put_back(runs)
             raise
-        self.put_back(runs[started:])
-        return started
 
     def put_back(self, runs: list[Run]) -> None:
         """Tasks of a batch that never started: back to incoming/ unchanged (no attempt)."""

@@ -7,6 +7,7 @@ import contextlib
 import os
 import select
 import struct
+import threading
 
 HEADER = struct.Struct("!I")
 READ_BYTES = 64 * 1024  # read at most this at once: several replies of a batch in one read
@@ -20,12 +21,14 @@ class Channel:
         self.poller = select.poll()
         self.poller.register(read_fd, select.POLLIN)
         self.buffer = bytearray()  # read, not yet received
+        self.sending = threading.Lock()  # (the handler process sends from two threads)
 
     def send(self, message: bytes) -> None:
         """Raises: OSError (BrokenPipeError when the other side is gone)."""
         view = memoryview(HEADER.pack(len(message)) + message)
-        while view:
-            view = view[os.write(self.write_fd, view) :]
+        with self.sending:
+            while view:
+                view = view[os.write(self.write_fd, view) :]
 
     def readable(self, timeout: float | None) -> bool:
         if self.framed() is not None:  # a whole message was read already

@@ -2,10 +2,10 @@
 
 A request is one task, or a batch of them (see spool.handover): the tasks of a batch run one
 after the other, each reply sent as soon as its task ends, so the next one starts without a
-round trip to the worker. Before each next task of a batch the process looks whether the
-worker asked to skip the rest (a stop signal, or the batch ran long): then it says how many it
-skipped, and those tasks never start. A task cancelled while it waited its turn does not run
-(its reply says it was cancelled). Everything else about an attempt (its timeout, a cancel
+round trip to the worker. The worker may take back the batch's tasks that have not started (a
+stop signal, the batch ran long), at any time: a thread reads the pipe while a handler runs
+and answers at once (see Inbox). A task cancelled while it waited its turn does not run (its
+reply says it was cancelled). Everything else about an attempt (its timeout, a cancel
 while it runs, a crash) is the worker's to see (see spool.execute).
 """
 
@@ -18,8 +18,11 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from spool import context
@@ -67,32 +70,58 @@ def child_main() -> None:
     serve(channel, tasks, limit if settings.get("output") else None)
 
 
+@dataclass
+class Inbox:
+    """The requests the handler process has yet to start, fed by a thread that reads the pipe,
+    so the worker can take back a batch's tasks that have not started while one runs (its
+    reply says how many: the last ones of the batch). A request is started or taken back, never
+    both: both happen under `lock`."""
+
+    channel: Channel
+    waiting: deque[tuple[int | None, dict[str, Any]]] = field(default_factory=deque)
+    closed: bool = False  # the worker closed the pipe
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self.read, name="spool-inbox", daemon=True).start()
+
+    def read(self) -> None:
+        while True:
+            try:
+                message = json.loads(self.channel.receive())
+            except EOFError:
+                with self.lock:
+                    self.closed = True
+                    self.lock.notify()
+                return
+            with self.lock:
+                if "take_back" in message:
+                    self.take_back(message["take_back"])
+                elif "batch" in message:
+                    self.waiting.extend((message["n"], request) for request in message["batch"])
+                else:
+                    self.waiting.append((None, message))
+                self.lock.notify()
+
+    def take_back(self, number: int) -> None:
+        kept = deque(item for item in self.waiting if item[0] != number)
+        taken = len(self.waiting) - len(kept)
+        self.waiting = kept
+        self.channel.send(json.dumps({"taken_back": taken, "n": number}).encode())
+
+    def next(self) -> dict[str, Any] | None:
+        """The next request, now started; None once the worker is gone."""
+        with self.lock:
+            while not self.waiting and not self.closed:
+                self.lock.wait()
+            return self.waiting.popleft()[1] if self.waiting else None
+
+
 def serve(channel: Channel, tasks: dict[str, Any], output_limit: int | None) -> None:
     """Run what the worker asks for until it closes the pipe."""
-    while True:
-        try:
-            message = json.loads(channel.receive())
-        except EOFError:
-            return
-        if "skip" in message:  # a stop that came after its batch had ended
-            continue
-        if "batch" not in message:
-            channel.send(run_one(tasks, message, output_limit))
-            continue
-        requests, number = message["batch"], message["n"]
-        for done, request in enumerate(requests):
-            if done and skip_asked(channel, number):
-                channel.send(json.dumps({"skipped": len(requests) - done}).encode())
-                break
-            channel.send(run_one(tasks, request, output_limit))
-
-
-def skip_asked(channel: Channel, number: int) -> bool:
-    """Whether the worker asked to skip the rest of batch `number` (it is stopping)."""
-    if not channel.readable(0):
-        return False
-    message = json.loads(channel.receive())
-    return bool(message.get("skip") == number)
+    inbox = Inbox(channel)
+    while (request := inbox.next()) is not None:
+        channel.send(run_one(tasks, request, output_limit))
 
 
 def run_one(tasks: dict[str, Any], request: dict[str, Any], output_limit: int | None) -> bytes:

@@ -126,6 +126,7 @@ class Dispatch:
             ready_or_back,
             lambda: None if self.stopping.is_set() else self.queues.claim_next(now_mono),
             self.batchable,
+            self.hand_back,
             self.sizing.size,
         )
         batch = gathered.batch
@@ -135,6 +136,12 @@ class Dispatch:
         elif batch:
             self.process(batch[0][0], now, now_mono, task=batch[0][1])
             self.sizing.after(1, 1)
-        if gathered.alone is not None:
-            alone, task = gathered.alone
-            self.guarded(alone, lambda: self.process(alone, now, now_mono, task=task))
+        elif gathered.alone is not None:
+            self.process(gathered.alone[0], now, now_mono, task=gathered.alone[1])
+
+    def hand_back(self, taken: Claim) -> None:
+        """A claimed task that runs alone, met while gathering a batch: back to incoming/."""
+        try:
+            self.aside.hand_back(taken)
+        except OSError as exc:  # the claim stays; recovery sends it back once we are gone
+            log.error("cannot put back %s: %s", taken.name, exc)

@@ -86,9 +86,9 @@ class Turn:
 
 
 @dataclass
-class Skip:
-    """Asks the handler process, once, to skip the rest of batch `number` (see child.serve),
-    when `wanted()` (a first stop signal)."""
+class TakeBack:
+    """Asks the handler process, once, for the tasks of batch `number` it has not started (see
+    child.Inbox), when `wanted()` (a stop signal, the batch ran long)."""
 
     number: int
     wanted: Callable[[], bool]
@@ -99,7 +99,7 @@ class Skip:
             return
         self.asked = True
         with contextlib.suppress(OSError):  # (gone: the wait for its reply sees it)
-            channel.send(json.dumps({"skip": self.number}).encode())
+            channel.send(json.dumps({"take_back": self.number}).encode())
 
 
 class Executor:
@@ -193,7 +193,7 @@ class Executor:
         if meanwhile is not None:
             meanwhile()
         ended = self.await_reply(turn, interrupted)
-        assert ended is not None  # (no batch: nothing to skip)
+        assert isinstance(ended, Outcome)  # (no batch: nothing to take back)
         return ended
 
     def run_batch(
@@ -203,35 +203,42 @@ class Executor:
         interrupted: Callable[[], bool],
         winding_down: Callable[[], bool],
         ended: Callable[[int, Outcome], None],
+        given_back: Callable[[int, int], None],
         meanwhile: Callable[[], None] | None = None,
     ) -> int:
         """Run several attempts sent in one message (see spool.handover): `ended(i, outcome)` as
-        each ends; return how many started (the others never did: the caller puts them back).
+        each ends, `given_back(a, b)` for attempts a to b - 1 that will never start; return how
+        many started.
 
-        `meanwhile` is called once they are on their way. Once `winding_down()` (a first stop
-        signal) the handler process is asked to skip the ones not started; a stop, a timeout, a
-        cancel or a lost handler process ends the batch with the attempt it cut short. Each
-        turn is started as its attempt starts.
+        `meanwhile` is called once they are on their way. Once `winding_down()` the handler
+        process is asked for the ones it has not started; a stop, a timeout, a cancel or a
+        lost handler process ends the batch with the attempt it cut short. Each turn is started
+        as its attempt starts.
         """
         self.batches += 1
-        number = self.batches
+        take_back = TakeBack(self.batches, winding_down)
         turns[0].start()
-        if not self.send({"batch": requests, "n": number}):
+        if not self.send({"batch": requests, "n": take_back.number}):
             ended(0, self.child_lost(turns[0].started, turns[0].log_path))
+            given_back(1, len(turns))
             return 1
         if meanwhile is not None:
             meanwhile()
-        skip = Skip(number, winding_down)
-        for i, turn in enumerate(turns):
-            outcome = self.await_reply(turn, interrupted, skip)
-            if outcome is None:  # the rest skipped: a stop
-                return i
-            if i + 1 < len(turns):
+        i, end = 0, len(turns)
+        while i < end:
+            got = self.await_reply(turns[i], interrupted, take_back)
+            if isinstance(got, int):  # the last `got` of them, taken back
+                given_back(end - got, end)
+                end -= got
+                continue
+            if i + 1 < end:
                 turns[i + 1].start()  # (about when the handler process began it)
-            ended(i, outcome)
+            ended(i, got)
+            i += 1
             if self.channel is None:  # it was stopped or died: the rest never started
-                return i + 1
-        return len(turns)
+                given_back(i, end)
+                return i
+        return end
 
     def send(self, message: dict[str, JSON]) -> bool:
         """Send a request to the handler process (started first if need be); False when it
@@ -246,10 +253,10 @@ class Executor:
         return True
 
     def await_reply(
-        self, turn: Turn, interrupted: Callable[[], bool], skip: Skip | None = None
-    ) -> Outcome | None:
+        self, turn: Turn, interrupted: Callable[[], bool], take_back: TakeBack | None = None
+    ) -> Outcome | int:
         """Wait for the reply of the attempt that started at `turn.started`, under its timeout;
-        None when the handler process skipped it (asked to by `skip`)."""
+        or, once `take_back` asked for them, for how many tasks of its batch were taken back."""
         assert self.channel is not None
         deadline = None if turn.timeout is None else turn.started_mono + turn.timeout
         cancel = None if turn.beside is None else f"{turn.beside}/{CANCEL_FILE}"
@@ -264,15 +271,19 @@ class Executor:
             left = POLL_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
             over = left <= 0
             slice_ = 0.0 if stop or over or cancelled else min(POLL_SLICE_SECONDS, left)
-            if skip is not None:
-                skip.ask(self.channel)
+            if take_back is not None:
+                take_back.ask(self.channel)
             try:
                 ready = self.channel.readable(slice_)
                 reply = json.loads(self.channel.receive()) if ready else None
             except (EOFError, OSError):
                 return self.child_lost(turn.started, turn.log_path)
-            if reply is not None:
-                return None if "skipped" in reply else outcome_of(reply, turn.started, time.time())
+            if reply is not None and "taken_back" not in reply:
+                return outcome_of(reply, turn.started, time.time())
+            if reply is not None:  # (an answer after its batch ended is stale: it took none)
+                if take_back is not None and reply.get("n") == take_back.number:
+                    return int(reply["taken_back"])
+                continue
             why = "stop" if stop else "cancel" if cancelled else "timeout" if over else None
             if why is not None:
                 return self.stopped(turn.started, turn.log_path, why, turn.timeout, cancel)

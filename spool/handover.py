@@ -7,18 +7,22 @@ come back as each task ends and are recorded as one task's are (see recorder). A
 higher priority that arrives meanwhile waits at most for the tasks already handed over. An
 idle worker claims one task at a time, as without batches (its pick-up latency).
 
-Never in a batch: a task with a concurrency cap or a rate limit, or an `at_most_once` one (it
-ends the gathering and runs on its own right after the batch), and every task in shared mode
-(each claim has a lease there, see spool.lease).
+Never in a batch: a task with a concurrency cap or a rate limit, or an `at_most_once` one (met
+while gathering, it goes back to incoming/ and runs on its own, next or on another worker), and
+every task in shared mode (each claim has a lease there, see spool.lease).
 
-Claimed but not started: a stop signal, the timeout or cancel of a task before them, or a lost
-handler process puts the batch's tasks that had not started back in incoming/ unchanged (no
-attempt counted). A worker killed in the middle (SIGKILL) leaves its claims: the batch's list
+Claimed but not started: a stop signal, an outcome the disk refused, a batch still running
+after BATCH_SECONDS (the worker takes them back from the handler process at once, even while a
+task runs: see child.Inbox), or the timeout or cancel of a task before them, or a lost handler
+process puts the batch's tasks that had not started back in incoming/ unchanged (no attempt
+counted). A worker killed in the middle (SIGKILL) leaves its claims: the batch's list
 (`.workers/<id>.batch`: the claim whose outcome was still to be written, then the batch, in
-order; written as the batch is sent, no sync) tells recovery which came first. Of the listed
-claims still there, the first two count as lost (one may have ended with its outcome unwritten,
-one may have been running); the others go back unchanged. (The handler process may run ahead of
-the worker's records: such a task runs again, at least once as always, with no attempt counted.)
+order; written as the batch is sent, no sync) tells recovery which came first. The worker writes
+each outcome as soon as it has it, so of the listed claims still there the first is the one
+that was running: it counts as lost; the others go back unchanged. (In the instant between a
+task's end and its outcome's first step, the next one already runs and would go back uncounted;
+and the handler process may run ahead of a worker slow to write outcomes: such a task runs
+again, at least once as always, with no attempt counted.)
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from spool.envelope import TaskDict
 from spool.layout import FILE_MODE, processing_name, workers_dir
 from spool.workers import BATCH_SUFFIX
 
-MAYBE_STARTED = 2  # listed claims still there that count as lost (see the module docstring)
+MAYBE_STARTED = 1  # listed claims still there that count as lost (see the module docstring)
 BATCH_SECONDS = 1.0  # a batch still running after this hands back what has not started
 LIST_BYTES = 1024 * 1024  # a batch's list is far smaller
 
@@ -57,7 +61,7 @@ class Sizing:
 
 @dataclass
 class Gathered:
-    """Claimed tasks to run: `batch` in one message, then `alone` (if any) on its own."""
+    """Claimed tasks to run: `batch` in one message, or `alone` on its own."""
 
     batch: list[tuple[Claim, TaskDict]]
     alone: tuple[Claim, TaskDict] | None = None
@@ -68,18 +72,24 @@ def gather(
     ready: Callable[[Claim], TaskDict | None],
     claim_more: Callable[[], Claim | None],
     batchable: Callable[[Claim, TaskDict], bool],
+    hand_back: Callable[[Claim], None],
     size: int,
 ) -> Gathered:
     """Claim up to `size` runnable tasks, `first` first: `ready` reads a claim (None: it was
     set aside or put off, see claimed.Aside), `claim_more` claims the next best one (None: none
-    is ready), `batchable` says whether a task may share a message."""
+    is ready), `batchable` says whether a task may share a message. A task that may not, met
+    after others, goes back (`hand_back`): it runs alone, next or on another worker, rather
+    than wait claimed behind the batch."""
     batch: list[tuple[Claim, TaskDict]] = []
     taken: Claim | None = first
     while taken is not None:
         task = ready(taken)
+        if task is not None and not batchable(taken, task):
+            if not batch:
+                return Gathered([], (taken, task))
+            hand_back(taken)
+            break
         if task is not None:
-            if not batchable(taken, task):
-                return Gathered(batch, (taken, task))
             batch.append((taken, task))
             if len(batch) >= size:
                 break

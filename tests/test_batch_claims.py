@@ -505,7 +505,7 @@ def test_at_most_once_tasks_never_share_a_batch(
     assert most.held <= 2  # (the one running, and the one before it while its outcome is written)
 
 
-def test_recovery_counts_two_claims_of_a_dead_workers_batch_as_maybe_started(
+def test_recovery_counts_the_first_claim_left_of_a_dead_workers_batch_as_started(
     tmp_path: Path,
 ) -> None:
     dirs = QueueDirs(tmp_path, "default")
@@ -517,8 +517,11 @@ def test_recovery_counts_two_claims_of_a_dead_workers_batch_as_maybe_started(
     listed.write(claims[:5])  # this one: padded over the last one, no stale line stays
     for taken in claims[1:]:
         taken.path.touch()  # a's claim is gone (its outcome is written); f, g: not in this batch
-    expected = {("default", "d.json"), ("default", "e.json")}  # b, c: ended or running
+    expected = {("default", n) for n in ("c.json", "d.json", "e.json")}  # b ran
     assert handover.not_started(tmp_path, "w-1-aa") == expected
-    claims[1].path.unlink()  # b's outcome written too: c ended unrecorded, d ran
-    assert handover.not_started(tmp_path, "w-1-aa") == {("default", "e.json")}
+    claims[1].path.unlink()  # b's outcome written too: c ran
+    assert handover.not_started(tmp_path, "w-1-aa") == {
+        ("default", "d.json"),
+        ("default", "e.json"),
+    }
     assert handover.not_started(tmp_path, "w-2-bb") == set()  # no list: every claim counts
