@@ -525,3 +525,21 @@ def test_recovery_counts_the_first_claim_left_of_a_dead_workers_batch_as_started
         ("default", "e.json"),
     }
     assert handover.not_started(tmp_path, "w-2-bb") == set()  # no list: every claim counts
+
+
+def test_a_quick_task_behind_a_slow_one_in_a_batch_goes_back_for_another_worker(
+    app: Spool, spool_root: Path, tmp_path: Path, start_worker: Starter
+) -> None:
+    log = tmp_path / "starts.log"
+    slow, quick = slow_tasks(log, 2, seconds=6.0)
+    slow["priority"], quick["args"][2] = 9, 0.0
+    app.enqueue_many([slow, quick])
+    config = batch_config(tmp_path, 4)
+    first = start_worker(config=config)
+    wait_until(lambda: len(claims_of(spool_root, first.pid)) == 2, timeout=15, interval=0.005)
+    wait_until(lambda: waiting_ids(spool_root) == ["t1"], timeout=3)  # taken back at once
+    assert started_values(log) == ["t0"]
+    start_worker(config=config)
+    wait_until(lambda: app.state_of("t1") == "done", timeout=10)
+    assert app.state_of("t0") == "processing"  # still running on the first worker
+    assert_ran_once_cleanly(app, "t1")
