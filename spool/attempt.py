@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,10 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from spool import handover
 from spool.claim import Claim
 from spool.claimed import Aside
 from spool.context import context_fields
-from spool.envelope import TaskDict
+from spool.decision import RetryPolicy
+from spool.envelope import JSON, TaskDict
+from spool.errors import ConfigError
+from spool.execute import Outcome, Turn
 from spool.layout import output_scratch
 from spool.recorder import Pending, Recorder
 from spool.stats import WorkerStats
@@ -33,6 +38,19 @@ from spool.workflows import caps, rates
 
 log = logging.getLogger("spool.worker")  # these lines are the worker's
 NO_CAP = contextlib.nullcontext(True)  # (a task without a cap: no generator per attempt)
+
+
+@dataclass
+class Run:
+    """An attempt being started: its claim and task, the retry policy, its log line's fields,
+    the request for the handler process and its place in the run (see execute.Turn)."""
+
+    taken: Claim
+    task: TaskDict
+    policy: RetryPolicy
+    fields: str
+    request: dict[str, JSON]
+    turn: Turn
 
 
 @dataclass
@@ -50,8 +68,68 @@ class Attempts:
     stopping: threading.Event
     stopped_hard: Callable[[], bool]
 
+    def __post_init__(self) -> None:
+        self.batch_list = handover.BatchList(self.root, self.worker_id)
+
     def attempt(self, taken: Claim, task: TaskDict) -> None:
         """Run the task's handler once and hand its outcome to the recorder."""
+        run = self.prepare(taken, task)
+        outcome = self.code.executor.run(
+            run.request,
+            run.turn.timeout,
+            self.stopped_hard,
+            self.recorder.record_pending,
+            run.turn.beside,
+        )
+        self.ended(run, outcome)
+
+    def attempt_batch(self, batch: list[tuple[Claim, TaskDict]]) -> int:
+        """Run several claimed tasks through one message to the handler process (see
+        spool.handover); return how many started: the others went back to incoming/ unchanged
+        (a stop, an outcome the disk refused, or the batch ran past BATCH_SECONDS).
+
+        Raises: ConfigError (the handler process cannot start: they all went back)."""
+        runs = [self.prepare(taken, task) for taken, task in batch]
+        pending = self.recorder.pending
+        before = [] if pending is None else [pending.taken]
+        self.batch_list.write(before + [run.taken for run in runs])
+        over = time.monotonic() + handover.BATCH_SECONDS
+
+        def ended(i: int, outcome: Outcome) -> None:
+            self.ended(runs[i], outcome)
+            self.recorder.record_pending()  # (while the next one runs)
+
+        def winding_down() -> bool:
+            return (
+                self.stopping.is_set() or time.monotonic() > over or bool(self.recorder.unwritten)
+            )
+
+        try:
+            return self.code.executor.run_batch(
+                [run.request for run in runs],
+                [run.turn for run in runs],
+                self.stopped_hard,
+                winding_down,
+                ended,
+                lambda a, b: self.put_back(runs[a:b]),
+                self.recorder.record_pending,
+            )
+        except ConfigError:  # (raised before any started)
+            self.put_back(runs)
+            raise
+
+    def put_back(self, runs: list[Run]) -> None:
+        """Tasks of a batch that never started: back to incoming/ unchanged (no attempt)."""
+        for run in runs:
+            try:
+                self.aside.hand_back(run.taken)
+            except OSError as exc:  # the claim stays; recovery sends it back once we are gone
+                log.error("cannot put back %s: %s", run.fields, exc)
+        if runs:
+            log.info("put back %d task(s) of a batch that had not started", len(runs))
+
+    def prepare(self, taken: Claim, task: TaskDict) -> Run:
+        """An attempt about to start: its request to the handler process (see Run)."""
         policy = self.code.policy_for(task)
         attempt = int(task.get("attempts", 0)) + 1
         fields = log_fields(taken, task, attempt)
@@ -75,18 +153,18 @@ class Attempts:
             ),
             "log": f"{beside}/{attempt}.log",
         }
-        outcome = self.code.executor.run(
-            request,
-            timeout,
-            self.stopped_hard,
-            self.recorder.record_pending,
-            beside,
-        )
+        if math.isfinite(timeout):  # (the handler process sets the deadline as it starts it)
+            request["timeout"] = timeout
+        turn = Turn(timeout, request["log"], beside)
+        return Run(taken, task, policy, fields, request, turn)
+
+    def ended(self, run: Run, outcome: Outcome) -> None:
+        """Hand an ended attempt to the recorder, or put its task back (a stop cut it short)."""
         if outcome.interrupted:
-            self.aside.release(taken)
-            log.warning("released %s (stopped during the attempt)", fields)
+            self.aside.release(run.taken)
+            log.warning("released %s (stopped during the attempt)", run.fields)
             return
-        self.recorder.defer(Pending(taken, task, outcome, policy, fields))  # (see recorder)
+        self.recorder.defer(Pending(run.taken, run.task, outcome, run.policy, run.fields))
 
     def seated(
         self, taken: Claim, task: TaskDict, now_mono: float
@@ -131,9 +209,10 @@ class Attempts:
 
     def drop_scratch(self) -> None:
         """Remove the worker's output scratch file (the last attempt's output is beside its
-        task); a disk that refuses leaves it."""
+        task) and its batch list; a disk that refuses leaves them."""
         with contextlib.suppress(OSError):
             output_scratch(self.root, self.worker_id).unlink(missing_ok=True)
+        self.batch_list.drop()
 
 
 def log_fields(taken: Claim, task: TaskDict, attempt: int) -> str:

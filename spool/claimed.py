@@ -100,6 +100,12 @@ class Aside:
             self.leases.drop(taken.path)
         release(taken)
 
+    def hand_back(self, taken: Claim) -> None:
+        """Back to incoming/ unchanged and ready again at once (a batch's task that did not
+        start). Raises: OSError."""
+        self.release(taken)
+        self.queues[taken.dirs.name].add_ready(taken.name)
+
     def give_back(self, taken: Claim, why: str) -> None:
         """Put a claimed task back after an I/O error (the caller pauses before going on)."""
         log.error("%s; the task goes back to incoming/", why)

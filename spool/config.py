@@ -47,7 +47,7 @@ DEFAULTS_KEYS = {
     "max_lost",
 }
 WORKERS_KEYS = {"processes", "queues", "rescan_seconds", "recover_seconds", "unknown_task_grace"}
-WORKERS_KEYS |= {"output_bytes"}
+WORKERS_KEYS |= {"output_bytes", "claim_batch"}
 LOG_KEYS = {"format", "level"}
 RETENTION_KEYS = {"done", "failed"}
 WEB_KEYS = {"host", "port", "token", "max_body"}
@@ -76,6 +76,7 @@ class Settings:
     # a task no live worker knows is held this long after a manifest last named it (deploys)
     unknown_task_grace_seconds: float = 600.0
     output_limit_bytes: int = 64 * 1024  # of each attempt's output kept beside the task
+    claim_batch: int = 8  # tasks claimed at once from a backlog (see spool.handover)
     log_format: str = "text"
     log_level: str = "INFO"
     schedule: Mapping[str, Any] = field(default_factory=dict)
@@ -182,8 +183,11 @@ def settings_from_table(data: Mapping[str, Any], path: Path | None) -> dict[str,
         ("recover_seconds", "recover_seconds", None),
         ("unknown_task_grace", "unknown_task_grace_seconds", None),
         ("output_bytes", "output_limit_bytes", int),
+        ("claim_batch", "claim_batch", int),
     ]
     values.update(checked(workers, worker_checks, f"{where} [workers]"))
+    if values.get("claim_batch", 1) < 1:
+        raise ConfigError(f"{where} [workers]: claim_batch must be at least 1")
     if "queues" in workers:
         queues = want(workers, "queues", list, f"{where} [workers]")
         if not all(isinstance(q, str) for q in queues):

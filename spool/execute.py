@@ -1,11 +1,13 @@
 """Run one attempt of a handler in a child process, under its timeout -> Outcome.
 
-Each worker keeps one child process that imports the configured task modules and runs
-handlers on request, one at a time. The worker can always take an attempt back: on timeout it
-kills the child's whole process group (a handler stuck in C code, or waiting on a subprocess,
-goes with it) and starts a new child; a child that dies (os._exit, a signal, the OOM killer)
-is a lost attempt (`Outcome.lost`): like a worker's death, it counts against the task's
-`max_lost`, not its `max_retries`. The child dies with the worker (PR_SET_PDEATHSIG on Linux).
+Each worker keeps one child process (see spool.child) that imports the configured task modules
+and runs handlers on request, one at a time: one task per request, or a batch of them sent at
+once (see spool.handover), each outcome sent back as it ends. The worker can always take an
+attempt back: on timeout it kills the child's whole process group (a handler stuck in C code,
+or waiting on a subprocess, goes with it) and starts a new child; a child that dies (os._exit,
+a signal, the OOM killer) is a lost attempt (`Outcome.lost`): like a worker's death, it counts
+against the task's `max_lost`, not its `max_retries`. The child dies with the worker
+(PR_SET_PDEATHSIG on Linux).
 
 Worker and child speak length-framed JSON over two pipes; nothing is pickled.
 
@@ -20,35 +22,29 @@ timeout (the child's whole process group); the worker looks for it once per POLL
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
-import select
 import signal
-import struct
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spool import context
+from spool.channel import Channel
 from spool.envelope import JSON
-from spool.errors import ConfigError, error_dict, exception_name
+from spool.errors import ConfigError, error_dict
 from spool.fsio import UnreadableFile, read_regular
 from spool.layout import CANCEL_FILE
-from spool.output import OUTPUT_LIMIT_BYTES, Scratch, capture_output, end_output
+from spool.output import Scratch
 from spool.registry import TaskOptions
 
-CHILD_CODE = "from spool.execute import child_main; child_main()"
+CHILD_CODE = "from spool.child import child_main; child_main()"
 START_TIMEOUT_SECONDS = 120.0
 START_TRIES = 3  # a child killed before its first message is started again this often
 POLL_SLICE_SECONDS = 0.1
-HEADER = struct.Struct("!I")
 SMALL_FILE_BYTES = 64 * 1024  # a cancel request is far smaller
 
 
@@ -73,42 +69,37 @@ class Outcome:
         return self.finished_at - self.started_at
 
 
-class Channel:
-    """Length-framed messages over a pair of pipe ends (JSON inside; nothing is pickled)."""
+@dataclass
+class Turn:
+    """One attempt's place in a run: when it started (wall clock), its timeout, where its
+    output goes and the task's directory beside it (a cancel request appears there)."""
 
-    def __init__(self, read_fd: int, write_fd: int) -> None:
-        self.read_fd, self.write_fd = read_fd, write_fd
-        self.poller = select.poll()
-        self.poller.register(read_fd, select.POLLIN)
+    timeout: float | None
+    log_path: JSON
+    beside: str | None
+    started: float = 0.0
+    started_mono: float = 0.0  # (deadlines are monotonic)
 
-    def send(self, message: bytes) -> None:
-        """Raises: OSError (BrokenPipeError when the other side is gone)."""
-        view = memoryview(HEADER.pack(len(message)) + message)
-        while view:
-            view = view[os.write(self.write_fd, view) :]
+    def start(self) -> Turn:
+        self.started, self.started_mono = time.time(), time.monotonic()
+        return self
 
-    def readable(self, timeout: float | None) -> bool:
-        return bool(self.poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
 
-    def receive(self) -> bytes:
-        """Raises: EOFError when the other side is gone."""
-        (size,) = HEADER.unpack(self.read_exactly(HEADER.size))
-        return self.read_exactly(size)
+@dataclass
+class TakeBack:
+    """Asks the handler process, once, for the tasks of batch `number` it has not started (see
+    child.Inbox), when `wanted()` (a stop signal, the batch ran long)."""
 
-    def read_exactly(self, size: int) -> bytes:
-        chunks, left = [], size
-        while left:
-            chunk = os.read(self.read_fd, left)
-            if not chunk:
-                raise EOFError
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+    number: int
+    wanted: Callable[[], bool]
+    asked: bool = False
 
-    def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    def ask(self, channel: Channel) -> None:
+        if self.asked or not self.wanted():
+            return
+        self.asked = True
+        with contextlib.suppress(OSError):  # (gone: the wait for its reply sees it)
+            channel.send(json.dumps({"take_back": self.number}).encode())
 
 
 class Executor:
@@ -127,6 +118,7 @@ class Executor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
         self.tasks: dict[str, TaskOptions] = {}
+        self.batches = 0  # batches sent, to number them
 
     def start(self) -> dict[str, TaskOptions]:
         """Start the child; return the tasks it registered. Raises: ConfigError.
@@ -195,19 +187,79 @@ class Executor:
         `meanwhile` is called once the request is on its way, while the handler runs; `beside`
         is the task's directory beside it, where a cancel request appears (see manage.cancel).
         """
+        turn = Turn(timeout, request.get("log"), beside).start()
+        if not self.send(request):  # it died between attempts
+            return self.child_lost(turn.started, turn.log_path)
+        if meanwhile is not None:
+            meanwhile()
+        ended = self.await_reply(turn, interrupted)
+        assert isinstance(ended, Outcome)  # (no batch: nothing to take back)
+        return ended
+
+    def run_batch(
+        self,
+        requests: list[dict[str, JSON]],
+        turns: list[Turn],
+        interrupted: Callable[[], bool],
+        winding_down: Callable[[], bool],
+        ended: Callable[[int, Outcome], None],
+        given_back: Callable[[int, int], None],
+        meanwhile: Callable[[], None] | None = None,
+    ) -> int:
+        """Run several attempts sent in one message (see spool.handover): `ended(i, outcome)` as
+        each ends, `given_back(a, b)` for attempts a to b - 1 that will never start; return how
+        many started.
+
+        `meanwhile` is called once they are on their way. Once `winding_down()` the handler
+        process is asked for the ones it has not started; a stop, a timeout, a cancel or a
+        lost handler process ends the batch with the attempt it cut short. Each turn is started
+        as its attempt starts.
+        """
+        self.batches += 1
+        take_back = TakeBack(self.batches, winding_down)
+        turns[0].start()
+        if not self.send({"batch": requests, "n": take_back.number}):
+            ended(0, self.child_lost(turns[0].started, turns[0].log_path))
+            given_back(1, len(turns))
+            return 1
+        if meanwhile is not None:
+            meanwhile()
+        i, end = 0, len(turns)
+        while i < end:
+            got = self.await_reply(turns[i], interrupted, take_back)
+            if isinstance(got, int):  # the last `got` of them, taken back
+                given_back(end - got, end)
+                end -= got
+                continue
+            if i + 1 < end:
+                turns[i + 1].start()  # (about when the handler process began it)
+            ended(i, got)
+            i += 1
+            if self.channel is None:  # it was stopped or died: the rest never started
+                given_back(i, end)
+                return i
+        return end
+
+    def send(self, message: dict[str, JSON]) -> bool:
+        """Send a request to the handler process (started first if need be); False when it
+        is gone."""
         if self.channel is None:  # not started yet, or killed after the last attempt
             self.start()
         assert self.channel is not None
-        started = time.time()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        log_path = request.get("log")
         try:
-            self.channel.send(json.dumps(request).encode())
-        except OSError:  # it died between attempts
-            return self.child_lost(started, log_path)
-        if meanwhile is not None:
-            meanwhile()
-        cancel = None if beside is None else f"{beside}/{CANCEL_FILE}"
+            self.channel.send(json.dumps(message).encode())
+        except OSError:
+            return False
+        return True
+
+    def await_reply(
+        self, turn: Turn, interrupted: Callable[[], bool], take_back: TakeBack | None = None
+    ) -> Outcome | int:
+        """Wait for the reply of the attempt that started at `turn.started`, under its timeout;
+        or, once `take_back` asked for them, for how many tasks of its batch were taken back."""
+        assert self.channel is not None
+        deadline = None if turn.timeout is None else turn.started_mono + turn.timeout
+        cancel = None if turn.beside is None else f"{turn.beside}/{CANCEL_FILE}"
         first = True
         while True:
             # A stop, a cancel or the timeout ends the attempt only if no reply is waiting: a
@@ -219,16 +271,22 @@ class Executor:
             left = POLL_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
             over = left <= 0
             slice_ = 0.0 if stop or over or cancelled else min(POLL_SLICE_SECONDS, left)
+            if take_back is not None:
+                take_back.ask(self.channel)
             try:
                 ready = self.channel.readable(slice_)
                 reply = json.loads(self.channel.receive()) if ready else None
             except (EOFError, OSError):
-                return self.child_lost(started, log_path)
-            if reply is not None:
-                return outcome_of(reply, started, time.time())
+                return self.child_lost(turn.started, turn.log_path)
+            if reply is not None and "taken_back" not in reply:
+                return outcome_of(reply, turn.started, time.time())
+            if reply is not None:  # (an answer after its batch ended is stale: it took none)
+                if take_back is not None and reply.get("n") == take_back.number:
+                    return int(reply["taken_back"])
+                continue
             why = "stop" if stop else "cancel" if cancelled else "timeout" if over else None
             if why is not None:
-                return self.stopped(started, log_path, why, timeout, cancel)
+                return self.stopped(turn.started, turn.log_path, why, turn.timeout, cancel)
             first = False
             if self.output is not None:
                 self.output.bound()
@@ -284,19 +342,21 @@ class Executor:
         self.kill()
 
 
-def cancel_reason(request: str) -> str:
+def cancel_reason(request: str, when: str = "while it ran") -> str:
     """The reason a cancel request gives (see manage.ask_to_cancel)."""
     try:  # (no-follow, regular files only: a FIFO planted there must not hang the worker)
         reason = json.loads(read_regular(Path(request), SMALL_FILE_BYTES)[0]).get("reason")
     except (OSError, UnreadableFile, ValueError, AttributeError):
         reason = None
-    return f"{reason or 'cancelled'} (while it ran)"
+    return f"{reason or 'cancelled'} ({when})"
 
 
 def outcome_of(reply: dict[str, Any], started: float, finished: float) -> Outcome:
     progress = reply.get("progress")
     if reply.get("ok"):
         return Outcome(True, started, finished, result=reply.get("result"), progress=progress)
+    if reply.get("cancelled"):  # (before it started: see child.run_one)
+        return Outcome(False, started, finished, error=reply["error"], cancelled=True)
     return Outcome(
         False,
         started,
@@ -306,89 +366,3 @@ def outcome_of(reply: dict[str, Any], started: float, finished: float) -> Outcom
         kinds=tuple(reply.get("kinds", ())),
         progress=progress,
     )
-
-
-# ---- the child side ----------------------------------------------------------------------
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the worker that started it dies."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the worker died before the prctl
-            os._exit(1)
-
-
-def child_main() -> None:
-    """Entry point of the handler process (argv: read fd, write fd, JSON settings)."""
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when an attempt stops
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # a reload is the worker's to do; a stray SIGHUP (sent to every spool process) must not end
-    # the attempt (a no-op handler, not SIG_IGN: what the handler starts gets the default back)
-    signal.signal(signal.SIGHUP, lambda signum, frame: None)
-    channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
-    settings = json.loads(sys.argv[3])
-    if settings.get("output"):
-        capture_output(settings["output"])
-    from spool.registry import collect_tasks, import_task_modules
-
-    try:
-        modules = import_task_modules(settings["modules"], settings["project_dir"])
-        tasks = collect_tasks(modules)
-    except Exception as exc:
-        channel.send(json.dumps({"error": str(exc)}).encode())
-        return
-    described = {name: task.describe().to_json() for name, task in tasks.items()}
-    channel.send(json.dumps({"tasks": described}).encode())
-    limit = int(settings.get("output_limit") or OUTPUT_LIMIT_BYTES)
-    while True:
-        try:
-            request = json.loads(channel.receive())
-        except EOFError:
-            return
-        reply = run_handler(tasks, request)
-        if settings.get("output"):
-            end_output(request.get("log"), limit)
-        channel.send(encode_reply(reply))
-
-
-def run_handler(tasks: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
-    task = tasks[request["task"]]
-    fields = request.get("context")
-    token = context.begin(fields) if fields is not None else None
-    try:
-        result = task.fn(*request.get("args", []), **request.get("kwargs", {}))
-    except (context.Retry, context.Fail) as exc:
-        kind = "Retry" if isinstance(exc, context.Retry) else "Fail"
-        reply = {"ok": False, "error": error_dict(kind, str(exc), user_traceback(exc))}
-        reply["asked"] = exc.asked()
-    except Exception as exc:
-        error = error_dict(exception_name(type(exc)), str(exc), user_traceback(exc))
-        kinds = [exception_name(k) for k in type(exc).__mro__ if issubclass(k, BaseException)]
-        reply = {"ok": False, "error": error, "kinds": kinds}
-    else:
-        reply = {"ok": True, "result": result}
-    finally:
-        progress = None if token is None else context.end(token)
-    if progress is not None:
-        reply["progress"] = progress
-    return reply
-
-
-def user_traceback(exc: BaseException) -> str:
-    """The traceback without spool's own frame (run_handler): the handler's frames only."""
-    tb = exc.__traceback__
-    return "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
-
-
-def encode_reply(reply: dict[str, Any]) -> bytes:
-    try:
-        return json.dumps(reply, allow_nan=False).encode()
-    except (TypeError, ValueError):
-        reply["result"] = repr(reply.get("result"))  # keep the outcome; the value as text
-        reply["result_is_repr"] = True
-        return json.dumps(reply).encode()

@@ -56,14 +56,16 @@ class _TmpNames:
     """Unique temporary names: this process's pid and a random tag, then a counter."""
 
     def __init__(self) -> None:
-        self.pid = -1
-        self.prefix = ""
+        self.prefix = ""  # made at first use, and again in a forked child
         self.counter = itertools.count()
+        os.register_at_fork(after_in_child=self.forget)
+
+    def forget(self) -> None:
+        self.prefix = ""
 
     def next(self, name: str) -> str:
-        if self.pid != os.getpid():  # first use, or a forked child
-            self.pid = os.getpid()
-            self.prefix = f"{self.pid}.{secrets.token_hex(3)}"
+        if not self.prefix:
+            self.prefix = f"{os.getpid()}.{secrets.token_hex(3)}"
         return f".{name}.{self.prefix}.{next(self.counter)}"
 
 

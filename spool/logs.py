@@ -29,10 +29,23 @@ class TextFormatter(logging.Formatter):
             "%Y-%m-%dT%H:%M:%S",
         )
         self.converter = time.gmtime
+        self.second = -1  # the second whose text is cached (a worker logs many lines a second)
+        self.second_text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self.second:
+            self.second_text = time.strftime(self.datefmt or "", self.converter(second))
+            self.second = second
+        return self.second_text
 
 
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     """Send spool's log records to stderr (unbuffered: a handler flushes every record)."""
+    # (per record: no caller lookup, thread or multiprocessing names; none is in a line)
+    logging._srcfile = None  # (documented in logging's "Optimization" section)
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logger = logging.getLogger("spool")

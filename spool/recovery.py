@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from spool import envelope, stats
-from spool.claim import Claim, abandoned
+from spool import envelope, handover, stats
+from spool.claim import Claim, abandoned, release
 from spool.decision import RetryPolicy
 from spool.envelope import FieldError, TaskDict
 from spool.events import Outbox
@@ -55,6 +55,8 @@ class Recovery:
         self.claim_leases = LeaseWatch(lease_seconds) if lease_seconds else None
         self.worker_leases = LeaseWatch(lease_seconds) if lease_seconds else None
         self.complaint = Complaint()  # a disk that refuses recovery: logged once a minute
+        # a dead worker's batch tasks that never started: (queue, name) by worker id
+        self.not_started: dict[str, set[tuple[str, str]]] = {}
 
     def run(self, indexes: Iterable[QueueIndex], now: float, now_mono: float) -> None:
         """Send the claims of dead workers back (or to failed/ when lost too often)."""
@@ -62,12 +64,15 @@ class Recovery:
             self.run_shared(list(indexes), self.claim_leases, now, now_mono)
             return
         alive: dict[str, bool] = {}
+        self.not_started.clear()
 
         def is_dead(entry: str, owner: str) -> bool:
             if owner == self.worker_id:
                 return False
             if owner not in alive:
                 alive[owner] = is_alive(self.root, owner)
+                if not alive[owner]:  # (before any of its claims is taken over)
+                    self.not_started[owner] = handover.not_started(self.root, owner)
             return not alive[owner]
 
         for index in list(indexes):
@@ -108,6 +113,17 @@ class Recovery:
                 hand_back(taken, dead)
 
     def recover_one(self, index: QueueIndex, taken: Claim, dead: str, now: float) -> None:
+        queue = index.dirs.name
+        if (queue, taken.name) in self.not_started.get(dead, ()):
+            release(taken)  # (a batch's task that never started: no attempt, see handover)
+            log.info(
+                "recovered queue=%s %s from dead worker %s -> incoming (not started)",
+                queue,
+                taken.name,
+                dead,
+            )
+            index.add_ready(taken.name)
+            return
         task: TaskDict | None
         try:
             data, _ = read_regular(taken.path, self.max_file_bytes)
@@ -122,7 +138,6 @@ class Recovery:
         state = recover(taken, task, dead, policy, now, self.outbox, self.counts)
         if task is not None:  # (this worker alone took the claim over: see workflows.caps)
             caps.free_seats_of(self.root, str(task["id"]), dead, now)
-        queue = index.dirs.name
         if state != "finished":
             self.counts.record(queue, "recovered")
         task_id = task.get("id") if task else taken.name

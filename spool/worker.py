@@ -26,14 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from spool import envelope, signals
+from spool import signals
 from spool.attempt import Attempts
-from spool.claim import Claim
-from spool.claimed import Aside, NotRunnable, read_claimed
+from spool.claimed import Aside
 from spool.cluster import is_shared
 from spool.config import Settings
 from spool.counts import Recounter
-from spool.errors import ConfigError
+from spool.dispatch import ERROR_PAUSE_SECONDS, Dispatch
 from spool.events import outbox_for
 from spool.finish import Committer
 from spool.layout import queue_dirs
@@ -42,7 +41,6 @@ from spool.queues import Queues
 from spool.recorder import Recorder
 from spool.recovery import Recovery
 from spool.retention import Retention
-from spool.settle import Settling
 from spool.stats import WorkerStats
 from spool.taskcode import TaskCode
 from spool.watch import Watcher
@@ -53,7 +51,6 @@ log = logging.getLogger(__name__)
 REAP_SECONDS = 30.0
 POLL_SECONDS = 0.25
 RETENTION_SECONDS = 1.0
-ERROR_PAUSE_SECONDS = 1.0  # when filesystem events are unavailable
 RESCAN_COST_FACTOR = 20.0
 
 
@@ -120,7 +117,6 @@ class Worker:
         self.poll_base = settings.poll_seconds if self.shared else POLL_SECONDS
         self.poll_gap = self.poll_base
         self.recorder = Recorder(self.committer, self.outbox, self.stats, self.lock, self.leases)
-        self.settling = Settling(trust_mtime=not self.shared)
         self.aside = Aside(self.queues, self.leases, self.code, self.stats, self.worker_id)
         self.attempts = Attempts(
             settings.root,
@@ -131,6 +127,9 @@ class Worker:
             self.recorder,
             self.stopping,
             lambda: self.hard_stop,
+        )
+        self.dispatch = Dispatch(
+            settings, self.queues, self.code, self.aside, self.attempts, self.leases, self.stopping
         )
 
     # ---- life cycle ------------------------------------------------------------------
@@ -234,7 +233,7 @@ class Worker:
                 continue
             taken = self.queues.claim_next(time.monotonic())
             if taken is not None:
-                self.run_claimed(taken, time.time(), time.monotonic())
+                self.dispatch.run_claimed(taken, time.time(), time.monotonic())
                 fresh = False
                 continue
             self.recorder.record_pending()  # nothing to run next: record the last outcome now
@@ -269,20 +268,6 @@ class Worker:
             self.stopping.wait(ERROR_PAUSE_SECONDS)
             return False
         return True
-
-    def run_claimed(self, taken: Claim, now: float, now_mono: float) -> None:
-        if self.leases is not None:
-            self.leases.hold(taken.path)
-        try:
-            self.process(taken, now, now_mono)
-        except OSError as exc:  # the disk failed, or (shared) the claim was taken
-            self.aside.give_back(taken, f"cannot process {taken.name}: {exc}")
-            self.stopping.wait(ERROR_PAUSE_SECONDS)
-        except ConfigError as exc:
-            # the handler process had to start again (after a timeout or a crash) and a
-            # tasks module no longer imports: the task waits in incoming/, the worker lives
-            self.aside.give_back(taken, f"cannot run {taken.name}: {exc}")
-            self.stopping.wait(ERROR_PAUSE_SECONDS)
 
     def housekeeping(self, now: float, now_mono: float) -> None:
         # (a burst worker rescans when it runs dry, in the loop; never in the middle of work)
@@ -332,26 +317,6 @@ class Worker:
         if due is not None:
             waits.append(due)
         return max(0.001, min(waits))
-
-    # ---- one task ----------------------------------------------------------------------
-
-    def process(self, taken: Claim, now: float, now_mono: float) -> None:
-        """Validate, run and finish one claimed task (claimed at `now`); nothing here may stop
-        the worker."""
-        read = read_claimed(
-            taken, self.settings.max_file_bytes, self.settling, self.code, now, now_mono
-        )
-        if isinstance(read, NotRunnable):
-            self.aside.set_aside(taken, read, now, now_mono)
-            return
-        task = read
-        if envelope.due_at(task) > now:
-            self.aside.put_off(taken, task)
-            return
-        attempts = self.attempts
-        with attempts.seated(taken, task, now_mono) as seated:
-            if seated and attempts.slot_for(taken, task, now, now_mono):
-                attempts.attempt(taken, task)
 
     def write_before_stopping(self) -> None:
         """Stopping with outcomes the disk refused: keep trying until they are written or a

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 STALE_WORKER_FILE_SECONDS = 60.0
 WAITING_SUFFIX = ".waiting"  # beside <worker id>.json: outcomes wait to be written
 OUTPUT_SUFFIX = ".out"  # the running attempt's output (see layout.output_scratch)
+BATCH_SUFFIX = ".batch"  # the batch being run (see spool.handover)
 
 
 def new_worker_id() -> str:
@@ -235,6 +236,7 @@ def reap_dead_workers(root: Path, busy: set[str], now: float) -> int:
             info.unlink(missing_ok=True)
             (directory / f"{worker_id}{WAITING_SUFFIX}").unlink(missing_ok=True)
             (directory / f"{worker_id}{OUTPUT_SUFFIX}").unlink(missing_ok=True)
+            (directory / f"{worker_id}{BATCH_SUFFIX}").unlink(missing_ok=True)
             (directory / name).unlink(missing_ok=True)
             reaped += 1
         finally:

@@ -294,3 +294,31 @@ def capped(path: str, seconds: float) -> None:
     time.sleep(seconds)
     with open(path, "a") as f:
         f.write(f"{started} {time.time()}\n")
+
+
+# ---- batched claims (tests/test_batch_claims.py) ------------------------------------------
+
+
+@app.task()
+def note_start_then_sleep(path: str, value: str, seconds: float) -> str:
+    """Append `value` and this handler process's pid to `path` as it starts; then sleep."""
+    with open(path, "a") as f:
+        f.write(f"{value} {os.getpid()}\n")
+    time.sleep(seconds)
+    return value
+
+
+@app.task(concurrency=1)
+def capped_alone(path: str, seconds: float) -> None:
+    """One at a time across every worker: append when it started and when it ended."""
+    started = time.time()
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{started} {time.time()}\n")
+
+
+@app.task()
+def say(word: str) -> str:
+    """Print `word` (the attempt's whole output) and return it."""
+    print(word)
+    return word

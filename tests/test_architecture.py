@@ -17,7 +17,8 @@ LAYERS = [  # bottom first, as in docs/architecture.md
     ("the disk", "layout fsio envelope faults mounts"),
     ("settings", "config notify_config"),
     ("way in", "producer unique manifest signature registry chain"),
-    ("way through", "worker attempt queues claim claimed workers index watch execute output "
+    ("way through", "worker dispatch handover attempt queues claim claimed workers index watch "
+     "execute channel child output "
      "context taskcode recorder decision finish conclude recovery lease cluster settle retention "
      "events stats counts manage lookup reload eager workflows"),
     ("read side", "inspect"),

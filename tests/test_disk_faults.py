@@ -274,8 +274,10 @@ def test_a_handler_whose_outcome_cannot_be_written_runs_once_and_ends_in_done_on
 def test_a_worker_waiting_to_write_an_outcome_claims_nothing_new(
     app: Spool, full_disk: FullDisk, start_worker: Starter, tmp_path: Path
 ) -> None:
+    config = tmp_path / "batch-of-two.toml"  # (the tasks of a batch handed over may all run)
+    config.write_text(TEST_CONFIG.read_text().replace("[workers]", "[workers]\nclaim_batch = 2"))
     _, ids, side_effects = claimed_while_full(
-        app, full_disk, start_worker, tmp_path, ["a", "b", "c"]
+        app, full_disk, start_worker, tmp_path, ["a", "b", "c"], config
     )
     wait_until(lambda: waiting_seconds(app.root) >= 3.0, timeout=30)
     # the first outcome is written while the next attempt runs: that one was claimed already

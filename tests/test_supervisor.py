@@ -484,9 +484,9 @@ def test_nothing_is_lost_when_supervisord_and_workers_are_killed(
     sv.wait_running(2)
     ids = app.enqueue_many([{"task": "sleep_then_return", "args": [0.2, n]} for n in range(40)])
     processing = QueueDirs(spool_root, "default").processing
-    wait_until(lambda: len(names(processing)) == 2, timeout=30)
+    wait_until(lambda: len({e.partition("@")[2] for e in names(processing)}) == 2, timeout=30)
     sv.kill_everything()
-    stranded = [e.partition("@")[0] for e in names(processing)]
+    stranded = [e.partition("@")[0] for e in names(processing) if not e.startswith(".")]
     assert stranded, "the kill should leave claims behind"
     sv.start()
     wait_until(lambda: done_count(spool_root) == 40, timeout=60, interval=0.1)
@@ -494,9 +494,10 @@ def test_nothing_is_lost_when_supervisord_and_workers_are_killed(
     assert sorted(
         n.removesuffix(".json") for n in names(QueueDirs(spool_root, "default").done)
     ) == sorted(ids)
-    for name in stranded:
-        task_id = name.removesuffix(".json").split("_", 2)[2]
-        assert app.show(task_id)["attempts"] >= 2  # it ran again, and says so
+    # each worker's running task ran again, and says so; the tasks of its batch that had not
+    # started came back unchanged (at most two claims per worker count as lost: see handover)
+    again = [n for n in stranded if app.show(n.removesuffix(".json").split("_", 2)[2]).get("lost")]
+    assert 1 <= len(again) <= 4, (stranded, again)
 
 
 def claim_of(processing: Path, task_id: str) -> str | None:

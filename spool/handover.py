@@ -1,0 +1,157 @@
+"""Batched claims: a worker with a backlog hands its handler process several tasks at once.
+
+When a worker claims a task while more wait ready in its queues, it claims up to `claim_batch`
+of them (consecutive renames, in priority order: see Queues.claim_next) and sends them to its
+handler process in one message (see execute.Executor.run_batch and child.serve); the outcomes
+come back as each task ends and are recorded as one task's are (see recorder). A task of
+higher priority that arrives meanwhile waits at most for the tasks already handed over. An
+idle worker claims one task at a time, as without batches (its pick-up latency).
+
+Never in a batch: a task with a concurrency cap or a rate limit, or an `at_most_once` one (met
+while gathering, it goes back to incoming/ and runs on its own, next or on another worker), and
+every task in shared mode (each claim has a lease there, see spool.lease).
+
+Claimed but not started: a stop signal, an outcome the disk refused, a batch still running
+after BATCH_SECONDS (the worker takes them back from the handler process at once, even while a
+task runs: see child.Inbox), or the timeout or cancel of a task before them, or a lost handler
+process puts the batch's tasks that had not started back in incoming/ unchanged (no attempt
+counted). A worker killed in the middle (SIGKILL) leaves its claims: the batch's list
+(`.workers/<id>.batch`: the claim whose outcome was still to be written, then the batch, in
+order; written as the batch is sent, no sync) tells recovery which came first. The worker writes
+each outcome as soon as it has it, so of the listed claims still there the first is the one
+that was running: it counts as lost; the others go back unchanged. (In the instant between a
+task's end and its outcome's first step, the next one already runs and would go back uncounted;
+and the handler process may run ahead of a worker slow to write outcomes: such a task runs
+again, at least once as always, with no attempt counted.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from spool.claim import Claim
+from spool.envelope import TaskDict
+from spool.layout import FILE_MODE, processing_name, workers_dir
+from spool.workers import BATCH_SUFFIX
+
+MAYBE_STARTED = 1  # listed claims still there that count as lost (see the module docstring)
+BATCH_SECONDS = 1.0  # a batch still running after this hands back what has not started
+LIST_BYTES = 1024 * 1024  # a batch's list is far smaller
+
+
+@dataclass
+class Sizing:
+    """How many tasks the next batch may take, up to `most`: after a batch cut short by
+    BATCH_SECONDS (slow tasks) as many as had started in time; after a whole one, twice as
+    many. (So slow tasks are not claimed and handed back over and over.)"""
+
+    most: int
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        self.size = self.most
+
+    def after(self, ran: int, of: int) -> None:
+        self.size = min(self.most, self.size * 2) if ran >= of else max(1, ran)
+
+
+@dataclass
+class Gathered:
+    """Claimed tasks to run: `batch` in one message, or `alone` on its own."""
+
+    batch: list[tuple[Claim, TaskDict]]
+    alone: tuple[Claim, TaskDict] | None = None
+
+
+def gather(
+    first: Claim,
+    ready: Callable[[Claim], TaskDict | None],
+    claim_more: Callable[[], Claim | None],
+    batchable: Callable[[Claim, TaskDict], bool],
+    hand_back: Callable[[Claim], None],
+    size: int,
+) -> Gathered:
+    """Claim up to `size` runnable tasks, `first` first: `ready` reads a claim (None: it was
+    set aside or put off, see claimed.Aside), `claim_more` claims the next best one (None: none
+    is ready), `batchable` says whether a task may share a message. A task that may not, met
+    after others, goes back (`hand_back`): it runs alone, next or on another worker, rather
+    than wait claimed behind the batch."""
+    batch: list[tuple[Claim, TaskDict]] = []
+    taken: Claim | None = first
+    while taken is not None:
+        task = ready(taken)
+        if task is not None and not batchable(taken, task):
+            if not batch:
+                return Gathered([], (taken, task))
+            hand_back(taken)
+            break
+        if task is not None:
+            batch.append((taken, task))
+            if len(batch) >= size:
+                break
+        taken = claim_more()
+    return Gathered(batch)
+
+
+class BatchList:
+    """The list of the batch being run (see the module docstring), one per worker: rewritten in
+    place with one write per batch (padded over a longer list before it; no truncation, no
+    sync); a disk that refuses leaves it out (recovery then counts every claim as lost, as
+    without batches)."""
+
+    def __init__(self, root: Path, worker_id: str) -> None:
+        self.path = list_path(root, worker_id)
+        self.fd: int | None = None
+        self.size = 0  # the longest list written
+
+    def write(self, claims: Iterable[Claim]) -> None:
+        text = "".join(f"{taken.dirs.name}/{taken.name}\n" for taken in claims).encode()
+        try:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+                os.fchmod(self.fd, FILE_MODE)  # (the umask must not narrow group access)
+            # CRASH: one write; a kill never leaves half of it
+            os.pwrite(self.fd, text + b"\n" * (self.size - len(text)), 0)
+        except OSError:
+            self.close()
+            return
+        self.size = max(self.size, len(text))
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+        self.fd = None
+
+    def drop(self) -> None:
+        """Close and remove it (the worker stops)."""
+        self.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
+
+
+def list_path(root: Path, worker_id: str) -> Path:
+    return workers_dir(root) / f"{worker_id}{BATCH_SUFFIX}"
+
+
+def not_started(root: Path, worker_id: str) -> set[tuple[str, str]]:
+    """(queue, name) of a dead worker's claims that never started (see the module docstring).
+
+    Call it before any of the worker's claims is taken over: it looks for them by its name.
+    """
+    try:
+        with open(list_path(root, worker_id), "rb") as handle:
+            text = handle.read(LIST_BYTES).decode(errors="replace")
+    except OSError:
+        return set()
+    still_there = []
+    for line in text.splitlines():  # (empty lines: the padding)
+        queue, _, name = line.partition("/")
+        claim = root / queue / "processing" / processing_name(name, worker_id)
+        if queue and name and os.path.lexists(claim):
+            still_there.append((queue, name))
+    return set(still_there[MAYBE_STARTED:])
