@@ -5,7 +5,7 @@
 1. N no-op tasks are queued; 2 resident workers start; py-spy samples the first one (wall
    clock, idle samples included, per thread) until the queue is drained. Per-thread CPU comes
    from /proc/<pid>/task/<tid>/stat. The main thread's samples are put in phases (logging, the
-   handler round trip, writing the done file, syncs, claiming, event hints, ...), and shown in
+   waiting for replies, writing the outcome file, syncs, claiming, event hints, ...), and shown in
    microseconds per task (share of the main thread's wall time x drain time / its tasks).
 2. Unless --no-strace: the same drain with one worker whose parent (all its threads, not the
    handler child) runs under `strace -c -f`: system calls per task.
@@ -45,17 +45,23 @@ PHASES = [  # (frame substring, phase): the first that occurs anywhere in a stac
     ("logging/__init__", "logging (format + write stderr line)"),
     ("Committer.flush", "committer: syncfs + unlink claims"),
     ("sync_filesystem", "committer: syncfs + unlink claims"),
-    ("Executor.run", "handler round trip (send, child runs, receive)"),
-    ("write_atomic", "finish: write done file (tmp, rename)"),
-    ("finish (", "finish: build + serialise outcome"),
+    ("write_atomic", "record: write the outcome file (tmp, rename)"),
+    ("Recorder.fence", "record: hide the claim (rename)"),
+    ("Recorder.", "record: decide + serialise outcome, event, counters"),
+    ("Attempts.prepare", "prepare the request (context fields)"),
+    ("BatchList", "write the batch list"),
+    ("Channel.send", "send to the handler process"),
+    ("await_reply", "wait for / read replies"),
     ("read_claimed", "read + parse claimed file"),
     ("claim_next", "claim: index pop + rename"),
+    ("put_back", "hand back unstarted tasks"),
     ("absorb_hints", "absorb event hints"),
     ("rescan_all", "rescans, recovery, reaping"),
     ("housekeeping", "rescans, recovery, reaping"),
     ("promote_due", "promote due delayed tasks"),
     ("Event.wait", "idle: waiting for a wake-up"),
-    ("Worker.process", "process(): other"),
+    ("Executor.run", "handler run: other"),
+    ("Dispatch.", "dispatch: other"),
     ("Worker.loop", "loop: other"),
 ]
 
