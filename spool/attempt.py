@@ -121,10 +121,7 @@ class Attempts:
     def put_back(self, runs: list[Run]) -> None:
         """Tasks of a batch that never started: back to incoming/ unchanged (no attempt)."""
         for run in runs:
-            try:
-                self.aside.hand_back(run.taken)
-            except OSError as exc:  # the claim stays; recovery sends it back once we are gone
-                log.error("cannot put back %s: %s", run.fields, exc)
+            self.aside.hand_back(run.taken)
         if runs:
             log.info("put back %d task(s) of a batch that had not started", len(runs))
 

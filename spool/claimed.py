@@ -102,8 +102,12 @@ class Aside:
 
     def hand_back(self, taken: Claim) -> None:
         """Back to incoming/ unchanged and ready again at once (a batch's task that did not
-        start). Raises: OSError."""
-        self.release(taken)
+        start, or one that may not share a batch); a disk that refuses is logged."""
+        try:
+            self.release(taken)
+        except OSError as exc:  # the claim stays; recovery sends it back once we are gone
+            log.error("cannot put back %s/%s: %s", taken.dirs.name, taken.name, exc)
+            return
         self.queues[taken.dirs.name].add_ready(taken.name)
 
     def give_back(self, taken: Claim, why: str) -> None:

@@ -121,27 +121,17 @@ class Dispatch:
                 self.aside.give_back(taken, f"cannot process {taken.name}: {exc}")
                 return None
 
-        gathered = handover.gather(
+        batch = handover.gather(
             first,
             ready_or_back,
             lambda: None if self.stopping.is_set() else self.queues.claim_next(now_mono),
             self.batchable,
-            self.hand_back,
+            self.aside.hand_back,
             self.sizing.size,
         )
-        batch = gathered.batch
         if len(batch) > 1:
             ran = self.attempts.attempt_batch(batch)  # (a ConfigError: they all went back)
             self.sizing.after(ran, len(batch))
-        elif batch:
+        elif batch:  # (alone: its cap's seat and rate slot, if it has them, are taken here)
             self.process(batch[0][0], now, now_mono, task=batch[0][1])
             self.sizing.after(1, 1)
-        elif gathered.alone is not None:
-            self.process(gathered.alone[0], now, now_mono, task=gathered.alone[1])
-
-    def hand_back(self, taken: Claim) -> None:
-        """A claimed task that runs alone, met while gathering a batch: back to incoming/."""
-        try:
-            self.aside.hand_back(taken)
-        except OSError as exc:  # the claim stays; recovery sends it back once we are gone
-            log.error("cannot put back %s: %s", taken.name, exc)

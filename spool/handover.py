@@ -59,14 +59,6 @@ class Sizing:
         self.size = min(self.most, self.size * 2) if ran >= of else max(1, ran)
 
 
-@dataclass
-class Gathered:
-    """Claimed tasks to run: `batch` in one message, or `alone` on its own."""
-
-    batch: list[tuple[Claim, TaskDict]]
-    alone: tuple[Claim, TaskDict] | None = None
-
-
 def gather(
     first: Claim,
     ready: Callable[[Claim], TaskDict | None],
@@ -74,19 +66,19 @@ def gather(
     batchable: Callable[[Claim, TaskDict], bool],
     hand_back: Callable[[Claim], None],
     size: int,
-) -> Gathered:
+) -> list[tuple[Claim, TaskDict]]:
     """Claim up to `size` runnable tasks, `first` first: `ready` reads a claim (None: it was
     set aside or put off, see claimed.Aside), `claim_more` claims the next best one (None: none
-    is ready), `batchable` says whether a task may share a message. A task that may not, met
-    after others, goes back (`hand_back`): it runs alone, next or on another worker, rather
-    than wait claimed behind the batch."""
+    is ready), `batchable` says whether a task may share a message. A task that may not runs
+    alone: met first, it is the whole batch; met after others, it goes back (`hand_back`), to
+    run next or on another worker rather than wait claimed behind the batch."""
     batch: list[tuple[Claim, TaskDict]] = []
     taken: Claim | None = first
     while taken is not None:
         task = ready(taken)
         if task is not None and not batchable(taken, task):
             if not batch:
-                return Gathered([], (taken, task))
+                return [(taken, task)]
             hand_back(taken)
             break
         if task is not None:
@@ -94,7 +86,7 @@ def gather(
             if len(batch) >= size:
                 break
         taken = claim_more()
-    return Gathered(batch)
+    return batch
 
 
 class BatchList:

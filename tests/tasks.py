@@ -290,6 +290,11 @@ def rated() -> float:
 @app.task(concurrency=2)
 def capped(path: str, seconds: float) -> None:
     """At most 2 at once across every worker: append when it started and when it ended."""
+    sleep_noting_span(path, seconds)
+
+
+def sleep_noting_span(path: str, seconds: float) -> None:
+    """Sleep, then append when the sleep started and when it ended to `path`."""
     started = time.time()
     time.sleep(seconds)
     with open(path, "a") as f:
@@ -311,10 +316,7 @@ def note_start_then_sleep(path: str, value: str, seconds: float) -> str:
 @app.task(concurrency=1)
 def capped_alone(path: str, seconds: float) -> None:
     """One at a time across every worker: append when it started and when it ended."""
-    started = time.time()
-    time.sleep(seconds)
-    with open(path, "a") as f:
-        f.write(f"{started} {time.time()}\n")
+    sleep_noting_span(path, seconds)
 
 
 @app.task()
