@@ -78,7 +78,8 @@ class Inbox:
     both: both happen under `lock`."""
 
     channel: Channel
-    waiting: deque[tuple[int | None, dict[str, Any]]] = field(default_factory=deque)
+    # (batch number or None, place in its batch, request)
+    waiting: deque[tuple[int | None, int, dict[str, Any]]] = field(default_factory=deque)
     closed: bool = False  # the worker closed the pipe
     lock: threading.Condition = field(default_factory=threading.Condition)
 
@@ -98,13 +99,16 @@ class Inbox:
                 if "take_back" in message:
                     self.take_back(message["take_back"])
                 elif "batch" in message:
-                    self.waiting.extend((message["n"], request) for request in message["batch"])
+                    requests = enumerate(message["batch"])
+                    self.waiting.extend((message["n"], i, request) for i, request in requests)
                 else:
-                    self.waiting.append((None, message))
+                    self.waiting.append((None, 0, message))
                 self.lock.notify()
 
     def take_back(self, number: int) -> None:
-        kept = deque(item for item in self.waiting if item[0] != number)
+        """Give back the tasks of batch `number` not started, but its first: that one runs,
+        as a task claimed alone would, even if the stop came before it started."""
+        kept = deque(item for item in self.waiting if item[0] != number or item[1] == 0)
         taken = len(self.waiting) - len(kept)
         self.waiting = kept
         self.channel.send(json.dumps({"taken_back": taken, "n": number}).encode())
@@ -114,7 +118,7 @@ class Inbox:
         with self.lock:
             while not self.waiting and not self.closed:
                 self.lock.wait()
-            return self.waiting.popleft()[1] if self.waiting else None
+            return self.waiting.popleft()[2] if self.waiting else None
 
 
 def serve(channel: Channel, tasks: dict[str, Any], output_limit: int | None) -> None:

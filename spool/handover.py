@@ -13,7 +13,7 @@ every task in shared mode (each claim has a lease there, see spool.lease).
 
 Claimed but not started: a stop signal, an outcome the disk refused, a batch still running
 after BATCH_SECONDS (the worker takes them back from the handler process at once, even while a
-task runs: see child.Inbox), or the timeout or cancel of a task before them, or a lost handler
+task runs, except the batch's first, which always runs: see child.Inbox), or the timeout or cancel of a task before them, or a lost handler
 process puts the batch's tasks that had not started back in incoming/ unchanged (no attempt
 counted). A worker killed in the middle (SIGKILL) leaves its claims: the batch's list
 (`.workers/<id>.batch`: the claim whose outcome was still to be written, then the batch, in
