@@ -13,9 +13,10 @@ every task in shared mode (each claim has a lease there, see spool.lease).
 
 Claimed but not started: a stop signal, an outcome the disk refused, a batch still running
 after BATCH_SECONDS (the worker takes them back from the handler process at once, even while a
-task runs, except the batch's first, which always runs: see child.Inbox), or the timeout or cancel of a task before them, or a lost handler
-process puts the batch's tasks that had not started back in incoming/ unchanged (no attempt
-counted). A worker killed in the middle (SIGKILL) leaves its claims: the batch's list
+task runs; the batch's first always runs: see child.Inbox), or the timeout or cancel of a task
+before them, or a lost handler process puts the batch's tasks that had not started back in
+incoming/ unchanged (no attempt counted). A worker killed in the middle (SIGKILL) leaves its
+claims: the batch's list
 (`.workers/<id>.batch`: the claim whose outcome was still to be written, then the batch, in
 order; written as the batch is sent, no sync) tells recovery which came first. The worker writes
 each outcome as soon as it has it, so of the listed claims still there the first is the one
