@@ -132,7 +132,8 @@ class Committer:
             for staged in group:
                 self.publish(staged)
                 handled += 1
-            crash_point("after-publish" if group else "")
+            if group:
+                crash_point("after-publish")
         finally:
             with self.lock:
                 self.staged[:0] = group[handled:]

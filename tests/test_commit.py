@@ -55,6 +55,18 @@ def killed_at(
     return task_id, side_effects
 
 
+def finished_by_recovery(
+    app: Spool, start_worker: Starter, config: Path, task_id: str, side_effects: Path
+) -> None:
+    """A worker recovers the dead worker's claim: the task is done once, with one event."""
+    start_worker(config=config)
+    wait_until(lambda: app.state_of(task_id) == "done", timeout=20)
+    wait_until(lambda: every_entry(app.root / "default" / "processing") == [], timeout=10)
+    assert runs(side_effects) == ["ran"]
+    assert app.show(task_id)["attempts"] == 1
+    wait_until(lambda: len(event_names(app.root, task_id)) == 1, timeout=10)
+
+
 def test_an_outcome_not_yet_synced_is_nowhere_to_be_seen_and_recovery_publishes_it(
     app: Spool, spool_root: Path, start_worker: Starter, tmp_path: Path
 ) -> None:
@@ -65,13 +77,8 @@ def test_an_outcome_not_yet_synced_is_nowhere_to_be_seen_and_recovery_publishes_
     assert every_entry(queue / "done") == []
     assert [n for n in every_entry(queue / "tmp") if n.endswith(".done")] != []  # staged
     assert event_names(spool_root, task_id) == []
-    start_worker(config=config)  # recovers the dead worker's claim
-    wait_until(lambda: app.state_of(task_id) == "done", timeout=20)
-    wait_until(lambda: every_entry(queue / "processing") == [], timeout=10)
-    assert runs(side_effects) == ["ran"]  # the staged outcome stands: not run again
-    assert app.show(task_id)["attempts"] == 1
-    assert every_entry(queue / "tmp") == []
-    wait_until(lambda: len(event_names(spool_root, task_id)) == 1, timeout=10)
+    finished_by_recovery(app, start_worker, config, task_id, side_effects)
+    assert every_entry(queue / "tmp") == []  # the staged outcome was published, not run again
 
 
 def test_a_worker_killed_after_publishing_leaves_its_claim_until_recovery_drops_it(
@@ -82,11 +89,7 @@ def test_a_worker_killed_after_publishing_leaves_its_claim_until_recovery_drops_
     queue = spool_root / "default"
     assert app.state_of(task_id) == "done"
     assert [n for n in every_entry(queue / "processing") if n.startswith(".")] != []  # hidden
-    start_worker(config=config)
-    wait_until(lambda: every_entry(queue / "processing") == [], timeout=20)
-    assert runs(side_effects) == ["ran"]
-    assert app.show(task_id)["attempts"] == 1
-    assert len(event_names(spool_root, task_id)) == 1
+    finished_by_recovery(app, start_worker, config, task_id, side_effects)
 
 
 @pytest.mark.parametrize("point", ["before-commit-sync", "after-publish"])
