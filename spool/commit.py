@@ -2,16 +2,21 @@
 
 The recorder stages each ended attempt's outcome in tmp/ without a sync (see
 finish.stage_verdict) and hands it here. A background thread gathers what was staged for up to
-`max_delay_seconds`, syncs the filesystem once for the group, and then publishes each outcome
-in the order they ended: renames it into done/, failed/ or delayed/ and concludes it (event,
-counter, unique key, follow-ups; see finish.publish_verdict). So nothing is reported done (a
-wait, an event, a follow-up) before its outcome is durable, and the worker never waits for a
-disk flush between two tasks. A worker with nothing to run next hurries the committer (no
-gathering): an idle worker's outcome is seen one sync after its handler returned.
+`max_delay_seconds` and syncs the filesystem once for the group. Only then is each outcome
+published: renamed into done/, failed/ or delayed/ and concluded (event, counter, unique key,
+follow-ups; see finish.publish_verdict). So nothing is reported done (a wait, an event, a
+follow-up) before its outcome is durable, and the worker never waits for a disk flush between
+two tasks.
 
-A group's claims are dropped one round later, after the next sync made its publishing (the
-renames, events and follow-ups) durable too. Until then a crash leaves the claim, and recovery
-finds the outcome, staged or published, and finishes what is missing (see
+Who publishes: the worker's own thread takes the durable outcomes between two attempts
+(`publish_durable`), so the committer thread, which mostly waits in system calls, seldom
+competes with it for the interpreter; what the worker leaves for a whole round (it runs a long
+task, or sleeps) the committer publishes itself, and a worker with nothing to run next hurries
+it: an idle worker's outcome is seen one sync after its handler returned.
+
+A claim is dropped at the first sync after its outcome was published, which makes the
+publishing (the rename, events and follow-ups) durable too. Until then a crash leaves the claim,
+and recovery finds the outcome, staged or published, and finishes what is missing (see
 finish.written_outcome): a power loss never loses a task, and at worst it runs again.
 """
 
@@ -63,6 +68,7 @@ class Committer:
         self.root, self.outbox, self.counts = root, outbox, counts
         self.fenced, self.max_delay_seconds = fenced, max_delay_seconds
         self.staged: list[Staged] = []  # waiting for a sync (added by the worker's thread)
+        self.durable: list[Staged] = []  # synced, waiting to be published
         self.published: list[Path] = []  # claims whose outcome is published: the next sync's
         self.lock = threading.Lock()
         self.has_work = threading.Event()
@@ -84,18 +90,19 @@ class Committer:
             self.flush_all()
 
     def hurry(self) -> None:
-        """The worker has nothing to run next: publish what is staged without gathering more."""
-        if self.staged:
+        """The worker has nothing to run next: sync and publish what is staged without waiting
+        for more (and without waiting for the worker to publish it)."""
+        if self.staged or self.durable:
             self.hurried.set()
 
     def run(self) -> None:
         complaint = Complaint()
         while not self.stopping.is_set():
             self.has_work.wait()
-            self.hurried.wait(self.max_delay_seconds)  # let a group gather, unless hurried
+            hurried = self.hurried.wait(self.max_delay_seconds)  # let a group gather
             self.hurried.clear()
             try:
-                self.flush()
+                self.flush(publish_now=hurried or self.stopping.is_set())
             except OSError as exc:  # a full or failing disk must not end the thread
                 self.refused = describe(exc) if is_disk_fault(exc) else str(exc)
                 if complaint.due(time.time()):
@@ -112,33 +119,72 @@ class Committer:
                 log.info("the disk takes writes again: the waiting outcomes are written")
 
     def waiting(self) -> int:
-        """How many outcomes are staged and not published yet."""
+        """How many outcomes are staged or durable and not published yet."""
         with self.lock:
-            return len(self.staged)
+            return len(self.staged) + len(self.durable)
 
-    def flush(self) -> None:
-        """One round: sync; drop the claims published by the round before; publish what was
-        staged. Raises: OSError (what is left waits for the next round)."""
+    def flush(self, publish_now: bool = True) -> None:
+        """One round: publish what the worker left durable for a whole round; sync; drop the
+        claims published before the sync; the group staged before it is durable now, published
+        here if `publish_now`, else by the worker. Raises: OSError (the rest waits)."""
+        self.publish_all(self.take_durable())
         with self.lock:
             group, self.staged = self.staged, []
+            synced, self.published = self.published, []
             self.has_work.clear()
-        if not group and not self.published:
+        if not group and not synced:
             return
-        handled = 0
         try:
             crash_point("before-commit-sync")
             sync_filesystem(self.root)  # CRASH: the group's outcomes durable, none seen yet
-            self.drop_published()
-            for staged in group:
+        except BaseException:
+            with self.lock:
+                self.staged[:0] = group
+                self.published[:0] = synced
+                self.has_work.set()
+            raise
+        with self.lock:
+            self.durable.extend(group)
+            if self.durable or self.staged or self.published:
+                self.has_work.set()  # (the next round publishes or drops these)
+        self.drop(synced)
+        if publish_now:
+            self.publish_all(self.take_durable())
+
+    def drop(self, synced: list[Path]) -> None:
+        """Unlink the claims whose published outcome the last sync made durable. Raises:
+        OSError (the rest is dropped after the next sync)."""
+        for i, claim in enumerate(synced):
+            try:
+                claim.unlink(missing_ok=True)
+            except OSError:
+                with self.lock:
+                    self.published[:0] = synced[i:]
+                    self.has_work.set()
+                raise
+
+    def take_durable(self) -> list[Staged]:
+        """The outcomes synced and not published yet, for the caller to publish (in order)."""
+        if not self.durable:
+            return []
+        with self.lock:
+            durable, self.durable = self.durable, []
+        return durable
+
+    def publish_all(self, durable: list[Staged]) -> None:
+        """Publish outcomes taken from take_durable. Raises: OSError (the rest goes back)."""
+        done = 0
+        try:
+            for staged in durable:
                 self.publish(staged)
-                handled += 1
-            if group:
+                done += 1
+            if durable:
                 crash_point("after-publish")
         finally:
-            with self.lock:
-                self.staged[:0] = group[handled:]
-                if self.staged or self.published:
-                    self.has_work.set()  # (the next round drops these claims)
+            if done < len(durable):
+                with self.lock:
+                    self.durable[:0] = durable[done:]
+                    self.has_work.set()
 
     def publish(self, staged: Staged) -> None:
         taken, verdict = staged.taken, staged.verdict
@@ -156,12 +202,9 @@ class Committer:
             # RACE: a recoverer took the claim after the check above and published it
             log.warning("lost the claim of %s to recovery: it published the outcome", taken.name)
             return
-        self.published.append(taken.path)
-
-    def drop_published(self) -> None:
-        while self.published:
-            self.published[-1].unlink(missing_ok=True)
-            self.published.pop()
+        with self.lock:
+            self.published.append(taken.path)
+            self.has_work.set()
 
     def flush_all(self) -> None:
         """Two rounds: publish what is staged, then drop its claims. Raises: OSError."""

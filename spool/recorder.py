@@ -66,11 +66,19 @@ class Recorder:
 
     def record_pending(self) -> None:
         """Record the last attempt's outcome, if not yet done (if the disk refuses it, it is
-        kept: see keep_unwritten)."""
+        kept: see keep_unwritten); publish the outcomes made durable meanwhile."""
+        self.publish_durable()
         if self.pending is None:
             return
         pending, self.pending = self.pending, None
         self.record(pending)
+
+    def publish_durable(self) -> None:
+        """Publish the outcomes the committer made durable since (see spool.commit)."""
+        durable = self.committer.take_durable()
+        if durable:
+            with contextlib.suppress(OSError):  # (they wait: the committer tries, and says why)
+                self.committer.publish_all(durable)
 
     def record(self, pending: Pending) -> bool:
         """Write an attempt's outcome and count it; False if the disk refused (it is kept)."""
