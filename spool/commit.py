@@ -33,7 +33,7 @@ from spool.claim import Claim
 from spool.events import Outbox
 from spool.execute import Outcome
 from spool.faults import Complaint, crash_point, describe, is_disk_fault
-from spool.finish import Verdict, publish_verdict, staged_path
+from spool.finish import Verdict, publish_verdict
 from spool.fsio import sync_filesystem
 from spool.stats import WorkerStats
 
@@ -47,6 +47,7 @@ class Staged:
     taken: Claim
     outcome: Outcome
     verdict: Verdict
+    path: Path  # the staged file (see finish.stage_verdict)
 
 
 class Committer:
@@ -173,29 +174,29 @@ class Committer:
 
     def publish_all(self, durable: list[Staged]) -> None:
         """Publish outcomes taken from take_durable. Raises: OSError (the rest goes back)."""
+        if not durable:
+            return
         done = 0
         try:
             for staged in durable:
                 self.publish(staged)
                 done += 1
-            if durable:
-                crash_point("after-publish")
+            crash_point("after-publish")
         finally:
-            if done < len(durable):
-                with self.lock:
-                    self.durable[:0] = durable[done:]
-                    self.has_work.set()
+            with self.lock:
+                self.durable[:0] = durable[done:]
+                self.has_work.set()  # (the next round drops the claims, or tries again)
 
     def publish(self, staged: Staged) -> None:
         taken, verdict = staged.taken, staged.verdict
-        path = staged_path(taken.dirs, taken.name, taken.worker_id, verdict.state)
+        path = staged.path
         if self.fenced and not verdict.written and not os.path.lexists(taken.path):
             # RACE: a recoverer took the claim meanwhile; its outcome stands (see recovery)
             log.warning("lost the claim of %s to recovery: this outcome is dropped", taken.name)
             path.unlink(missing_ok=True)
             return
         try:
-            publish_verdict(taken, staged.outcome, verdict, self.outbox, self.counts)
+            publish_verdict(path, taken, staged.outcome, verdict, self.outbox, self.counts)
         except FileNotFoundError:
             if verdict.written or os.path.lexists(path):
                 raise  # (its destination directory is missing: tried again)
@@ -204,7 +205,6 @@ class Committer:
             return
         with self.lock:
             self.published.append(taken.path)
-            self.has_work.set()
 
     def flush_all(self) -> None:
         """Two rounds: publish what is staged, then drop its claims. Raises: OSError."""

@@ -83,17 +83,18 @@ def staged_path(dirs: QueueDirs, name: str, worker_id: str, state: str) -> Path:
     return dirs.tmp / f".{processing_name(name, worker_id)}.{state}"
 
 
-def stage_verdict(taken: Claim, verdict: Verdict) -> None:
-    """Write the outcome to tmp/ (no sync). Raises: OSError (a full or failing disk: nothing is
-    left; called again, it writes it again)."""
-    if verdict.staged:
-        return
+def stage_verdict(taken: Claim, verdict: Verdict) -> Path:
+    """Write the outcome to tmp/ (no sync); return where. Raises: OSError (a full or failing
+    disk: nothing is left; called again, it writes it again)."""
     path = staged_path(taken.dirs, taken.name, taken.worker_id, verdict.state)
-    write_file(path, envelope.dump(verdict.content), durable=False)
-    verdict.staged = True
+    if not verdict.staged:
+        write_file(path, envelope.dump(verdict.content), durable=False)
+        verdict.staged = True
+    return path
 
 
 def publish_verdict(
+    staged: Path,
     taken: Claim,
     outcome: Outcome,
     verdict: Verdict,
@@ -105,7 +106,6 @@ def publish_verdict(
     claim goes). Raises: OSError; called again, it goes on from the step that failed."""
     dirs = taken.dirs
     if not verdict.written:
-        staged = staged_path(dirs, taken.name, taken.worker_id, verdict.state)
         os.rename(staged, verdict.dest)  # CRASH: before, recovery publishes it; after, sees it
         verdict.written = True  # (never twice: a retry in delayed/ may have been promoted since)
     if verdict.state == "cancelled":  # (the marker last: `spool cancel` waits for it)

@@ -118,9 +118,9 @@ class Recorder:
             pending.verdict = verdict_of(
                 pending.taken, pending.task, pending.outcome, pending.policy
             )
-        stage_verdict(pending.taken, pending.verdict)
+        path = stage_verdict(pending.taken, pending.verdict)
         self.unhold(pending.taken)  # (held only while the outcome waited for the disk)
-        self.committer.add(Staged(pending.taken, pending.outcome, pending.verdict))
+        self.committer.add(Staged(pending.taken, pending.outcome, pending.verdict, path))
         return pending.verdict.state
 
     def fence(self, pending: Pending) -> bool:
