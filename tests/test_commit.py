@@ -134,3 +134,15 @@ def test_a_destination_the_disk_refuses_stops_new_claims_until_the_outcome_is_pu
         wait_until(lambda task_id=task_id: app.state_of(task_id) == "done", timeout=15)
     assert app.show(first)["result"] == "first"
     wait_until(lambda: waiting_marks(spool_root) == 0, timeout=15)
+
+
+def test_an_outcome_is_published_while_the_next_task_of_its_batch_runs_long(
+    app: Spool, spool_root: Path, start_worker: Starter
+) -> None:
+    quick = app.enqueue("echo", args=["quick"], priority=9)
+    slow = app.enqueue("sleep_then_return", args=[20, "slow"])
+    start_worker()  # claims both in one batch: the worker waits for the slow one's reply
+    wait_until(lambda: app.state_of(slow) == "processing", timeout=10)
+    wait_until(lambda: app.state_of(quick) == "done", timeout=5)  # the committer publishes it
+    assert app.show(quick)["result"] == "quick"
+    assert app.state_of(slow) == "processing"
