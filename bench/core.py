@@ -328,6 +328,7 @@ def measure_latency(lab: Lab, sizes: Sizes) -> dict[str, float]:
         last = list(returned)[-1]
         wait_for(lambda: done_path(root, last).exists(), 60, 0.005, "the last task")
         wait_for(lambda: all(done_path(root, i).exists() for i in returned), 60, 0.01, "all tasks")
+        round_trips = measure_round_trips(app, sizes)
     finally:
         stop(proc)
     ms_enq, ms_ret, ms_parent, ms_child, ms_call = [], [], [], [], []
@@ -346,7 +347,21 @@ def measure_latency(lab: Lab, sizes: Sizes) -> dict[str, float]:
         "lat_parent_p50": pct(ms_parent, 50),
         "lat_child_p50": pct(ms_child, 50),
         "enqueue_call_p50": pct(ms_call, 50),
+        "round_trip_p50": pct(round_trips, 50),
+        "round_trip_p99": pct(round_trips, 99),
     }
+
+
+def measure_round_trips(app: Spool, sizes: Sizes) -> list[float]:
+    """ms from calling enqueue() to wait() returning the result, one task at a time on an
+    idle worker: pick-up, run, and the outcome made durable and published."""
+    round_trips = []
+    for _ in range(sizes.latency_tasks // 2):
+        time.sleep(sizes.latency_gap)
+        t_call = time.perf_counter()
+        app.wait(app.enqueue("stamp"), timeout=30)
+        round_trips.append((time.perf_counter() - t_call) * 1000)
+    return round_trips
 
 
 # ---- 2. drain rate ------------------------------------------------------------------------
@@ -653,6 +668,8 @@ ROWS = [
     ),
     Row("lat_child_p50", "  of which worker sends -> handler starts (p50)", "ms", digits=2),
     Row("enqueue_call_p50", "  Spool.enqueue call duration (p50)", "ms", digits=2),
+    Row("round_trip_p50", "idle round trip p50, enqueue() -> wait() returned", "ms", digits=2),
+    Row("round_trip_p99", "idle round trip p99, enqueue() -> wait() returned", "ms", digits=2),
     Row(
         "drain_wall",
         "drain, 2 resident workers, incl. start-up",

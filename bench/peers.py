@@ -14,7 +14,8 @@ Systems (all with 2 worker processes):
   --appendonly no`) and kills at the end.
 - raw: a Python loop (bench/raw.py): producer write+fsync+rename+fsync-dir of ~120-byte files
   (the size of a spool task file); 2 competing consumer processes that rename-claim, read,
-  parse and rename-finish.
+  parse and rename-finish; and the same 2 doing every file step spool takes per task and
+  nothing else (`drain_floor`: hide, stage in tmp/, one syncfs per 50 ms, publish, unlink).
 
 Workloads (the same for all; repeated, median and min-max; smaller with --quick):
 1. enqueue N no-op tasks one by one from one producer (this process), after one warm-up
@@ -89,6 +90,7 @@ METRICS = [
     ("enq_bulk", "enqueue bulk", "tasks/s", True),
     ("drain_wall", "drain, 2 workers, incl. start-up", "tasks/s", True),
     ("drain_steady", "drain, 2 workers, first -> last start", "tasks/s", True),
+    ("drain_floor", "  same, spool's file steps only (raw: its floor)", "tasks/s", True),
     ("lat_p50", "idle pick-up p50 (enqueue returned -> handler start)", "ms", False),
     ("lat_p99", "idle pick-up p99", "ms", False),
     ("sleepy_s", "5 ms tasks, 2 workers, first start -> last finish", "s", False),
@@ -439,10 +441,16 @@ class RawSystem(System):
         return out
 
     def drain(self) -> dict[str, float]:
+        out = self.consumers("consume")
+        out["drain_floor"] = self.consumers("floor")["drain_steady"]
+        return out
+
+    def consumers(self, loop: str) -> dict[str, float]:
+        """Drain with 2 processes running bench.raw's `loop` (consume, or the protocol floor)."""
         n = self.sizes.drain
-        root = self.lab.root("raw-drain")
+        root = self.lab.root(f"raw-drain-{loop}")
         raw.produce(root, n, durable=False)
-        cmd = [sys.executable, "-m", "bench.raw", "consume", str(root), str(n)]
+        cmd = [sys.executable, "-m", "bench.raw", loop, str(root), str(n)]
         t0 = time.time()
         procs = [
             subprocess.Popen(cmd, cwd=PROJECT_DIR, stdout=subprocess.PIPE, env=core.bench_env())

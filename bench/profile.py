@@ -43,9 +43,9 @@ from spool import Spool
 PHASES = [  # (frame substring, phase): the first that occurs anywhere in a stack wins
     ("Logger.", "logging (format + write stderr line)"),
     ("logging/__init__", "logging (format + write stderr line)"),
-    ("Committer.flush", "committer: syncfs + unlink claims"),
-    ("sync_filesystem", "committer: syncfs + unlink claims"),
-    ("write_atomic", "record: write the outcome file (tmp, rename)"),
+    ("Committer.", "committer: syncfs, publish, conclude, unlink claims"),
+    ("sync_filesystem", "committer: syncfs, publish, conclude, unlink claims"),
+    ("stage_verdict", "record: stage the outcome file in tmp/"),
     ("Recorder.fence", "record: hide the claim (rename)"),
     ("Recorder.", "record: decide + serialise outcome, event, counters"),
     ("Attempts.prepare", "prepare the request (context fields)"),

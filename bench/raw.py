@@ -8,6 +8,13 @@ Consumers: `python -m bench.raw consume ROOT N` in 2 competing processes: list `
 rename-claim each name into `processing/` (losing the race is FileNotFoundError: skip), read
 and parse it (json), rename it into `done/`; no fsync. Each prints `first_claim last_finish
 count` (wall clock) when `done/` holds N files.
+
+The protocol floor: `python -m bench.raw floor ROOT N`, the same 2 competing processes doing
+every file step spool takes per task, and nothing else (no handler process, no decision, no
+log line): claim by rename, read and parse, hide the claim (rename to a dot-name), write the
+outcome under a dot-name in tmp/, and in a second thread, every 50 ms, one syncfs, then each
+outcome renamed into done/ and the claims of the group before unlinked. What a Python worker
+keeping spool's on-disk contract can reach at most.
 """
 
 from __future__ import annotations
@@ -15,9 +22,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+from spool.fsio import sync_filesystem
 
 
 def task_bytes(i: int) -> bytes:
@@ -64,34 +75,114 @@ def produce(root: Path, n: int, durable: bool = True) -> float:
 
 
 def consume(root: Path, n: int) -> tuple[float, float, int]:
-    incoming, processing, done = root / "incoming", root / "processing", root / "done"
+    processing, done = root / "processing", root / "done"
     pid = os.getpid()
+
+    def take(name: str) -> bool:
+        claimed = processing / f"{name}.{pid}"
+        try:
+            os.rename(root / "incoming" / name, claimed)
+        except FileNotFoundError:
+            return False
+        with open(claimed, "rb") as f:
+            json.loads(f.read())
+        os.rename(claimed, done / name)
+        return True
+
+    return drain(root, n, take)
+
+
+def drain(
+    root: Path, n: int, take: Callable[[str], bool], unseen: Callable[[], int] = lambda: 0
+) -> tuple[float, float, int]:
+    """Offer every name in incoming/ to `take` until done/ (plus `unseen` ones not published
+    yet) holds n; (first taken, last taken, how many this process took), wall clock."""
+    incoming, done = root / "incoming", root / "done"
     first = last = 0.0
     handled = 0
     while True:
         names = sorted(os.listdir(incoming))
         if not names:
-            if len(os.listdir(done)) >= n:
+            if len(os.listdir(done)) + unseen() >= n:
                 break
             time.sleep(0.001)
             continue
         for name in names:
-            claimed = processing / f"{name}.{pid}"
-            try:
-                os.rename(incoming / name, claimed)
-            except FileNotFoundError:
+            if not take(name):
                 continue
-            if not first:
-                first = time.time()
-            with open(claimed, "rb") as f:
-                json.loads(f.read())
-            os.rename(claimed, done / name)
-            handled += 1
             last = time.time()
+            first = first or last
+            handled += 1
     return first, last, handled
 
 
+class GroupCommit:
+    """The floor's committer: every 50 ms, one syncfs, publish the group, unlink the claims of
+    the group before."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.staged: list[tuple[Path, Path, Path]] = []  # (staged, destination, hidden claim)
+        self.published: list[Path] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def add(self, staged: Path, dest: Path, hidden: Path) -> None:
+        with self.lock:
+            self.staged.append((staged, dest, hidden))
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            self.round()
+        self.round()
+        self.round()
+
+    def round(self) -> None:
+        with self.lock:
+            group, self.staged = self.staged, []
+        if not group and not self.published:
+            return
+        sync_filesystem(self.root)
+        for hidden in self.published:
+            hidden.unlink()
+        for staged, dest, _ in group:
+            os.rename(staged, dest)
+        self.published = [hidden for _, _, hidden in group]
+
+
+def floor(root: Path, n: int) -> tuple[float, float, int]:
+    processing, tmp, done = root / "processing", root / "tmp", root / "done"
+    owner = os.getpid()
+    committer = GroupCommit(root)
+
+    def take(name: str) -> bool:
+        claimed = processing / f"{name}@{owner}"
+        try:
+            os.rename(root / "incoming" / name, claimed)
+        except FileNotFoundError:
+            return False
+        with open(claimed, "rb") as f:
+            task = json.loads(f.read())
+        hidden = processing / f".{name}@{owner}"
+        os.rename(claimed, hidden)
+        task.update(attempts=1, result=None)
+        staged = tmp / f".{name}@{owner}.done"
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, json.dumps(task).encode())
+        os.close(fd)
+        committer.add(staged, done / name, hidden)
+        return True
+
+    taken = drain(root, n, take, lambda: len(committer.staged))
+    committer.stop.set()
+    committer.thread.join()
+    return taken
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "consume":
-        f, la, h = consume(Path(sys.argv[2]), int(sys.argv[3]))
+    if sys.argv[1] in ("consume", "floor"):
+        loop = consume if sys.argv[1] == "consume" else floor
+        f, la, h = loop(Path(sys.argv[2]), int(sys.argv[3]))
         print(f"{f:.6f} {la:.6f} {h}", flush=True)

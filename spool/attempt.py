@@ -100,9 +100,7 @@ class Attempts:
             self.recorder.record_pending()  # (while the next one runs)
 
         def winding_down() -> bool:
-            return (
-                self.stopping.is_set() or time.monotonic() > over or bool(self.recorder.unwritten)
-            )
+            return self.stopping.is_set() or time.monotonic() > over or self.recorder.refused()
 
         try:
             return self.code.executor.run_batch(

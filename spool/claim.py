@@ -43,7 +43,7 @@ class Claim:
         """Mark the claim committed, just before its outcome is written: it no longer counts
         as processing, and recovery drops it once it sees that outcome (or, without one,
         sends the task back like any other claim). Raises FileNotFoundError when a recoverer
-        took the claim (see Worker.record_pending)."""
+        took the claim (see Recorder.fence)."""
         hidden = Claim(self.dirs, self.name, self.worker_id, self.claimed_at, committed=True)
         os.rename(self.path, hidden.path)
         return hidden

@@ -3,7 +3,7 @@ the release of its unique key.
 
 Whoever ends a task first puts its file in place (a rename or an atomic write):
 
-    done       the handler returned                            worker (finish.finish)
+    done       the handler returned                            worker (finish.publish_verdict)
     failed     failed for good, or lost too often              worker, recovery (finish.recover)
     rejected   the file is no runnable task                    worker (finish.reject),
                                                                MQTT intake (keep_rejected)
@@ -74,7 +74,7 @@ def conclude(
     `task` is the task's content as it rests (None for a rejected file); `durable` and `check`
     are the Outbox's (a worker's outcome is synced with its batch; others sync at once).
     """
-    # first: a disk that refuses a follow-up makes the caller call again (see write_verdict),
+    # first: a disk that refuses a follow-up makes the caller call again (see publish_verdict),
     # and this step alone is idempotent (see workflows.ends); the event and the counter are not
     on_end(dirs.root, task, ending.state, durable=durable)  # its follow-ups, its batch
     status = EVENT.get(ending.state)

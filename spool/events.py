@@ -5,12 +5,13 @@
     <root>/.events/.partial/<the same name>    sinks that accepted it so far (partial delivery)
 
 An event's name, and its `event_id` (the name's stem), follow from the outcome alone (queue, id,
-attempt, status and the attempt's finish time), so writing it twice writes the same file. The
-worker writes it (without a sync) after the outcome and before it hides its claim, so the
-Committer's one filesystem sync per batch covers it before the claim goes. A worker that dies in
-between leaves the claim: recovery sees the outcome, writes the event again from the outcome file
-(durably) unless it is waiting in .events/ or already delivered (.sent/), and only then drops the
-claim. So every outcome has exactly one event file, and none is lost.
+attempt, status and the attempt's finish time), so writing it twice writes the same file. A
+worker's committer writes it (without a sync) once the outcome is durable and published, and
+drops the claim only after its next sync covered the event too (see spool.commit). A worker
+that dies in between leaves the claim: recovery sees the outcome, writes the event again from
+the outcome file (durably) unless it is waiting in .events/ or already delivered (.sent/), and
+only then drops the claim. So every outcome has exactly one event file, none is lost, and none
+is delivered before its outcome is durable.
 
 The directory starts with a dot, so it is never taken for a queue. Workers write events only
 when the config's [notify] asks for them (a sink, or `events = true`).

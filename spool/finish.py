@@ -3,11 +3,14 @@ failed/; a dead worker's task -> incoming/ or failed/; and rejections. Each then
 (see conclude: its event, its counter, its unique key). What an attempt makes of its task is
 decided apart, with nothing written (see decision); this module writes it.
 
-Every move out of processing/ writes the task's new content to tmp/ and renames it into its
-destination; the claim is then hidden (renamed to a dot-name in processing/, so it no longer
-counts as running) and unlinked once the destination is durable (the worker batches that: see
-Committer). A crash in between leaves both files; recovery sees the destination and drops the
-claim instead of running the task again, or, if a power loss tore the outcome, runs it again.
+A worker's outcome moves in two steps, after the recorder hid the claim from the count of
+running tasks (see Claim.hide). `stage_verdict` writes the task's new content to tmp/, under a
+name that says whose claim and which state it is (`staged_path`), without a sync. Once a
+filesystem sync made it durable, `publish_verdict` renames it into its destination and
+concludes. The committer (see spool.commit) does that for a group at a time, so nothing is
+seen done before it is durable. A crash in between leaves the claim: recovery finds the
+outcome staged or published (`written_outcome`), finishes what is missing and drops the claim
+instead of running the task again; if a power loss tore the staged file, the task runs again.
 
 A rejected file (not a runnable task) is moved to failed/ as it is, with <stem>.error.json
 beside it saying why.
@@ -17,22 +20,27 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from spool import envelope
 from spool.claim import Claim
-from spool.conclude import Ending, Rejection, conclude, is_cancelled, keep_rejected, mark_cancelled
+from spool.conclude import (
+    AGAIN,
+    Ending,
+    Rejection,
+    conclude,
+    is_cancelled,
+    keep_rejected,
+    mark_cancelled,
+)
 from spool.decision import RetryPolicy, after_attempt, lose
 from spool.envelope import TaskDict
 from spool.errors import error_dict
 from spool.events import Outbox, read_json
 from spool.execute import Outcome
-from spool.faults import Complaint
-from spool.fsio import list_names, sync_filesystem, write_atomic
-from spool.layout import CANCEL_FILE, QueueDirs, delayed_name
+from spool.fsio import list_names, move_durably, write_atomic, write_file
+from spool.layout import CANCEL_FILE, QueueDirs, delayed_name, processing_name
 from spool.stats import WorkerStats
 from spool.workflows.ends import on_end
 
@@ -46,35 +54,21 @@ def destination(dirs: QueueDirs, state: str, final: TaskDict, name: str) -> Path
     return dirs.delayed / delayed_name(int(due * 1_000_000), name)
 
 
+STAGED_STATES = ("done", "retry", "lost", "failed", "cancelled")  # (see decision)
+
+
 @dataclass
 class Verdict:
     """What an attempt makes of its task, decided once: its state, content and destination. If
     the disk refuses it, the worker keeps it and writes this same file later (the retry's due
-    time, with its jitter, is not drawn again); `written`/`concluded` mark the steps done."""
+    time, with its jitter, is not drawn again); the flags mark the steps done."""
 
-    state: str  # done, retry, lost or failed
+    state: str  # one of STAGED_STATES
     content: TaskDict
     dest: Path
-    written: bool = False  # the task file is in its destination
-    concluded: bool = False  # its event, counter and unique key are done (see conclude)
-
-
-def finish(
-    taken: Claim,
-    task: TaskDict,
-    outcome: Outcome,
-    policy: RetryPolicy,
-    outbox: Outbox | None = None,
-    counts: WorkerStats | None = None,
-) -> str:
-    """Move an attempted task to its next state; return it: done, retry, lost or failed.
-
-    With an outbox, the outcome's event is written after the outcome (both unsynced: the
-    Committer syncs them before the claim goes).
-    """
-    verdict = verdict_of(taken, task, outcome, policy)
-    write_verdict(taken, outcome, verdict, outbox, counts)
-    return verdict.state
+    staged: bool = False  # its file is in tmp/ (see staged_path)
+    written: bool = False  # its file is in its destination
+    concluded: bool = False  # its event, counter, unique key and follow-ups are done
 
 
 def verdict_of(taken: Claim, task: TaskDict, outcome: Outcome, policy: RetryPolicy) -> Verdict:
@@ -83,18 +77,36 @@ def verdict_of(taken: Claim, task: TaskDict, outcome: Outcome, policy: RetryPoli
     return Verdict(state, final, destination(taken.dirs, state, final, taken.name))
 
 
-def write_verdict(
+def staged_path(dirs: QueueDirs, name: str, worker_id: str, state: str) -> Path:
+    """Where the outcome of `worker_id`'s claim of `name` waits for its sync: a dot-name in
+    tmp/ that recovery finds from the claim alone."""
+    return dirs.tmp / f".{processing_name(name, worker_id)}.{state}"
+
+
+def stage_verdict(taken: Claim, verdict: Verdict) -> Path:
+    """Write the outcome to tmp/ (no sync); return where. Raises: OSError (a full or failing
+    disk: nothing is left; called again, it writes it again)."""
+    path = staged_path(taken.dirs, taken.name, taken.worker_id, verdict.state)
+    if not verdict.staged:
+        write_file(path, envelope.dump(verdict.content), durable=False)
+        verdict.staged = True
+    return path
+
+
+def publish_verdict(
+    staged: Path,
     taken: Claim,
     outcome: Outcome,
     verdict: Verdict,
     outbox: Outbox | None,
     counts: WorkerStats | None,
 ) -> None:
-    """Write the task file, then conclude. Raises: OSError (a full or failing disk); called
-    again, it goes on from the step that failed."""
+    """Once the staged outcome is durable: rename it into place, then conclude (its event and
+    follow-ups are written without a sync: the committer's next sync covers them before the
+    claim goes). Raises: OSError; called again, it goes on from the step that failed."""
     dirs = taken.dirs
     if not verdict.written:
-        write_atomic(envelope.dump(verdict.content), dirs.tmp, verdict.dest, durable=False)
+        os.rename(staged, verdict.dest)  # CRASH: before, recovery publishes it; after, sees it
         verdict.written = True  # (never twice: a retry in delayed/ may have been promoted since)
     if verdict.state == "cancelled":  # (the marker last: `spool cancel` waits for it)
         (dirs.beside(str(verdict.content["id"])) / CANCEL_FILE).unlink(missing_ok=True)
@@ -135,26 +147,49 @@ class Written:
     content: TaskDict | None
 
 
-def written_outcome(dirs: QueueDirs, name: str, task: TaskDict) -> Written | None:
-    """The outcome this claim's attempt (or a cancel) already wrote to done/, failed/ or
-    delayed/, or None: the one answer to "is this outcome already written".
+def written_outcome(dirs: QueueDirs, name: str, task: TaskDict, worker_id: str) -> Written | None:
+    """The outcome `worker_id`'s attempt (or a cancel) already wrote to done/, failed/ or
+    delayed/, or staged in tmp/ (then published now, durably), or None: the one answer to "is
+    this outcome already written".
 
-    Found after a worker died between writing the outcome and dropping its claim.
+    Found after a worker died between staging the outcome and dropping its claim.
     """
-    task_id = task.get("id")
+    staged = publish_staged(dirs, name, task, worker_id)
+    if staged is not None:
+        return staged
     for status in ("done", "failed"):
-        other = read_json(dirs.state(status) / f"{task_id}.json")
+        other = read_json(dirs.state(status) / f"{task.get('id')}.json")
         if other is None or other.get("enqueued_at") != task.get("enqueued_at"):
             continue  # absent, torn by a power loss (run the task again), or another task's
         if is_cancelled(other):  # a cancel that died before it dropped its claim
             return Written("cancelled", other)
-        if int(other.get("attempts", 0)) > int(task.get("attempts", 0)):
+        if is_later_attempt(other, task):
             return Written(status, other)
         return None  # an earlier attempt's outcome: this one wrote nothing, run the task again
     for entry in list_names(dirs.delayed):
         if entry.endswith("@" + name):
             return Written("retry", read_json(dirs.delayed / entry))
     return None
+
+
+def publish_staged(dirs: QueueDirs, name: str, task: TaskDict, worker_id: str) -> Written | None:
+    """Publish (durably) the outcome a dead worker staged for this claim and did not publish; a
+    staged file torn by a power loss, or of an earlier attempt, is removed (None: run again)."""
+    for state in STAGED_STATES:
+        path = staged_path(dirs, name, worker_id, state)
+        content = read_json(path)
+        if content is None or not is_later_attempt(content, task):
+            path.unlink(missing_ok=True)
+            continue
+        move_durably(path, destination(dirs, state, content, name))
+        return Written("retry" if state in AGAIN else state, content)
+    return None
+
+
+def is_later_attempt(outcome: TaskDict, task: TaskDict) -> bool:
+    """Whether `outcome` is what an attempt made of `task` (same task, more attempts)."""
+    same = outcome.get("enqueued_at") == task.get("enqueued_at")
+    return same and int(outcome.get("attempts", 0)) > int(task.get("attempts", 0))
 
 
 def recover(
@@ -173,7 +208,7 @@ def recover(
     next claim rejects it with the reason.
     """
     dirs = taken.dirs
-    written = written_outcome(dirs, taken.name, task) if task is not None else None
+    written = written_outcome(dirs, taken.name, task, dead_worker) if task is not None else None
     if written is not None:
         if outbox is not None and written.content is not None:  # the worker may have died
             outbox.reemit(dirs.name, written.status, written.content)  # before the event
@@ -200,79 +235,3 @@ def recover(
         state = "incoming"
     taken.path.unlink(missing_ok=True)
     return state
-
-
-class Committer:
-    """Drops claims whose outcome is written, after one filesystem sync for the whole batch.
-
-    Outcomes are written without a sync each; a background thread collects the claims of
-    finished tasks for up to `max_delay_seconds`, syncs the filesystem once, and only then
-    removes those claims from processing/. So a power loss never loses a task (at worst it
-    runs again), and the worker never waits for a disk flush between two tasks.
-    """
-
-    def __init__(self, root: Path, max_delay_seconds: float = 0.05) -> None:
-        self.root, self.max_delay_seconds = root, max_delay_seconds
-        self.pending: list[Path] = []
-        self.lock = threading.Lock()
-        self.has_work = threading.Event()
-        self.stopping = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, name="spool-committer", daemon=True)
-        self.thread.start()
-
-    def add(self, claim_path: Path) -> None:
-        with self.lock:
-            self.pending.append(claim_path)
-            self.has_work.set()
-        if self.thread is None:
-            self.flush()
-
-    def run(self) -> None:
-        complaint = Complaint()
-        while not self.stopping.is_set():
-            self.has_work.wait()
-            self.stopping.wait(self.max_delay_seconds)  # let a batch gather
-            try:
-                self.flush()
-            except OSError as exc:  # a full or failing disk must not end the thread
-                if complaint.due(time.time()):
-                    log.error("cannot commit finished tasks (trying again): %s", exc)
-                self.stopping.wait(1.0)
-                continue
-            if complaint.clear():
-                log.info("finished tasks are committed again")
-
-    def flush(self) -> None:
-        """Sync, then drop the batch's claims. Raises: OSError (the rest of the batch is kept
-        for the next flush)."""
-        with self.lock:
-            batch, self.pending = self.pending, []
-            self.has_work.clear()
-        if not batch:
-            return
-        try:
-            sync_filesystem(self.root)  # CRASH: outcomes durable; the claims may remain
-            while batch:
-                batch[-1].unlink(missing_ok=True)
-                batch.pop()
-        except BaseException:
-            with self.lock:
-                self.pending[:0] = batch
-                self.has_work.set()
-            raise
-
-    def close(self) -> None:
-        """Commit what is pending and stop the thread; a disk that refuses is logged (the
-        outcomes are written: recovery drops the claims left behind)."""
-        self.stopping.set()
-        self.has_work.set()
-        if self.thread is not None:
-            self.thread.join(timeout=30)
-            self.thread = None
-        try:
-            self.flush()
-        except OSError as exc:
-            log.error("cannot commit finished tasks before stopping: %s", exc)

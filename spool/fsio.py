@@ -118,6 +118,17 @@ def write_atomic(data: bytes, tmp_dir: Path, dest: Path, *, durable: bool = True
         fsync_dir(dest.parent)
 
 
+def move_durably(src: Path, dest: Path) -> None:
+    """Rename a file written without a sync into place, its data and its new name durable."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(src, dest)
+    fsync_dir(dest.parent)
+
+
 def write_many_atomic(items: Iterable[tuple[bytes, Path]], tmp_dir: Path) -> int:
     """Write many files atomically with one filesystem sync and one fsync per directory.
 

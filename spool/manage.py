@@ -198,7 +198,7 @@ def cancel(
                     f"task {task_id} is {found.state}: only pending or running tasks can be "
                     "cancelled"
                 )
-            # RACE: its worker writes the file, then the marker (see finish.write_verdict)
+            # RACE: its worker writes the file, then the marker (see finish.publish_verdict)
             if os.path.lexists(dirs.failed / cancelled_marker(found.path.name)):
                 return found.queue
         if time.monotonic() >= deadline:

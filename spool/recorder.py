@@ -1,10 +1,11 @@
-"""Recording an attempt's outcome: its file, event and counter (see finish), behind the next
-attempt, and kept in memory while the disk refuses it.
+"""Recording an attempt's outcome behind the next attempt, and keeping it in memory while the
+disk refuses it.
 
 The worker hands each ended attempt over (`defer`) and goes on to the next: the outcome is
-written while the next handler runs (or before the worker waits or stops), so its write, sync
-batch, counters and log line overlap with the next attempt. Before it is written the claim is
-hidden (the fence, see fence): a claim a recoverer took meanwhile drops the outcome.
+decided and staged while the next handler runs (or before the worker waits or stops), then
+handed to the committer, which makes it durable with its group and only then publishes it (see
+spool.commit). Before it is staged the claim is hidden (the fence, see fence): a claim a
+recoverer took meanwhile drops the outcome.
 
 A full or failing disk (see spool.faults): an outcome the disk refuses waits in memory, its
 claim held (in shared mode, its lease too), and is tried again with a growing pause; while any
@@ -21,14 +22,13 @@ import time
 from dataclasses import dataclass
 
 from spool.claim import Claim
+from spool.commit import Committer, Staged
 from spool.decision import RetryPolicy
 from spool.envelope import TaskDict
-from spool.events import Outbox
 from spool.execute import Outcome
 from spool.faults import Backoff, Complaint, describe, is_disk_fault
-from spool.finish import Committer, Verdict, verdict_of, write_verdict
+from spool.finish import Verdict, stage_verdict, verdict_of
 from spool.lease import LeaseKeeper
-from spool.stats import WorkerStats
 from spool.workers import WorkerLock
 
 log = logging.getLogger(__name__)
@@ -49,21 +49,14 @@ class Pending:
 class Recorder:
     """Writes the outcomes of one worker's attempts, in order, and keeps those the disk refuses."""
 
-    def __init__(
-        self,
-        committer: Committer,
-        outbox: Outbox | None,
-        counts: WorkerStats,
-        lock: WorkerLock,
-        leases: LeaseKeeper | None,
-    ) -> None:
-        self.committer, self.outbox, self.stats = committer, outbox, counts
-        self.lock, self.leases = lock, leases
+    def __init__(self, committer: Committer, lock: WorkerLock, leases: LeaseKeeper | None) -> None:
+        self.committer, self.lock, self.leases = committer, lock, leases
         self.pending: Pending | None = None  # an attempt whose outcome is not recorded yet
         self.unwritten: list[Pending] = []  # outcomes the disk refused, tried again (in order)
         self.write_backoff = Backoff()
         self.write_again_at = 0.0  # (monotonic) the next try of the unwritten outcomes
         self.write_complaint = Complaint()
+        self.shown_waiting = False  # (see show_waiting)
 
     def defer(self, pending: Pending) -> None:
         """Keep an ended attempt to record later (after recording the one before, if still
@@ -73,11 +66,19 @@ class Recorder:
 
     def record_pending(self) -> None:
         """Record the last attempt's outcome, if not yet done (if the disk refuses it, it is
-        kept: see keep_unwritten)."""
+        kept: see keep_unwritten); publish the outcomes made durable meanwhile."""
+        self.publish_durable()
         if self.pending is None:
             return
         pending, self.pending = self.pending, None
         self.record(pending)
+
+    def publish_durable(self) -> None:
+        """Publish the outcomes the committer made durable since (see spool.commit)."""
+        durable = self.committer.take_durable()
+        if durable:
+            with contextlib.suppress(OSError):  # (they wait: the committer tries, and says why)
+                self.committer.publish_all(durable)
 
     def record(self, pending: Pending) -> bool:
         """Write an attempt's outcome and count it; False if the disk refused (it is kept)."""
@@ -104,8 +105,8 @@ class Recorder:
         return True
 
     def write_outcome(self, pending: Pending) -> str | None:
-        """Hide the claim, write the outcome, hand the claim to the committer; return the state
-        written, or None when the claim was lost to recovery (the outcome is dropped).
+        """Hide the claim, stage the outcome, hand it to the committer; return the state
+        staged, or None when the claim was lost to recovery (the outcome is dropped).
 
         Raises: OSError; `pending` then keeps how far it got, and a call again goes on.
         """
@@ -117,25 +118,25 @@ class Recorder:
             pending.verdict = verdict_of(
                 pending.taken, pending.task, pending.outcome, pending.policy
             )
-        write_verdict(pending.taken, pending.outcome, pending.verdict, self.outbox, self.stats)
+        path = stage_verdict(pending.taken, pending.verdict)
         self.unhold(pending.taken)  # (held only while the outcome waited for the disk)
-        self.committer.add(pending.taken.path)
+        self.committer.add(Staged(pending.taken, pending.outcome, pending.verdict, path))
         return pending.verdict.state
 
     def fence(self, pending: Pending) -> bool:
-        """Whether the claim is still this worker's, hidden before its outcome is written.
+        """Whether the claim is still this worker's, hidden before its outcome is staged.
 
-        The fence: the claim is renamed before the outcome is written. If a recoverer took it
+        The fence: the claim is renamed before the outcome is staged. If a recoverer took it
         (this worker's lease ran out), the rename fails and the outcome is dropped: the
         recoverer's outcome stands. (The hidden claim needs no renewal: its name is new to the
-        sweepers, so they wait a whole lease, and its outcome is written right now; a
-        recoverer then drops it. If the disk refuses the outcome, keep_unwritten shows the
-        claim again and holds its lease while it waits.) Raises: OSError other than ENOENT.
+        sweepers, so they wait a whole lease, and the committer's next round publishes its
+        outcome, or drops it if a recoverer took the claim meanwhile. If the disk refuses the
+        outcome, keep_unwritten shows the claim again and holds its lease while it waits.)
+        Raises: OSError other than ENOENT.
         """
         claimed = pending.taken
-        if claimed.committed:  # a try again, after the outcome was written (or unhide failed)
-            written = pending.verdict is not None and pending.verdict.written
-            return written or os.path.lexists(claimed.path)
+        if claimed.committed:  # a try again, after a refused write (and unhide failed)
+            return os.path.lexists(claimed.path)
         try:
             pending.taken = claimed.hide()
         except FileNotFoundError:
@@ -146,12 +147,10 @@ class Recorder:
     def keep_unwritten(self, pending: Pending, exc: OSError) -> None:
         """The disk refused an outcome: keep it in memory (the handler is not run again), keep
         the claim (and, in shared mode, its lease), claim nothing new, and try again later."""
-        if not self.unwritten:
-            self.lock.show_waiting(True)  # for status and metrics
         if pending not in self.unwritten:
             self.unwritten.append(pending)
-        written = pending.verdict is not None and pending.verdict.written
-        if pending.taken.committed and not written:  # counted as processing while it waits
+        self.show_waiting()
+        if pending.taken.committed:  # counted as processing while it waits
             with contextlib.suppress(OSError):
                 pending.taken = pending.taken.unhide()
         if self.leases is not None:
@@ -179,19 +178,34 @@ class Recorder:
             self.unwritten.pop(0)
         self.write_backoff.reset()
         self.write_complaint.clear()
-        self.lock.show_waiting(False)
         log.info("the disk takes writes again: the waiting outcomes are written")
         return False
+
+    def refused(self) -> bool:
+        """Whether outcomes wait for a disk that refused them: to be staged here, or to be
+        synced and published by the committer."""
+        return bool(self.unwritten) or self.committer.refused is not None
 
     def outcomes_waiting(self, now_mono: float) -> float | None:
         """While outcomes the disk refused wait (a full disk), the worker claims nothing: try
         them again when due; the seconds until the next try while they wait, else None."""
-        if not self.unwritten:
+        if not self.refused():
+            if self.shown_waiting:
+                self.show_waiting()
             return None
         self.record_pending()  # (an attempt that ended meanwhile joins them, in order)
-        if not self.write_unwritten(now_mono):
-            return None
-        return self.next_try(now_mono)
+        waiting_here = self.write_unwritten(now_mono)
+        self.show_waiting()
+        if waiting_here:
+            return self.next_try(now_mono)
+        return self.committer.retry_seconds if self.committer.refused is not None else None
+
+    def show_waiting(self) -> None:
+        """Say in the worker's info (for status and metrics) whether outcomes wait."""
+        waiting = self.refused()
+        if waiting != self.shown_waiting:
+            self.lock.show_waiting(waiting)
+            self.shown_waiting = waiting
 
     def next_try(self, now_mono: float) -> float:
         """Seconds until the outcomes the disk refused are tried again."""

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,20 +115,22 @@ class WorkerStats:
         self.dirty = False
         self.written_at = 0.0
         self.complaint = Complaint()
+        self.lock = threading.Lock()  # (a worker counts in its committer's thread too)
 
     def record(
         self, queue: str, what: str, duration: float | None = None, at: float | None = None
     ) -> None:
         """Count one `what`; a task finished (done or failed) `at` also counts in its slot."""
-        stats = self.queues.setdefault(queue, QueueStats())
-        stats.counts[what] += 1
-        if duration is not None:
-            stats.buckets[bucket_of(duration)] += 1
-            stats.duration_sum += duration
-        if at is not None and what in ("done", "failed"):
-            slot = int(at // SLOT_SECONDS) * SLOT_SECONDS
-            stats.recent[slot] = stats.recent.get(slot, 0) + 1
-        self.dirty = True
+        with self.lock:
+            stats = self.queues.setdefault(queue, QueueStats())
+            stats.counts[what] += 1
+            if duration is not None:
+                stats.buckets[bucket_of(duration)] += 1
+                stats.duration_sum += duration
+            if at is not None and what in ("done", "failed"):
+                slot = int(at // SLOT_SECONDS) * SLOT_SECONDS
+                stats.recent[slot] = stats.recent.get(slot, 0) + 1
+            self.dirty = True
 
     def flush(self, now: float, force: bool = False) -> None:
         """Write the counts if due. A disk that refuses (full, failing) is logged at most once
@@ -135,18 +138,21 @@ class WorkerStats:
         a worker or a command."""
         if not self.dirty or (not force and now - self.written_at < FLUSH_SECONDS):
             return
-        for stats in self.queues.values():
-            stats.forget_before(int(now) - RECENT_SECONDS)
-        data = {queue: stats.to_json() for queue, stats in self.queues.items()}
+        with self.lock:
+            for stats in self.queues.values():
+                stats.forget_before(int(now) - RECENT_SECONDS)
+            data = {queue: stats.to_json() for queue, stats in self.queues.items()}
+            payload = json.dumps(data).encode()
+            self.dirty = False  # (a count from now on makes it dirty again)
         try:
             ensure_dir(self.path.parent)
-            write_atomic(json.dumps(data).encode(), self.path.parent, self.path, durable=False)
+            write_atomic(payload, self.path.parent, self.path, durable=False)
         except OSError as exc:
-            self.written_at = now  # (next try in a second, not at once)
+            self.dirty, self.written_at = True, now  # (next try in a second, not at once)
             if self.complaint.due(now):
                 log.error("cannot write the counters (kept in memory): %s", exc)
             return
-        self.dirty, self.written_at = False, now
+        self.written_at = now
         self.complaint.clear()
 
 

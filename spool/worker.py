@@ -30,11 +30,11 @@ from spool import signals
 from spool.attempt import Attempts
 from spool.claimed import Aside
 from spool.cluster import is_shared
+from spool.commit import Committer
 from spool.config import Settings
 from spool.counts import Recounter
 from spool.dispatch import ERROR_PAUSE_SECONDS, Dispatch
 from spool.events import outbox_for
-from spool.finish import Committer
 from spool.layout import queue_dirs
 from spool.lease import LeaseKeeper
 from spool.queues import Queues
@@ -89,7 +89,6 @@ class Worker:
             self.watcher,
             self.shared,
         )
-        self.committer = Committer(settings.root)
         self.lock = WorkerLock(settings.root, self.worker_id)
         self.code = TaskCode(settings, self.worker_id, self.lock)
         self.stats = WorkerStats(settings.root, self.worker_id)
@@ -99,6 +98,7 @@ class Worker:
         self.retention_timer = Timer(RETENTION_SECONDS)
         self.recounter = Recounter(settings.root)
         self.outbox = outbox_for(settings)
+        self.committer = Committer(settings.root, self.outbox, self.stats, fenced=self.shared)
         self.recoverer = Recovery(
             settings.root,
             self.worker_id,
@@ -116,7 +116,7 @@ class Worker:
         self.polling = False
         self.poll_base = settings.poll_seconds if self.shared else POLL_SECONDS
         self.poll_gap = self.poll_base
-        self.recorder = Recorder(self.committer, self.outbox, self.stats, self.lock, self.leases)
+        self.recorder = Recorder(self.committer, self.lock, self.leases)
         self.aside = Aside(self.queues, self.leases, self.code, self.stats, self.worker_id)
         self.attempts = Attempts(
             settings.root,
@@ -237,6 +237,7 @@ class Worker:
                 fresh = False
                 continue
             self.recorder.record_pending()  # nothing to run next: record the last outcome now
+            self.committer.hurry()  # and publish it without waiting for more
             if not self.burst:
                 self.wakeup.wait(self.sleep_seconds(time.time(), time.monotonic()))
                 continue

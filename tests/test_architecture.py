@@ -19,7 +19,8 @@ LAYERS = [  # bottom first, as in docs/architecture.md
     ("way in", "producer unique manifest signature registry chain"),
     ("way through", "worker dispatch handover attempt queues claim claimed workers index watch "
      "execute channel child output "
-     "context taskcode recorder decision finish conclude recovery lease cluster settle retention "
+     "context taskcode recorder commit decision finish conclude recovery lease cluster settle "
+     "retention "
      "events stats counts manage lookup reload eager workflows"),
     ("read side", "inspect"),
     ("deploy", "deploy"),

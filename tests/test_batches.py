@@ -142,9 +142,10 @@ def test_a_worker_killed_while_ending_the_last_member_leaves_one_callback(
     from tests.tasks import record
 
     log = tmp_path / "runs.log"
-    batch = app.batch([record.s(str(log), "member")], then=record.s(str(log), "callback"))
+    callback = record.s(str(log), "callback").set(queue="after")  # (not the first worker's:
+    batch = app.batch([record.s(str(log), "member")], then=callback)  # it dies at `point`)
     monkeypatch.setenv(CRASH_ENV, f"{point}:{tmp_path / 'crashed'}")
-    first = start_worker()
+    first = start_worker("--queue", "default")
     assert first.wait(timeout=20) == -signal.SIGKILL
     start_worker()
     wait_until(lambda: app.state_of(f"{batch.id}.then1") == "done", timeout=20)

@@ -119,11 +119,11 @@ def test_a_worker_killed_around_the_follow_up_leaves_it_enqueued_exactly_once(
     point: str,
 ) -> None:
     log = tmp_path / "runs.log"
-    then = [{"task": "record", "args": [str(log), "follow-up"]}]
+    then = [{"task": "record", "args": [str(log), "follow-up"], "queue": "after"}]
     parent = app.enqueue("record", [str(log), "parent"], then=then)
     flag = tmp_path / "crashed"
     monkeypatch.setenv(CRASH_ENV, f"{point}:{flag}")
-    first = start_worker()
+    first = start_worker("--queue", "default")  # (it dies at `point`, not in the follow-up)
     assert first.wait(timeout=20) == -signal.SIGKILL  # it killed itself at the point
     assert flag.exists() and app.state_of(parent) == "done"
     start_worker()  # recovers the dead worker's claim: replays the end
@@ -131,7 +131,8 @@ def test_a_worker_killed_around_the_follow_up_leaves_it_enqueued_exactly_once(
     wait_until(lambda: app.state_of(follow_up) == "done", timeout=20)
     wait_until(lambda: not names(spool_root / "default" / "processing"), timeout=10)
     assert sorted(line.split()[0] for line in lines(log)) == ["follow-up", "parent"]
-    assert names(spool_root / "default" / "done") == sorted([f"{parent}.json", f"{follow_up}.json"])
+    assert names(spool_root / "default" / "done") == [f"{parent}.json"]
+    assert names(spool_root / "after" / "done") == [f"{follow_up}.json"]
 
 
 def run_chain_with_kills(app: Spool, tmp_path: Path, start_worker: StartWorker, seed: int) -> None:
