@@ -80,16 +80,23 @@ def consume(root: Path, n: int) -> tuple[float, float, int]:
 
     def take(name: str) -> bool:
         claimed = processing / f"{name}.{pid}"
-        try:
-            os.rename(root / "incoming" / name, claimed)
-        except FileNotFoundError:
+        if claim_and_read(root / "incoming" / name, claimed) is None:
             return False
-        with open(claimed, "rb") as f:
-            json.loads(f.read())
         os.rename(claimed, done / name)
         return True
 
     return drain(root, n, take)
+
+
+def claim_and_read(src: Path, claimed: Path) -> dict[str, object] | None:
+    """Claim a file by renaming it, then read and parse it; None if another consumer won."""
+    try:
+        os.rename(src, claimed)
+    except FileNotFoundError:
+        return None
+    with open(claimed, "rb") as f:
+        task: dict[str, object] = json.loads(f.read())
+    return task
 
 
 def drain(
@@ -159,12 +166,9 @@ def floor(root: Path, n: int) -> tuple[float, float, int]:
 
     def take(name: str) -> bool:
         claimed = processing / f"{name}@{owner}"
-        try:
-            os.rename(root / "incoming" / name, claimed)
-        except FileNotFoundError:
+        task = claim_and_read(root / "incoming" / name, claimed)
+        if task is None:
             return False
-        with open(claimed, "rb") as f:
-            task = json.loads(f.read())
         hidden = processing / f".{name}@{owner}"
         os.rename(claimed, hidden)
         task.update(attempts=1, result=None)
