@@ -30,6 +30,7 @@ from spool.decision import RetryPolicy
 from spool.envelope import JSON, TaskDict
 from spool.errors import ConfigError
 from spool.execute import Outcome, Turn
+from spool.faults import crash_point
 from spool.layout import output_scratch
 from spool.recorder import Pending, Recorder
 from spool.stats import WorkerStats
@@ -71,9 +72,15 @@ class Attempts:
     def __post_init__(self) -> None:
         self.batch_list = handover.BatchList(self.root, self.worker_id)
 
+    def start(self) -> None:
+        """Write the list of what was handed over, empty (before the first claim: see
+        spool.handover)."""
+        self.batch_list.write([])
+
     def attempt(self, taken: Claim, task: TaskDict) -> None:
         """Run the task's handler once and hand its outcome to the recorder."""
         run = self.prepare(taken, task)
+        self.hand_over([taken])
         outcome = self.code.executor.run(
             run.request,
             run.turn.timeout,
@@ -90,9 +97,7 @@ class Attempts:
 
         Raises: ConfigError (the handler process cannot start: they all went back)."""
         runs = [self.prepare(taken, task) for taken, task in batch]
-        pending = self.recorder.pending
-        before = [] if pending is None else [pending.taken]
-        self.batch_list.write(before + [run.taken for run in runs])
+        self.hand_over([run.taken for run in runs])
         over = time.monotonic() + handover.BATCH_SECONDS
 
         def ended(i: int, outcome: Outcome) -> None:
@@ -115,6 +120,13 @@ class Attempts:
         except ConfigError:  # (raised before any started)
             self.put_back(runs)
             raise
+
+    def hand_over(self, claims: list[Claim]) -> None:
+        """List the claims about to be handed to the handler process, after the one whose
+        outcome is still to be written (see spool.handover)."""
+        crash_point("before-handing-over")
+        pending = self.recorder.pending
+        self.batch_list.write(([] if pending is None else [pending.taken]) + claims)
 
     def put_back(self, runs: list[Run]) -> None:
         """Tasks of a batch that never started: back to incoming/ unchanged (no attempt)."""

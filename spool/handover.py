@@ -15,15 +15,20 @@ Claimed but not started: a stop signal, an outcome the disk refused, a batch sti
 after BATCH_SECONDS (the worker takes them back from the handler process at once, even while a
 task runs; the batch's first always runs: see child.Inbox), or the timeout or cancel of a task
 before them, or a lost handler process puts the batch's tasks that had not started back in
-incoming/ unchanged (no attempt counted). A worker killed in the middle (SIGKILL) leaves its
-claims: the batch's list
-(`.workers/<id>.batch`: the claim whose outcome was still to be written, then the batch, in
-order; written as the batch is sent, no sync) tells recovery which came first. The worker writes
-each outcome as soon as it has it, so of the listed claims still there the first is the one
-that was running: it counts as lost; the others go back unchanged. (In the instant between a
-task's end and its outcome's first step, the next one already runs and would go back uncounted;
-and the handler process may run ahead of a worker slow to write outcomes: such a task runs
-again, at least once as always, with no attempt counted.)
+incoming/ unchanged (no attempt counted).
+
+A worker killed in the middle (SIGKILL) leaves its claims. Its list of what it handed over
+(`.workers/<id>.batch`: the claim whose outcome was still to be written, then the tasks it is
+about to send to its handler process, in order; written before each send, of a batch or of a
+lone task, with no sync) tells recovery which may have run. The worker writes each outcome as
+soon as it has it, so of the listed claims still there the first is the one that was running:
+it counts as lost. The others, and every claim the list does not name (claimed after it was
+written: a batch being gathered, a task waiting for its seat or rate slot), never started and
+go back unchanged. Without a list (none written yet, or the disk refused it) every claim counts
+as lost. (In the instant between a task's end and its outcome's first step, the next one
+already runs and would go back uncounted; and the handler process may run ahead of a worker
+slow to write outcomes: such a task runs again, at least once as always, with no attempt
+counted.)
 """
 
 from __future__ import annotations
@@ -91,10 +96,10 @@ def gather(
 
 
 class BatchList:
-    """The list of the batch being run (see the module docstring), one per worker: rewritten in
-    place with one write per batch (padded over a longer list before it; no truncation, no
-    sync); a disk that refuses leaves it out (recovery then counts every claim as lost, as
-    without batches)."""
+    """The list of what the worker handed over (see the module docstring), one per worker:
+    rewritten in place with one write per send (padded over a longer list before it; no
+    truncation, no sync). A disk that refuses it has it removed: a stale list would make claims
+    that ran look unstarted; without one, recovery counts every claim as lost."""
 
     def __init__(self, root: Path, worker_id: str) -> None:
         self.path = list_path(root, worker_id)
@@ -107,10 +112,12 @@ class BatchList:
             if self.fd is None:
                 self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
                 os.fchmod(self.fd, FILE_MODE)  # (the umask must not narrow group access)
+            padded = text + b"\n" * (self.size - len(text))
             # CRASH: one write; a kill never leaves half of it
-            os.pwrite(self.fd, text + b"\n" * (self.size - len(text)), 0)
+            if os.pwrite(self.fd, padded, 0) != len(padded):
+                raise OSError("short write")
         except OSError:
-            self.close()
+            self.drop()
             return
         self.size = max(self.size, len(text))
 
@@ -121,7 +128,7 @@ class BatchList:
         self.fd = None
 
     def drop(self) -> None:
-        """Close and remove it (the worker stops)."""
+        """Close and remove it (the worker stops, or the disk refused it)."""
         self.close()
         with contextlib.suppress(OSError):
             self.path.unlink(missing_ok=True)
@@ -131,8 +138,9 @@ def list_path(root: Path, worker_id: str) -> Path:
     return workers_dir(root) / f"{worker_id}{BATCH_SUFFIX}"
 
 
-def not_started(root: Path, worker_id: str) -> set[tuple[str, str]]:
-    """(queue, name) of a dead worker's claims that never started (see the module docstring).
+def maybe_started(root: Path, worker_id: str) -> set[tuple[str, str]] | None:
+    """(queue, name) of the dead worker's claims that may have started (see the module
+    docstring): its others never did. None when it left no list (every claim may have).
 
     Call it before any of the worker's claims is taken over: it looks for them by its name.
     """
@@ -140,11 +148,11 @@ def not_started(root: Path, worker_id: str) -> set[tuple[str, str]]:
         with open(list_path(root, worker_id), "rb") as handle:
             text = handle.read(LIST_BYTES).decode(errors="replace")
     except OSError:
-        return set()
+        return None
     still_there = []
     for line in text.splitlines():  # (empty lines: the padding)
         queue, _, name = line.partition("/")
         claim = root / queue / "processing" / processing_name(name, worker_id)
         if queue and name and os.path.lexists(claim):
             still_there.append((queue, name))
-    return set(still_there[MAYBE_STARTED:])
+    return set(still_there[:MAYBE_STARTED])

@@ -55,8 +55,9 @@ class Recovery:
         self.claim_leases = LeaseWatch(lease_seconds) if lease_seconds else None
         self.worker_leases = LeaseWatch(lease_seconds) if lease_seconds else None
         self.complaint = Complaint()  # a disk that refuses recovery: logged once a minute
-        # a dead worker's batch tasks that never started: (queue, name) by worker id
-        self.not_started: dict[str, set[tuple[str, str]]] = {}
+        # (queue, name) of a dead worker's claims that may have started, by worker id: its
+        # others never did (see spool.handover); absent or None: every claim may have
+        self.maybe_started: dict[str, set[tuple[str, str]] | None] = {}
 
     def run(self, indexes: Iterable[QueueIndex], now: float, now_mono: float) -> None:
         """Send the claims of dead workers back (or to failed/ when lost too often)."""
@@ -64,7 +65,7 @@ class Recovery:
             self.run_shared(list(indexes), self.claim_leases, now, now_mono)
             return
         alive: dict[str, bool] = {}
-        self.not_started.clear()
+        self.maybe_started.clear()
 
         def is_dead(entry: str, owner: str) -> bool:
             if owner == self.worker_id:
@@ -72,7 +73,7 @@ class Recovery:
             if owner not in alive:
                 alive[owner] = is_alive(self.root, owner)
                 if not alive[owner]:  # (before any of its claims is taken over)
-                    self.not_started[owner] = handover.not_started(self.root, owner)
+                    self.maybe_started[owner] = handover.maybe_started(self.root, owner)
             return not alive[owner]
 
         for index in list(indexes):
@@ -114,38 +115,46 @@ class Recovery:
 
     def recover_one(self, index: QueueIndex, taken: Claim, dead: str, now: float) -> None:
         queue = index.dirs.name
-        if (queue, taken.name) in self.not_started.get(dead, ()):
-            release(taken)  # (a batch's task that never started: no attempt, see handover)
-            log.info(
-                "recovered queue=%s %s from dead worker %s -> incoming (not started)",
-                queue,
-                taken.name,
-                dead,
-            )
+        task = self.read_task(taken)
+        started = not self.never_started(queue, taken, dead)
+        if started:
+            policy = self.policy_for(task) if task is not None else None
+            state = recover(taken, task, dead, policy, now, self.outbox, self.counts)
+            if state != "finished":
+                self.counts.record(queue, "recovered")
+        else:
+            release(taken)  # (no attempt, see spool.handover)
+            state = "incoming"
+        if task is not None:  # (this worker alone took the claim over: see workflows.caps)
+            caps.free_seats_of(self.root, str(task["id"]), dead, now)
+        log.warning(
+            "recovered queue=%s id=%s from dead worker %s -> %s%s",
+            queue,
+            task.get("id") if task else taken.name,
+            dead,
+            state,
+            "" if started else " (not started)",
+        )
+        if state == "incoming":
             index.add_ready(taken.name)
-            return
-        task: TaskDict | None
+
+    def never_started(self, queue: str, taken: Claim, dead: str) -> bool:
+        """Whether a dead worker's claim surely never started (see spool.handover); a hidden
+        one ran (its outcome may be written: recover finds it)."""
+        started = self.maybe_started.get(dead)
+        return started is not None and not taken.committed and (queue, taken.name) not in started
+
+    def read_task(self, taken: Claim) -> TaskDict | None:
+        """The claimed task, its id and enqueue time filled in; None when it is unreadable."""
         try:
             data, _ = read_regular(taken.path, self.max_file_bytes)
             task = envelope.parse_task_bytes(data)
         except (UnreadableFile, FieldError, OSError):
-            task = None
-        if task is not None:
-            mtime = os.lstat(taken.path).st_mtime
-            task.setdefault("id", envelope.id_of_name(taken.name, mtime))
-            task.setdefault("enqueued_at", mtime)
-        policy = self.policy_for(task) if task is not None else None
-        state = recover(taken, task, dead, policy, now, self.outbox, self.counts)
-        if task is not None:  # (this worker alone took the claim over: see workflows.caps)
-            caps.free_seats_of(self.root, str(task["id"]), dead, now)
-        if state != "finished":
-            self.counts.record(queue, "recovered")
-        task_id = task.get("id") if task else taken.name
-        log.warning(
-            "recovered queue=%s id=%s from dead worker %s -> %s", queue, task_id, dead, state
-        )
-        if state == "incoming":
-            index.add_ready(taken.name)
+            return None
+        mtime = os.lstat(taken.path).st_mtime
+        task.setdefault("id", envelope.id_of_name(taken.name, mtime))
+        task.setdefault("enqueued_at", mtime)
+        return task
 
     def reap(self, now: float, now_mono: float) -> None:
         """Delete dead workers' files once they own no claim; fold their counts."""

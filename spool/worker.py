@@ -153,6 +153,7 @@ class Worker:
                 self.leases.start()
             self.code.start()
             self.committer.start()
+            self.attempts.start()
             # watch before the first scan: a file arriving in between is not missed
             watching = self.watcher.start(queues, watch_root=not self.fixed_queues)
             self.polling = self.burst or self.shared or not watching

@@ -23,6 +23,7 @@ from spool.claim import Claim
 from spool.cli import cli
 from spool.config import load_settings
 from spool.errors import ConfigError
+from spool.faults import CRASH_ENV
 from spool.layout import CANONICAL_RE, QueueDirs, cancelled_marker, split_processing
 from tests.conftest import PROJECT_DIR, TEST_CONFIG, names, spool_command, wait_until
 from tests.test_caps import most_at_once
@@ -380,6 +381,26 @@ def test_a_worker_killed_in_a_batch_leaves_every_task_to_end_once_and_unstarted_
             assert_ran_once_cleanly(app, task_id)
 
 
+def test_a_worker_killed_before_handing_its_batch_over_leaves_every_task_uncounted(
+    app: Spool, spool_root: Path, tmp_path: Path, start_worker: Starter
+) -> None:
+    log = tmp_path / "starts.log"
+    ids = app.enqueue_many(slow_tasks(log, 6, seconds=0.05))
+    config = batch_config(tmp_path, 4)
+    os.environ[CRASH_ENV] = f"before-handing-over:{tmp_path / 'crashed'}"
+    try:  # the worker kills itself with 4 claims, before its handler process has any
+        doomed = start_worker(config=config)
+    finally:
+        del os.environ[CRASH_ENV]
+    assert doomed.wait(timeout=20) == -signal.SIGKILL
+    assert len(claims_of(spool_root, doomed.pid)) == 4 and started(log) == []
+    start_worker(config=config)
+    wait_until(all_in(app, ids, "done"), timeout=30)
+    assert sorted(started_values(log)) == sorted(ids)
+    for task_id in ids:
+        assert_ran_once_cleanly(app, task_id)
+
+
 # ---- order and cancel ------------------------------------------------------------------------
 
 
@@ -505,7 +526,7 @@ def test_at_most_once_tasks_never_share_a_batch(
     assert most.held <= 2  # (the one running, and the one before it while its outcome is written)
 
 
-def test_recovery_counts_the_first_claim_left_of_a_dead_workers_batch_as_started(
+def test_recovery_counts_only_the_first_claim_left_of_what_a_dead_worker_handed_over(
     tmp_path: Path,
 ) -> None:
     dirs = QueueDirs(tmp_path, "default")
@@ -516,15 +537,13 @@ def test_recovery_counts_the_first_claim_left_of_a_dead_workers_batch_as_started
     listed.write(claims)  # an earlier, longer batch
     listed.write(claims[:5])  # this one: padded over the last one, no stale line stays
     for taken in claims[1:]:
-        taken.path.touch()  # a's claim is gone (its outcome is written); f, g: not in this batch
-    expected = {("default", n) for n in ("c.json", "d.json", "e.json")}  # b ran
-    assert handover.not_started(tmp_path, "w-1-aa") == expected
-    claims[1].path.unlink()  # b's outcome written too: c ran
-    assert handover.not_started(tmp_path, "w-1-aa") == {
-        ("default", "d.json"),
-        ("default", "e.json"),
-    }
-    assert handover.not_started(tmp_path, "w-2-bb") == set()  # no list: every claim counts
+        taken.path.touch()  # a's claim is gone (its outcome is written); f, g: claimed since
+    assert handover.maybe_started(tmp_path, "w-1-aa") == {("default", "b.json")}
+    claims[1].path.unlink()  # b's outcome written too: c was running
+    assert handover.maybe_started(tmp_path, "w-1-aa") == {("default", "c.json")}
+    listed.write([])  # nothing handed over (a worker that just started)
+    assert handover.maybe_started(tmp_path, "w-1-aa") == set()
+    assert handover.maybe_started(tmp_path, "w-2-bb") is None  # no list: every claim may have
 
 
 def test_a_quick_task_behind_a_slow_one_in_a_batch_goes_back_for_another_worker(
