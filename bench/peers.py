@@ -30,8 +30,8 @@ Workloads (the same for all; repeated, median and min-max; smaller with --quick)
    peers' handlers append `tag time pid` to a per-process file (bench/peer_tasks).
 4. 2,000 tasks that each sleep 5 ms, queued first, 2 workers: from the first handler start to
    the last finish, and that over the ideal (2,000 x 5 ms / 2 = 5.0 s).
-5. scale (spool against itself): claim rate of one resident worker with <= 100 tasks waiting
-   (rounds of 100) and with 100,000 waiting (bench/core.py's claim measurements); RSS and CPU
+5. scale (spool against itself): claim rate of one resident worker kept fed with 100-200 tasks
+   waiting and with 100,000 waiting (bench/core.py's claim measurements); RSS and CPU
    of an idle resident worker over a queue of 100 and of 100,000 tasks delayed by an hour.
 A peer's task that never ran (no mark within a stall timeout) is counted as lost.
 Repetitions alternate the order of the systems, so none always runs first on a fresh disk.
@@ -95,7 +95,7 @@ METRICS = [
     ("lat_p99", "idle pick-up p99", "ms", False),
     ("sleepy_s", "5 ms tasks, 2 workers, first start -> last finish", "s", False),
     ("sleepy_x", "  same, / ideal (n x 5 ms / 2)", "x", False),
-    ("claim_small", "claim rate, 1 worker, <= 100 waiting", "tasks/s", True),
+    ("claim_small", "claim rate, 1 worker, 100-200 waiting", "tasks/s", True),
     ("claim_big", "claim rate, 1 worker, 100,000 waiting", "tasks/s", True),
     ("claim_ratio", "  ratio 100,000 / 100 waiting", "x", True),
     ("rss_small", "worker RSS, 100 delayed tasks", "MiB", False),
@@ -415,7 +415,7 @@ class SpoolSystem(System):
         sizes = dataclasses.replace(sizes, big_backlog=self.sizes.big)
         if self.backlog is None:
             self.backlog = core.BigBacklog(self.lab, sizes.big_backlog)
-        small = core.rounds_rate(self.lab, sizes)
+        small = core.fed_rate(self.lab, sizes)
         order = self.backlog.top_up()
         big, _ = core.window_rate(
             self.lab, self.backlog.root, order, sizes, burst=False, label="big backlog"

@@ -84,6 +84,8 @@ class Committer:
         self.thread.start()
 
     def add(self, staged: Staged) -> None:
+        """Take a staged outcome for the next round; with no thread (not started, or closed)
+        commit it at once."""
         with self.lock:
             self.staged.append(staged)
             self.has_work.set()

@@ -31,7 +31,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from spool.errors import ConfigError, InvalidQueueName
@@ -209,8 +209,10 @@ class QueueDirs:
         return self
 
 
+@lru_cache(maxsize=256)
 def queue_dirs(root: Path, name: str) -> QueueDirs:
-    """The QueueDirs of a checked queue name. Raises: InvalidQueueName."""
+    """The QueueDirs of a checked queue name (one per process and queue: its paths are joined
+    once, not per enqueue). Raises: InvalidQueueName."""
     return QueueDirs(root, check_queue_name(name))
 
 

@@ -207,13 +207,14 @@ class CatalogCache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.dir = manifest_dir(root)  # (stat'ed per enqueue: joined once)
         self.catalog = Catalog()
         self.stamp: tuple[int, int] | None = None
         self.read_at = float("-inf")
 
     def current(self, now_mono: float) -> Catalog:
         try:
-            st = os.stat(manifest_dir(self.root))
+            st = os.stat(self.dir)
             stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_ino)
         except OSError:
             stamp = None
