@@ -154,8 +154,8 @@ class Lab:
         Creating files on this disk costs ~10 us, but 200-700 us for a while after someone
         (another test suite, or this bench) deleted thousands of files; every figure here
         creates files, so a step starts only when creation is cheap again (or after max_wait).
-        What the step before left dirty is written back first (sync), so no step pays for it:
-        the first system to enqueue after a 100,000-file step paid up to 0.15x of its rate.
+        What the step before left dirty is written back first (sync), so no step pays for
+        another's writes.
         """
         os.sync()
         started = time.monotonic()

@@ -49,7 +49,7 @@ PHASES = [  # (frame substring, phase): the first that occurs anywhere in a stac
     ("Recorder.fence", "record: hide the claim (rename)"),
     ("Recorder.", "record: decide + serialise outcome, event, counters"),
     ("Attempts.prepare", "prepare the request (context fields)"),
-    ("BatchList", "write the batch list"),
+    ("HandOverList", "write the hand-over list"),
     ("Channel.send", "send to the handler process"),
     ("await_reply", "wait for / read replies"),
     ("read_claimed", "read + parse claimed file"),

@@ -58,7 +58,8 @@ class Run:
 class Attempts:
     """One worker's attempts, one at a time: seats, rate slots, the handler's request, and the
     outcome handed to the recorder. `stopping` and `stopped_hard` are the worker's stop signals
-    (the first ends a wait for a rate slot, the second also the running attempt)."""
+    (the first ends a wait for a rate slot, the second also the running attempt); `shared`: the
+    spool is shared by several hosts (see spool.cluster)."""
 
     root: Path
     worker_id: str
@@ -68,14 +69,15 @@ class Attempts:
     recorder: Recorder
     stopping: threading.Event
     stopped_hard: Callable[[], bool]
+    shared: bool = False
 
     def __post_init__(self) -> None:
-        self.batch_list = handover.BatchList(self.root, self.worker_id)
+        self.handed = handover.HandOverList(self.root, self.worker_id, kept=not self.shared)
 
     def start(self) -> None:
         """Write the list of what was handed over, empty (before the first claim: see
         spool.handover)."""
-        self.batch_list.write([])
+        self.handed.write([])
 
     def attempt(self, taken: Claim, task: TaskDict) -> None:
         """Run the task's handler once and hand its outcome to the recorder."""
@@ -126,7 +128,7 @@ class Attempts:
         outcome is still to be written (see spool.handover)."""
         crash_point("before-handing-over")
         pending = self.recorder.pending
-        self.batch_list.write(([] if pending is None else [pending.taken]) + claims)
+        self.handed.write(([] if pending is None else [pending.taken]) + claims)
 
     def put_back(self, runs: list[Run]) -> None:
         """Tasks of a batch that never started: back to incoming/ unchanged (no attempt)."""
@@ -219,7 +221,7 @@ class Attempts:
         task) and its batch list; a disk that refuses leaves them."""
         with contextlib.suppress(OSError):
             output_scratch(self.root, self.worker_id).unlink(missing_ok=True)
-        self.batch_list.drop()
+        self.handed.drop()
 
 
 def log_fields(taken: Claim, task: TaskDict, attempt: int) -> str:

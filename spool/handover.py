@@ -28,7 +28,7 @@ go back unchanged. Without a list (none written yet, or the disk refused it) eve
 as lost. (In the instant between a task's end and its outcome's first step, the next one
 already runs and would go back uncounted; and the handler process may run ahead of a worker
 slow to write outcomes: such a task runs again, at least once as always, with no attempt
-counted.)
+counted.) Shared mode keeps no list: its recovery goes by each claim's lease (spool.lease).
 """
 
 from __future__ import annotations
@@ -95,18 +95,24 @@ def gather(
     return batch
 
 
-class BatchList:
+class HandOverList:
     """The list of what the worker handed over (see the module docstring), one per worker:
     rewritten in place with one write per send (padded over a longer list before it; no
     truncation, no sync). A disk that refuses it has it removed: a stale list would make claims
-    that ran look unstarted; without one, recovery counts every claim as lost."""
+    that ran look unstarted; without one, recovery counts every claim as lost.
 
-    def __init__(self, root: Path, worker_id: str) -> None:
+    Not `kept` in shared mode: recovery there goes by each claim's lease and never reads it
+    (and a write per task to a network mount costs a round trip)."""
+
+    def __init__(self, root: Path, worker_id: str, kept: bool = True) -> None:
         self.path = list_path(root, worker_id)
+        self.kept = kept
         self.fd: int | None = None
         self.size = 0  # the longest list written
 
     def write(self, claims: Iterable[Claim]) -> None:
+        if not self.kept:
+            return
         text = "".join(f"{taken.dirs.name}/{taken.name}\n" for taken in claims).encode()
         try:
             if self.fd is None:

@@ -116,15 +116,15 @@ class Recovery:
     def recover_one(self, index: QueueIndex, taken: Claim, dead: str, now: float) -> None:
         queue = index.dirs.name
         task = self.read_task(taken)
-        started = not self.never_started(queue, taken, dead)
-        if started:
+        unstarted = self.never_started(queue, taken, dead)
+        if unstarted:
+            release(taken)  # (no attempt, see spool.handover)
+            state = "incoming"
+        else:
             policy = self.policy_for(task) if task is not None else None
             state = recover(taken, task, dead, policy, now, self.outbox, self.counts)
             if state != "finished":
                 self.counts.record(queue, "recovered")
-        else:
-            release(taken)  # (no attempt, see spool.handover)
-            state = "incoming"
         if task is not None:  # (this worker alone took the claim over: see workflows.caps)
             caps.free_seats_of(self.root, str(task["id"]), dead, now)
         log.warning(
@@ -133,7 +133,7 @@ class Recovery:
             task.get("id") if task else taken.name,
             dead,
             state,
-            "" if started else " (not started)",
+            " (not started)" if unstarted else "",
         )
         if state == "incoming":
             index.add_ready(taken.name)

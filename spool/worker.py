@@ -127,6 +127,7 @@ class Worker:
             self.recorder,
             self.stopping,
             lambda: self.hard_stop,
+            self.shared,
         )
         self.dispatch = Dispatch(
             settings, self.queues, self.code, self.aside, self.attempts, self.leases, self.stopping

@@ -533,7 +533,7 @@ def test_recovery_counts_only_the_first_claim_left_of_what_a_dead_worker_handed_
     dirs.processing.mkdir(parents=True)
     (tmp_path / ".workers").mkdir()
     claims = [Claim(dirs, f"{name}.json", "w-1-aa") for name in "abcdefg"]
-    listed = handover.BatchList(tmp_path, "w-1-aa")
+    listed = handover.HandOverList(tmp_path, "w-1-aa")
     listed.write(claims)  # an earlier, longer batch
     listed.write(claims[:5])  # this one: padded over the last one, no stale line stays
     for taken in claims[1:]:

@@ -415,7 +415,8 @@ def test_an_outcome_that_waited_for_the_disk_has_exactly_one_event(
         return [n for n in every_entry(app.root / ".events") if n.endswith(".json")]
 
     wait_until(events, timeout=10)  # (written just after the outcome is published)
-    assert len(events()) == 1 and task_id in events()[0] and events()[0].endswith("_done.json")
+    found = events()
+    assert len(found) == 1 and task_id in found[0] and found[0].endswith("_done.json")
 
 
 def test_an_mqtt_batch_the_full_disk_refuses_leaves_its_unique_keys_free(

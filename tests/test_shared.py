@@ -24,6 +24,7 @@ from spool.layout import canonical_name, queue_dirs
 from spool.lease import LeaseKeeper, LeaseWatch
 from spool.recovery import Recovery
 from spool.stats import WorkerStats
+from spool.workers import BATCH_SUFFIX
 from tests.conftest import (
     PROJECT_DIR,
     TEST_CONFIG,
@@ -117,6 +118,17 @@ def test_two_shared_mode_workers_drain_every_task_once(
         sorted(ids)
     )
     assert names(spool_root / "default" / "failed") == []
+
+
+def test_a_shared_worker_keeps_no_list_of_what_it_hands_over(
+    spool_root: Path, shared_config: Path, shared_app: Spool, start_worker
+) -> None:
+    task_id = shared_app.enqueue("sleep_then_return", [1.0])
+    start_worker(config=shared_config)
+    wait_until(lambda: shared_app.state_of(task_id) == "processing", timeout=10)
+    # (its recovery goes by leases: the list a one-host worker keeps would cost a write per task)
+    assert [n for n in names(spool_root / ".workers") if n.endswith(BATCH_SUFFIX)] == []
+    wait_until(lambda: shared_app.state_of(task_id) == "done", timeout=10)
 
 
 def test_a_task_dropped_by_another_program_is_found_by_polling(
