@@ -55,6 +55,18 @@ def app(spool_root: Path, monkeypatch: pytest.MonkeyPatch) -> Spool:
     return Spool(settings=load_settings(str(spool_root), str(TEST_CONFIG), env={}))
 
 
+def started_dir(spool_root: Path) -> Path:
+    """Where the tests' sleeping handlers mark that they run (tests/tasks.py's note_started)."""
+    path = spool_root.parent / "started"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def has_started(spool_root: Path, task_id: str) -> Callable[[], bool]:
+    """Whether a handler of tests/tasks.py that notes its start has started `task_id`."""
+    return (started_dir(spool_root) / task_id).exists
+
+
 @pytest.fixture
 def start_worker(spool_root: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start `spool worker` subprocesses on the test root; all are killed at the end."""
@@ -64,6 +76,7 @@ def start_worker(spool_root: Path) -> Iterator[Callable[..., subprocess.Popen[by
         *args: str, stderr: int | None = None, config: str | Path = TEST_CONFIG
     ) -> subprocess.Popen[bytes]:
         env = {**os.environ, "SPOOL_ROOT": str(spool_root), "PYTHONUNBUFFERED": "1"}
+        env["SPOOL_TEST_STARTED"] = str(started_dir(spool_root))
         command = spool_command(spool_root, "worker", *args, config=config)
         proc = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stderr=stderr)
         procs.append(proc)

@@ -16,6 +16,15 @@ from spool import Spool
 app = Spool(root=os.environ.get("SPOOL_ROOT", "var/spool"))
 
 
+def note_started() -> None:
+    """Touch $SPOOL_TEST_STARTED/<task id> where the tests' worker set it: the handler runs.
+    A claim not yet handed to the handler never counts as an attempt, so a test that kills a
+    worker to lose an attempt waits for this mark first (conftest's `has_started`)."""
+    where = os.environ.get("SPOOL_TEST_STARTED")
+    if where:
+        Path(where, spool.current().id).touch()
+
+
 @app.task()
 def echo(x: object = None) -> object:
     return x
@@ -41,6 +50,7 @@ def record(path: str, value: str) -> str:
 
 @app.task()
 def sleep_then_return(seconds: float, value: object = None) -> object:
+    note_started()
     time.sleep(seconds)
     return value
 
@@ -119,12 +129,14 @@ def send_mail(to: str, subject: str = "", *, cc: str = "") -> str:
 
 @app.task(max_retries=0)
 def sleep_without_retries(seconds: float, value: object = None) -> object:
+    note_started()
     time.sleep(seconds)
     return value
 
 
 @app.task(at_most_once=True)
 def sleep_at_most_once(seconds: float) -> None:
+    note_started()
     time.sleep(seconds)
 
 

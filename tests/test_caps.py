@@ -17,7 +17,7 @@ from spool.envelope import parse_rate
 from spool.workflows import rates
 from spool.workflows.caps import Cap, free_seats_of, key_dir, seats_taken, take_seat
 from spool.workflows.rates import Limit, reserve
-from tests.conftest import drop_into, run_burst, wait_until
+from tests.conftest import drop_into, has_started, run_burst, wait_until
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
 
@@ -79,7 +79,7 @@ def test_the_seat_of_a_killed_worker_is_freed_by_the_recovery_of_its_claim(
     first_id = app.enqueue_many([{"task": "sleep_then_return", "args": [30], **capped}])[0]
     seat = key_dir(spool_root, "one-at-a-time") / "0"
     first = start_worker()
-    wait_until(lambda: seat.exists() and app.state_of(first_id) == "processing", timeout=20)
+    wait_until(has_started(spool_root, first_id), timeout=20)  # (so its attempt is lost)
     holder = json.loads(seat.read_text())["worker"]
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)

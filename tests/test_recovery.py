@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from spool import Spool
 from spool.cli import cli
-from tests.conftest import TEST_CONFIG, drop_into, names, wait_until
+from tests.conftest import TEST_CONFIG, drop_into, has_started, names, wait_until
 from tests.test_worker import has_state, is_running, read_pid
 
 Starter = Callable[..., subprocess.Popen[bytes]]
@@ -37,8 +37,10 @@ def kill_hard(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=10)
 
 
-def kill_hard_after_claim(app: Spool, task_id: str, worker: subprocess.Popen[bytes]) -> None:
-    wait_until(has_state(app, task_id, "processing"), timeout=30)
+def kill_hard_once_started(app: Spool, task_id: str, worker: subprocess.Popen[bytes]) -> None:
+    """SIGKILL `worker` once its handler runs `task_id` (a claim not yet handed over is no
+    attempt: recovery puts it back unchanged)."""
+    wait_until(has_started(app.root, task_id), timeout=30)
     kill_hard(worker)
 
 
@@ -46,7 +48,7 @@ def test_the_task_of_a_killed_worker_runs_again_on_a_restarted_worker(
     app: Spool, start_worker: Starter
 ) -> None:
     task_id = app.enqueue("sleep_then_return", args=[1.0, "survived"])
-    kill_hard_after_claim(app, task_id, start_worker())
+    kill_hard_once_started(app, task_id, start_worker())
     start_worker()
     wait_until(has_state(app, task_id, "done"), timeout=15)
     shown = app.show(task_id)
@@ -60,7 +62,7 @@ def test_the_task_of_a_killed_worker_is_recovered_by_a_running_worker_within_sec
 ) -> None:
     task_id = app.enqueue("sleep_then_return", args=[1.0, "survived"])
     first = start_worker()
-    wait_until(has_state(app, task_id, "processing"), timeout=30)
+    wait_until(has_started(spool_root, task_id), timeout=30)
     second = start_worker()
     wait_until(lambda: second.pid in live_worker_pids(spool_root), timeout=30)
     kill_hard(first)
@@ -162,7 +164,7 @@ def test_a_task_without_retries_whose_worker_is_killed_runs_again_on_another_wor
     app: Spool, start_worker: Starter
 ) -> None:
     task_id = app.enqueue("sleep_without_retries", args=[1.0, "ran"])
-    kill_hard_after_claim(app, task_id, start_worker())
+    kill_hard_once_started(app, task_id, start_worker())
     start_worker()
     wait_until(has_state(app, task_id, "done"), timeout=30)
     shown = app.show(task_id)
@@ -206,7 +208,7 @@ def test_an_at_most_once_task_goes_to_failed_after_its_first_lost_attempt(
     app: Spool, start_worker: Starter
 ) -> None:
     task_id = app.enqueue("sleep_at_most_once", args=[30])
-    kill_hard_after_claim(app, task_id, start_worker())
+    kill_hard_once_started(app, task_id, start_worker())
     start_worker()
     wait_until(has_state(app, task_id, "failed"), timeout=30)
     shown = app.show(task_id)

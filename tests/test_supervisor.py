@@ -49,7 +49,15 @@ from spool.deploy.supervisor import (
 )
 from spool.deploy.up import scripts_dir, why_render
 from spool.layout import QueueDirs
-from tests.conftest import PROJECT_DIR, TEST_CONFIG, names, spool_command, wait_until
+from tests.conftest import (
+    PROJECT_DIR,
+    TEST_CONFIG,
+    has_started,
+    names,
+    spool_command,
+    started_dir,
+    wait_until,
+)
 from tests.test_batch_claims import slow_tasks, started, started_values, task_id_of
 
 pytestmark = pytest.mark.supervisor
@@ -231,6 +239,7 @@ def short_dir() -> Iterator[Path]:
 
 def supervised_env(spool_root: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "SPOOL_ROOT": str(spool_root), "SPOOL_CONFIG": str(TEST_CONFIG)}
+    env["SPOOL_TEST_STARTED"] = str(started_dir(spool_root))
     env.update(extra)
     return env
 
@@ -433,7 +442,7 @@ def test_stop_lets_the_running_task_finish_and_workers_exit_0(
     sv = supervisord()
     sv.wait_running(2)
     task_id = app.enqueue("sleep_then_return", args=[3, "slept"])
-    wait_until(lambda: app.state_of(task_id) == "processing")
+    wait_until(has_started(app.root, task_id))
     result = sv.ctl("stop", f"{WORKER}:*")
     assert result.returncode == 0, result.stdout + result.stderr
     assert app.state_of(task_id) == "done"
