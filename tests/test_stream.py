@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+from watchdog.observers import Observer
+
 from spool import Spool
 from spool.inspect.stream import MAX_LINES_PER_SECOND, Arrival, TaskStream
 from tests.conftest import run_burst, wait_until
@@ -57,3 +59,28 @@ def test_a_busy_second_shows_at_most_its_share_of_lines_and_counts_the_rest(
     hidden = sum(int(re.search(r"and (\d+) done", line)[1]) for line in summaries)  # type: ignore[index]
     assert summaries and len(shown) <= 2 * MAX_LINES_PER_SECOND
     assert len(shown) + hidden == 3 * MAX_LINES_PER_SECOND
+
+
+def test_tasks_of_a_queue_made_after_the_stream_started_still_get_their_lines(
+    app: Spool, spool_root: Path
+) -> None:
+    """The stream looks for new queues every few seconds; what a queue's first tasks did before
+    it was seen is told when it is (a fresh root's first task, say, on `spool up`)."""
+    lines: list[str] = []
+    stream = TaskStream(spool_root, lines.append)
+    observer = Observer()
+    observer.start()
+    try:
+        stream.watch_new_queues(observer)  # the first look: no queue yet
+        added = app.enqueue("add", args=[1, 2])
+        assert run_burst(spool_root).returncode == 0
+        stream.watch_new_queues(observer)  # the next look finds the queue, its task done
+        stream.drain(time.monotonic() + 0.5, threading.Event())
+    finally:
+        observer.stop()
+        observer.join(timeout=5)
+    assert [line.split()[1:4] for line in lines] == [
+        ["claimed", "default", "add"],
+        ["done", "default", "add"],
+    ]
+    assert all(added in line for line in lines)

@@ -2,8 +2,9 @@
 console: a task claimed (it arrived in processing/), done (in done/), failed (in failed/).
 
 It watches the processing/, done/ and failed/ of every queue (those made later too, looked for
-every LOOK_SECONDS) and reads each arriving file for its task name and outcome. It only reads:
-a file gone before it is read (a fast task) still gives its line, with what the name tells.
+every LOOK_SECONDS; what a new queue's tasks did before it was seen is told when it is) and
+reads each arriving file for its task name and outcome. It only reads: a file gone before it
+is read (a fast task) still gives its line, from where the task went.
 Above MAX_LINES_PER_SECOND lines in a second, the rest of that second is one summary line, so
 a busy spool does not flood the terminal.
 """
@@ -59,21 +60,56 @@ def describe(arrival: Arrival) -> str:
     name = arrival.path.name
     task = read_task(arrival.path)
     if arrival.state == "processing":
-        incoming, worker = split_processing(name) or (name, "?")
-        task_id = str(task.get("id") or id_of_name(incoming))
-        if "unreadable" in task:  # RACE: a fast task has finished already
-            task = read_task(
-                QueueDirs(arrival.path.parents[2], arrival.queue).done / f"{task_id}.json"
-            )
-            task["attempts"] = max(0, int(task.get("attempts", 1) or 1) - 1)
+        worker = (split_processing(name) or (name, "?"))[1]
+        task_id = str(task.get("id") or claimed_id(name))
+        if "unreadable" in task:
+            task = moved_on(arrival, task_id)
         detail = f"attempt {int(task.get('attempts', 0) or 0) + 1} on {worker}"
     else:
         task_id = str(task.get("id") or name.removesuffix(".json"))
         detail = outcome_detail(arrival.state, task)
-    clock = time.strftime("%H:%M:%S", time.localtime(arrival.at))
-    event = STATES[arrival.state]
+    return line(arrival.at, STATES[arrival.state], arrival.queue, task, task_id, detail)
+
+
+def claimed_id(entry: str) -> str:
+    """The id of the task a processing/ entry (a claim) holds."""
+    incoming, _ = split_processing(entry) or (entry, "")
+    return id_of_name(incoming)
+
+
+def describe_claim_of(ended: Arrival) -> str | None:
+    """The claimed line of a task that ended before the stream saw its claim (None for a file
+    rejected without running)."""
+    task = read_task(ended.path)
+    if not task.get("started_at"):
+        return None
+    task_id = str(task.get("id") or ended.path.name.removesuffix(".json"))
+    detail = f"attempt {int(task.get('attempts', 1) or 1)} on {task.get('worker') or '?'}"
+    return line(float(task["started_at"]), "claimed", ended.queue, task, task_id, detail)
+
+
+def line(
+    at: float, event: str, queue_name: str, task: dict[str, Any], task_id: str, detail: str
+) -> str:
+    clock = time.strftime("%H:%M:%S", time.localtime(at))
     what = str(task.get("task") or "?")
-    return f"{clock} {event:<7} {arrival.queue}  {what}  {task_id}  {detail}".rstrip()
+    return f"{clock} {event:<7} {queue_name}  {what}  {task_id}  {detail}".rstrip()
+
+
+def moved_on(claimed: Arrival, task_id: str) -> dict[str, Any]:
+    """The task of a claim no longer there, as it was when claimed. RACE: a fast task moves on
+    before its line is written: its claim is hidden while its outcome is written (the same
+    file), then the outcome is in done/ or failed/ (one attempt more)."""
+    hidden = read_task(claimed.path.with_name(f".{claimed.path.name}"))
+    if "unreadable" not in hidden:
+        return hidden
+    dirs = QueueDirs(claimed.path.parents[2], claimed.queue)
+    for ended in (dirs.done, dirs.failed):
+        task = read_task(ended / f"{task_id}.json")
+        if "unreadable" not in task:
+            task["attempts"] = max(0, int(task.get("attempts", 1) or 1) - 1)
+            return task
+    return {}
 
 
 def outcome_detail(state: str, task: dict[str, Any]) -> str:
@@ -106,6 +142,8 @@ class TaskStream:
         self.write = write
         self.arrivals: queue.SimpleQueue[Arrival] = queue.SimpleQueue()
         self.watched: set[str] = set()
+        self.since: float | None = None  # (wall clock of the first look)
+        self.caught_up: set[Path] = set()  # told by a catch-up: their events are not told
 
     def run(self, stopping: threading.Event) -> None:
         observer = Observer()
@@ -120,6 +158,11 @@ class TaskStream:
             observer.join(timeout=5)
 
     def watch_new_queues(self, observer: Any) -> None:
+        """Watch the queues made since the last look; tell what their tasks did before they
+        were watched, since the first look (a new queue's first tasks: see catch_up)."""
+        first = self.since is None
+        self.since = time.time() if self.since is None else self.since
+        self.caught_up.clear()  # (their events came within the last look's drain)
         for name in existing_queues(self.root):
             if name in self.watched:
                 continue
@@ -129,6 +172,39 @@ class TaskStream:
                     handler = Arrived(self.arrivals, name, state)
                     observer.schedule(handler, os.fspath(dirs.state(state)), recursive=False)
                 self.watched.add(name)
+                if not first:
+                    self.catch_up(name, dirs)
+
+    def catch_up(self, queue_name: str, dirs: QueueDirs) -> None:
+        """Tell the task files that arrived in a queue just watched since the first look (by
+        ctime, which a rename sets); a task that ended already gets its claimed line too.
+        RACE: a file arriving meanwhile has both an event and a line here; its event is not
+        told (see told_already), nor a claim scanned here twice."""
+        found = [a for state in STATES for a in self.arrived_since(queue_name, state, dirs)]
+        claims = {claimed_id(a.path.name) for a in found if a.state == "processing"}
+        shown, skipped = 0, Counter[str]()
+        for arrival in sorted(found, key=lambda a: a.at):
+            self.caught_up.add(arrival.path)
+            if shown >= MAX_LINES_PER_SECOND:
+                skipped[STATES[arrival.state]] += 1
+                continue
+            claim = None if arrival.state == "processing" else describe_claim_of(arrival)
+            if claim is not None and arrival.path.name.removesuffix(".json") not in claims:
+                self.write(claim)
+            self.write(describe(arrival))
+            shown += 1
+        self.summarize(skipped)
+
+    def arrived_since(self, queue_name: str, state: str, dirs: QueueDirs) -> list[Arrival]:
+        assert self.since is not None
+        found = []
+        with contextlib.suppress(OSError), os.scandir(dirs.state(state)) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    at = entry.stat(follow_symlinks=False).st_ctime
+                    if is_task_file(state, entry.name) and at >= self.since:
+                        found.append(Arrival(queue_name, state, Path(entry.path), at))
+        return found
 
     def drain(self, until: float, stopping: threading.Event) -> None:
         """Write the lines of the arrivals until `until`, at most MAX_LINES_PER_SECOND a
@@ -142,7 +218,7 @@ class TaskStream:
             if int(time.monotonic()) != second:
                 self.summarize(skipped)
                 second, shown, skipped = int(time.monotonic()), 0, Counter()
-            if arrival is None:
+            if arrival is None or self.told_already(arrival):
                 continue
             if shown < MAX_LINES_PER_SECOND:
                 self.write(describe(arrival))
@@ -150,6 +226,12 @@ class TaskStream:
             else:
                 skipped[STATES[arrival.state]] += 1
         self.summarize(skipped)
+
+    def told_already(self, arrival: Arrival) -> bool:
+        if arrival.path not in self.caught_up:
+            return False
+        self.caught_up.discard(arrival.path)
+        return True
 
     def summarize(self, skipped: Counter[str]) -> None:
         if skipped:
