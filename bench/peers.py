@@ -416,7 +416,7 @@ class SpoolSystem(System):
         if self.backlog is None:
             self.backlog = core.BigBacklog(self.lab, sizes.big_backlog)
         small = core.fed_rate(self.lab, sizes)
-        order = self.backlog.top_up()
+        order = self.backlog.top_up(sizes)
         big, _ = core.window_rate(
             self.lab, self.backlog.root, order, sizes, burst=False, label="big backlog"
         )
