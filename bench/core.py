@@ -460,6 +460,9 @@ def run_cli_enqueue(root: Path, jsonl: Path) -> float:
 # ---- 4. claim rate vs backlog -------------------------------------------------------------
 
 
+WARM_BEYOND = 500  # tasks read past the window's end (the worker claims ahead of its stop)
+
+
 class BigBacklog:
     """One root holding `size` waiting tasks, topped up again before each use.
 
@@ -488,7 +491,7 @@ class BigBacklog:
             fill(self.app, missing)
             self.fill_seconds += time.perf_counter() - t
         names = sorted(n for n in os.listdir(incoming) if n.endswith(".json"))
-        for name in names[: sizes.skip + sizes.window + 500]:
+        for name in names[: sizes.skip + sizes.window + WARM_BEYOND]:
             (incoming / name).read_bytes()
         return [n.removesuffix(".json").split("_", 2)[2] for n in names]
 

@@ -30,6 +30,7 @@ from watchdog.observers import Observer
 from spool.envelope import attempt_seconds, id_of_name
 from spool.fsio import UnreadableFile, read_regular
 from spool.layout import QueueDirs, existing_queues, split_processing
+from spool.lookup import finished
 
 STATES = {"processing": "claimed", "done": "done", "failed": "failed"}
 LOOK_SECONDS = 2.0
@@ -55,10 +56,11 @@ def is_task_file(state: str, name: str) -> bool:
     return name.endswith(".json")
 
 
-def describe(arrival: Arrival) -> str:
-    """The line of one arrival: time, event, queue, task name, id, and what ended it."""
+def describe(arrival: Arrival, task: dict[str, Any] | None = None) -> str:
+    """The line of one arrival: time, event, queue, task name, id, and what ended it (`task`:
+    its file, when already read)."""
     name = arrival.path.name
-    task = read_task(arrival.path)
+    task = read_task(arrival.path) if task is None else task
     if arrival.state == "processing":
         worker = (split_processing(name) or (name, "?"))[1]
         task_id = str(task.get("id") or claimed_id(name))
@@ -77,10 +79,9 @@ def claimed_id(entry: str) -> str:
     return id_of_name(incoming)
 
 
-def describe_claim_of(ended: Arrival) -> str | None:
-    """The claimed line of a task that ended before the stream saw its claim (None for a file
-    rejected without running)."""
-    task = read_task(ended.path)
+def describe_claim_of(ended: Arrival, task: dict[str, Any]) -> str | None:
+    """The claimed line of a task that ended (`task`: its file) before the stream saw its
+    claim (None for a file rejected without running)."""
     if not task.get("started_at"):
         return None
     task_id = str(task.get("id") or ended.path.name.removesuffix(".json"))
@@ -103,13 +104,12 @@ def moved_on(claimed: Arrival, task_id: str) -> dict[str, Any]:
     hidden = read_task(claimed.path.with_name(f".{claimed.path.name}"))
     if "unreadable" not in hidden:
         return hidden
-    dirs = QueueDirs(claimed.path.parents[2], claimed.queue)
-    for ended in (dirs.done, dirs.failed):
-        task = read_task(ended / f"{task_id}.json")
-        if "unreadable" not in task:
-            task["attempts"] = max(0, int(task.get("attempts", 1) or 1) - 1)
-            return task
-    return {}
+    ended = finished(QueueDirs(claimed.path.parents[2], claimed.queue), task_id)
+    task = {} if ended is None else read_task(ended.path)
+    if "unreadable" in task:
+        return {}
+    task["attempts"] = max(0, int(task.get("attempts", 1) or 1) - 1)
+    return task
 
 
 def outcome_detail(state: str, task: dict[str, Any]) -> str:
@@ -161,7 +161,8 @@ class TaskStream:
         """Watch the queues made since the last look; tell what their tasks did before they
         were watched, since the first look (a new queue's first tasks: see catch_up)."""
         first = self.since is None
-        self.since = time.time() if self.since is None else self.since
+        if first:
+            self.since = time.time()
         self.caught_up.clear()  # (their events came within the last look's drain)
         for name in existing_queues(self.root):
             if name in self.watched:
@@ -188,10 +189,11 @@ class TaskStream:
             if shown >= MAX_LINES_PER_SECOND:
                 skipped[STATES[arrival.state]] += 1
                 continue
-            claim = None if arrival.state == "processing" else describe_claim_of(arrival)
+            task = read_task(arrival.path)
+            claim = None if arrival.state == "processing" else describe_claim_of(arrival, task)
             if claim is not None and arrival.path.name.removesuffix(".json") not in claims:
                 self.write(claim)
-            self.write(describe(arrival))
+            self.write(describe(arrival, task))
             shown += 1
         self.summarize(skipped)
 
