@@ -92,25 +92,42 @@ class Attempts:
         )
         self.ended(run, outcome)
 
-    def attempt_batch(self, batch: list[tuple[Claim, TaskDict]]) -> int:
-        """Run several claimed tasks through one message to the handler process (see
-        spool.handover); return how many started: the others went back to incoming/ unchanged
-        (a stop, an outcome the disk refused, or the batch ran past BATCH_SECONDS).
+    def attempt_batch(
+        self, batch: list[tuple[Claim, TaskDict]], more: Callable[[], list[tuple[Claim, TaskDict]]]
+    ) -> tuple[int, int]:
+        """Run several claimed tasks through one message to the handler process, and those
+        `more()` claims as the last one handed over starts, until EXTEND_SECONDS (see
+        spool.handover); return how many started, and of how many: the others went back to
+        incoming/ unchanged (a stop, an outcome the disk refused, or tasks that waited in the
+        handler process past BATCH_SECONDS).
 
         Raises: ConfigError (the handler process cannot start: they all went back)."""
         runs = [self.prepare(taken, task) for taken, task in batch]
         self.hand_over([run.taken for run in runs])
-        over = time.monotonic() + handover.BATCH_SECONDS
+        handed = time.monotonic()
+        extend_until = handed + handover.EXTEND_SECONDS
 
         def ended(i: int, outcome: Outcome) -> None:
             self.ended(runs[i], outcome)
             self.recorder.record_pending()  # (while the next one runs)
 
         def winding_down() -> bool:
-            return self.stopping.is_set() or time.monotonic() > over or self.recorder.refused()
+            over = time.monotonic() - handed > handover.BATCH_SECONDS
+            return self.stopping.is_set() or over or self.recorder.refused()
+
+        def extended() -> list[tuple[dict[str, JSON], Turn]]:
+            nonlocal handed
+            if time.monotonic() > extend_until or winding_down():
+                return []
+            added = [self.prepare(taken, task) for taken, task in more()]
+            if added:  # (after the one running: it is the one that may have started)
+                self.hand_over([runs[-1].taken, *(run.taken for run in added)])
+                runs.extend(added)
+                handed = time.monotonic()
+            return [(run.request, run.turn) for run in added]
 
         try:
-            return self.code.executor.run_batch(
+            ran = self.code.executor.run_batch(
                 [run.request for run in runs],
                 [run.turn for run in runs],
                 self.stopped_hard,
@@ -118,10 +135,12 @@ class Attempts:
                 ended,
                 lambda a, b: self.put_back(runs[a:b]),
                 self.recorder.record_pending,
+                extended,
             )
         except ConfigError:  # (raised before any started)
             self.put_back(runs)
             raise
+        return ran, len(runs)
 
     def hand_over(self, claims: list[Claim]) -> None:
         """List the claims about to be handed to the handler process, after the one whose

@@ -205,15 +205,17 @@ class Executor:
         ended: Callable[[int, Outcome], None],
         given_back: Callable[[int, int], None],
         meanwhile: Callable[[], None] | None = None,
+        more: Callable[[], list[tuple[dict[str, JSON], Turn]]] | None = None,
     ) -> int:
         """Run several attempts sent in one message (see spool.handover): `ended(i, outcome)` as
         each ends, `given_back(a, b)` for attempts a to b - 1 that will never start; return how
         many started.
 
-        `meanwhile` is called once they are on their way. Once `winding_down()` the handler
-        process is asked for the ones it has not started; a stop, a timeout, a cancel or a
-        lost handler process ends the batch with the attempt it cut short. Each turn is started
-        as its attempt starts.
+        `meanwhile` is called once they are on their way. As the last one starts, `more()` may
+        add attempts to the batch (see hand_more). Once `winding_down()` the handler process is
+        asked for the ones it has not started; a stop, a timeout, a cancel or a lost handler
+        process ends the batch with the attempt it cut short. Each turn is started as its
+        attempt starts.
         """
         self.batches += 1
         take_back = TakeBack(self.batches, winding_down)
@@ -226,6 +228,8 @@ class Executor:
             meanwhile()
         i, end = 0, len(turns)
         while i < end:
+            if more is not None and i == end - 1 and end == len(turns) and not take_back.asked:
+                end += self.hand_more(take_back.number, more, turns)
             got = self.await_reply(turns[i], interrupted, take_back)
             if isinstance(got, int):  # the last `got` of them, taken back
                 given_back(end - got, end)
@@ -239,6 +243,24 @@ class Executor:
                 given_back(i, end)
                 return i
         return end
+
+    def hand_more(
+        self,
+        number: int,
+        more: Callable[[], list[tuple[dict[str, JSON], Turn]]],
+        turns: list[Turn],
+    ) -> int:
+        """Add `more()` to batch `number` while its last attempt runs, so the handler process
+        starts the next one as that one returns; how many were added (their turns too)."""
+        added = more()
+        if not added:
+            return 0
+        message = {"batch": [request for request, _ in added], "n": number, "at": len(turns)}
+        turns.extend(turn for _, turn in added)
+        assert self.channel is not None
+        with contextlib.suppress(OSError):  # (gone: the wait for the running one's reply sees it)
+            self.channel.send(json.dumps(message).encode())
+        return len(added)
 
     def send(self, message: dict[str, JSON]) -> bool:
         """Send a request to the handler process (started first if need be); False when it
