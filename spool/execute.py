@@ -226,18 +226,20 @@ class Executor:
             return 1
         if meanwhile is not None:
             meanwhile()
+        waiting = dict(enumerate(turns))  # (by place; each let go of as it ends)
         i, end = 0, len(turns)
         while i < end:
-            if more is not None and i == end - 1 and end == len(turns) and not take_back.asked:
-                end += self.hand_more(take_back.number, more, turns)
-            got = self.await_reply(turns[i], interrupted, take_back)
+            if more is not None and i == end - 1 and not take_back.asked:
+                end += self.hand_more(take_back.number, more, waiting, end)
+            got = self.await_reply(waiting[i], interrupted, take_back)
             if isinstance(got, int):  # the last `got` of them, taken back
                 given_back(end - got, end)
                 end -= got
                 continue
             if i + 1 < end:
-                turns[i + 1].start()  # (about when the handler process began it)
+                waiting[i + 1].start()  # (about when the handler process began it)
             ended(i, got)
+            del waiting[i]
             i += 1
             if self.channel is None:  # it was stopped or died: the rest never started
                 given_back(i, end)
@@ -248,15 +250,17 @@ class Executor:
         self,
         number: int,
         more: Callable[[], list[tuple[dict[str, JSON], Turn]]],
-        turns: list[Turn],
+        waiting: dict[int, Turn],
+        at: int,
     ) -> int:
-        """Add `more()` to batch `number` while its last attempt runs, so the handler process
-        starts the next one as that one returns; how many were added (their turns too)."""
+        """Add `more()` to batch `number` from place `at` on while its last attempt runs, so
+        the handler process starts the next one as that one returns; how many were added
+        (their turns too)."""
         added = more()
         if not added:
             return 0
-        message = {"batch": [request for request, _ in added], "n": number, "at": len(turns)}
-        turns.extend(turn for _, turn in added)
+        message = {"batch": [request for request, _ in added], "n": number, "at": at}
+        waiting.update(enumerate((turn for _, turn in added), at))
         assert self.channel is not None
         with contextlib.suppress(OSError):  # (gone: the wait for the running one's reply sees it)
             self.channel.send(json.dumps(message).encode())
