@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from spool import handover
@@ -92,36 +92,33 @@ class Attempts:
         )
         self.ended(run, outcome)
 
-    def attempt_batch(self, batch: list[tuple[Claim, TaskDict]]) -> int:
-        """Run several claimed tasks through one message to the handler process (see
-        spool.handover); return how many started: the others went back to incoming/ unchanged
-        (a stop, an outcome the disk refused, or the batch ran past BATCH_SECONDS).
+    def attempt_batch(
+        self, batch: list[tuple[Claim, TaskDict]], more: Callable[[], list[tuple[Claim, TaskDict]]]
+    ) -> tuple[int, int]:
+        """Run several claimed tasks through one message to the handler process, and those
+        `more()` claims as the last one handed over starts, for EXTEND_SECONDS (see
+        spool.handover); return how many started, and of how many: the others went back to
+        incoming/ unchanged (a stop, an outcome the disk refused, or tasks that waited in the
+        handler process past BATCH_SECONDS).
 
         Raises: ConfigError (the handler process cannot start: they all went back)."""
-        runs = [self.prepare(taken, task) for taken, task in batch]
-        self.hand_over([run.taken for run in runs])
-        over = time.monotonic() + handover.BATCH_SECONDS
-
-        def ended(i: int, outcome: Outcome) -> None:
-            self.ended(runs[i], outcome)
-            self.recorder.record_pending()  # (while the next one runs)
-
-        def winding_down() -> bool:
-            return self.stopping.is_set() or time.monotonic() > over or self.recorder.refused()
-
+        run = BatchRun(self, more, time.monotonic())
+        first = run.hand_over([self.prepare(taken, task) for taken, task in batch])
         try:
-            return self.code.executor.run_batch(
-                [run.request for run in runs],
-                [run.turn for run in runs],
+            ran = self.code.executor.run_batch(
+                [request for request, _ in first],
+                [turn for _, turn in first],
                 self.stopped_hard,
-                winding_down,
-                ended,
-                lambda a, b: self.put_back(runs[a:b]),
+                run.winding_down,
+                run.ended,
+                run.given_back,
                 self.recorder.record_pending,
+                run.extended,
             )
         except ConfigError:  # (raised before any started)
-            self.put_back(runs)
+            run.given_back(0, run.handed)
             raise
+        return ran, run.handed
 
     def hand_over(self, claims: list[Claim]) -> None:
         """List the claims about to be handed to the handler process, after the one whose
@@ -226,3 +223,47 @@ class Attempts:
 
 def log_fields(taken: Claim, task: TaskDict, attempt: int) -> str:
     return f"queue={taken.dirs.name} id={task['id']} task={task['task']} attempt={attempt}"
+
+
+@dataclass
+class BatchRun:
+    """The attempts of one batch in the handler process, by their place in the batch (see
+    execute.Executor.run_batch); each is let go of as it ends or goes back (a batch extended
+    for a second holds thousands of quick tasks)."""
+
+    attempts: Attempts
+    more: Callable[[], list[tuple[Claim, TaskDict]]]
+    began: float  # (monotonic) the first hand-over
+    handed_at: float = 0.0  # (monotonic) the last one
+    handed: int = 0  # how many were handed over
+    runs: dict[int, Run] = field(default_factory=dict)
+
+    def hand_over(self, runs: list[Run]) -> list[tuple[dict[str, JSON], Turn]]:
+        """List `runs` as handed over (after the one running, when the batch is extended: it
+        is the one that may have started) and take them in; their requests and turns."""
+        running = [self.runs[self.handed - 1].taken] if self.handed else []
+        self.attempts.hand_over(running + [run.taken for run in runs])
+        self.runs.update(enumerate(runs, self.handed))
+        self.handed += len(runs)
+        self.handed_at = time.monotonic()
+        return [(run.request, run.turn) for run in runs]
+
+    def ended(self, i: int, outcome: Outcome) -> None:
+        self.attempts.ended(self.runs.pop(i), outcome)
+        self.attempts.recorder.record_pending()  # (while the next one runs)
+
+    def given_back(self, a: int, b: int) -> None:
+        self.attempts.put_back([self.runs.pop(i) for i in range(a, b)])
+
+    def winding_down(self) -> bool:
+        """Whether the tasks not started are to go back: a stop, a disk that refuses outcomes,
+        or BATCH_SECONDS since they were handed over."""
+        over = time.monotonic() - self.handed_at > handover.BATCH_SECONDS
+        return self.attempts.stopping.is_set() or over or self.attempts.recorder.refused()
+
+    def extended(self) -> list[tuple[dict[str, JSON], Turn]]:
+        """The next batch, handed over as the last task starts (see spool.handover)."""
+        if time.monotonic() - self.began > handover.EXTEND_SECONDS or self.winding_down():
+            return []
+        added = [self.attempts.prepare(taken, task) for taken, task in self.more()]
+        return self.hand_over(added) if added else []

@@ -98,8 +98,8 @@ class Inbox:
             with self.lock:
                 if "take_back" in message:
                     self.take_back(message["take_back"])
-                elif "batch" in message:
-                    requests = enumerate(message["batch"])
+                elif "batch" in message:  # (`at`: more of a batch, see Executor.hand_more)
+                    requests = enumerate(message["batch"], message.get("at", 0))
                     self.waiting.extend((message["n"], i, request) for i, request in requests)
                 else:
                     self.waiting.append((None, 0, message))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from spool import envelope, handover
@@ -42,10 +43,11 @@ class Dispatch:
         attempts: Attempts,
         leases: LeaseKeeper | None,
         stopping: threading.Event,
+        may_extend: Callable[[], bool],
     ) -> None:
         self.settings, self.queues, self.code = settings, queues, code
         self.aside, self.attempts, self.leases = aside, attempts, leases
-        self.stopping = stopping
+        self.stopping, self.may_extend = stopping, may_extend
         shared = leases is not None
         self.sizing = handover.Sizing(1 if shared else settings.claim_batch)
         self.settling = Settling(trust_mtime=not shared)
@@ -109,29 +111,50 @@ class Dispatch:
         )
 
     def process_gathered(self, first: Claim, now: float, now_mono: float) -> None:
-        """Claim more while a backlog waits, and run them in one batch (see spool.handover);
-        a lone task runs as one. Raises: OSError, ConfigError (`first` is to go back)."""
+        """Claim more while a backlog waits, and run them in one batch, extended while its last
+        task runs (see spool.handover); a lone task runs as one.
 
-        def ready_or_back(taken: Claim) -> TaskDict | None:
-            if taken is first:
-                return self.ready(taken, now, now_mono)
-            try:
-                return self.ready(taken, now, now_mono)
-            except OSError as exc:
-                self.aside.give_back(taken, f"cannot process {taken.name}: {exc}")
-                return None
+        Raises: OSError, ConfigError (`first` is to go back)."""
+        task = self.ready(first, now, now_mono)
+        if task is None:
+            return
+        batch = self.gather(first, task, now, now_mono)
+        if len(batch) > 1:  # (a ConfigError: they all went back)
+            self.sizing.after(*self.attempts.attempt_batch(batch, self.gather_more))
+        elif batch:  # (alone: its cap's seat and rate slot, if it has them, are taken here)
+            self.process(first, now, now_mono, task=task)
+            self.sizing.after(1, 1)
 
-        batch = handover.gather(
-            first,
-            ready_or_back,
+    def gather_more(self) -> list[tuple[Claim, TaskDict]]:
+        """The next batch, claimed as a running batch's last task starts (see spool.handover);
+        none when the worker is to look at its spool first (see Worker.may_extend)."""
+        if self.stopping.is_set() or not self.may_extend():
+            return []
+        now, now_mono = time.time(), time.monotonic()
+        first = self.queues.claim_next(now_mono)
+        task = None if first is None else self.ready_or_back(first, now, now_mono)
+        if first is None or task is None:
+            return []
+        return self.gather(first, task, now, now_mono, alone=False)
+
+    def gather(
+        self, first: Claim, task: TaskDict, now: float, now_mono: float, alone: bool = True
+    ) -> list[tuple[Claim, TaskDict]]:
+        """A batch from `first` on (see handover.gather), claimed at `now`."""
+        return handover.gather(
+            (first, task),
+            lambda taken: self.ready_or_back(taken, now, now_mono),
             lambda: None if self.stopping.is_set() else self.queues.claim_next(now_mono),
             self.batchable,
             self.aside.hand_back,
             self.sizing.size,
+            alone,
         )
-        if len(batch) > 1:
-            ran = self.attempts.attempt_batch(batch)  # (a ConfigError: they all went back)
-            self.sizing.after(ran, len(batch))
-        elif batch:  # (alone: its cap's seat and rate slot, if it has them, are taken here)
-            self.process(batch[0][0], now, now_mono, task=batch[0][1])
-            self.sizing.after(1, 1)
+
+    def ready_or_back(self, taken: Claim, now: float, now_mono: float) -> TaskDict | None:
+        """`ready`, or None with the task given back after an I/O error."""
+        try:
+            return self.ready(taken, now, now_mono)
+        except OSError as exc:
+            self.aside.give_back(taken, f"cannot process {taken.name}: {exc}")
+            return None

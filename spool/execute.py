@@ -205,15 +205,17 @@ class Executor:
         ended: Callable[[int, Outcome], None],
         given_back: Callable[[int, int], None],
         meanwhile: Callable[[], None] | None = None,
+        more: Callable[[], list[tuple[dict[str, JSON], Turn]]] | None = None,
     ) -> int:
         """Run several attempts sent in one message (see spool.handover): `ended(i, outcome)` as
         each ends, `given_back(a, b)` for attempts a to b - 1 that will never start; return how
         many started.
 
-        `meanwhile` is called once they are on their way. Once `winding_down()` the handler
-        process is asked for the ones it has not started; a stop, a timeout, a cancel or a
-        lost handler process ends the batch with the attempt it cut short. Each turn is started
-        as its attempt starts.
+        `meanwhile` is called once they are on their way. As the last one starts, `more()` may
+        add attempts to the batch (see hand_more). Once `winding_down()` the handler process is
+        asked for the ones it has not started; a stop, a timeout, a cancel or a lost handler
+        process ends the batch with the attempt it cut short. Each turn is started as its
+        attempt starts.
         """
         self.batches += 1
         take_back = TakeBack(self.batches, winding_down)
@@ -224,21 +226,45 @@ class Executor:
             return 1
         if meanwhile is not None:
             meanwhile()
+        waiting = dict(enumerate(turns))  # (by place; each let go of as it ends)
         i, end = 0, len(turns)
         while i < end:
-            got = self.await_reply(turns[i], interrupted, take_back)
+            if more is not None and i == end - 1 and not take_back.asked:
+                end += self.hand_more(take_back.number, more, waiting, end)
+            got = self.await_reply(waiting[i], interrupted, take_back)
             if isinstance(got, int):  # the last `got` of them, taken back
                 given_back(end - got, end)
                 end -= got
                 continue
             if i + 1 < end:
-                turns[i + 1].start()  # (about when the handler process began it)
+                waiting[i + 1].start()  # (about when the handler process began it)
             ended(i, got)
+            del waiting[i]
             i += 1
             if self.channel is None:  # it was stopped or died: the rest never started
                 given_back(i, end)
                 return i
         return end
+
+    def hand_more(
+        self,
+        number: int,
+        more: Callable[[], list[tuple[dict[str, JSON], Turn]]],
+        waiting: dict[int, Turn],
+        at: int,
+    ) -> int:
+        """Add `more()` to batch `number` from place `at` on while its last attempt runs, so
+        the handler process starts the next one as that one returns; how many were added
+        (their turns too)."""
+        added = more()
+        if not added:
+            return 0
+        message = {"batch": [request for request, _ in added], "n": number, "at": at}
+        waiting.update(enumerate((turn for _, turn in added), at))
+        assert self.channel is not None
+        with contextlib.suppress(OSError):  # (gone: the wait for the running one's reply sees it)
+            self.channel.send(json.dumps(message).encode())
+        return len(added)
 
     def send(self, message: dict[str, JSON]) -> bool:
         """Send a request to the handler process (started first if need be); False when it

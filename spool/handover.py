@@ -7,28 +7,38 @@ come back as each task ends and are recorded as one task's are (see recorder). A
 higher priority that arrives meanwhile waits at most for the tasks already handed over. An
 idle worker claims one task at a time, as without batches (its pick-up latency).
 
+A batch is extended: as its last task starts, the worker takes in the tasks that arrived,
+claims the next batch the same way and sends it after that one, so the handler process goes
+from one task to the next without waiting for the worker (see Executor.hand_more). It does so
+for EXTEND_SECONDS from the batch's first hand-over, and not once a reload, a rescan or a new
+queue waits for the worker's loop (see Worker.may_extend): then the batch ends with its tasks,
+and the worker looks at its spool (rescans, recovery, delayed tasks falling due) before it
+claims again. An extension's tasks are to a stop, a timeout and a lost handler process what
+the batch's own are.
+
 Never in a batch: a task with a concurrency cap or a rate limit, or an `at_most_once` one (met
 while gathering, it goes back to incoming/ and runs on its own, next or on another worker), and
 every task in shared mode (each claim has a lease there, see spool.lease).
 
 Claimed but not started: a stop signal, an outcome the disk refused, a batch still running
-after BATCH_SECONDS (the worker takes them back from the handler process at once, even while a
-task runs; the batch's first always runs: see child.Inbox), or the timeout or cancel of a task
-before them, or a lost handler process puts the batch's tasks that had not started back in
-incoming/ unchanged (no attempt counted).
+BATCH_SECONDS after its last hand-over (the worker takes them back from the handler process at
+once, even while a task runs; the batch's first always runs: see child.Inbox), or the timeout
+or cancel of a task before them, or a lost handler process puts the batch's tasks that had not
+started back in incoming/ unchanged (no attempt counted).
 
 A worker killed in the middle (SIGKILL) leaves its claims. Its list of what it handed over
 (`.workers/<id>.batch`: the claim whose outcome was still to be written, then the tasks it is
-about to send to its handler process, in order; written before each send, of a batch or of a
-lone task, with no sync) tells recovery which may have run. The worker writes each outcome as
-soon as it has it, so of the listed claims still there the first is the one that was running:
-it counts as lost. The others, and every claim the list does not name (claimed after it was
-written: a batch being gathered, a task waiting for its seat or rate slot), never started and
-go back unchanged. Without a list (none written yet, or the disk refused it) every claim counts
-as lost. (In the instant between a task's end and its outcome's first step, the next one
-already runs and would go back uncounted; and the handler process may run ahead of a worker
-slow to write outcomes: such a task runs again, at least once as always, with no attempt
-counted.) Shared mode keeps no list: its recovery goes by each claim's lease (spool.lease).
+about to send to its handler process, in order, after the one running when it extends a batch;
+written before each send, of a batch, an extension or a lone task, with no sync) tells recovery
+which may have run. The worker writes each outcome as soon as it has it, so of the listed
+claims still there the first is the one that was running: it counts as lost. The others, and
+every claim the list does not name (claimed after it was written: a batch being gathered, a
+task waiting for its seat or rate slot), never started and go back unchanged. Without a list
+(none written yet, or the disk refused it) every claim counts as lost. (In the instant between
+a task's end and its outcome's first step, the next one already runs and would go back
+uncounted; and the handler process may run ahead of a worker slow to write outcomes: such a
+task runs again, at least once as always, with no attempt counted.) Shared mode keeps no list:
+its recovery goes by each claim's lease (spool.lease).
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from spool.workers import BATCH_SUFFIX
 
 MAYBE_STARTED = 1  # listed claims still there that count as lost (see the module docstring)
 BATCH_SECONDS = 1.0  # a batch still running after this hands back what has not started
+EXTEND_SECONDS = 1.0  # a batch takes more only this long: then the worker looks at its spool
 LIST_BYTES = 1024 * 1024  # a batch's list is far smaller
 
 
@@ -66,32 +77,34 @@ class Sizing:
 
 
 def gather(
-    first: Claim,
+    first: tuple[Claim, TaskDict],
     ready: Callable[[Claim], TaskDict | None],
     claim_more: Callable[[], Claim | None],
     batchable: Callable[[Claim, TaskDict], bool],
     hand_back: Callable[[Claim], None],
     size: int,
+    alone: bool = True,
 ) -> list[tuple[Claim, TaskDict]]:
-    """Claim up to `size` runnable tasks, `first` first: `ready` reads a claim (None: it was
-    set aside or put off, see claimed.Aside), `claim_more` claims the next best one (None: none
-    is ready), `batchable` says whether a task may share a message. A task that may not runs
-    alone: met first, it is the whole batch; met after others, it goes back (`hand_back`), to
-    run next or on another worker rather than wait claimed behind the batch."""
-    batch: list[tuple[Claim, TaskDict]] = []
-    taken: Claim | None = first
-    while taken is not None:
+    """Claim up to `size` runnable tasks, `first` (claimed and read) first: `ready` reads a
+    claim (None: it was set aside or put off, see claimed.Aside), `claim_more` claims the next
+    best one (None: none is ready), `batchable` says whether a task may share a message. A
+    task that may not runs alone: met first, it is the whole batch (unless not `alone`: a
+    running batch's next one); otherwise it goes back (`hand_back`), to run next or on another
+    worker rather than wait claimed behind the batch."""
+    if not batchable(*first):
+        if alone:
+            return [first]
+        hand_back(first[0])
+        return []
+    batch = [first]
+    while len(batch) < size and (taken := claim_more()) is not None:
         task = ready(taken)
-        if task is not None and not batchable(taken, task):
-            if not batch:
-                return [(taken, task)]
+        if task is None:
+            continue
+        if not batchable(taken, task):
             hand_back(taken)
             break
-        if task is not None:
-            batch.append((taken, task))
-            if len(batch) >= size:
-                break
-        taken = claim_more()
+        batch.append((taken, task))
     return batch
 
 

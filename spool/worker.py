@@ -130,7 +130,14 @@ class Worker:
             self.shared,
         )
         self.dispatch = Dispatch(
-            settings, self.queues, self.code, self.aside, self.attempts, self.leases, self.stopping
+            settings,
+            self.queues,
+            self.code,
+            self.aside,
+            self.attempts,
+            self.leases,
+            self.stopping,
+            self.may_extend,
         )
 
     # ---- life cycle ------------------------------------------------------------------
@@ -254,6 +261,16 @@ class Worker:
         self.recorder.record_pending()
         self.write_before_stopping()
         return 0
+
+    def may_extend(self) -> bool:
+        """Whether a running batch may take more (see spool.handover), the tasks that arrived
+        taken in first (a higher priority goes first); not when the loop has something to do
+        before the next claim: a reload, a rescan after lost events, a new queue."""
+        hints = self.watcher.hints
+        if self.reload_wanted or hints.rescan or hints.new_queue:
+            return False
+        self.queues.absorb(hints, time.time(), time.monotonic())
+        return True
 
     def look(self, now: float, now_mono: float) -> bool:
         """Take in the hints, do what is due (rescans, recovery, retention), promote due tasks;

@@ -325,6 +325,13 @@ def note_start_then_sleep(path: str, value: str, seconds: float) -> str:
     return value
 
 
+@app.task
+def sleep_then_list(directory: str, seconds: float) -> list[str]:
+    """Sleep, then return the names in `directory` (what the workers hold claimed meanwhile)."""
+    time.sleep(seconds)
+    return sorted(os.listdir(directory))
+
+
 @app.task(concurrency=1)
 def capped_alone(path: str, seconds: float) -> None:
     """One at a time across every worker: append when it started and when it ended."""

@@ -497,6 +497,97 @@ def test_the_outcome_of_every_task_of_a_batch_is_its_own(
     assert {(s["attempts"], lost_of(s)) for s in (added, refused, echoed, failed)} == {(1, 0)}
 
 
+# ---- the next batch, handed over while the last task of a batch runs --------------------------
+
+
+def test_the_next_batch_is_handed_over_while_the_last_task_of_a_batch_runs(
+    app: Spool, spool_root: Path, tmp_path: Path, start_worker: Starter
+) -> None:
+    log = tmp_path / "starts.log"
+    processing = spool_root / "default" / "processing"
+    last = {"task": "sleep_then_list", "args": [str(processing), 0.3], "id": "t3"}
+    following = slow_tasks(log, 4, seconds=0.05, prefix="u")
+    ids = app.enqueue_many([*slow_tasks(log, 3, seconds=0.05), last, *following])
+    assert start_worker("--burst", config=batch_config(tmp_path, 4)).wait(timeout=30) == 0
+    seen = app.show("t3")["result"]  # what t3 saw claimed as it ended: the next batch with it
+    assert sorted(task_id_of(split_processing(entry)[0]) for entry in seen) == [
+        "t3",
+        "u0",
+        "u1",
+        "u2",
+        "u3",
+    ]
+    assert started_values(log) == ["t0", "t1", "t2", "u0", "u1", "u2", "u3"]
+    for task_id in ids:
+        assert_ran_once_cleanly(app, task_id)
+
+
+def hand_over_the_next_batch(
+    app: Spool, spool_root: Path, tmp_path: Path, start_worker: Starter
+) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """A worker (claim_batch 4) whose first batch's last task, t3, runs for 3 s, with the next
+    batch (u0 to u3) handed over behind it: (the worker, the starts log, t3's handler pid)."""
+    log = tmp_path / "starts.log"
+    first = slow_tasks(log, 4, seconds=0.05)
+    first[3]["args"][2] = 3.0
+    app.enqueue_many([*first, *slow_tasks(log, 4, seconds=0.05, prefix="u")])
+    worker = start_worker(config=batch_config(tmp_path, 4))
+    wait_until(lambda: started_values(log) == ["t0", "t1", "t2", "t3"], timeout=15)
+    following = {"u0", "u1", "u2", "u3"}
+    wait_until(lambda: following <= set(claims_of(spool_root, worker.pid)), timeout=2)
+    assert started_values(log)[-1] == "t3"  # (it still runs: none of them started)
+    return worker, log, started(log)[-1][1]
+
+
+def test_sigterm_while_the_next_batch_waits_puts_it_back_unchanged(
+    app: Spool, spool_root: Path, tmp_path: Path, start_worker: Starter
+) -> None:
+    worker, log, _ = hand_over_the_next_batch(app, spool_root, tmp_path, start_worker)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+    shown = app.show("t3")
+    assert (shown["state"], shown["attempts"]) == ("done", 1)
+    assert sorted(waiting_ids(spool_root)) == ["u0", "u1", "u2", "u3"]
+    assert all(app.show(f"u{i}")["attempts"] == 0 for i in range(4))
+    assert names(spool_root / "default" / "processing") == []
+    assert started_values(log) == ["t0", "t1", "t2", "t3"]  # none of the next batch started
+    assert start_worker("--burst", config=batch_config(tmp_path, 4)).wait(timeout=20) == 0
+    for i in range(4):
+        assert_ran_once_cleanly(app, f"u{i}")
+
+
+def test_a_handler_process_killed_while_the_next_batch_waits_loses_only_the_running_task(
+    app: Spool, spool_root: Path, tmp_path: Path, start_worker: Starter
+) -> None:
+    worker, log, handler_pid = hand_over_the_next_batch(app, spool_root, tmp_path, start_worker)
+    os.kill(handler_pid, signal.SIGKILL)
+    following = [f"u{i}" for i in range(4)]
+    wait_until(all_in(app, ["t3", *following], "done"), timeout=30)
+    assert worker.poll() is None
+    shown = app.show("t3")
+    assert (shown["attempts"], lost_of(shown)) == (2, 1)
+    for task_id in following:
+        assert_ran_once_cleanly(app, task_id)
+    assert started_values(log).count("t3") == 2
+
+
+def test_a_worker_killed_while_the_next_batch_waits_leaves_it_uncounted(
+    app: Spool, spool_root: Path, tmp_path: Path, start_worker: Starter
+) -> None:
+    worker, log, handler_pid = hand_over_the_next_batch(app, spool_root, tmp_path, start_worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+    wait_until(lambda: not is_running(handler_pid), timeout=5)  # it dies with its worker
+    start_worker(config=batch_config(tmp_path, 4))
+    following = [f"u{i}" for i in range(4)]
+    wait_until(all_in(app, ["t3", *following], "done"), timeout=30)
+    shown = app.show("t3")
+    assert (shown["attempts"], lost_of(shown)) == (2, 1)  # it was running: one lost attempt
+    for task_id in following:
+        assert_ran_once_cleanly(app, task_id)
+        assert started_values(log).count(task_id) == 1
+
+
 # ---- slow tasks, at_most_once, the batch list ------------------------------------------------
 
 

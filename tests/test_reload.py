@@ -248,6 +248,38 @@ def test_sighup_during_a_task_lets_it_finish_on_the_old_code_first(
     assert handler_pid(hot.root) != old_handler
 
 
+# a quick task that says which code ran it
+TICK = """\
+import time
+
+from spool import Spool
+
+app = Spool()
+
+
+@app.task()
+def tick():
+    time.sleep(0.01)
+    return "{version}"
+"""
+
+
+def test_sighup_while_a_long_backlog_drains_in_batches_reloads_before_it_is_empty(
+    hot: HotWorker, producer: Spool
+) -> None:
+    hot.write_module(TICK.format(version="v1"))
+    hot.start()
+    ids = producer.enqueue_many([{"task": "tick"} for _ in range(400)])  # 4 s on one worker
+    wait_until(lambda: producer.state_of(ids[0]) == "done", 30)
+    hot.write_module(TICK.format(version="v2"))
+    hot.hup()
+    wait_until(lambda: all(producer.state_of(i) == "done" for i in ids), 60)
+    results = [producer.show(i)["result"] for i in ids]
+    assert results[0] == "v1" and results[-1] == "v2"  # a batch takes more only for a second
+    assert all(producer.show(i)["attempts"] == 1 for i in ids)
+    assert hot.reloads() == 1
+
+
 @pytest.mark.parametrize(
     "broken, reason",
     [
