@@ -58,8 +58,8 @@ class Run:
 class Attempts:
     """One worker's attempts, one at a time: seats, rate slots, the handler's request, and the
     outcome handed to the recorder. `stopping` and `stopped_hard` are the worker's stop signals
-    (the first ends a wait for a rate slot, the second also the running attempt); `shared`: the
-    spool is shared by several hosts (see spool.cluster)."""
+    (the first ends a wait for a rate slot, the second also the running attempt); `handed`: the
+    list of what it handed over (see spool.handover)."""
 
     root: Path
     worker_id: str
@@ -69,10 +69,7 @@ class Attempts:
     recorder: Recorder
     stopping: threading.Event
     stopped_hard: Callable[[], bool]
-    shared: bool = False
-
-    def __post_init__(self) -> None:
-        self.handed = handover.HandOverList(self.root, self.worker_id, kept=not self.shared)
+    handed: handover.HandOverList
 
     def start(self) -> None:
         """Write the list of what was handed over, empty (before the first claim: see

@@ -34,11 +34,13 @@ which may have run. The worker writes each outcome as soon as it has it, so of t
 claims still there the first is the one that was running: it counts as lost. The others, and
 every claim the list does not name (claimed after it was written: a batch being gathered, a
 task waiting for its seat or rate slot), never started and go back unchanged. Without a list
-(none written yet, or the disk refused it) every claim counts as lost. (In the instant between
-a task's end and its outcome's first step, the next one already runs and would go back
-uncounted; and the handler process may run ahead of a worker slow to write outcomes: such a
-task runs again, at least once as always, with no attempt counted.) Shared mode keeps no list:
-its recovery goes by each claim's lease (spool.lease).
+every claim counts as lost: none written yet, the disk refused it, or an outcome waits for the
+disk (its claim, still there, would be taken for the one running: the worker removes the list,
+see Recorder.keep_unwritten). (In the instant between a task's end and its outcome's first
+step, the next one already runs and would go back uncounted; and the handler process may run
+ahead of a worker slow to write outcomes: such a task runs again, at least once as always, with
+no attempt counted.) Shared mode keeps no list: its recovery goes by each claim's lease
+(spool.lease).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from spool.envelope import TaskDict
 from spool.execute import Outcome
 from spool.faults import Backoff, Complaint, describe, is_disk_fault
 from spool.finish import Verdict, stage_verdict, verdict_of
+from spool.handover import HandOverList
 from spool.lease import LeaseKeeper
 from spool.workers import WorkerLock
 
@@ -49,8 +50,15 @@ class Pending:
 class Recorder:
     """Writes the outcomes of one worker's attempts, in order, and keeps those the disk refuses."""
 
-    def __init__(self, committer: Committer, lock: WorkerLock, leases: LeaseKeeper | None) -> None:
+    def __init__(
+        self,
+        committer: Committer,
+        lock: WorkerLock,
+        leases: LeaseKeeper | None,
+        handed: HandOverList,
+    ) -> None:
         self.committer, self.lock, self.leases = committer, lock, leases
+        self.handed = handed  # what the worker handed over (see keep_unwritten)
         self.pending: Pending | None = None  # an attempt whose outcome is not recorded yet
         self.unwritten: list[Pending] = []  # outcomes the disk refused, tried again (in order)
         self.write_backoff = Backoff()
@@ -149,6 +157,9 @@ class Recorder:
         the claim (and, in shared mode, its lease), claim nothing new, and try again later."""
         if pending not in self.unwritten:
             self.unwritten.append(pending)
+        # CRASH: recovery would take this claim, still there, for the one running, and the one
+        # after it for unstarted (see spool.handover); without the list it counts each as lost
+        self.handed.drop()
         self.show_waiting()
         if pending.taken.committed:  # counted as processing while it waits
             with contextlib.suppress(OSError):

@@ -35,6 +35,7 @@ from spool.config import Settings
 from spool.counts import Recounter
 from spool.dispatch import ERROR_PAUSE_SECONDS, Dispatch
 from spool.events import outbox_for
+from spool.handover import HandOverList
 from spool.layout import queue_dirs
 from spool.lease import LeaseKeeper
 from spool.queues import Queues
@@ -116,7 +117,8 @@ class Worker:
         self.polling = False
         self.poll_base = settings.poll_seconds if self.shared else POLL_SECONDS
         self.poll_gap = self.poll_base
-        self.recorder = Recorder(self.committer, self.lock, self.leases)
+        handed = HandOverList(settings.root, self.worker_id, kept=not self.shared)
+        self.recorder = Recorder(self.committer, self.lock, self.leases, handed)
         self.aside = Aside(self.queues, self.leases, self.code, self.stats, self.worker_id)
         self.attempts = Attempts(
             settings.root,
@@ -127,7 +129,7 @@ class Worker:
             self.recorder,
             self.stopping,
             lambda: self.hard_stop,
-            self.shared,
+            handed,
         )
         self.dispatch = Dispatch(
             settings,

@@ -321,6 +321,33 @@ def test_a_stop_signal_while_an_outcome_waits_writes_it_once_the_disk_frees_then
     assert runs(side_effects) == ["kept"]
 
 
+def test_a_worker_killed_while_outcomes_wait_for_the_disk_counts_each_run_again_as_lost(
+    app: Spool, full_disk: FullDisk, start_worker: Starter, tmp_path: Path
+) -> None:
+    config = tmp_path / "batch-of-two.toml"  # a and b handed over at once: both run
+    config.write_text(TEST_CONFIG.read_text().replace("[workers]", "[workers]\nclaim_batch = 2"))
+    side_effects = tmp_path / "side-effects.txt"  # outside the full mount
+    warm_up = [app.enqueue("record", args=[str(side_effects), f"w{i}"]) for i in range(3)]
+    worker = start_logged(start_worker, tmp_path, config)  # (its hand-over list has a page now)
+    wait_until(lambda: all(app.state_of(i) == "done" for i in warm_up), timeout=30)
+    dirs = QueueDirs(app.root, "default")
+    dirs.pause_marker.touch()
+    ids = [app.enqueue("record", args=[str(side_effects), value]) for value in ["a", "b", "c"]]
+    full_disk.fill()
+    resume(dirs)
+    wait_until(lambda: runs(side_effects)[3:] == ["a", "b"], timeout=30)
+    wait_until(lambda: waiting_seconds(app.root) > 0.0, timeout=30)
+    worker.send_signal(signal.SIGKILL)  # the outcomes of a and b were only in its memory
+    worker.wait(timeout=10)
+    full_disk.free()
+    start_logged(start_worker, tmp_path, config)
+    wait_until(lambda: all(app.state_of(i) == "done" for i in ids), timeout=30)
+    ran = runs(side_effects)
+    for task_id, value in zip(ids, ["a", "b", "c"], strict=True):
+        lost = int(app.show(task_id).get("lost") or 0)
+        assert ran.count(value) - 1 <= lost, (value, ran, app.show(task_id))
+
+
 def test_a_hard_stop_while_an_outcome_waits_leaves_the_task_to_recovery_at_least_once(
     app: Spool, full_disk: FullDisk, start_worker: Starter, tmp_path: Path
 ) -> None:
