@@ -127,8 +127,9 @@ class Dispatch:
 
     def gather_more(self) -> list[tuple[Claim, TaskDict]]:
         """The next batch, claimed as a running batch's last task starts (see spool.handover);
-        none when the worker is to look at its spool first (see Worker.may_extend)."""
-        if self.stopping.is_set() or not self.may_extend():
+        none when the worker is to look at its spool first (see Worker.may_extend). (A stop
+        was looked for just before: see attempt.BatchRun.extended.)"""
+        if not self.may_extend():
             return []
         now, now_mono = time.time(), time.monotonic()
         first = self.queues.claim_next(now_mono)
