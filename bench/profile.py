@@ -1,6 +1,6 @@
 """Where a worker parent spends its time per task while it drains no-op tasks.
 
-    python -m bench profile [--tasks N] [--rate HZ] [--no-strace]
+    python -m bench profile [--tasks N] [--rate HZ] [--no-strace] [--out MD] [--flame SVG]
 
 1. N no-op tasks are queued; 2 resident workers start; py-spy samples the first one (wall
    clock, idle samples included, per thread) until the queue is drained. Per-thread CPU comes
@@ -9,6 +9,8 @@
    microseconds per task (share of the main thread's wall time x drain time / its tasks).
 2. Unless --no-strace: the same drain with one worker whose parent (all its threads, not the
    handler child) runs under `strace -c -f`: system calls per task.
+3. The same drain once more, with py-spy following the worker's handler process too
+   (`--subprocesses`), writes an on-CPU flame graph (default bench/profile-flame.svg).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ PHASES = [  # (frame substring, phase): the first that occurs anywhere in a stac
 def py_spy() -> str:
     found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(found).exists():
-        raise SystemExit("py-spy not found: .venv/bin/pip install py-spy")
+        raise SystemExit("py-spy not found: pip install -e '.[bench]'")
     return found
 
 
@@ -352,10 +354,10 @@ def run_profile(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         body = profile_drain(lab, args.tasks, args.rate, idle=True)
         body += profile_drain(lab, args.tasks, args.rate, idle=False)
-        flame = args.flame or BENCH_DIR / "profile-flame.svg"
-        body += flame_graph(lab, args.tasks, args.rate, flame)
         if not args.no_strace:
             body += strace_drain(lab, min(args.tasks, 2000))
+        flame = args.flame or BENCH_DIR / "profile-flame.svg"
+        body += flame_graph(lab, args.tasks, args.rate, flame)
     finally:
         lab.close()
     end_load = os.getloadavg()
