@@ -184,11 +184,12 @@ def floor(root: Path, n: int) -> tuple[float, float, int]:
     steps = FileSteps(root, committer)
 
     def take(name: str) -> bool:
-        task = steps.claim(name)
-        if task is None:
+        taken = steps.claim(name)
+        if taken is None:
             return False
+        claimed, task = taken
         task.update(attempts=1, result=None)
-        steps.finish(name, task)
+        steps.finish(name, claimed, task)
         return True
 
     taken = drain(root, n, one_by_one(take), lambda: len(committer.staged))
@@ -208,16 +209,16 @@ def isolated(root: Path, n: int) -> tuple[float, float, int]:
     to_child, from_child = child.stdin, child.stdout
 
     def take(names: list[str]) -> int:
-        claimed = [(name, task) for name in names if (task := steps.claim(name)) is not None]
-        if not claimed:
+        batch = [(name, taken) for name in names if (taken := steps.claim(name)) is not None]
+        if not batch:
             return 0
-        to_child.write(json.dumps([task for _, task in claimed]).encode() + b"\n")
+        to_child.write(json.dumps([task for _, (_, task) in batch]).encode() + b"\n")
         to_child.flush()
-        for name, task in claimed:
+        for name, (claimed, task) in batch:
             reply = json.loads(from_child.readline())
             task.update(attempts=1, result=reply["result"])
-            steps.finish(name, task)
-        return len(claimed)
+            steps.finish(name, claimed, task)
+        return len(batch)
 
     taken = drain(root, n, take, lambda: len(committer.staged))
     to_child.close()
@@ -245,22 +246,24 @@ class FileSteps:
     (a rename to a dot-name) and stage the outcome under a dot-name in tmp/ for the committer."""
 
     def __init__(self, root: Path, committer: GroupCommit) -> None:
-        self.root, self.committer, self.owner = root, committer, os.getpid()
+        self.committer, self.owner = committer, os.getpid()
+        self.incoming, self.processing = root / "incoming", root / "processing"
+        self.tmp, self.done = root / "tmp", root / "done"
 
-    def claim(self, name: str) -> dict[str, object] | None:
-        return claim_and_read(self.root / "incoming" / name, self.claimed(name))
+    def claim(self, name: str) -> tuple[Path, dict[str, object]] | None:
+        """(the claim, the task), or None if another consumer won."""
+        claimed = self.processing / f"{name}@{self.owner}"
+        task = claim_and_read(self.incoming / name, claimed)
+        return None if task is None else (claimed, task)
 
-    def claimed(self, name: str) -> Path:
-        return self.root / "processing" / f"{name}@{self.owner}"
-
-    def finish(self, name: str, task: dict[str, object]) -> None:
-        hidden = self.root / "processing" / f".{name}@{self.owner}"
-        os.rename(self.claimed(name), hidden)
-        staged = self.root / "tmp" / f".{name}@{self.owner}.done"
+    def finish(self, name: str, claimed: Path, task: dict[str, object]) -> None:
+        hidden = self.processing / f".{name}@{self.owner}"
+        os.rename(claimed, hidden)
+        staged = self.tmp / f".{name}@{self.owner}.done"
         fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, json.dumps(task).encode())
         os.close(fd)
-        self.committer.add(staged, self.root / "done" / name, hidden)
+        self.committer.add(staged, self.done / name, hidden)
 
 
 LOOPS = {"consume": consume, "floor": floor, "isolated": isolated}
