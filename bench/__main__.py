@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--tasks", type=int, default=5000, help="no-op tasks to drain")
     prof.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     prof.add_argument("--out", type=Path, help="markdown output (default bench/PROFILE.md)")
+    prof.add_argument(
+        "--flame", type=Path, help="flame graph output (default bench/profile-flame.svg)"
+    )
     prof.add_argument("--tmp", help="parent of the scratch directory")
     prof.add_argument("--keep", action="store_true", help="keep the scratch directory")
     prof.add_argument("--no-strace", action="store_true", help="skip the syscall count run")

@@ -15,7 +15,9 @@ Systems (all with 2 worker processes):
 - raw: a Python loop (bench/raw.py): producer write+fsync+rename+fsync-dir of ~120-byte files
   (the size of a spool task file); 2 competing consumer processes that rename-claim, read,
   parse and rename-finish; and the same 2 doing every file step spool takes per task and
-  nothing else (`drain_floor`: hide, stage in tmp/, one syncfs per 50 ms, publish, unlink).
+  nothing else (`drain_floor`: hide, stage in tmp/, one syncfs per 50 ms, publish, unlink);
+  and those with each task run in a handler process (`drain_isolated`: 8 tasks sent in one
+  line of JSON, a line back per task).
 
 Workloads (the same for all; repeated, median and min-max; smaller with --quick):
 1. enqueue N no-op tasks one by one from one producer (this process), after one warm-up
@@ -91,6 +93,7 @@ METRICS = [
     ("drain_wall", "drain, 2 workers, incl. start-up", "tasks/s", True),
     ("drain_steady", "drain, 2 workers, first -> last start", "tasks/s", True),
     ("drain_floor", "  same, spool's file steps only (raw: its floor)", "tasks/s", True),
+    ("drain_isolated", "  same, plus a handler process (raw: floor + isolation)", "tasks/s", True),
     ("lat_p50", "idle pick-up p50 (enqueue returned -> handler start)", "ms", False),
     ("lat_p99", "idle pick-up p99", "ms", False),
     ("sleepy_s", "5 ms tasks, 2 workers, first start -> last finish", "s", False),
@@ -443,6 +446,7 @@ class RawSystem(System):
     def drain(self) -> dict[str, float]:
         out = self.consumers("consume")
         out["drain_floor"] = self.consumers("floor")["drain_steady"]
+        out["drain_isolated"] = self.consumers("isolated")["drain_steady"]
         return out
 
     def consumers(self, loop: str) -> dict[str, float]:

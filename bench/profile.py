@@ -1,6 +1,6 @@
 """Where a worker parent spends its time per task while it drains no-op tasks.
 
-    python -m bench profile [--tasks N] [--rate HZ] [--no-strace]
+    python -m bench profile [--tasks N] [--rate HZ] [--no-strace] [--out MD] [--flame SVG]
 
 1. N no-op tasks are queued; 2 resident workers start; py-spy samples the first one (wall
    clock, idle samples included, per thread) until the queue is drained. Per-thread CPU comes
@@ -9,12 +9,15 @@
    microseconds per task (share of the main thread's wall time x drain time / its tasks).
 2. Unless --no-strace: the same drain with one worker whose parent (all its threads, not the
    handler child) runs under `strace -c -f`: system calls per task.
+3. The same drain once more, with py-spy following the worker's handler process too
+   (`--subprocesses`), writes an on-CPU flame graph (default bench/profile-flame.svg).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +25,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.core import (
@@ -69,7 +74,7 @@ PHASES = [  # (frame substring, phase): the first that occurs anywhere in a stac
 def py_spy() -> str:
     found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(found).exists():
-        raise SystemExit("py-spy not found: .venv/bin/pip install py-spy")
+        raise SystemExit("py-spy not found: pip install -e '.[bench]'")
     return found
 
 
@@ -113,38 +118,32 @@ def phase_of(frames: list[str]) -> str:
     return "start-up / other"
 
 
-def profile_drain(lab: Lab, tasks: int, rate: int, idle: bool) -> list[str]:
-    """Profile worker 1 of 2 during a drain: wall clock (idle samples kept) or on-CPU only."""
-    root = lab.root("profile-wall" if idle else "profile-cpu")
+@dataclass
+class Drain:
+    """A drain of no-op tasks by 2 resident workers, the first of them under py-spy."""
+
+    root: Path
+    ids: list[str]
+    target: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def spied_drain(lab: Lab, name: str, tasks: int, rate: int, spy_args: list[str]) -> Iterator[Drain]:
+    """Queue `tasks` no-op tasks, start 2 workers and py-spy on the first (`spy_args`: its
+    output options); the body runs once the queue is drained, py-spy still sampling."""
+    root = lab.root(name)
     ids = Spool(root=root).enqueue_many(noop_tasks(tasks))
     procs = [lab.worker(root) for _ in range(2)]
     target = procs[0]
-    raw = root.parent / "pyspy.txt"
+    command = [py_spy(), "record", "-p", str(target.pid), "-r", str(rate), "--nolineno"]
     spy = subprocess.Popen(
-        [
-            py_spy(),
-            "record",
-            "-p",
-            str(target.pid),
-            "-r",
-            str(rate),
-            "-f",
-            "raw",
-            "--threads",
-            *(["--idle"] if idle else []),
-            "--nolineno",
-            "--nonblocking",
-            "-o",
-            str(raw),
-        ],
+        [*command, "--nonblocking", *spy_args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(lambda: count(queue_dir(root, "done")) >= tasks, 600, 0.05, "the drain")
-        per_thread = thread_cpu(target.pid)
-        child_cpu = sum(cpu_seconds(c) for c in children(target.pid))
-        child_split = [thread_cpu(c).get(c, (0.0, 0.0)) for c in children(target.pid)]
+        yield Drain(root, ids, target)
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
     finally:
@@ -153,6 +152,32 @@ def profile_drain(lab: Lab, tasks: int, rate: int, idle: bool) -> list[str]:
             spy.wait()
         for proc in procs:
             stop(proc)
+
+
+def flame_graph(lab: Lab, tasks: int, rate: int, out: Path) -> list[str]:
+    """An on-CPU flame graph (SVG) of worker 1 of 2 and its handler process during a drain."""
+    spy_args = ["-f", "flamegraph", "--subprocesses", "-o", str(out)]
+    with spied_drain(lab, "profile-flame", tasks, rate, spy_args):
+        pass
+    return [
+        "## Flame graph",
+        "",
+        f"[`{out.name}`]({out.name}): on-CPU samples of a worker parent (its threads) and of "
+        f"its handler process (`--subprocesses`) over the same drain of {tasks:,} no-op tasks; "
+        "open it in a browser to zoom.",
+        "",
+    ]
+
+
+def profile_drain(lab: Lab, tasks: int, rate: int, idle: bool) -> list[str]:
+    """Profile worker 1 of 2 during a drain: wall clock (idle samples kept) or on-CPU only."""
+    raw = lab.base / f"pyspy-{'wall' if idle else 'cpu'}.txt"
+    spy_args = ["-f", "raw", "--threads", *(["--idle"] if idle else []), "-o", str(raw)]
+    with spied_drain(lab, "profile-wall" if idle else "profile-cpu", tasks, rate, spy_args) as d:
+        per_thread = thread_cpu(d.target.pid)
+        child_cpu = sum(cpu_seconds(c) for c in children(d.target.pid))
+        child_split = [thread_cpu(c).get(c, (0.0, 0.0)) for c in children(d.target.pid)]
+    root, ids, target = d.root, d.ids, d.target
     done = [json.loads(done_path(root, i).read_bytes()) for i in ids]
     mine = [t for t in done if f"-{target.pid}-" in t["worker"]]
     span = max(t["finished_at"] for t in done) - min(t["started_at"] for t in done)
@@ -331,13 +356,15 @@ def run_profile(args: argparse.Namespace, argv: list[str]) -> int:
         body += profile_drain(lab, args.tasks, args.rate, idle=False)
         if not args.no_strace:
             body += strace_drain(lab, min(args.tasks, 2000))
+        flame = args.flame or BENCH_DIR / "profile-flame.svg"
+        body += flame_graph(lab, args.tasks, args.rate, flame)
     finally:
         lab.close()
     end_load = os.getloadavg()
     head = [
         "# spool worker profile",
         "",
-        f"Command: `/work/main/.venv/bin/python -m bench {' '.join(argv)}`; "
+        f"Command: `.venv/bin/python -m bench {' '.join(argv)}`; "
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; took {time.monotonic() - started:.0f} s; "
         f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, at end "
         f"{end_load[0]:.2f} {end_load[1]:.2f} {end_load[2]:.2f}; file create p50 before the "

@@ -41,8 +41,9 @@ def noop() -> None:
 
 
 @app.task()
-def record(path: str, value: str) -> str:
-    """Append `value` and this process's pid to the file at `path` (one line per run)."""
+def record(path: str, value: str, pad: str = "") -> str:
+    """Append `value` and this process's pid to the file at `path` (one line per run); `pad`
+    only makes the task file and its outcome bigger."""
     with open(path, "a") as f:
         f.write(f"{value} {os.getppid()}\n")
     return value

@@ -56,5 +56,7 @@ def test_the_smoke_benchmark_runs_every_workload_and_writes_its_report(tmp_path:
     for label in WORKLOAD_ROWS:
         spool_cell = row(report, label)[2]
         assert spool_cell not in ("-", "nan"), (label, spool_cell)
+    for floor in ("  same, spool's file steps only", "  same, plus a handler process"):
+        assert row(report, floor)[3] not in ("-", "nan"), floor  # (the raw column)
     assert row(report, "tasks lost")[2:] == ["0", "0"]
     assert "durable enqueue one by one / raw loop" in report

@@ -331,8 +331,16 @@ def test_a_worker_killed_while_outcomes_wait_for_the_disk_counts_each_run_again_
     worker = start_logged(start_worker, tmp_path, config)  # (its hand-over list has a page now)
     wait_until(lambda: all(app.state_of(i) == "done" for i in warm_up), timeout=30)
     dirs = QueueDirs(app.root, "default")
+    # a page freed on the full disk takes a small outcome: the committer drops the last claims
+    # a round after their outcomes show, and the worker its hand-over list as an outcome
+    # waits; so wait for the first, and make the outcomes of a and b two pages each
+    wait_until(lambda: every_entry(dirs.processing) == [], timeout=30)
     dirs.pause_marker.touch()
-    ids = [app.enqueue("record", args=[str(side_effects), value]) for value in ["a", "b", "c"]]
+    pad = {"pad": "." * 6000}
+    ids = [
+        app.enqueue("record", args=[str(side_effects), value], kwargs=pad)
+        for value in ["a", "b", "c"]
+    ]
     full_disk.fill()
     resume(dirs)
     wait_until(lambda: runs(side_effects)[3:] == ["a", "b"], timeout=30)
