@@ -159,7 +159,7 @@ class Recovery:
     def reap(self, now: float, now_mono: float) -> None:
         """Delete dead workers' files once they own no claim; fold their counts."""
         busy = busy_worker_ids(self.root)
-        reap_dead_workers(self.root, busy, now)
+        reap_dead_workers(self.root, busy, now, self.orphans_killed)
         if self.worker_leases is not None:
             reap_expired_workers(self.root, busy, self.worker_leases, now_mono)
         stale = stats.stale_files(self.root, now)

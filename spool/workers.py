@@ -198,8 +198,10 @@ def kill_orphans(root: Path, worker_id: str) -> None:
             pass
 
 
-def reap_dead_workers(root: Path, busy: set[str], now: float) -> int:
-    """Delete the lock and info files of dead workers that own no claim; return how many.
+def reap_dead_workers(root: Path, busy: set[str], now: float, orphans_killed: set[str]) -> int:
+    """Delete the lock and info files of dead workers that own no claim, after killing what
+    their handler processes left (unless in `orphans_killed`: recovery did; a reaped worker
+    leaves that set); return how many.
 
     A worker writes its info file only after it holds its lock, so a lock file without info
     that is younger than a minute may be a worker starting up and is left alone.
@@ -232,7 +234,9 @@ def reap_dead_workers(root: Path, busy: set[str], now: float) -> int:
         except (Timeout, OSError):
             continue
         try:
-            kill_orphans(root, worker_id)
+            if worker_id not in orphans_killed:
+                kill_orphans(root, worker_id)
+            orphans_killed.discard(worker_id)
             info.unlink(missing_ok=True)
             (directory / f"{worker_id}{WAITING_SUFFIX}").unlink(missing_ok=True)
             (directory / f"{worker_id}{OUTPUT_SUFFIX}").unlink(missing_ok=True)

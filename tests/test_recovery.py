@@ -133,7 +133,7 @@ def test_status_lists_only_live_workers_after_one_was_killed_mid_task(
 
 
 def test_processes_started_by_the_handler_of_a_killed_worker_are_killed_on_recovery(
-    app: Spool, start_worker: Starter, tmp_path: Path
+    app: Spool, start_worker: Starter, tmp_path: Path, spool_root: Path
 ) -> None:
     pid_file = tmp_path / "grandchild.pid"
     task_id = app.enqueue("sleep_in_subprocess_pid", args=[str(pid_file), 60])
@@ -142,9 +142,14 @@ def test_processes_started_by_the_handler_of_a_killed_worker_are_killed_on_recov
     grandchild = read_pid(pid_file)
     assert grandchild is not None and is_running(grandchild)
     kill_hard(worker)
-    start_worker()  # its recovery pass finds the dead worker and kills what it left
+    log = tmp_path / "survivor.log"
+    with open(log, "ab") as out:  # its recovery pass finds the dead worker and kills what it left
+        start_worker(stderr=out.fileno())
     wait_until(lambda: not is_running(grandchild), timeout=15)
     wait_until(has_state(app, task_id, "processing"), timeout=15)  # and the task runs again
+    dead = f"-{worker.pid}-"  # (then its files are reaped: that kills nothing more)
+    wait_until(lambda: not [n for n in names(spool_root / ".workers") if dead in n], timeout=30)
+    assert log.read_text().count("killed the processes left by dead worker") == 1
 
 
 # ---- lost attempts: at-least-once whatever max_retries, and a bound for poison pills ----------
