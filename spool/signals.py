@@ -8,11 +8,19 @@ can arrive as one (the OS and Python keep a flag per signal, not a count), so a 
 must not be lost has a signal of its own instead of "the second TERM".
 Handlers are installed only from the main thread (Python allows no other), so a process run
 inside a test's thread keeps the signals it had.
+
+Python runs a signal handler in the main thread, between two of its steps, whatever that thread
+holds: a handler that sets an Event (or logs) would wait forever for a lock the main thread
+holds right then, such as that Event's own while the loop clears it or starts to wait on it. So
+the handler installed here only queues the signal's number (`SimpleQueue.put` is reentrant),
+and a thread of its own, `spool-signals`, runs the process's handler for it, in order.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import signal
 import threading
 from collections.abc import Callable
@@ -21,18 +29,54 @@ from types import FrameType
 
 Handler = Callable[[int, FrameType | None], None]
 
+log = logging.getLogger(__name__)
+
 
 def install(
     on_stop: Handler, on_reload: Handler | None = None, on_stop_now: Handler | None = None
 ) -> None:
+    """Run `on_stop` for SIGTERM and SIGINT, `on_reload` for SIGHUP and `on_stop_now` for
+    SIGQUIT (where given), in the `spool-signals` thread (see the module docstring)."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_stop)
+    handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop}
     if on_reload is not None:
-        signal.signal(signal.SIGHUP, on_reload)
+        handlers[signal.SIGHUP] = on_reload
     if on_stop_now is not None:
-        signal.signal(signal.SIGQUIT, on_stop_now)
+        handlers[signal.SIGQUIT] = on_stop_now
+    dispatcher = Dispatcher.of_process()
+    for signum, handler in handlers.items():
+        dispatcher.handlers[signum] = handler
+        signal.signal(signum, dispatcher.queue_signal)
+
+
+class Dispatcher:
+    """The process's signal handlers, run one signal at a time in a thread of their own."""
+
+    the_one: Dispatcher | None = None
+
+    def __init__(self) -> None:
+        self.handlers: dict[int, Handler] = {}
+        self.pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+        threading.Thread(target=self.run, name="spool-signals", daemon=True).start()
+
+    @classmethod
+    def of_process(cls) -> Dispatcher:
+        if cls.the_one is None:
+            cls.the_one = cls()
+        return cls.the_one
+
+    def queue_signal(self, signum: int, frame: FrameType | None) -> None:
+        # RACE: runs in the main thread whatever it holds: nothing here may take a lock
+        self.pending.put(signum)
+
+    def run(self) -> None:
+        while True:
+            signum = self.pending.get()
+            try:
+                self.handlers[signum](signum, None)
+            except Exception:  # (a handler's bug must not end the thread: later signals)
+                log.exception("the handler of signal %d failed", signum)
 
 
 @dataclass
