@@ -29,7 +29,7 @@ from spool.index import QueueIndex
 from spool.layout import QueueDirs, existing_queues, split_processing
 from spool.lease import LeaseWatch
 from spool.stats import WorkerStats
-from spool.workers import is_alive, kill_orphans, reap_dead_workers, reap_expired_workers
+from spool.workers import OrphanKills, is_alive, reap_dead_workers, reap_expired_workers
 from spool.workflows import caps
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Recovery:
     ) -> None:
         self.root, self.worker_id, self.max_file_bytes = root, worker_id, max_file_bytes
         self.policy_for, self.counts, self.outbox = policy_for, counts, outbox
-        self.orphans_killed: set[str] = set()
+        self.orphans = OrphanKills(root)
         # shared mode (a lease period given): liveness is the claim's lease, not a lock
         self.claim_leases = LeaseWatch(lease_seconds) if lease_seconds else None
         self.worker_leases = LeaseWatch(lease_seconds) if lease_seconds else None
@@ -79,9 +79,8 @@ class Recovery:
         for index in list(indexes):
             self.recover_from(index, is_dead, now)
         for worker_id, lives in alive.items():
-            if not lives and worker_id not in self.orphans_killed:
-                self.orphans_killed.add(worker_id)
-                kill_orphans(self.root, worker_id)
+            if not lives:
+                self.orphans.kill_once(worker_id)
 
     def run_shared(
         self, indexes: list[QueueIndex], leases: LeaseWatch, now: float, now_mono: float
@@ -159,7 +158,7 @@ class Recovery:
     def reap(self, now: float, now_mono: float) -> None:
         """Delete dead workers' files once they own no claim; fold their counts."""
         busy = busy_worker_ids(self.root)
-        reap_dead_workers(self.root, busy, now, self.orphans_killed)
+        reap_dead_workers(self.root, busy, now, self.orphans)
         if self.worker_leases is not None:
             reap_expired_workers(self.root, busy, self.worker_leases, now_mono)
         stale = stats.stale_files(self.root, now)

@@ -198,10 +198,27 @@ def kill_orphans(root: Path, worker_id: str) -> None:
             pass
 
 
-def reap_dead_workers(root: Path, busy: set[str], now: float, orphans_killed: set[str]) -> int:
-    """Delete the lock and info files of dead workers that own no claim, after killing what
-    their handler processes left (unless in `orphans_killed`: recovery did; a reaped worker
-    leaves that set); return how many.
+class OrphanKills:
+    """The dead workers whose leftover processes this process killed (see kill_orphans): once
+    each, whether recovery finds the worker first or the reaper does."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.done: set[str] = set()
+
+    def kill_once(self, worker_id: str) -> None:
+        if worker_id not in self.done:
+            self.done.add(worker_id)
+            kill_orphans(self.root, worker_id)
+
+    def forget(self, worker_id: str) -> None:
+        """The worker's files are gone: it is not met again (the set stays small)."""
+        self.done.discard(worker_id)
+
+
+def reap_dead_workers(root: Path, busy: set[str], now: float, orphans: OrphanKills) -> int:
+    """Delete the lock and info files of dead workers that own no claim, once what their
+    handler processes left is killed; return how many.
 
     A worker writes its info file only after it holds its lock, so a lock file without info
     that is younger than a minute may be a worker starting up and is left alone.
@@ -234,9 +251,8 @@ def reap_dead_workers(root: Path, busy: set[str], now: float, orphans_killed: se
         except (Timeout, OSError):
             continue
         try:
-            if worker_id not in orphans_killed:
-                kill_orphans(root, worker_id)
-            orphans_killed.discard(worker_id)
+            orphans.kill_once(worker_id)
+            orphans.forget(worker_id)
             info.unlink(missing_ok=True)
             (directory / f"{worker_id}{WAITING_SUFFIX}").unlink(missing_ok=True)
             (directory / f"{worker_id}{OUTPUT_SUFFIX}").unlink(missing_ok=True)

@@ -17,7 +17,7 @@ HELD_WHILE_SIGNALLED = textwrap.dedent(
 
     stopped = threading.Event()
     signals.install(lambda signum, frame: stopped.set())
-    with stopped._cond:
+    with stopped._cond:  # (the Event's own lock, the one its set() takes)
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(1000):  # (Python runs a handler between two of these)
             pass
@@ -26,9 +26,7 @@ HELD_WHILE_SIGNALLED = textwrap.dedent(
 )
 
 
-def test_a_stop_signal_arriving_while_the_main_thread_holds_the_stop_events_lock_still_stops() -> (
-    None
-):
+def test_a_stop_signal_while_the_main_thread_holds_the_stop_events_lock_still_stops() -> None:
     done = subprocess.run(
         [sys.executable, "-c", HELD_WHILE_SIGNALLED],
         cwd=PROJECT_DIR,
